@@ -1,0 +1,106 @@
+"""NIfTI-1 reading and writing with explicit RAS (NIfTI) <-> LPS (medsight, DICOM) conversion.
+
+Files written here carry qform and sform code 1 (scanner) so 3D Slicer and ITK-SNAP place them where the source
+DICOM would be. The provenance travels in a JSON sidecar (``<name>.provenance.json``) that ordinary tools can read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medsight.errors import CorruptFileError, InputNotFoundError, UnsupportedFormatError
+from medsight.files import atomic_path, atomic_write_text, sha256_file
+from medsight.image import Geometry, Image, Provenance, SourceFile
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def sidecar_path(path: str | Path) -> Path:
+    p = Path(path)
+    stem = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
+    return p.with_name(stem + ".provenance.json")
+
+
+def read_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> Image:
+    """Read a 3D (or 4D multi-channel) NIfTI file; scaling (scl_slope/inter) is applied by nibabel."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError("no such NIfTI file; check the path", path)
+    try:
+        img = nib.load(str(path))
+        affine = img.affine
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for truncated or non-NIfTI bytes
+        raise CorruptFileError(f"not a readable NIfTI file ({type(exc).__name__}: {exc}); re-export it", path) from exc
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim == 5 and data.shape[3] == 1:  # (x, y, z, t=1, c)
+        data = data[:, :, :, 0, :]
+    if data.ndim not in (3, 4):
+        raise UnsupportedFormatError(f"NIfTI with {data.ndim} dimensions is not supported (3D, or 4D channels)", path)
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    try:
+        geometry = Geometry.from_ras_affine(affine)
+    except Exception as exc:
+        raise CorruptFileError(f"the NIfTI affine is not a valid orientation ({exc})", path) from exc
+    prov = _read_sidecar(path)
+    prov_source = Provenance(
+        source_files=(SourceFile(str(path), sha256_file(path)),),
+        format="nifti",
+    )
+    if prov is not None:
+        prov_source = Provenance.from_dict({**prov.to_dict(), "source_files": [
+            {"path": s.path, "sha256": s.sha256} for s in prov.source_files + prov_source.source_files
+        ], "format": "nifti"})
+    return Image(np.ascontiguousarray(data), geometry, prov_source)
+
+
+def write_nifti(image: Image, path: str | Path, dtype: np.dtype | type | None = None, sidecar: bool = True) -> Path:
+    """Write ``image`` to ``path`` (.nii or .nii.gz) atomically; returns the path written."""
+    path = Path(path)
+    if not is_nifti(path):
+        raise UnsupportedFormatError("NIfTI output must end in .nii or .nii.gz", path)
+    if image.geometry.ndim != 3:
+        geometry = Geometry(
+            image.spacing + (1.0,),
+            image.geometry.origin + (0.0,),
+            tuple(tuple(r) + (0.0,) for r in image.geometry.direction) + ((0.0, 0.0, 1.0),),
+        )
+        array = image.array[:, :, None, ...]
+    else:
+        geometry, array = image.geometry, image.array
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    nii = nib.Nifti1Image(array, geometry.ras_affine())
+    nii.set_qform(geometry.ras_affine(), code=1)
+    nii.set_sform(geometry.ras_affine(), code=1)
+    nii.header.set_xyzt_units("mm", "sec")
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    with atomic_path(path, suffix=suffix) as tmp:
+        nib.save(nii, str(tmp))
+    if sidecar:
+        atomic_write_text(sidecar_path(path), json.dumps(image.provenance.to_dict(), indent=2, sort_keys=True))
+    return path
+
+
+def _read_sidecar(path: Path) -> Provenance | None:
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        return Provenance.from_dict(json.loads(side.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None
