@@ -1,0 +1,52 @@
+"""Write one benchmark's section of docs/benchmarks.md without touching the others.
+
+Each benchmark owns the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->``; a file lock keeps two
+benchmarks finishing at once from losing each other's section.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+HEADER = "# Benchmarks\n\nEvery figure medsight claims, with the machine, date and command that produced it.\n"
+
+
+def machine_line() -> str:
+    """One line naming the machine, date and interpreter, for the head of every section."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"Machine: {os.cpu_count()} CPU cores ({cpu}), Python {sys.version.split()[0]}, torch {torch.__version__}, "
+        f"date {dt.date.today().isoformat()}."
+    )
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def record_section(name: str, markdown: str) -> Path:
+    """Replace (or append) section ``name`` of docs/benchmarks.md with ``markdown``."""
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{markdown.strip()}\n{end}"
+    with open(DOC.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = DOC.read_text() if DOC.exists() else HEADER
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            text = head + block + rest.split(end, 1)[1]
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        tmp = DOC.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, DOC)
+    return DOC
