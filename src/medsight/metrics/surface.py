@@ -7,9 +7,16 @@ Definitions (identical to MONAI 1.6's ``get_mask_edges`` / ``get_surface_distanc
 - the distance of a surface voxel of A to B is the Euclidean distance, in mm with the voxel spacing applied per
   axis, from its centre to the nearest surface-voxel centre of B.
 
-Why it is fast: every surface voxel of either mask lies inside the bounding box of their union, so an exact
-Euclidean distance transform (``scipy.ndimage.distance_transform_edt`` with ``sampling=spacing``) of that box
-padded by one voxel gives exactly the same distances as one over the whole image, at a fraction of the cost.
+Why it is fast: surface voxels are extracted once per pair (MONAI re-extracts them for every metric) and only
+inside the bounding box of the masks' union (one padded crop). The nearest-surface distances are then computed
+exactly by one of two methods, picked per pair by a cost model calibrated on this machine (docs/metrics.md):
+- ``"edt"``: a Euclidean distance transform (``scipy.ndimage.distance_transform_edt``, ``sampling=spacing``) of
+  the padded box; every surface voxel of either mask lies inside it, so the values equal those of a transform over
+  the whole image. Cost grows with the box's voxel count.
+- ``"kdtree"``: a k-d tree (``scipy.spatial.cKDTree``) over the millimetre coordinates of the other surface's
+  voxels. Cost grows with the number of surface voxels (n log n), which for compact organ-like shapes is far
+  smaller than the box, so this is usually the faster one.
+Both are exact (they agree to ~1e-14 mm); the tests check each against MONAI and brute force.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.ndimage import distance_transform_edt
+from scipy.spatial import cKDTree
 
 from medsight.errors import MetricError
 
@@ -95,7 +103,23 @@ def padded_surfaces(pred: np.ndarray, ref: np.ndarray, box: tuple[slice, ...]) -
     return surface_voxels(p), surface_voxels(r)
 
 
-def directed_distances(edges_from: np.ndarray, edges_to: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+METHODS = ("auto", "edt", "kdtree")
+# Cost model (ns) measured on the CI-class machine: EDT ~80 ns per box voxel per direction; k-d tree build +
+# query ~70 ns per surface voxel per log2(surface voxels). Only the choice depends on it, never the values.
+_EDT_NS_PER_VOXEL = 80.0
+_KD_NS_PER_POINT_LOG = 70.0
+
+
+def choose_method(n_box_voxels: int, n_surface_a: int, n_surface_b: int) -> str:
+    """The cheaper exact method for one pair under the cost model above."""
+    n = n_surface_a + n_surface_b
+    kd = _KD_NS_PER_POINT_LOG * n * math.log2(max(n, 2))
+    edt = 2 * _EDT_NS_PER_VOXEL * n_box_voxels
+    return "kdtree" if kd < edt else "edt"
+
+
+def directed_distances(edges_from: np.ndarray, edges_to: np.ndarray, spacing: Sequence[float],
+                       method: str = "edt") -> np.ndarray:
     """Distance (mm) from every surface voxel in ``edges_from`` to the nearest one in ``edges_to``.
 
     Order follows C-order positions of ``edges_from``. Infinite when ``edges_to`` is empty.
@@ -105,12 +129,29 @@ def directed_distances(edges_from: np.ndarray, edges_to: np.ndarray, spacing: Se
         return np.empty(0)
     if not edges_to.any():
         return np.full(n_from, np.inf)
+    if method == "kdtree":
+        scale = np.asarray(spacing, dtype=float)
+        to_xyz = np.argwhere(edges_to) * scale
+        from_xyz = np.argwhere(edges_from) * scale
+        return cKDTree(to_xyz, balanced_tree=False, compact_nodes=False).query(from_xyz, k=1)[0]
+    if method != "edt":
+        raise MetricError(f"distance method must be one of {METHODS}, got {method!r}")
     dt = distance_transform_edt(~edges_to, sampling=spacing)
     return dt[edges_from]
 
 
-def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | float | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def pair_distances(ep: np.ndarray, er: np.ndarray, spacing: Sequence[float], method: str = "auto"
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Both directed distance sets for padded surface maps, with ``method`` resolved by ``choose_method``."""
+    if method not in METHODS:
+        raise MetricError(f"distance method must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        method = choose_method(ep.size, int(np.count_nonzero(ep)), int(np.count_nonzero(er)))
+    return directed_distances(ep, er, spacing, method), directed_distances(er, ep, spacing, method)
+
+
+def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | float | None = None,
+                      method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(pred -> ref distances per prediction surface voxel, ref -> pred distances per reference surface voxel).
 
     Both empty gives two empty arrays; one empty gives infinite distances from the other's surface voxels.
@@ -122,4 +163,4 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
     if box is None:
         return np.empty(0), np.empty(0)
     ep, er = padded_surfaces(pred, ref, box)
-    return directed_distances(ep, er, sp), directed_distances(er, ep, sp)
+    return pair_distances(ep, er, sp, method)
