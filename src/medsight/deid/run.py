@@ -1,0 +1,242 @@
+"""Batch de-identification of a folder tree: parallel workers, a progress bar, resume, and a CSV report.
+
+Layout written under OUTPUT_DIR::
+
+    <pseudo patient id>/<study uid>/<series uid>/<sop instance uid>.dcm   (all pseudonyms; no input names leak)
+    deid_report.csv        one row per input file: status, reason, action counts, pixel-data hash
+    .medsight-deid.json    run settings and the key *fingerprint* (never the key), checked when resuming
+
+The report is appended and flushed row by row by the parent process; a killed run started again with the same
+key and options skips every file already in the report (errors are retried).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from tqdm import tqdm
+
+from medsight.deid.apply import DeidOptions, deidentify_dataset
+from medsight.deid.pixels import burned_in_reason
+from medsight.deid.pseudonym import Pseudonymizer
+from medsight.errors import ConfigError, InputNotFoundError
+from medsight.files import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "deid_report.csv"
+STATE_NAME = ".medsight-deid.json"
+REPORT_FIELDS = ["input", "output", "status", "reason", "actions", "pixel_sha256"]
+DONE_STATUSES = {"written", "flagged", "skipped"}
+
+
+@dataclass
+class RunOptions:
+    """Options of one run; all of them are recorded in the state file and must match on resume."""
+
+    shift_dates: bool = False
+    write_flagged: bool = False
+    keep_safe_private: bool = True
+
+
+@dataclass
+class RunSummary:
+    """What a run did: counts by status and where its report is."""
+
+    output_dir: Path
+    report: Path
+    counts: Counter = field(default_factory=Counter)
+    resumed_skipped: int = 0
+
+    @property
+    def n_files(self) -> int:
+        return sum(self.counts.values())
+
+
+def find_files(input_dir: Path) -> list[Path]:
+    """Every regular, non-hidden file under ``input_dir``, sorted (DICOM files often have no extension)."""
+    if not input_dir.is_dir():
+        raise InputNotFoundError("input folder not found", input_dir)
+    files = sorted(p for p in input_dir.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(input_dir).parts))
+    if not files:
+        raise InputNotFoundError("input folder holds no files", input_dir)
+    return files
+
+
+# --- worker side -------------------------------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(pseudo: Pseudonymizer, options: RunOptions, input_dir: str, output_dir: str) -> None:
+    _WORKER.update(pseudo=pseudo, options=options, input_dir=Path(input_dir), output_dir=Path(output_dir))
+
+
+def _init_pool_worker(*args) -> None:
+    _init_worker(*args)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # value warnings from every worker would flood stderr
+
+
+def _read(path: Path) -> pydicom.Dataset | None:
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        pass
+    try:  # files without a preamble/meta header (old ACR-NEMA style) are still DICOM if they parse
+        ds = pydicom.dcmread(path, force=True)
+    except Exception:
+        return None
+    return ds if "SOPClassUID" in ds or "SOPInstanceUID" in ds else None
+
+
+def _ensure_meta(ds: pydicom.Dataset) -> None:
+    """Give the output a complete File Meta header, so that every reader accepts it."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, _little = getattr(ds, "original_encoding", (True, True))
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    if "SOPClassUID" in ds:
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    if "SOPInstanceUID" in ds:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
+def _write(ds: pydicom.Dataset, target: Path) -> None:
+    _ensure_meta(ds)
+    with atomic_path(target, suffix=".dcm") as tmp:
+        try:
+            ds.save_as(tmp, enforce_file_format=True)
+        except (TypeError, ValueError):
+            # raw elements whose encoding disagrees with the declared transfer syntax: decode them all, retry
+            ds.walk(lambda _d, _e: None)
+            ds.save_as(tmp, enforce_file_format=True)
+
+
+def _output_path(ds: pydicom.Dataset, rel: str, pseudo: Pseudonymizer) -> Path:
+    parts = [str(ds.get("PatientID", "") or "") or "NOPATIENT",
+             str(ds.get("StudyInstanceUID", "") or "") or "nostudy",
+             str(ds.get("SeriesInstanceUID", "") or "") or "noseries"]
+    name = str(ds.get("SOPInstanceUID", "") or "") or pseudo.uid("file:" + rel)
+    return Path(*parts) / f"{name}.dcm"
+
+
+def process_file(path_str: str) -> dict:
+    """De-identify one file (in a worker); return its report row. Never raises for a bad input file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's per-value warnings (odd VRs in old files) are not actionable
+        return _process_file(path_str)
+
+
+def _process_file(path_str: str) -> dict:
+    path = Path(path_str)
+    pseudo: Pseudonymizer = _WORKER["pseudo"]
+    options: RunOptions = _WORKER["options"]
+    rel = path.relative_to(_WORKER["input_dir"]).as_posix()
+    row = {"input": rel, "output": "", "status": "", "reason": "", "actions": "", "pixel_sha256": ""}
+    try:
+        ds = _read(path)
+        if ds is None:
+            row.update(status="skipped", reason="not a DICOM file")
+            return row
+        reason = burned_in_reason(ds)
+        summary = deidentify_dataset(ds, pseudo, DeidOptions(shift_dates=options.shift_dates,
+                                                             keep_safe_private=options.keep_safe_private))
+        row["actions"] = summary.short()
+        if "PixelData" in ds:
+            row["pixel_sha256"] = hashlib.sha256(ds.get_item("PixelData").value or b"").hexdigest()
+        if reason and not options.write_flagged:
+            row.update(status="flagged", reason=f"not written: possible burned-in text ({reason})")
+            return row
+        out_rel = _output_path(ds, rel, pseudo)
+        _write(ds, _WORKER["output_dir"] / out_rel)
+        row.update(output=out_rel.as_posix(), status="written",
+                   reason=f"written although flagged: {reason}" if reason else "")
+    except Exception as err:  # one broken file must not stop a batch of thousands
+        row.update(status="error", reason=f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
+    return row
+
+
+# --- parent side -------------------------------------------------------------------------------------------------
+def _check_state(output_dir: Path, pseudo: Pseudonymizer, options: RunOptions) -> None:
+    state_path = output_dir / STATE_NAME
+    state = {"key_fingerprint": pseudo.fingerprint, "options": asdict(options), "profile": "PS3.15 E.1-1 Basic"}
+    if state_path.exists():
+        old = json.loads(state_path.read_text())
+        if old.get("key_fingerprint") != state["key_fingerprint"]:
+            raise ConfigError(f"{output_dir} holds a run made with a different key; pass the same --key-file to "
+                              "resume, or choose an empty output folder")
+        if old.get("options") != state["options"]:
+            raise ConfigError(f"{output_dir} holds a run made with other options ({old.get('options')}); "
+                              "use the same options to resume, or choose an empty output folder")
+    else:
+        atomic_write_text(state_path, json.dumps(state, indent=2))
+
+
+def _done_inputs(report: Path) -> set[str]:
+    if not report.exists():
+        return set()
+    with open(report, newline="") as f:
+        return {r["input"] for r in csv.DictReader(f) if r.get("status") in DONE_STATUSES}
+
+
+def deidentify_folder(input_dir: str | Path, output_dir: str | Path, pseudo: Pseudonymizer,
+                      options: RunOptions | None = None, workers: int | None = None,
+                      quiet: bool = False) -> RunSummary:
+    """De-identify every DICOM file under ``input_dir`` into ``output_dir`` (see the module docstring)."""
+    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    options = options or RunOptions()
+    if output_dir == input_dir or input_dir in output_dir.parents:
+        raise ConfigError(f"output folder {output_dir} must not be inside the input folder {input_dir}")
+    files = find_files(input_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _check_state(output_dir, pseudo, options)
+    report = output_dir / REPORT_NAME
+    done = _done_inputs(report)
+    todo = [p for p in files if p.relative_to(input_dir).as_posix() not in done]
+    summary = RunSummary(output_dir=output_dir, report=report, resumed_skipped=len(files) - len(todo))
+    if summary.resumed_skipped:
+        log.info("resuming: %d of %d files already done", summary.resumed_skipped, len(files))
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    new_report = not report.exists() or report.stat().st_size == 0
+    with open(report, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=REPORT_FIELDS)
+        if new_report:
+            writer.writeheader()
+        bar = tqdm(total=len(todo), unit="file", desc="de-identifying", disable=quiet, leave=False)
+        args = (pseudo, options, str(input_dir), str(output_dir))
+        try:
+            if workers == 1:
+                _init_worker(*args)
+                rows = map(process_file, map(str, todo))
+                pool = None
+            else:
+                pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker, initargs=args)
+                rows = pool.map(process_file, map(str, todo), chunksize=max(1, min(64, len(todo) // (workers * 8))))
+            for row in rows:
+                writer.writerow(row)
+                fh.flush()
+                summary.counts[row["status"]] += 1
+                if row["status"] in ("flagged", "error"):
+                    log.warning("%s: %s: %s", row["input"], row["status"], row["reason"])
+                bar.update()
+        finally:
+            bar.close()
+            if workers > 1 and pool is not None:
+                pool.shutdown(cancel_futures=True)
+        os.fsync(fh.fileno())
+    return summary
