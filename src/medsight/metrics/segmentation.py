@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from medsight.errors import MetricError
-from medsight.metrics.surface import (bounding_box, check_pair, check_spacing, padded_surfaces, pair_distances,
+from medsight.metrics.surface import (METHODS, bounding_box, check_pair, check_spacing, padded_surfaces, pair_distances,
                                       union_box)
 
 KEYS = ("label", "name", "dice", "iou", "sensitivity", "specificity", "precision", "volume_pred_ml",
@@ -58,6 +58,8 @@ def mask_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[
     sp = check_spacing(spacing, p.ndim)
     if not math.isfinite(nsd_tolerance_mm) or nsd_tolerance_mm < 0:
         raise MetricError(f"the NSD tolerance must be a finite number of mm >= 0, got {nsd_tolerance_mm}")
+    if method not in METHODS:
+        raise MetricError(f"distance method must be one of {METHODS}, got {method!r}")
     box = union_box(bounding_box(p), bounding_box(r))
     voxel_ml = float(np.prod(sp)) / 1000.0
     if box is None:
