@@ -36,8 +36,8 @@ def test_seeded_and_stratified() -> None:
 
 
 def test_undefined_resamples_are_reported() -> None:
-    def picky(x: np.ndarray) -> float:  # undefined unless case 0 is drawn twice (~3 resamples in 4)
-        if (x == 0).sum() < 2:
+    def picky(x: np.ndarray) -> float:  # defined only when case 0 is drawn exactly once (~37% of resamples)
+        if (x == 0).sum() != 1:
             raise MetricError("undefined")
         return float(x.mean())
 
