@@ -30,7 +30,8 @@ from medsight.deid.pseudonym import Pseudonymizer, shift_date, shift_datetime
 PATIENT_ID = 0x00100020
 PATIENT_NAME = 0x00100010
 PIXEL_DATA = 0x7FE00010
-METHOD = "medsight PS3.15 Basic Application Level Confidentiality Profile (keyed HMAC-SHA256 pseudonyms)"
+# DeidentificationMethod is LO (64 characters each, several values allowed)
+METHOD = ["PS3.15 Annex E Basic Profile (medsight)", "keyed HMAC-SHA256 pseudonyms"]
 
 _DUMMY: dict[str, object] = {
     "PN": "ANONYMOUS", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "LT": "ANONYMIZED", "ST": "ANONYMIZED",
@@ -223,7 +224,7 @@ def deidentify_dataset(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions 
     walker.walk(ds)
 
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = METHOD + ("; dates shifted per patient" if options.shift_dates else "; dates removed")
+    ds.DeidentificationMethod = METHOD + ["dates shifted per patient" if options.shift_dates else "dates removed"]
     codes = [("113100", "Basic Application Confidentiality Profile")]
     if options.shift_dates:
         codes.append(("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
