@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,27 @@ def _normalise_url(url: str) -> str:
     return url
 
 
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _forget_inherited_connections() -> None:
+    """In a forked child, drop (without closing) the parent's pooled connections: a SQLite or libpq handle
+    used across fork corrupts locks ("disk I/O error") or the server protocol."""
+    for engine in list(_ENGINES):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_connections)
+
+
 def _make_engine(url: str) -> Engine:
+    engine = _create_engine(url)
+    _ENGINES.add(engine)
+    return engine
+
+
+def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 120})
 
