@@ -43,7 +43,7 @@ def test_undefined_resamples_are_reported() -> None:
 
     with pytest.raises(MetricError, match="stratify"):
         bootstrap_ci(picky, np.arange(40), n_boot=200)
-    y = np.r_[1, np.zeros(39)].astype(int)  # one positive: ~37% of resamples lack it and are skipped
+    y = np.r_[np.zeros(39), 1].astype(int)  # one positive (the top score): ~37% of resamples lack it and are skipped
     point, lo, hi = bootstrap_ci(roc_auc, y, np.linspace(0, 1, 40), n_boot=200)
     assert point == 1.0 and lo == hi == 1.0
     with pytest.raises(MetricError, match="array 1 has 3 cases"):
