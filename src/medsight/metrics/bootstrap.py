@@ -42,9 +42,8 @@ def bootstrap_samples(n: int, n_boot: int, seed: int = 0, strata: Sequence[Any] 
     return out
 
 
-def bootstrap_distribution(metric_fn: Callable[..., float], *arrays: Any, n_boot: int = 1000, seed: int = 0,
-                           strata: Sequence[Any] | np.ndarray | None = None) -> np.ndarray:
-    """The metric on each resample; resamples where it is undefined (MetricError or NaN) are dropped."""
+def _checked(arrays: tuple[Any, ...]) -> list[np.ndarray]:
+    """Arrays with one row per case, all of the same length (MetricError otherwise)."""
     if not arrays:
         raise MetricError("bootstrap needs at least one array of cases")
     arrs = [_as_array(a) for a in arrays]
@@ -54,6 +53,14 @@ def bootstrap_distribution(metric_fn: Callable[..., float], *arrays: Any, n_boot
             raise MetricError(f"array {i} has {a.shape[0]} cases but array 0 has {n}; pass one row per case")
     if n == 0:
         raise MetricError("no cases to bootstrap")
+    return arrs
+
+
+def bootstrap_distribution(metric_fn: Callable[..., float], *arrays: Any, n_boot: int = 1000, seed: int = 0,
+                           strata: Sequence[Any] | np.ndarray | None = None) -> np.ndarray:
+    """The metric on each resample; resamples where it is undefined (MetricError or NaN) are dropped."""
+    arrs = _checked(arrays)
+    n = arrs[0].shape[0]
     if n_boot < 1:
         raise MetricError(f"n_boot must be at least 1, got {n_boot}")
     values = np.full(n_boot, math.nan)
@@ -74,7 +81,7 @@ def bootstrap_ci(metric_fn: Callable[..., float], *arrays: Any, n_boot: int = 10
     """
     if not 0 < alpha < 1:
         raise MetricError(f"alpha must lie in (0, 1), got {alpha}")
-    point = float(metric_fn(*(_as_array(a) for a in arrays)))
+    point = float(metric_fn(*_checked(arrays)))
     values = bootstrap_distribution(metric_fn, *arrays, n_boot=n_boot, seed=seed, strata=strata)
     dropped = n_boot - values.shape[0]
     if dropped:
