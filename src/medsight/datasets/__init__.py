@@ -1,0 +1,1 @@
+"""Datasets medsight can build without a download (the embedded demo data)."""
