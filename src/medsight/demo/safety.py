@@ -20,17 +20,21 @@ log = logging.getLogger(__name__)
 
 def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily by the runner
     from medsight.safety.plots import reliability_diagram
-    from medsight.safety.temperature import save_calibration
     from medsight.safety.tasks import build_safety_task
 
     out = Path(ctx.out_dir) / "safety"
     task = build_safety_task(ctx.paths.get("cls_model"), seed=ctx.seed, fast=ctx.fast, quiet=ctx.quiet,
                              work_dir=out)
-    res = task.evaluate(quiet=ctx.quiet)
+    res = task.evaluate(quiet=ctx.quiet, mc_samples=0)  # MC dropout is in the benchmark; the demo keeps to budget
     arts = res.pop("artifacts")
-    save_calibration(task.model_dir, arts["calibration"])
-    arts["mahalanobis"].save(task.model_dir / "ood_mahalanobis.json")
-    arts["policy"].save(task.model_dir / "referral.json")
+    from medsight.safety.assess import SafetyAssessor
+    from medsight.safety.evaluate import activation_of
+    from medsight.safety.quality import QualitySpec
+
+    assessor = SafetyAssessor(activation_of(task.bundle), arts["calibration"], arts["mahalanobis"], arts["policy"],
+                              QualitySpec.fit(task.train[0]))
+    assessor.save(task.model_dir)
+    examples = _examples(task, assessor)
     ctx.paths["safety_calibration"] = task.model_dir / "calibration.json"
     ctx.paths["safety_referral"] = task.model_dir / "referral.json"
 
@@ -53,4 +57,20 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
         "referral_kept": {s: round(v["kept"], 3) for s, v in res["referral"].items() if s != "thresholds"},
         f"{task.unseen}_error_at_100pct_coverage": round(rc["error_at_100"], 4),
         f"{task.unseen}_error_at_80pct_coverage": round(rc["error_at_80"], 4),
+        "example_decisions": examples,
     }
+
+
+def _examples(task, assessor) -> dict[str, dict[str, Any]]:  # noqa: ANN001
+    """The decision and reasons for the first image of a few sets, as the CLI and service would show them."""
+    from medsight.safety.evaluate import run_model
+
+    picks = {"held_out": task.tests[task.in_distribution][0][0], "different_modality": task.ood["different_modality"][0],
+             "corrupted (inversion)": task.ood["corrupted"][2]}
+    out = {}
+    for name, img in picks.items():
+        o = run_model(task.bundle, [img])
+        a = assessor.assess(img, o.logits[0], o.features[0])
+        out[name] = {"decision": a["decision"], "reasons": a["reasons"],
+                     "probabilities": [round(p, 3) for p in a["probabilities"]]}
+    return out

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from medsight.errors import ConfigError
 from medsight.image import Image
+from medsight.safety.mc_dropout import dropout_layers
 from medsight.safety.ood import Mahalanobis, energy_score, msp_score, ood_detection_metrics
 from medsight.safety.referral import ReferralPolicy
 from medsight.safety.risk_coverage import aurc, risk_at_coverage
@@ -99,6 +100,33 @@ def _has_batch_dim(x: torch.Tensor, bundle: ClassifierLike) -> bool:
     return x.ndim == int(dims) + 2
 
 
+@torch.no_grad()
+def mc_dropout_mutual_information(bundle: ClassifierLike, images: Sequence[Image], activation: str,
+                                  n_samples: int = 10, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+    """Per-image mutual information (nats) over ``n_samples`` MC-dropout passes of ``bundle.model``.
+
+    Sigmoid heads: the mean over labels of each label's two-class mutual information.
+    """
+    from medsight.safety.mc_dropout import mc_dropout_predict
+    from medsight.safety.uncertainty import mutual_information
+
+    model = _model_of(bundle)
+    if model is None:
+        raise ConfigError("the classifier bundle exposes no .model, so MC dropout cannot run")
+    out = []
+    for start in range(0, len(images), batch_size):
+        xs = [bundle.preprocess(im) for im in images[start:start + batch_size]]
+        x = torch.cat(xs) if _has_batch_dim(xs[0], bundle) else torch.stack(xs)
+        z = mc_dropout_predict(model, x, n_samples, seed=seed + start).double().reshape(n_samples, len(xs), -1)
+        if activation == "softmax":
+            out.append(mutual_information(z.softmax(-1).numpy()))
+        else:
+            p = torch.sigmoid(z)
+            two = torch.stack([1 - p, p], dim=2)  # (S, N, 2, L)
+            out.append(mutual_information(two.numpy()).mean(axis=-1))
+    return np.concatenate(out)
+
+
 def _class_codes(targets: np.ndarray) -> np.ndarray:
     """One integer class per case, for class-conditional Mahalanobis means (multi-label rows -> bit codes)."""
     t = np.asarray(targets)
@@ -151,12 +179,14 @@ def evaluate_classifier_safety(
     in_distribution: str,
     target_keep: float = 0.95,
     quiet: bool = True,
+    mc_samples: int = 10,
 ) -> dict[str, Any]:
     """Fit calibration (on validation), Mahalanobis (on training features) and a referral policy (on validation),
     then report ECE before/after per labelled test set, every detector on every OOD set (against the
     ``in_distribution`` test set), referral keep rates, and risk-coverage per labelled test set.
 
     Labelled test sets also count as OOD candidates (e.g. the unseen site) and are scored like the others.
+    When the model has dropout layers and ``mc_samples > 0``, MC-dropout mutual information is a fourth detector.
     """
     if in_distribution not in test_sets:
         raise ConfigError(f"in_distribution={in_distribution!r} is not one of the test sets {sorted(test_sets)}")
@@ -173,6 +203,13 @@ def evaluate_classifier_safety(
                           y_val, labels, act)
     maha = Mahalanobis().fit(outs["train"].features, _class_codes(_targets(train[1], act)))
     scores = {k: detector_scores(o, maha, act, cal) for k, o in outs.items()}
+    model = _model_of(bundle)
+    detectors = list(DETECTORS)
+    if mc_samples > 0 and model is not None and dropout_layers(model):
+        sets = {"validation": validation[0], **{k: v[0] for k, v in test_sets.items()}, **ood_sets}
+        for k, imgs in sets.items():
+            scores[k]["mc_dropout_mi"] = mc_dropout_mutual_information(bundle, imgs, act, mc_samples)
+        detectors.append("mc_dropout_mi")
 
     result: dict[str, Any] = {"activation": act, "labels": labels, "temperature": cal.temperature,
                               "n": {k: int(len(o.logits)) for k, o in outs.items()}, "calibration": {}, "ood": {},
@@ -190,7 +227,7 @@ def evaluate_classifier_safety(
         }
     ref = scores[in_distribution]
     for name in [n for n in test_sets if n != in_distribution] + list(ood_sets):
-        result["ood"][name] = {d: ood_detection_metrics(ref[d], scores[name][d]) for d in DETECTORS}
+        result["ood"][name] = {d: ood_detection_metrics(ref[d], scores[name][d]) for d in detectors}
 
     policy = ReferralPolicy.fit_on_validation(
         {"low_confidence": scores["validation"]["msp"], "out_of_distribution": scores["validation"]["mahalanobis"]},

@@ -36,9 +36,10 @@ class SafetyTask:
     unseen: str = "site_C"
     ood: dict[str, list[Image]] = field(default_factory=dict)
 
-    def evaluate(self, target_keep: float = 0.95, quiet: bool = True) -> dict[str, Any]:
+    def evaluate(self, target_keep: float = 0.95, quiet: bool = True, mc_samples: int = 10) -> dict[str, Any]:
         res = evaluate_classifier_safety(self.bundle, self.train, self.validation, self.tests, self.ood,
-                                         self.in_distribution, target_keep=target_keep, quiet=quiet)
+                                         self.in_distribution, target_keep=target_keep, quiet=quiet,
+                                         mc_samples=mc_samples)
         res["source"] = self.source
         return res
 
