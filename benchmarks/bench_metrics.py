@@ -99,7 +99,15 @@ def memory_probe(n_pairs: int) -> None:
     for i in range(n_pairs):
         box, ref_c, pred_c = organ_pair(1000 + i)
         medsight_metrics(full(box, pred_c), full(box, ref_c))
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_mib())
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM). Unlike ru_maxrss it is not inherited from the parent across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return float(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def probe_rss_mib(n_pairs: int) -> float:
@@ -156,7 +164,7 @@ def main() -> None:
     medsight_metrics(pred, ref)
     peak_mib = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mib = peak_rss_mib()
     alone_mib = probe_rss_mib(args.pairs)
 
     med_ms, med_mo = statistics.median(t_ms), statistics.median(t_mo)
