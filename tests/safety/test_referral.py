@@ -36,3 +36,26 @@ def test_decisions_carry_reasons() -> None:
 def test_bad_target() -> None:
     with pytest.raises(ConfigError, match="target_keep"):
         ReferralPolicy.fit_on_validation({"x": [1, 2]}, target_keep=1.5)
+
+
+def test_assessor_round_trip_and_decision(tmp_path) -> None:
+    from medsight.image import Geometry, Image, Provenance
+    from medsight.safety.assess import SafetyAssessor
+    from medsight.safety.ood import Mahalanobis
+    from medsight.safety.quality import QualitySpec
+    from medsight.safety.temperature import Calibration
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(0, 1, (200, 3))
+    imgs = [Image(rng.normal(100, 10, (8, 8)), Geometry.identity(2), Provenance(modality="MR")) for _ in range(5)]
+    a = SafetyAssessor("sigmoid", Calibration("temperature", "sigmoid", ["lesion"], {"lesion": 2.0}),
+                       Mahalanobis().fit(feats), ReferralPolicy({"low_confidence": 0.4, "out_of_distribution": 20.0}),
+                       QualitySpec.fit(imgs))
+    a.save(tmp_path)
+    b = SafetyAssessor.from_model_dir(tmp_path)
+    ok = b.assess(imgs[0], np.array([4.0]), np.zeros(3))
+    assert ok["decision"] == "accept"
+    assert ok["probabilities"][0] == pytest.approx(1 / (1 + np.exp(-2.0)))  # logit 4 / T 2
+    far = b.assess(Image(imgs[0].array, imgs[0].geometry, Provenance(modality="CT")), np.array([0.2]), np.full(3, 9.0))
+    assert far["decision"] == "refer"
+    assert far["reason_codes"] == ["wrong_modality", "low_confidence", "out_of_distribution"]
