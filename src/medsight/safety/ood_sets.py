@@ -120,12 +120,13 @@ def different_modality_images(views: Sequence[str] | None = None) -> list[Image]
 
 
 def _crop(a: np.ndarray, keep: float, oy: float, ox: float) -> np.ndarray:
+    """A square crop of side ``keep`` x the short side; offsets -1/0/1 put it at the start/centre/end."""
+    if keep >= 1.0:
+        return a
     side = int(min(a.shape) * keep)
-    cy = (a.shape[0] - side) / 2 * (1 + oy)
-    cx = (a.shape[1] - side) / 2 * (1 + ox)
-    y0, x0 = int(round(cy / 1)), int(round(cx / 1))
-    y0, x0 = min(max(y0, 0), a.shape[0] - side), min(max(x0, 0), a.shape[1] - side)
-    return a[y0:y0 + side, x0:x0 + side] if keep < 1.0 else a
+    y0 = int(round((a.shape[0] - side) / 2 * (1 + oy)))
+    x0 = int(round((a.shape[1] - side) / 2 * (1 + ox)))
+    return a[y0:y0 + side, x0:x0 + side]
 
 
 CORRUPTIONS = ("noise", "blur", "inversion")
