@@ -3,7 +3,7 @@
 Order of rules for each element (first match wins):
 
 1. private tags (odd group): removed, unless on ``profile.SAFE_PRIVATE`` (then its private creator stays too);
-2. curve/overlay repeating groups: removed whole;
+2. group lengths (stale once anything changes) and curve/overlay repeating groups: removed;
 3. PatientID (at any depth): replaced by the keyed patient pseudonym; PatientName gets the same pseudonym;
 4. dates (DA/DT) when shifting: moved by the per-patient keyed offset, whatever the table says (intervals kept);
 5. the Table E.1-1 action (remove / empty / dummy / replace UID / recurse);
@@ -95,7 +95,7 @@ class _Walker:
             if tag.group & 1 or tag == PIXEL_DATA:
                 continue
             itag = int(tag)
-            if repeating_group_action(itag) is not None:
+            if tag.element == 0 or repeating_group_action(itag) is not None:  # stale group lengths; curves, overlays
                 del ds[tag]
                 self.counts["removed"] += 1
                 continue

@@ -9,6 +9,8 @@ Flagged files are held back by default; a person must review them (or mask the p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydicom.dataset import Dataset
 
 # Secondary Capture family and encapsulated documents (PS3.4 B.5): screenshots, scans, PDFs.
@@ -28,8 +30,8 @@ BURNED_IN_MODALITIES: dict[str, str] = {
 }
 
 
-def burned_in_reason(ds: Dataset) -> str | None:
-    """Why this dataset may carry identifying text in its pixels, or None when nothing suggests it."""
+def burned_in_reason(ds: Dataset | Mapping[str, str]) -> str | None:
+    """Why this dataset (or a keyword -> value mapping) may carry text in its pixels; None when nothing suggests it."""
     flag = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
     if flag == "YES":
         return "BurnedInAnnotation is YES"

@@ -6,8 +6,9 @@ Layout written under OUTPUT_DIR::
     deid_report.csv        one row per input file: status, reason, action counts, pixel-data hash
     .medsight-deid.json    run settings and the key *fingerprint* (never the key), checked when resuming
 
-The report is appended and flushed row by row by the parent process; a killed run started again with the same
-key and options skips every file already in the report (errors are retried).
+The parent appends report rows in batches, each after one ``syncfs`` has made that batch's files durable; a
+killed run started again with the same key and options skips every file already in the report (errors are
+retried) and redoes at most one batch.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tqdm import tqdm
 
 from medsight.deid.apply import DeidOptions, deidentify_dataset
+from medsight.deid.fast import Unsupported, deidentify_bytes
 from medsight.deid.pixels import burned_in_reason
 from medsight.deid.pseudonym import Pseudonymizer
 from medsight.errors import ConfigError, InputNotFoundError
-from medsight.files import atomic_path, atomic_write_text
+from medsight.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +118,45 @@ def _ensure_meta(ds: pydicom.Dataset) -> None:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
+_MADE_DIRS: set[Path] = set()
+
+
+def _atomic_write(target: Path, write) -> None:
+    """Write through a temporary file and rename: a killed run never leaves a half-written file.
+
+    No fsync per file (it cost more than the de-identification itself): the parent makes a whole batch durable
+    with one ``syncfs`` before it records the batch in the report (see ``_Checkpoint``).
+    """
+    if target.parent not in _MADE_DIRS:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _MADE_DIRS.add(target.parent)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_chunks(path: Path, chunks) -> None:
+    with open(path, "wb") as f:
+        f.writelines(chunks)
+
+
 def _write(ds: pydicom.Dataset, target: Path) -> None:
     _ensure_meta(ds)
-    with atomic_path(target, suffix=".dcm") as tmp:
+    ds.preamble = b"\x00" * 128  # a preamble may hold anything (a TIFF header, text): never copy it
+
+    def save(tmp: Path) -> None:
         try:
             ds.save_as(tmp, enforce_file_format=True)
         except (TypeError, ValueError):
             # raw elements whose encoding disagrees with the declared transfer syntax: decode them all, retry
             ds.walk(lambda _d, _e: None)
             ds.save_as(tmp, enforce_file_format=True)
+
+    _atomic_write(target, save)
 
 
 def _output_path(ds: pydicom.Dataset, rel: str, pseudo: Pseudonymizer) -> Path:
@@ -146,29 +178,44 @@ def _process_file(path_str: str) -> dict:
     path = Path(path_str)
     pseudo: Pseudonymizer = _WORKER["pseudo"]
     options: RunOptions = _WORKER["options"]
+    deid_options = DeidOptions(shift_dates=options.shift_dates, keep_safe_private=options.keep_safe_private)
     rel = path.relative_to(_WORKER["input_dir"]).as_posix()
     row = {"input": rel, "output": "", "status": "", "reason": "", "actions": "", "pixel_sha256": ""}
     try:
-        ds = _read(path)
-        if ds is None:
-            row.update(status="skipped", reason="not a DICOM file")
-            return row
-        reason = burned_in_reason(ds)
-        summary = deidentify_dataset(ds, pseudo, DeidOptions(shift_dates=options.shift_dates,
-                                                             keep_safe_private=options.keep_safe_private))
-        row["actions"] = summary.short()
-        if "PixelData" in ds:
-            row["pixel_sha256"] = hashlib.sha256(ds.get_item("PixelData").value or b"").hexdigest()
+        data = path.read_bytes()
+        try:
+            out_bytes, summary, reason, top, pixel_sha = deidentify_bytes(data, pseudo, deid_options)
+            out_rel = _path_from(top, rel, pseudo)
+            writer = None
+        except Unsupported:  # the general path: pydicom objects
+            ds = _read(path)
+            if ds is None:
+                row.update(status="skipped", reason="not a DICOM file")
+                return row
+            reason = burned_in_reason(ds)
+            summary = deidentify_dataset(ds, pseudo, deid_options)
+            pixel_sha = hashlib.sha256(ds.get_item("PixelData").value or b"").hexdigest() if "PixelData" in ds else ""
+            out_rel = _output_path(ds, rel, pseudo)
+            out_bytes, writer = None, ds
+        row.update(actions=summary.short(), pixel_sha256=pixel_sha)
         if reason and not options.write_flagged:
             row.update(status="flagged", reason=f"not written: possible burned-in text ({reason})")
             return row
-        out_rel = _output_path(ds, rel, pseudo)
-        _write(ds, _WORKER["output_dir"] / out_rel)
+        target = _WORKER["output_dir"] / out_rel
+        if writer is None:
+            _atomic_write(target, lambda tmp: _write_chunks(tmp, out_bytes))
+        else:
+            _write(writer, target)
         row.update(output=out_rel.as_posix(), status="written",
                    reason=f"written although flagged: {reason}" if reason else "")
     except Exception as err:  # one broken file must not stop a batch of thousands
         row.update(status="error", reason=f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
     return row
+
+
+def _path_from(top: dict[int, str], rel: str, pseudo: Pseudonymizer) -> Path:
+    parts = [top.get(0x00100020) or "NOPATIENT", top.get(0x0020000D) or "nostudy", top.get(0x0020000E) or "noseries"]
+    return Path(*parts) / f"{top.get(0x00080018) or pseudo.uid('file:' + rel)}.dcm"
 
 
 # --- parent side -------------------------------------------------------------------------------------------------
@@ -185,6 +232,49 @@ def _check_state(output_dir: Path, pseudo: Pseudonymizer, options: RunOptions) -
                               "use the same options to resume, or choose an empty output folder")
     else:
         atomic_write_text(state_path, json.dumps(state, indent=2))
+
+
+def _syncfs(path: Path) -> None:
+    """Flush everything written on the file system holding ``path`` (one call for a whole batch of files)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    os.sync()
+
+
+class _Checkpoint:
+    """Buffer report rows; every ``every`` rows (and at the end) make the files durable, then append the rows.
+
+    So a row in the report always names a file that is safely on disk: a crash loses at most one batch of
+    progress, which the next run redoes (outputs are deterministic under the same key).
+    """
+
+    def __init__(self, fh, writer: csv.DictWriter, output_dir: Path, every: int = 500) -> None:
+        self.fh, self.writer, self.output_dir, self.every = fh, writer, output_dir, every
+        self.rows: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        _syncfs(self.output_dir)
+        self.writer.writerows(self.rows)
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.rows.clear()
 
 
 def _done_inputs(report: Path) -> set[str]:
@@ -217,6 +307,7 @@ def deidentify_folder(input_dir: str | Path, output_dir: str | Path, pseudo: Pse
         writer = csv.DictWriter(fh, fieldnames=REPORT_FIELDS)
         if new_report:
             writer.writeheader()
+        checkpoint = _Checkpoint(fh, writer, output_dir)
         bar = tqdm(total=len(todo), unit="file", desc="de-identifying", disable=quiet, leave=False)
         args = (pseudo, options, str(input_dir), str(output_dir))
         try:
@@ -228,15 +319,14 @@ def deidentify_folder(input_dir: str | Path, output_dir: str | Path, pseudo: Pse
                 pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker, initargs=args)
                 rows = pool.map(process_file, map(str, todo), chunksize=max(1, min(64, len(todo) // (workers * 8))))
             for row in rows:
-                writer.writerow(row)
-                fh.flush()
+                checkpoint.add(row)
                 summary.counts[row["status"]] += 1
                 if row["status"] in ("flagged", "error"):
                     log.warning("%s: %s: %s", row["input"], row["status"], row["reason"])
                 bar.update()
+            checkpoint.flush()
         finally:
             bar.close()
             if workers > 1 and pool is not None:
                 pool.shutdown(cancel_futures=True)
-        os.fsync(fh.fileno())
     return summary
