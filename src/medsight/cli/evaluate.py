@@ -169,7 +169,7 @@ def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitiv
     if missing:
         raise MetricError(f"no column(s) {missing} to group by; columns are {list(df.columns)}", predictions)
     out = out_dir or predictions.resolve().with_name(predictions.name.rsplit(".", 1)[0] + "_evaluation")
-    per_case = pd.DataFrame({"case_id": tables._case_names(df)})
+    per_case = pd.DataFrame({"case_id": tables.case_names(df)})
     summaries: dict[str, Any] = {}
     subgroup_parts = []
     for task, (truth, score) in tasks.items():

@@ -228,7 +228,8 @@ def multilabel_metrics(y_true: np.ndarray, y_score: np.ndarray, names: Sequence[
     """
     yt, ys = np.asarray(y_true, dtype=float), np.asarray(y_score, dtype=float)
     if yt.ndim != 2 or yt.shape != ys.shape or yt.shape[1] != len(names):
-        raise MetricError(f"expected y_true and y_score of shape (n_cases, {len(names)}), got {yt.shape} and {ys.shape}")
+        raise MetricError(f"expected y_true and y_score of shape (n_cases, {len(names)}), "
+                          f"got {yt.shape} and {ys.shape}")
     rows = []
     for c, name in enumerate(names):
         thr = float((thresholds or {}).get(name, 0.5))

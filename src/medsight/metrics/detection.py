@@ -65,7 +65,8 @@ def froc_curve(scores: Sequence[float] | np.ndarray, lesion_hit: Sequence[int] |
     last_of_tie = np.r_[np.flatnonzero(np.diff(s)), s.shape[0] - 1] if s.size else np.empty(0, dtype=np.int64)
     fps = np.cumsum(is_fp)[last_of_tie] / n_images
     sens = np.cumsum(first_hit)[last_of_tie] / n_lesions
-    return {"fp_per_image": np.r_[0.0, fps], "sensitivity": np.r_[0.0, sens], "threshold": np.r_[np.inf, s[last_of_tie]]}
+    return {"fp_per_image": np.r_[0.0, fps], "sensitivity": np.r_[0.0, sens],
+            "threshold": np.r_[np.inf, s[last_of_tie]]}
 
 
 def sensitivity_at_fp_rates(curve: dict[str, np.ndarray], fp_rates: Sequence[float] = CPM_FP_RATES) -> np.ndarray:

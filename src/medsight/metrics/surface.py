@@ -35,7 +35,10 @@ def check_spacing(spacing: Sequence[float] | float | None, ndim: int) -> tuple[f
     """Spacing as a tuple of ``ndim`` positive finite floats (a scalar means isotropic, None means 1 mm)."""
     if spacing is None:
         return (1.0,) * ndim
-    sp = (float(spacing),) * ndim if np.isscalar(spacing) else tuple(float(s) for s in spacing)  # type: ignore[arg-type]
+    if np.isscalar(spacing):
+        sp: tuple[float, ...] = (float(spacing),) * ndim  # type: ignore[arg-type]
+    else:
+        sp = tuple(float(s) for s in spacing)  # type: ignore[union-attr]
     if len(sp) != ndim:
         raise MetricError(f"spacing {sp} has {len(sp)} values but the masks have {ndim} axes")
     if any(not math.isfinite(s) or s <= 0 for s in sp):

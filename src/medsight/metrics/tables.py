@@ -131,7 +131,8 @@ def summarise_segmentation(per_case: pd.DataFrame, metrics: Sequence[str] = SEG_
             v = grp[metric].to_numpy(dtype=float)
             finite = v[np.isfinite(v)]
             row: dict[str, Any] = {"label": int(label), "name": name, "metric": metric, "n": int(v.size),
-                                   "n_not_finite": int(v.size - finite.size), "n_ref_empty": int(grp["ref_empty"].sum())}
+                                   "n_not_finite": int(v.size - finite.size),
+                                   "n_ref_empty": int(grp["ref_empty"].sum())}
             if finite.size:
                 point, lo, hi = bootstrap_ci(np.mean, finite, n_boot=n_boot, alpha=alpha, seed=seed)
                 row.update(mean=point, lo=lo, hi=hi, median=float(np.median(finite)),
@@ -165,13 +166,13 @@ def read_predictions(path: Path) -> pd.DataFrame:
     return df
 
 
-def _case_names(df: pd.DataFrame) -> pd.Series:
+def case_names(df: pd.DataFrame) -> pd.Series:
     return df["case_id"].astype(str) if "case_id" in df.columns else pd.Series([f"row {i + 2}" for i in range(len(df))])
 
 
 def check_task_columns(df: pd.DataFrame, truth: str, score: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Labels and scores of one task; a missing or non-numeric value names the case (or CSV line)."""
-    names = _case_names(df)
+    names = case_names(df)
     y = pd.to_numeric(df[truth], errors="coerce").to_numpy(dtype=float)
     s = pd.to_numeric(df[score], errors="coerce").to_numpy(dtype=float)
     bad_y = ~np.isin(y, (0.0, 1.0))
