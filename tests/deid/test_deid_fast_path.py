@@ -7,9 +7,9 @@ import warnings
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
 
 from medsight.deid.apply import DeidOptions, deidentify_dataset
+from medsight.deid.corpus import local_test_files
 from medsight.deid.fast import Unsupported, deidentify_bytes
 from medsight.deid.pseudonym import Pseudonymizer
 from medsight.deid.run import _ensure_meta
@@ -32,7 +32,7 @@ def _pydicom_path(path, pseudo, options):
 @pytest.mark.parametrize("shift", [False, True])
 def test_fast_path_equals_pydicom_path(corpus, shift):
     pseudo, options = Pseudonymizer(b"equivalence key 32 bytes long..."), DeidOptions(shift_dates=shift)
-    files = [str(p) for p in corpus.files] + get_testdata_files("*.dcm")
+    files = [str(p) for p in corpus.files] + [str(p) for p in local_test_files()]
     compared = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -58,6 +58,6 @@ def test_unsupported_inputs_fall_back():
     pseudo, options = Pseudonymizer(b"k" * 32), DeidOptions()
     with pytest.raises(Unsupported):
         deidentify_bytes(b"\x00" * 200, pseudo, options)  # no DICM prefix
-    big_endian = [p for p in get_testdata_files("*.dcm") if p.endswith("MR_small_bigendian.dcm")][0]
+    big_endian = [p for p in local_test_files() if p.name == "MR_small_bigendian.dcm"][0]
     with pytest.raises(Unsupported, match="1.2.840.10008.1.2.2"):
         deidentify_bytes(open(big_endian, "rb").read(), pseudo, options)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -42,14 +41,32 @@ class Corpus:
     flagged: list[str] = field(default_factory=list)  # relative paths expected to be held back
 
 
+def local_test_files() -> list[Path]:
+    """Every .dcm file shipped inside pydicom and pydicom-data, found on disk (pydicom's
+    ``get_testdata_files`` may try to download missing files: never in a test)."""
+    from pydicom.data import data_manager
+
+    roots = [Path(data_manager.DATA_ROOT) / "test_files"]
+    try:
+        import data_store
+
+        roots.append(Path(data_store.__file__).parent / "data")
+    except ImportError:
+        pass
+    return sorted(p for root in roots if root.is_dir() for p in root.rglob("*.dcm"))
+
+
 def usable_base_files(include_flagged: bool = False) -> list[Path]:
     """Base files that read, hold pixel data and write back (some test files are deliberately broken)."""
     out = []
+    local = {p.name: p for p in local_test_files()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in dict.fromkeys(BASE_FILES + (FLAGGED_FILES if include_flagged else ())):
+            if name not in local:
+                continue
             try:
-                path = Path(get_testdata_file(name))
+                path = local[name]
                 ds = pydicom.dcmread(path)
                 if "PixelData" not in ds:
                     continue
