@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from monai.metrics import compute_hausdorff_distance
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from medsight.cli.main import main
 from medsight.image import Geometry, Image
@@ -120,3 +120,17 @@ def test_evaluate_cls_nan_score_names_the_case(tmp_path: Path, capsys: pytest.Ca
         main(["-q", "evaluate", "cls", str(csv)])
     assert exit_info.value.code == 2
     assert "case c7" in capsys.readouterr().err
+
+
+def test_evaluate_cls_quadratic_kappa_for_grades(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    grade = rng.integers(0, 5, 120)
+    df = pd.DataFrame({"case_id": range(120), "dr_grade": grade,
+                       "dr_grade_pred": np.clip(grade + rng.integers(-1, 2, 120), 0, 4)})
+    csv = tmp_path / "grades.csv"
+    df.to_csv(csv, index=False)
+    main(["-q", "evaluate", "cls", str(csv), "--kappa", "dr_grade:dr_grade_pred", "--n-boot", "100",
+          "--out", str(tmp_path / "k")])
+    k = json.loads((tmp_path / "k" / "summary.json").read_text())["kappa"]["dr_grade:dr_grade_pred"]
+    assert k["kappa"] == pytest.approx(cohen_kappa_score(df["dr_grade"], df["dr_grade_pred"], weights="quadratic"))
+    assert k["lo"] <= k["kappa"] <= k["hi"] and np.sum(k["confusion_matrix"]) == 120

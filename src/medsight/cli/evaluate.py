@@ -137,6 +137,9 @@ def _print_seg(summary: Any, out: Path, quiet: bool) -> None:
               help="Also report the highest threshold reaching this sensitivity, and its metrics.")
 @click.option("--group-by", "group_by", multiple=True,
               help="Subgroup column (site, sex, scanner, age...); repeatable. 'age' is banded (0-39, 40-59...).")
+@click.option("--kappa", "kappa_pairs", multiple=True, metavar="TRUE_COL:PRED_COL",
+              help="Also report quadratic weighted kappa (with CI and confusion matrix) between two integer grade "
+                   "columns, e.g. dr_grade:dr_grade_pred; repeatable.")
 @click.option("--min-cases", default=20, show_default=True, help="Smaller subgroups are marked too_few.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder (default: beside the CSV, <name>_evaluation).")
@@ -145,7 +148,7 @@ def _print_seg(summary: Any, out: Path, quiet: bool) -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.pass_context
 def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitivity: float,
-        group_by: tuple[str, ...], min_cases: int, out_dir: Path | None, n_boot: int, alpha: float,
+        group_by: tuple[str, ...], kappa_pairs: tuple[str, ...], min_cases: int, out_dir: Path | None, n_boot: int, alpha: float,
         seed: int) -> None:
     """AUC (DeLong and bootstrap CIs), PR AUC, sensitivity/specificity/PPV/NPV/F1, calibration, subgroups.
 
@@ -162,7 +165,7 @@ def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitiv
 
     df = tables.read_predictions(predictions)
     tasks = tables.classification_tasks(list(df.columns))
-    if not tasks:
+    if not tasks and not kappa_pairs:
         raise MetricError("no task columns found: give NAME and NAME_score columns (or y_true and y_score)",
                           predictions)
     missing = [g for g in group_by if g not in df.columns]
@@ -187,11 +190,13 @@ def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitiv
             subgroup_parts.append(part)
     for g in group_by:
         per_case[g] = df[g].to_numpy()
+    kappas = {pair: tables.summarise_kappa(df, pair, predictions, n_boot, alpha, seed) for pair in kappa_pairs}
     summary_rows = [{"task": t, **{k: v for k, v in m.items() if not isinstance(v, dict)},
                      **{f"{blk}_{k}": v for blk in ("at_threshold", "at_target_sensitivity")
                         for k, v in m.get(blk, {}).items()}} for t, m in summaries.items()]
     tables.write_csv(out / "per_case.csv", per_case)
-    tables.write_csv(out / "summary.csv", pd.DataFrame(summary_rows))
+    if summary_rows:
+        tables.write_csv(out / "summary.csv", pd.DataFrame(summary_rows))
     subgroups = pd.concat(subgroup_parts, ignore_index=True) if subgroup_parts else None
     if subgroups is not None:
         tables.write_csv(out / "subgroups.csv", subgroups)
@@ -202,7 +207,7 @@ def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitiv
         "predictions_sha256": sha256_file(predictions), "threshold": threshold,
         "target_sensitivity": target_sensitivity, "n_boot": n_boot, "alpha": alpha, "seed": seed,
         "definitions": "docs/metrics.md", "versions": _versions(), "tasks": summaries,
-        "subgroups": [] if subgroups is None else subgroups.to_dict(orient="records"),
+        "kappa": kappas, "subgroups": [] if subgroups is None else subgroups.to_dict(orient="records"),
     })
     if not _quiet(ctx):
         for task, m in summaries.items():
@@ -211,4 +216,6 @@ def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitiv
             at = m.get("at_threshold", {})
             click.echo(f"{task}: n={m['n']} pos={m['n_pos']}  {auc}  sens {at.get('sensitivity', float('nan')):.3f}"
                        f"  spec {at.get('specificity', float('nan')):.3f} at {threshold:g}")
+        for pair, k in kappas.items():
+            click.echo(f"{pair}: quadratic weighted kappa {k['kappa']:.3f} [{k['lo']:.3f}, {k['hi']:.3f}]")
         click.echo(f"tables written to {out}")

@@ -227,6 +227,36 @@ def summarise_classification(y: np.ndarray, s: np.ndarray, threshold: float, tar
     return out
 
 
+def summarise_kappa(df: pd.DataFrame, pair: str, path: Path, n_boot: int = 1000, alpha: float = 0.05,
+                    seed: int = 0) -> dict[str, Any]:
+    """Quadratic weighted kappa with bootstrap CI and the confusion matrix for 'TRUE_COL:PRED_COL' grades."""
+    from medsight.metrics.classification import cohen_kappa, confusion_matrix
+
+    true_col, _, pred_col = pair.partition(":")
+    missing = [c for c in (true_col, pred_col) if c not in df.columns]
+    if not true_col or not pred_col or missing:
+        raise MetricError(f"--kappa needs TRUE_COL:PRED_COL naming two columns; {pair!r} does not "
+                          f"(columns: {list(df.columns)})", path)
+    names = case_names(df)
+    grades = []
+    for col in (true_col, pred_col):
+        v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(v) | (v < 0) | (v != np.round(v))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise MetricError(f"column {col!r} must hold integer grades >= 0; case {names[i]} has "
+                              f"{df[col].iloc[i]!r}", path)
+        grades.append(v.astype(int))
+    k = int(max(grades[0].max(), grades[1].max()) + 1)
+
+    def qwk(t: np.ndarray, p: np.ndarray) -> float:
+        return cohen_kappa(t, p, "quadratic", n_classes=k)
+
+    point, lo, hi = bootstrap_ci(qwk, grades[0], grades[1], n_boot=n_boot, alpha=alpha, seed=seed)
+    return {"kappa": point, "lo": lo, "hi": hi, "weights": "quadratic",
+            "confusion_matrix": confusion_matrix(grades[0], grades[1], k).tolist()}
+
+
 # ---------------------------------------------------------------- writing
 def _clean(value: Any) -> Any:
     """JSON-safe: NaN/inf become null (strict JSON has neither), NumPy scalars become Python ones."""
