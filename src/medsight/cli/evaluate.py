@@ -22,13 +22,16 @@ def _quiet(ctx: click.Context) -> bool:
 
 
 def _versions() -> dict[str, str]:
-    import monai
-    import numpy
-    import scipy
-    import sklearn
+    """Versions of the libraries the metrics rest on (read from package metadata: no heavy imports)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"medsight": __version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "scikit-learn": sklearn.__version__, "monai": monai.__version__, "python": platform.python_version()}
+    out = {"medsight": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "scipy", "scikit-learn", "pandas", "monai"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
 
 
 def _stamp() -> str:
@@ -114,7 +117,7 @@ def _print_seg(summary: Any, out: Path, quiet: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="segmentation (mean [95% CI], median)")
+    table = Table(title="segmentation: mean [95% bootstrap CI] over cases (medians in summary.csv)")
     for col in ("label", "dice", "hd95 mm", "assd mm", "nsd"):
         table.add_column(col)
     for name, grp in summary.groupby("name", sort=False):
@@ -122,7 +125,7 @@ def _print_seg(summary: Any, out: Path, quiet: bool) -> None:
         for metric in ("dice", "hd95", "assd", "nsd"):
             r = grp[grp["metric"] == metric].iloc[0]
             extra = f" ({r['n_not_finite']} inf)" if r["n_not_finite"] else ""
-            cells.append(f"{r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] {r['median']:.3f}{extra}")
+            cells.append(f"{r['mean']:.3f} [{r['lo']:.3f}-{r['hi']:.3f}]{extra}")
         table.add_row(str(name), *cells)
     console = Console()
     console.print(table)
