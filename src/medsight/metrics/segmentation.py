@@ -32,14 +32,10 @@ def _ratio(a: float, b: float) -> float:
 def dice(pred_mask: np.ndarray, ref_mask: np.ndarray) -> float:
     """Dice = 2|P & R| / (|P| + |R|); 1.0 when both masks are empty (nothing to find, nothing found)."""
     p, r = np.asarray(pred_mask, dtype=bool), np.asarray(ref_mask, dtype=bool)
-    check_pair(p, r) if p.ndim in (2, 3) else _same_shape(p, r)
-    denom = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
-    return 1.0 if denom == 0 else 2.0 * int(np.count_nonzero(p & r)) / denom
-
-
-def _same_shape(p: np.ndarray, r: np.ndarray) -> None:
     if p.shape != r.shape:
         raise MetricError(f"prediction shape {p.shape} differs from reference shape {r.shape}")
+    denom = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
+    return 1.0 if denom == 0 else 2.0 * int(np.count_nonzero(p & r)) / denom
 
 
 def _percentile(d: np.ndarray, q: float) -> float:
