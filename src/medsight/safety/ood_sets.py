@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class OODSource:
-    """One shipped DICOM file: name for ``pydicom.data.get_testdata_file``, and what it shows."""
+    """One DICOM file shipped inside pydicom / pydicom-data, and what it shows."""
 
     filename: str
     modality: str
@@ -64,6 +66,21 @@ _VIEWS = (("whole", 1.0, (0.0, 0.0)), ("centre", 0.6, (0.0, 0.0)), ("upper-left"
           ("lower-right", 0.5, (1.0, 1.0)))
 
 
+def _find_local(filename: str) -> Path | None:
+    """The shipped file on disk, or None. Never ``pydicom.data.get_testdata_file``: for a file that is not
+    installed it may try to download it."""
+    from pydicom.data import data_manager
+
+    roots = [Path(data_manager.DATA_ROOT) / "test_files"]
+    spec = importlib.util.find_spec("data_store")  # the pydicom-data wheel's package
+    if spec is not None and spec.submodule_search_locations:
+        roots += [Path(p) / "data" for p in spec.submodule_search_locations]
+    for root in roots:
+        if (root / filename).is_file():
+            return root / filename
+    return None
+
+
 def _grey_frames(ds, max_frames: int) -> Iterator[np.ndarray]:
     from pydicom.pixels import apply_rescale, convert_color_space
 
@@ -95,12 +112,11 @@ def different_modality_images(views: Sequence[str] | None = None) -> list[Image]
     ``views`` picks among "whole", "centre", "upper-left", "lower-right" (default: all four per frame).
     """
     import pydicom
-    from pydicom.data import get_testdata_file
 
     wanted = [v for v in _VIEWS if views is None or v[0] in views]
     out: list[Image] = []
     for src in SOURCES:
-        path = get_testdata_file(src.filename)
+        path = _find_local(src.filename)
         if path is None:
             log.warning("OOD source %s is not installed (pydicom-data missing?); skipped", src.filename)
             continue
