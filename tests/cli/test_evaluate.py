@@ -62,6 +62,25 @@ def test_evaluate_seg_writes_tables_matching_monai(tmp_path: Path) -> None:
     assert data["n_cases"] == 3 and data["labels"] == {"1": "organ", "2": "lesion"}
 
 
+def test_evaluate_seg_subgroups_from_manifest(tmp_path: Path) -> None:
+    pred_dir, ref_dir, _ = _seg_folders(tmp_path)
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"case_id": ["case_000", "case_001", "case_002"], "site": ["site_A", "site_A", "site_C"]}
+                 ).to_csv(manifest, index=False)
+    out = tmp_path / "eval"
+    main(["-q", "evaluate", "seg", str(pred_dir), str(ref_dir), "--out", str(out), "--n-boot", "50",
+          "--manifest", str(manifest), "--group-by", "site", "--min-cases", "1"])
+    per_case = pd.read_csv(out / "per_case.csv")
+    sub = pd.read_csv(out / "subgroups.csv")
+    row = sub[(sub["name"] == "organ") & (sub["metric"] == "dice") & (sub["group"] == "site_A")].iloc[0]
+    expected = per_case[(per_case["name"] == "organ") & per_case["case_id"].isin(["case_000", "case_001"])]["dice"]
+    assert row["n"] == 2 and row["value"] == pytest.approx(expected.mean())
+    pd.DataFrame({"case_id": ["case_000"], "site": ["site_A"]}).to_csv(manifest, index=False)
+    with pytest.raises(SystemExit):
+        main(["-q", "evaluate", "seg", str(pred_dir), str(ref_dir), "--out", str(out), "--manifest", str(manifest),
+              "--group-by", "site"])
+
+
 def test_evaluate_seg_rejects_mismatched_spacing_and_missing_cases(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                                                    ) -> None:
     pred_dir, ref_dir, cases = _seg_folders(tmp_path)

@@ -56,20 +56,31 @@ def evaluate() -> None:
                    "else every value found in the references.")
 @click.option("--nsd-tolerance", "tol", default=1.0, show_default=True, type=float,
               help="Normalised surface Dice tolerance in mm.")
+@click.option("--manifest", type=click.Path(path_type=Path), default=None,
+              help="Case table with case_id and subgroup columns (e.g. the dataset's manifest.csv) for --group-by.")
+@click.option("--group-by", "group_by", multiple=True,
+              help="Manifest column to report Dice and NSD by (site, scanner, sex, age...); repeatable.")
+@click.option("--min-cases", default=20, show_default=True, help="Smaller subgroups are marked too_few.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder (default: PRED_DIR/../evaluation).")
 @click.option("--n-boot", default=1000, show_default=True, help="Bootstrap resamples for the summary CIs.")
 @click.option("--alpha", default=0.05, show_default=True, help="1 - confidence level of the intervals.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.pass_context
-def seg(ctx: click.Context, pred_dir: Path, ref_dir: Path, labels_text: str | None, tol: float, out_dir: Path | None,
-        n_boot: int, alpha: float, seed: int) -> None:
+def seg(ctx: click.Context, pred_dir: Path, ref_dir: Path, labels_text: str | None, tol: float,
+        manifest: Path | None, group_by: tuple[str, ...], min_cases: int, out_dir: Path | None, n_boot: int,
+        alpha: float, seed: int) -> None:
     """Dice, IoU, sensitivity, precision, volumes, HD, HD95, ASSD and NSD per case and label.
 
     Writes per_case.csv, summary.csv (mean with bootstrap CI, median, std per label and metric) and summary.json
-    (the same plus settings, definitions and versions). Prediction and reference must share shape and spacing.
+    (the same plus settings, definitions and versions); with --manifest and --group-by also subgroups.csv.
+    Prediction and reference must share shape and spacing.
     """
+    from medsight.errors import MetricError
     from medsight.metrics import tables
+
+    if group_by and manifest is None:
+        raise MetricError("--group-by needs --manifest (a CSV with case_id and the subgroup columns)")
 
     labels = _seg_labels(labels_text, ref_dir)
     per_case = tables.evaluate_segmentation_folders(pred_dir, ref_dir, labels, tol, quiet=_quiet(ctx))
@@ -77,12 +88,19 @@ def seg(ctx: click.Context, pred_dir: Path, ref_dir: Path, labels_text: str | No
     out = out_dir or Path(pred_dir).resolve().parent / "evaluation"
     tables.write_csv(out / "per_case.csv", per_case)
     tables.write_csv(out / "summary.csv", summary)
+    subgroups = None
+    if group_by and manifest is not None:
+        subgroups = tables.segmentation_subgroups(per_case, tables.read_predictions(manifest), group_by,
+                                                  min_cases=min_cases, n_boot=n_boot, alpha=alpha, seed=seed,
+                                                  path=manifest)
+        tables.write_csv(out / "subgroups.csv", subgroups)
     tables.write_json(out / "summary.json", {
         "kind": "segmentation", "created": _stamp(), "pred_dir": str(pred_dir), "ref_dir": str(ref_dir),
         "labels": {str(k): v for k, v in labels.items()}, "nsd_tolerance_mm": tol, "n_boot": n_boot,
         "alpha": alpha, "seed": seed, "n_cases": int(per_case["case_id"].nunique()),
         "definitions": "docs/metrics.md (surface distances identical to MONAI with spacing; empty-mask conventions)",
         "versions": _versions(), "summary": summary.to_dict(orient="records"),
+        "subgroups": [] if subgroups is None else subgroups.to_dict(orient="records"),
         "cases": per_case.to_dict(orient="records"),
     })
     _print_seg(summary, out, _quiet(ctx))

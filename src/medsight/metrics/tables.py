@@ -143,6 +143,41 @@ def summarise_segmentation(per_case: pd.DataFrame, metrics: Sequence[str] = SEG_
     return pd.DataFrame(rows)
 
 
+def segmentation_subgroups(per_case: pd.DataFrame, manifest: pd.DataFrame, attributes: Sequence[str],
+                           metrics: Sequence[str] = ("dice", "nsd"), min_cases: int = 20, n_boot: int = 1000,
+                           alpha: float = 0.05, seed: int = 0, path: Path | None = None) -> pd.DataFrame:
+    """Mean of each metric per label and subgroup (site, scanner, sex, age band) with CI, gap and worst flag.
+
+    ``manifest`` needs a case_id column (e.g. the demo dataset's manifest.csv); 'age' is banded. Cases missing
+    from the manifest are an error, so a subgroup table never silently drops cases.
+    """
+    from medsight.metrics.subgroup import age_bands, metric_by_group
+
+    if "case_id" not in manifest.columns:
+        raise DatasetError("the manifest has no case_id column", path)
+    missing = [a for a in attributes if a not in manifest.columns]
+    if missing:
+        raise DatasetError(f"the manifest has no column(s) {missing}; columns are {list(manifest.columns)}", path)
+    man = manifest.assign(case_id=manifest["case_id"].astype(str)).drop_duplicates("case_id").set_index("case_id")
+    absent = sorted(set(per_case["case_id"].astype(str)) - set(man.index))
+    if absent:
+        raise DatasetError(f"{len(absent)} evaluated case(s) are not in the manifest, e.g. {absent[0]}", path)
+    parts = []
+    for (label, name), grp in per_case.groupby(["label", "name"], sort=True):
+        rows = man.loc[grp["case_id"].astype(str)]
+        for attr in attributes:
+            groups = age_bands(rows[attr]) if attr == "age" else rows[attr].to_numpy()
+            for metric in metrics:
+                part = metric_by_group(np.mean, groups, grp[metric].to_numpy(dtype=float), min_cases=min_cases,
+                                       higher_is_better=metric not in ("hd", "hd95", "assd"), attribute=attr,
+                                       n_boot=n_boot, alpha=alpha, seed=seed)
+                part.insert(0, "label", int(label))
+                part.insert(1, "name", name)
+                part.insert(2, "metric", metric)
+                parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
 # ---------------------------------------------------------------- classification
 def classification_tasks(columns: Sequence[str]) -> dict[str, tuple[str, str]]:
     """Task name -> (truth column, score column): every 'X_score' column with an 'X' column, or y_true/y_score."""
