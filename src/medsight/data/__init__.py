@@ -1,0 +1,1 @@
+"""Datasets on disk: the MSD / nnU-Net layout and the CSV manifest, validated before any training."""

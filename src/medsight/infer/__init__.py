@@ -1,0 +1,1 @@
+"""Sliding-window inference, mirroring TTA, fold ensembling and resampling back to the input grid."""

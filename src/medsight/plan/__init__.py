@@ -1,0 +1,1 @@
+"""Dataset fingerprint -> versioned, hashed training plan (JSON)."""

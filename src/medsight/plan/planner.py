@@ -1,0 +1,136 @@
+"""Fingerprint -> Plan, following nnU-Net's rules of thumb, with the reason for each choice written down.
+
+- Target spacing: the median spacing; for strongly anisotropic data (max/min > 3) the low-resolution axis takes
+  the 10th percentile instead, so thin-slice detail is not thrown away.
+- Normalisation: CT is clipped to the foreground 0.5-99.5 percentiles and z-scored with the foreground mean and
+  std (intensities mean the same in every scan); every other modality is z-scored per case.
+- Topology: an axis is pooled while its feature map stays >= 4 voxels and its spacing is within 2x of the finest;
+  kernels are 1 along axes still too coarse (anisotropy), at most 5 pooling steps.
+- Patch and batch: start from the median resampled shape and shrink the largest axis (relative to the median
+  shape) until the estimated training memory fits ``memory_gb``; batch 2 for 3D, larger for 2D while it fits.
+- Width: 32 base filters (capped at 320) when memory allows, fewer on small budgets (CPU demo, laptops).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from medsight.data.fingerprint import fingerprint_hash
+from medsight.errors import ConfigError
+from medsight.plan.plan import ConfigPlan, Plan
+
+BYTES_PER_ACTIVATION = 4 * 12  # float32 x (conv, norm, activation, their gradients and the decoder's share)
+MAX_POOLS = 5
+MIN_FEATURE = 4
+
+
+def make_plan(fp: dict[str, Any], memory_gb: float = 8.0, base_filters: int | None = None,
+              epochs: int = 100, iterations_per_epoch: int = 50, network: str = "dynunet") -> Plan:
+    """Deterministic: the same fingerprint and options always give the same plan (and plan hash)."""
+    if memory_gb <= 0:
+        raise ConfigError(f"--memory-gb must be positive, got {memory_gb}")
+    reasons: list[str] = []
+    spacings = np.asarray(fp["spacings"], dtype=float)
+    target = np.median(spacings, axis=0)
+    reasons.append(f"target spacing {_fmt(target)} mm = median spacing over {len(spacings)} cases")
+    if target.max() / target.min() > 3:
+        low = int(np.argmax(target))
+        target[low] = float(np.percentile(spacings[:, low], 10))
+        reasons.append(f"axis {low} is > 3x coarser than the finest: uses its 10th-percentile spacing {target[low]:.3g}")
+    shapes = np.asarray(fp["shapes"], dtype=float)
+    resampled = np.median(shapes * spacings / target, axis=0)
+    median_shape = [int(round(v)) for v in resampled]
+    reasons.append(f"median shape after resampling {median_shape}")
+
+    norm: dict[str, dict[str, Any]] = {}
+    for ch, stats in fp["intensity"].items():
+        if str(stats["name"]).upper() == "CT":
+            norm[ch] = {"scheme": "ct", "clip": [stats["p00_5"], stats["p99_5"]], "mean": stats["mean"],
+                        "std": max(stats["std"], 1e-6)}
+            reasons.append(f"channel {ch} is CT: clip to foreground [{stats['p00_5']:.4g}, {stats['p99_5']:.4g}] "
+                           "and z-score with the foreground mean/std")
+        else:
+            norm[ch] = {"scheme": "zscore_case"}
+            reasons.append(f"channel {ch} ({stats['name']}) is not CT: per-case z-score (arbitrary scanner units)")
+
+    if base_filters is None:
+        base_filters = 32 if memory_gb >= 8 else 16 if memory_gb >= 2 else 8
+        reasons.append(f"{base_filters} base filters for a {memory_gb:g} GB budget (32 from 8 GB up, as nnU-Net)")
+    configs = {
+        "3d": _config("3d", target, median_shape, memory_gb, base_filters, 320, 3, epochs, iterations_per_epoch,
+                      network),
+        "2d": _config("2d", target[:2], median_shape[:2], memory_gb, base_filters, 512, 2, epochs,
+                      iterations_per_epoch, network),
+    }
+    return Plan(dataset=fp["dataset"], fingerprint_sha256=fingerprint_hash(fp), channels=dict(fp["channels"]),
+                labels=dict(fp["labels"]), normalisation=norm, target_spacing=[float(v) for v in target],
+                configurations=configs, memory_gb=float(memory_gb), reasons=reasons)
+
+
+def _topology(patch: list[int], spacing: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
+    """nnU-Net-style kernels and strides for a patch; first level has stride 1."""
+    size = np.asarray(patch, dtype=float)
+    sp = np.asarray(spacing, dtype=float).copy()
+    kernels = [[3 if s <= 2 * sp.min() else 1 for s in sp]]
+    strides = [[1] * len(sp)]
+    for _ in range(MAX_POOLS):
+        pool = [(size[a] / 2 >= MIN_FEATURE) and (sp[a] <= 2 * sp.min()) for a in range(len(sp))]
+        if not any(pool):
+            break
+        strides.append([2 if p else 1 for p in pool])
+        size = np.where(pool, size / 2, size)
+        sp = np.where(pool, sp * 2, sp)
+        kernels.append([3 if s <= 2 * sp.min() else 1 for s in sp])
+    return kernels, strides
+
+
+def _divisor(strides: list[list[int]]) -> np.ndarray:
+    return np.prod(np.asarray(strides), axis=0)
+
+
+def _memory_gb(patch: list[int], batch: int, filters: list[int], strides: list[list[int]]) -> float:
+    voxels = float(np.prod(patch))
+    total = 0.0
+    for f, s in zip(filters, strides):
+        voxels /= float(np.prod(s))
+        total += f * voxels
+    return batch * total * BYTES_PER_ACTIVATION / 1e9 * 2  # encoder + decoder
+
+
+def _config(name: str, spacing: np.ndarray, median_shape: list[int], memory_gb: float, base: int, cap: int,
+            dims: int, epochs: int, iters: int, network: str) -> ConfigPlan:
+    reasons = []
+    patch = [int(v) for v in median_shape]
+    batch = 2
+    for _ in range(200):
+        kernels, strides = _topology(patch, spacing)
+        div = _divisor(strides)
+        patch = [int(math.ceil(p / d) * d) for p, d in zip(patch, div)]
+        filters = [min(base * 2 ** i, cap) for i in range(len(strides))]
+        mem = _memory_gb(patch, batch, filters, strides)
+        if mem <= memory_gb or max(patch) <= 2 * MIN_FEATURE:
+            break
+        ratio = np.asarray(patch) / np.asarray(median_shape)
+        axis = int(np.argmax(ratio))
+        patch[axis] = max(int(patch[axis] - div[axis]), int(div[axis]))
+    reasons.append(f"patch {patch} with batch {batch}: est. {mem:.2f} GB of {memory_gb:g} GB "
+                   f"(largest patch near the median shape {median_shape} that fits)")
+    if dims == 2:
+        while batch < 32 and _memory_gb(patch, batch * 2, filters, strides) <= memory_gb:
+            batch *= 2
+        mem = _memory_gb(patch, batch, filters, strides)
+        reasons.append(f"2D batch raised to {batch} while memory allows")
+    reasons.append(f"{len(strides) - 1} pooling steps, strides {strides}; filters {filters}")
+    mirror = list(range(dims))
+    return ConfigPlan(name=name, spatial_dims=dims, spacing=[float(v) for v in spacing],
+                      median_shape=[int(v) for v in median_shape], patch_size=patch, batch_size=batch,
+                      network=network, filters=filters, kernels=kernels, strides=strides, deep_supervision=True,
+                      epochs=epochs, iterations_per_epoch=iters, mirror_axes=mirror,
+                      estimated_memory_gb=round(mem, 3), reasons=reasons)
+
+
+def _fmt(v: np.ndarray) -> str:
+    return "x".join(f"{x:.3g}" for x in v)

@@ -1,0 +1,1 @@
+"""Resumable, deterministic segmentation training."""

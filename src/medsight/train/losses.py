@@ -1,0 +1,43 @@
+"""Dice + cross-entropy (MONAI's DiceCELoss) with nnU-Net-style deep-supervision weighting."""
+
+from __future__ import annotations
+
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Sum of DiceCE over the main output and the lower-resolution heads, weights halving per level."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``output`` is (B, C, *S) or DynUNet's stack (B, heads+1, C, *S); ``target`` is (B, 1, *S) int."""
+        if output.dim() == target.dim():
+            return self.loss(output, target)
+        heads = output.shape[1]
+        weights = torch.tensor([0.5 ** i for i in range(heads)])
+        weights = weights / weights.sum()
+        total = output.new_zeros(())
+        for i in range(heads):
+            # DynUNet upsamples every head to full size already; the target is used as it is
+            total = total + weights[i] * self.loss(output[:, i], target)
+        return total
+
+
+def soft_dice_per_class(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> list[float]:
+    """Hard Dice per foreground class over the whole batch (NaN where absent in both)."""
+    pred = logits.argmax(1)
+    tgt = target[:, 0]
+    out = []
+    for c in range(1, n_classes):
+        p, t = pred == c, tgt == c
+        denom = int(p.sum() + t.sum())
+        out.append(float("nan") if denom == 0 else 2.0 * float((p & t).sum()) / denom)
+    return out
+
+
+__all__ = ["DeepSupervisionLoss", "soft_dice_per_class"]
