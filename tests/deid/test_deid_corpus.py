@@ -174,3 +174,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     code, text = _run_cli(["deid", str(tmp_path / "missing"), str(tmp_path / "o"), "--key-file",
                            str(tmp_path / "nokey")], capsys)
     assert code == 2 and "key file not found" in text and "Traceback" not in text
+
+
+def test_allow_burned_in_writes_flagged_files_and_says_so(corpus, key_file, tmp_path):
+    out = tmp_path / "allow"
+    summary = deidentify_folder(corpus.root, out, Pseudonymizer.from_file(key_file),
+                                RunOptions(write_flagged=True), workers=1, quiet=True)
+    assert summary.counts["written"] == len(corpus.files)
+    report = _report(out)
+    for rel in corpus.flagged:
+        assert report[rel]["status"] == "written" and report[rel]["reason"].startswith("written although flagged")
+        ds = _read(out / report[rel]["output"])
+        assert ds.Modality == "US" and ds.PatientIdentityRemoved == "YES"

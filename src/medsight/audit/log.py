@@ -144,8 +144,8 @@ def _create_engine(url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _begin(conn):  # take the write lock at BEGIN: appends never interleave, reads never deadlock
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(conn):  # appends take the write lock at BEGIN (IMMEDIATE): they never interleave or deadlock
+            conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get("sqlite_begin", "DEFERRED"))
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -187,7 +187,7 @@ class AuditLog:
         if not event_name or not actor:
             raise ConfigError("an audit event needs a non-empty event name and actor")
         details_json = canonical_details(details)
-        with self.engine.begin() as conn:
+        with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
             if self._is_pg:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
             last = conn.execute(select(events_table.c.seq, events_table.c.hash)

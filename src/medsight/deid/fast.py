@@ -363,6 +363,14 @@ def deidentify_bytes(buf: bytes, pseudo: Pseudonymizer, options: DeidOptions
     The chunks concatenate to the output file (``b"".join``, or ``writelines`` without copying the pixels).
     Raises ``Unsupported`` when the file needs the pydicom path.
     """
+    try:
+        return _deidentify_bytes(buf, pseudo, options)
+    except (UnicodeDecodeError, struct.error, IndexError) as err:  # odd bytes: let pydicom judge the file
+        raise Unsupported(f"{type(err).__name__}: {err}") from err
+
+
+def _deidentify_bytes(buf: bytes, pseudo: Pseudonymizer, options: DeidOptions
+                      ) -> tuple[list[bytes | memoryview], DeidSummary, str | None, dict[int, str], str]:
     meta, pos, ts = _meta(buf)
     if ts == IMPLICIT_LE:
         explicit = False
