@@ -186,3 +186,25 @@ def test_allow_burned_in_writes_flagged_files_and_says_so(corpus, key_file, tmp_
         assert report[rel]["status"] == "written" and report[rel]["reason"].startswith("written although flagged")
         ds = _read(out / report[rel]["output"])
         assert ds.Modality == "US" and ds.PatientIdentityRemoved == "YES"
+
+
+def test_mixed_folder_non_dicom_skipped_and_fallback_path_used(tmp_path, key_file):
+    import shutil
+
+    from medsight.deid.corpus import local_test_files
+
+    src = tmp_path / "in"
+    src.mkdir()
+    local = {p.name: p for p in local_test_files()}
+    shutil.copy(local["MR_small_bigendian.dcm"], src / "big_endian")  # needs the pydicom path
+    shutil.copy(local["CT_small.dcm"], src / "ct")  # takes the byte-level path
+    (src / "notes.txt").write_text("PatientName: Jane Roe\n")
+    summary = deidentify_folder(src, tmp_path / "out", Pseudonymizer.from_file(key_file), workers=1, quiet=True)
+    report = _report(tmp_path / "out")
+    assert report["notes.txt"]["status"] == "skipped" and report["notes.txt"]["reason"] == "not a DICOM file"
+    assert summary.counts == {"written": 2, "skipped": 1}
+    for name in ("big_endian", "ct"):
+        original, ds = _read(src / name), _read(tmp_path / "out" / report[name]["output"])
+        assert ds.PatientID == Pseudonymizer.from_file(key_file).patient_id(original.PatientID)
+        assert ds.PatientName == ds.PatientID and ds.StudyInstanceUID != original.StudyInstanceUID
+        assert ds.PixelData == original.PixelData and not any(e.tag.is_private for e in ds.iterall())
