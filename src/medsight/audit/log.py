@@ -12,7 +12,9 @@ at a time, others wait up to ``busy_timeout``) and a transaction-scoped advisory
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -170,6 +172,10 @@ class AuditLog:
             except Exception as err2:
                 raise ConfigError(f"cannot open the audit log at {self._safe_url()}: {err2}") from err2
         self._is_pg = self.engine.dialect.name == "postgresql"
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        # SQLite's busy handler polls with sleeps of up to 100 ms; a blocking file lock beside the database wakes
+        # the next writer the moment the previous one commits (BEGIN IMMEDIATE still guards other clients)
+        self._lock_path = f"{database}.lock" if database and database != ":memory:" else None
 
     def _safe_url(self) -> str:
         try:
@@ -187,7 +193,8 @@ class AuditLog:
         if not event_name or not actor:
             raise ConfigError("an audit event needs a non-empty event name and actor")
         details_json = canonical_details(details)
-        with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+        with self._writer_lock(), self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, \
+                conn.begin():
             if self._is_pg:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
             last = conn.execute(select(events_table.c.seq, events_table.c.hash)
@@ -201,6 +208,18 @@ class AuditLog:
             if updated.rowcount == 0:
                 conn.execute(head_table.insert().values(id=1, seq=seq, hash=digest))
         return AuditRecord(seq, ts, event_name, actor, json.loads(details_json), prev, digest)
+
+    @contextlib.contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        if self._lock_path is None:
+            yield
+            return
+        with open(self._lock_path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def records(self, since: int = 0, limit: int | None = None, event_name: str | None = None
                 ) -> Iterator[AuditRecord]:
