@@ -51,9 +51,10 @@ class Predictor:
             x = x[0].permute(3, 0, 1, 2)
         probs, net_seconds = [], 0.0
         for net in self.models:
-            fn = timed_predictor(lambda patch, net=net: mirrored_softmax(net, patch, self.mirror_axes))
-            p = sliding_window(x, fn, self.cfg.patch_size, self.overlap)
-            net_seconds += fn.seconds
+            timed_net = timed_predictor(net)  # only the network's forward passes count as network time
+            p = sliding_window(x, lambda patch, n=timed_net: mirrored_softmax(n, patch, self.mirror_axes),
+                               self.cfg.patch_size, self.overlap)
+            net_seconds += timed_net.seconds
             probs.append(p)
         prob = average(probs)
         prob = prob.permute(1, 2, 3, 0) if self.cfg.spatial_dims == 2 else prob[0]
