@@ -1,0 +1,199 @@
+"""Claim: on the demo split, medsight's segmentation is within 0.01 Dice of nnU-Net v2 (or better) at no more
+wall time, both on CPU with the same training wall-clock budget.
+
+Run with the benchmark venv (nnunetv2 + medsight):
+    .venv-bench/bin/python benchmarks/bench_nnunet.py --train-seconds 240
+Steps: build the demo data; medsight = the demo stage's configuration (plan 0.5 GB / 8 filters, fold 0 of the
+training sites, same time budget); nnU-Net v2 = its own fingerprint/plan/preprocess of the same training-site
+cases (3d_fullres), ``splits_final.json`` set to the same fold 0, its stock trainer with 10 iterations per epoch on
+the CPU stopped after the epoch that passes the budget, then its predictor (Gaussian sliding window, no mirroring:
+CPU time) on the same held-out and unseen-site cases. Dice per label is computed with one function for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import machine_line, record_section  # noqa: E402
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum() + b.sum())
+    return 1.0 if s == 0 else 2.0 * float((a & b).sum()) / s
+
+
+def _score(pred_dir: Path, ds, cases: list[str], name_of: dict[int, str]) -> dict[str, float]:
+    import nibabel as nib
+
+    out: dict[str, list[float]] = {n: [] for n in name_of.values()}
+    for cid in cases:
+        ref = np.asarray(nib.load(str(ds.case(cid).label)).dataobj)
+        pred = np.asarray(nib.load(str(pred_dir / f"{cid}.nii.gz")).dataobj)
+        for k, n in name_of.items():
+            if n == "lesion" and not (ref == k).any():
+                continue
+            out[n].append(_dice(pred == k, ref == k))
+    return {n: float(np.mean(v)) if v else float("nan") for n, v in out.items()}
+
+
+def run_medsight(ds, data: Path, work: Path, fold: dict, seed: int, budget: float) -> tuple[float, float, Path]:
+    from medsight.data.fingerprint import compute_fingerprint
+    from medsight.demo.segmentation import BASE_FILTERS, EPOCHS, ITERATIONS, MEMORY_GB, OVERLAP
+    from medsight.infer.predict import Predictor, write_prediction
+    from medsight.io.nifti import read_nifti
+    from medsight.plan.planner import make_plan
+    from medsight.train.loop import train_fold
+
+    t = time.perf_counter()
+    fp = compute_fingerprint(ds.subset(fold["train"] + fold["val"]), seed=seed)
+    plan = make_plan(fp, memory_gb=MEMORY_GB, base_filters=BASE_FILTERS, epochs=EPOCHS, iterations_per_epoch=ITERATIONS)
+    md = work / "medsight_model"
+    md.mkdir(parents=True, exist_ok=True)
+    plan.save(md / "plan.json")
+    train_fold(ds, plan, "3d", 0, md, fold["train"], fold["val"], seed=seed, max_seconds=budget, quiet=True)
+    t_train = time.perf_counter() - t
+    t = time.perf_counter()
+    pred = Predictor(md, mirror_axes=[0], overlap=OVERLAP)
+    out = work / "medsight_pred"
+    for cid in fold["val"] + fold["test"]:
+        write_prediction(pred.predict(read_nifti(ds.case(cid).images[0])), out / f"{cid}.nii.gz")
+    return t_train, time.perf_counter() - t, out
+
+
+def run_nnunet(ds, work: Path, fold: dict, budget: float, threads: int) -> tuple[float, float, Path]:
+    raw, pre, res = work / "nnUNet_raw", work / "nnUNet_preprocessed", work / "nnUNet_results"
+    for p in (raw, pre, res):
+        p.mkdir(parents=True, exist_ok=True)
+    os.environ.update(nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(res),
+                      nnUNet_n_proc_DA="0", nnUNet_compile="false")
+    name = "Dataset501_MedsightDemo"
+    dsdir = raw / name
+    (dsdir / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (dsdir / "labelsTr").mkdir(parents=True, exist_ok=True)
+    (dsdir / "imagesTs").mkdir(parents=True, exist_ok=True)
+    train_ids = fold["train"] + fold["val"]
+    for cid in train_ids:
+        shutil.copy(ds.case(cid).images[0], dsdir / "imagesTr" / f"{cid}_0000.nii.gz")
+        shutil.copy(ds.case(cid).label, dsdir / "labelsTr" / f"{cid}.nii.gz")
+    for cid in fold["val"] + fold["test"]:
+        shutil.copy(ds.case(cid).images[0], dsdir / "imagesTs" / f"{cid}_0000.nii.gz")
+    meta = json.loads((ds.root / "dataset.json").read_text())
+    (dsdir / "dataset.json").write_text(json.dumps({"channel_names": meta["channel_names"], "labels": meta["labels"],
+                                                    "numTraining": len(train_ids), "file_ending": ".nii.gz"}))
+    t = time.perf_counter()
+    bindir = Path(sys.executable).parent
+    subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", "3d_fullres", "-np", "1",
+                    "--verify_dataset_integrity"], check=True, stdout=subprocess.DEVNULL)
+    (pre / name / "splits_final.json").write_text(json.dumps([{"train": fold["train"], "val": fold["val"]}]))
+
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    torch.set_num_threads(threads)
+
+    class _Budget(Exception):
+        pass
+
+    class BudgetTrainer(nnUNetTrainer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.num_iterations_per_epoch = 10
+            self.num_val_iterations_per_epoch = 2
+            self.num_epochs = 1000
+
+        def on_epoch_end(self):
+            super().on_epoch_end()
+            if time.perf_counter() - self._t0 > budget:
+                raise _Budget()
+
+    plans = load_json(str(pre / name / "nnUNetPlans.json"))
+    trainer = BudgetTrainer(plans, "3d_fullres", 0, load_json(str(pre / name / "dataset.json")),
+                            device=torch.device("cpu"))
+    trainer._t0 = time.perf_counter() - (time.perf_counter() - t) * 0  # budget counts training only
+    try:
+        trainer.run_training()
+    except _Budget:
+        pass
+    trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))
+    ck = torch.load(str(Path(trainer.output_folder) / "checkpoint_final.pth"), weights_only=False)
+    ck["trainer_name"] = "nnUNetTrainer"
+    torch.save(ck, str(Path(trainer.output_folder) / "checkpoint_final.pth"))
+    epochs_done = trainer.current_epoch
+    t_train = time.perf_counter() - t
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    t = time.perf_counter()
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(Path(trainer.output_folder).parent), use_folds=(0,))
+    out = work / "nnunet_pred"
+    predictor.predict_from_files(str(dsdir / "imagesTs"), str(out), num_processes_preprocessing=1,
+                                 num_processes_segmentation_export=1)
+    print("nnU-Net epochs done:", epochs_done, flush=True)
+    return t_train, time.perf_counter() - t, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train-seconds", type=float, default=240.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    import torch
+
+    from medsight.data.dataset import load_dataset
+    from medsight.data.splits import dataset_folds
+    from medsight.datasets.demo import TRAINING_SITES, UNSEEN_SITE, build_demo_dataset
+
+    torch.set_num_threads(args.threads)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_nnunet_"))
+    data = build_demo_dataset(work / "data", seed=args.seed, quiet=True)
+    ds = load_dataset(data)
+    fold = dict(dataset_folds(ds, 5, args.seed, sites=TRAINING_SITES)[0])
+    fold["test"] = [c.case_id for c in ds.cases if c.site == UNSEEN_SITE]
+    names = ds.foreground
+    ms_train, ms_pred, ms_out = run_medsight(ds, data, work, fold, args.seed, args.train_seconds)
+    nn_train, nn_pred, nn_out = run_nnunet(ds, work, fold, args.train_seconds, args.threads)
+    rows = []
+    for tool, tr, pr, out in (("medsight", ms_train, ms_pred, ms_out), ("nnU-Net v2 2.8.1", nn_train, nn_pred, nn_out)):
+        held = _score(out, ds, fold["val"], names)
+        unseen = _score(out, ds, fold["test"], names)
+        rows.append((tool, tr, pr, held, unseen))
+    lines = [f"| {t} | {tr:.0f} | {pr:.0f} | " + " | ".join(f"{h[n]:.3f}" for n in names.values()) + " | "
+             + " | ".join(f"{u[n]:.3f}" for n in names.values()) + " |" for t, tr, pr, h, u in rows]
+    hdr = " | ".join(f"held-out {n}" for n in names.values()) + " | " + " | ".join(f"site_C {n}" for n in names.values())
+    md = f"""## medsight vs nnU-Net v2 on the demo split (CPU, same training budget)
+
+{machine_line()} torch threads: {args.threads}.
+Command: `.venv-bench/bin/python benchmarks/bench_nnunet.py --train-seconds {args.train_seconds:.0f} --threads {args.threads}`
+
+Same cases: fold 0 of the training sites ({len(fold['train'])} train / {len(fold['val'])} held-out), {len(fold['test'])} site_C
+cases. Training wall-clock budget {args.train_seconds:.0f} s for each (stopped after the epoch that passes it; nnU-Net at
+10 iterations per epoch). medsight: the demo configuration; nnU-Net: its own 3d_fullres plan, no mirroring at
+prediction (CPU time). Dice (lesion: cases with a lesion only). One run each (minutes per run on this machine).
+
+| tool | train+plan s | predict s | {hdr} |
+|---|---|---|{'---|' * (2 * len(names))}
+{chr(10).join(lines)}
+"""
+    print(md)
+    if not args.no_record:
+        record_section("nnunet", md)
+
+
+if __name__ == "__main__":
+    main()
