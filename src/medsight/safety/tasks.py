@@ -77,7 +77,7 @@ def _project_task(cls_model: Path, seed: int) -> SafetyTask | None:
 def _reference(seed: int, fast: bool, quiet: bool, model_dir: Path) -> SafetyTask:
     from medsight.safety import reference_task as rt
 
-    n_train, n_eval, epochs = (240, 80, 12) if fast else (600, 200, 30)
+    n_train, n_eval, epochs = (240, 80, 10) if fast else (600, 200, 20)
     train = rt.make_split(n_train, ("site_A", "site_B"), seed * 10 + 1)
     val = rt.make_split(n_eval, ("site_A", "site_B"), seed * 10 + 2)
     test = rt.make_split(n_eval, ("site_A", "site_B"), seed * 10 + 3)
