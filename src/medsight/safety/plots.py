@@ -25,7 +25,7 @@ def reliability_diagram(path: str | Path, curves: Mapping[str, Mapping[str, list
         total = max(sum(c["bin_count"]), 1)
         ax.plot(c["bin_mean_pred"], c["bin_frac_pos"], marker="o", lw=1.2, ms=3, label=name)
         ax.scatter(c["bin_mean_pred"], c["bin_frac_pos"], s=[400 * n / total for n in c["bin_count"]], alpha=0.25)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted confidence", ylabel="observed accuracy", title=title)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability (bin)", ylabel="observed frequency (bin)", title=title)
     ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     path = Path(path)
