@@ -1,0 +1,161 @@
+"""From model outputs on disk (per-case metric tables, predictions, manifest) to a ValidationResults document.
+
+Kept apart from validate.py (pure statistics) because this part touches files: manifests, NIfTI predictions,
+model folders, package versions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata as md
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medsight.errors import DatasetError, InputNotFoundError
+from medsight.files import sha256_file
+from medsight.report.plots import overlay
+from medsight.report.results import ValidationResults
+from medsight.report.validate import classification_cohort, classification_section, segmentation_section
+
+MANIFEST_COLUMNS = ("site", "scanner", "sex", "age")
+PACKAGES = ("medsight", "torch", "monai", "numpy", "scikit-learn", "scipy", "nibabel", "SimpleITK")
+MAX_HASHED_BYTES = 512 * 2**20
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that shape the numbers (from metadata: nothing heavy imported)."""
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def model_provenance(model_dir: Path, name: str, task: str) -> dict[str, Any]:
+    """Name, task, folder, sha256 of each model file (weights, plan, config), versions."""
+    model_dir = Path(model_dir)
+    hashes = {}
+    if model_dir.is_dir():
+        for f in sorted(model_dir.rglob("*")):
+            if f.is_file() and f.suffix in (".json", ".pt", ".pth", ".ckpt") and f.stat().st_size < MAX_HASHED_BYTES:
+                hashes[str(f.relative_to(model_dir))] = sha256_file(f)
+    return {"name": name, "task": task, "dir": str(model_dir), "hashes": hashes, "versions": versions()}
+
+
+def read_manifest(dataset: Path) -> pd.DataFrame:
+    """The dataset's manifest.csv (case_id + subgroup attributes), one row per case."""
+    p = Path(dataset) / "manifest.csv"
+    if not p.is_file():
+        raise InputNotFoundError(f"{p} not found: the dataset needs a manifest.csv with case_id and site columns", p)
+    m = pd.read_csv(p, dtype={"case_id": str})
+    if "case_id" not in m.columns:
+        raise DatasetError(f"{p} has no case_id column", p)
+    return m
+
+
+def data_provenance(dataset: Path, manifest: pd.DataFrame, internal: str, external: Sequence[str]) -> dict[str, Any]:
+    return {"dataset": str(dataset), "manifest_sha256": sha256_file(Path(dataset) / "manifest.csv"),
+            "n_cases": int(len(manifest)), "internal": internal, "external_sites": list(external),
+            "sites": sorted(str(s) for s in manifest.get("site", pd.Series(dtype=str)).dropna().unique())}
+
+
+def model_card_of(model_dir: Path) -> dict[str, Any] | None:
+    """model_card.json beside the model, read through the registry's ModelCard when present."""
+    p = Path(model_dir) / "model_card.json"
+    if not p.is_file():
+        return None
+    from medsight.registry.model_card import ModelCard
+
+    return ModelCard.from_dict(__import__("json").loads(p.read_text())).to_dict()
+
+
+def _thumbnail(dataset: Path, pred_dir: Path | None, case_id: str, label: int | None) -> tuple[str | None, str]:
+    """Axial slice through the reference structure with outlines; (None, why) when files are missing."""
+    from medsight.io.nifti import read_nifti
+
+    img_p = Path(dataset) / "imagesTr" / f"{case_id}_0000.nii.gz"
+    ref_p = Path(dataset) / "labelsTr" / f"{case_id}.nii.gz"
+    pred_p = Path(pred_dir) / f"{case_id}.nii.gz" if pred_dir else None
+    if not img_p.is_file():
+        return None, f"image {img_p.name} not found"
+    img = read_nifti(img_p).array
+    ref = read_nifti(ref_p).array if ref_p.is_file() else None
+    pred = read_nifti(pred_p).array if pred_p is not None and pred_p.is_file() else None
+    sel = (ref == label) if (ref is not None and label is not None) else ref
+    k = int(np.argmax(np.asarray(sel > 0).sum(axis=(0, 1)))) if sel is not None and np.any(sel) else img.shape[2] // 2
+    r = None if ref is None else (ref[..., k] == label if label is not None else ref[..., k] > 0)
+    p = None if pred is None else (pred[..., k] == label if label is not None else pred[..., k] > 0)
+    return overlay(img[..., k], r, p), ""
+
+
+def segmentation_results(per_case: pd.DataFrame, dataset: Path, labels: dict[int, str], model: dict[str, Any],
+                         external_sites: Sequence[str], min_cases: int = 10, n_boot: int = 1000, seed: int = 0,
+                         pred_dir: Path | None = None, n_worst: int = 5, title: str = "Validation report",
+                         model_card: dict[str, Any] | None = None) -> ValidationResults:
+    """Results document from a long per-case/per-label metrics table (case_id, label, dice[, site])."""
+    manifest = read_manifest(dataset)
+    extra = [c for c in MANIFEST_COLUMNS if c in manifest.columns]
+    t = per_case.drop(columns=[c for c in extra if c in per_case.columns]).merge(
+        manifest[["case_id", *extra]], on="case_id", how="left")
+    ext = set(external_sites)
+    t["cohort"] = np.where(t["site"].isin(ext), "external: " + t["site"].astype(str), "internal test fold")
+    kinds = {c: ("external" if c.startswith("external") else "internal") for c in t["cohort"].unique()}
+    order = ["internal test fold"] + sorted(c for c in kinds if c != "internal test fold")
+    t["cohort"] = pd.Categorical(t["cohort"], categories=[c for c in order if c in kinds], ordered=True)
+    seg = segmentation_section(t.sort_values("cohort"), labels, min_cases, n_boot=n_boot, seed=seed, kinds=kinds)
+    fg = t[t["label"].isin(list(labels))]
+    worst = fg.groupby("case_id", observed=True).agg(dice=("dice", "mean"), cohort=("cohort", "first"))
+    worst = worst.sort_values("dice").head(n_worst)
+    cases = []
+    for cid, row in worst.iterrows():
+        lab_rows = fg[fg.case_id == cid].sort_values("dice")
+        lab = int(lab_rows["label"].iloc[0])
+        thumb, note = _thumbnail(dataset, pred_dir, str(cid), lab)
+        cases.append({"case_id": str(cid), "cohort": str(row["cohort"]),
+                      "metric": f"mean foreground Dice (outlines: {labels.get(lab, lab)})",
+                      "value": float(row["dice"]), "thumbnail": thumb, "note": note})
+    return ValidationResults(
+        title=title, created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), min_cases=min_cases,
+        model=model, data=data_provenance(dataset, manifest, "internal test fold", external_sites),
+        segmentation=seg, worst_cases=cases, model_card=model_card)
+
+
+def classification_results(pred: pd.DataFrame, dataset: Path, model: dict[str, Any], external_sites: Sequence[str],
+                           min_cases: int = 10, n_boot: int = 1000, seed: int = 0, threshold: float = 0.5,
+                           title: str = "Validation report", model_card: dict[str, Any] | None = None
+                           ) -> ValidationResults:
+    """Results document from per-case predictions: case_id, y_true, prob[, prob_uncalibrated, referred]."""
+    need = {"case_id", "y_true", "prob"} - set(pred.columns)
+    if need:
+        raise DatasetError(f"the predictions table lacks columns {sorted(need)}; expected case_id,y_true,prob"
+                           "[,prob_uncalibrated,referred]")
+    manifest = read_manifest(dataset)
+    extra = [c for c in MANIFEST_COLUMNS if c in manifest.columns]
+    t = pred.drop(columns=[c for c in extra if c in pred.columns]).merge(manifest[["case_id", *extra]],
+                                                                         on="case_id", how="left")
+    ext = t["site"].isin(set(external_sites)) if "site" in t.columns else pd.Series(False, index=t.index)
+
+    def cohort(name: str, kind: str, s: pd.DataFrame) -> dict[str, Any]:
+        return classification_cohort(name, kind, s["y_true"], s["prob"], s.get("prob_uncalibrated"), threshold,
+                                     s.get("referred"), n_boot=n_boot, seed=seed)
+
+    cohorts = [cohort("internal test folds", "internal", t[~ext])] if (~ext).any() else []
+    for site in external_sites:
+        s = t[t["site"] == site]
+        if len(s):
+            cohorts.append(cohort(f"external: {site}", "external", s))
+    cls = classification_section(cohorts, t, min_cases, n_boot=n_boot, seed=seed)
+    wrong = t.assign(err=(t["y_true"] - t["prob"]).abs()).sort_values("err", ascending=False).head(5)
+    cases = [{"case_id": str(r.case_id), "cohort": "external" if ext.loc[i] else "internal",
+              "metric": "|label - probability|", "value": float(r.err), "thumbnail": None,
+              "note": "no image in the predictions table"} for i, r in wrong.iterrows()]
+    return ValidationResults(
+        title=title, created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), min_cases=min_cases,
+        model=model, data=data_provenance(dataset, manifest, "internal test folds", external_sites),
+        classification=cls, worst_cases=cases, model_card=model_card)
