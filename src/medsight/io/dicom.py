@@ -162,7 +162,7 @@ class _Layout:
     slices: list[_Slice]
     geometry: Geometry
     shape: tuple[int, ...]
-    shifts_px: np.ndarray | None = None  # (k, 2) shift along (i, j) that puts slice k on the orthogonal grid
+    shifts_px: np.ndarray | None = None  # (k, 2) offset along (i, j), in pixels, of slice k from the grid
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -306,6 +306,10 @@ def _planar_spacing(ds: Dataset) -> tuple[tuple[float, float], str]:
 def _layout(uid: str, headers: list[_Header], where: Path) -> _Layout:
     """Order the slices of one series and compute its geometry, from headers alone."""
     images = [h for h in headers if h.has_pixels]
+    if not images and "Image Storage" in _sop_name(headers[0].ds):
+        raise CorruptFileError(
+            f"the header ends before the pixel data although the SOP class is {_sop_name(headers[0].ds)} (file "
+            "truncated?); re-export or re-copy it", headers[0].path)
     if not images:
         raise MissingPixelDataError(
             f"no pixel data (SOP class {_sop_name(headers[0].ds)}); it is not an image - point medsight at an "
@@ -439,8 +443,8 @@ def _decode(path: Path, data: bytes) -> tuple[Dataset, np.ndarray]:
         message = str(exc)
         if "decod" in message.lower() or "plugin" in message.lower() or "transfer syntax" in message.lower():
             raise UnsupportedFormatError(
-                f"transfer syntax {ts_name} ({ts}) cannot be decoded here; convert the file to an uncompressed "
-                "syntax (e.g. `gdcmconv --raw` or `dcmdjpeg`) or install the matching pylibjpeg plugin", path) \
+                f"transfer syntax {ts_name} ({ts}) cannot be decoded by the installed pixel handlers; convert the "
+                "file to an uncompressed syntax (e.g. `gdcmconv --raw in.dcm out.dcm`)", path) \
                 from exc
         raise CorruptFileError(f"pixel data could not be decoded ({_short(exc)}); re-export the file", path) from exc
     except AttributeError as exc:
@@ -491,14 +495,19 @@ def _rescaled(planes: list[np.ndarray], slices: Sequence[_Slice]) -> np.ndarray:
 
 
 def _correct_tilt(volume: np.ndarray, shifts_px: np.ndarray) -> np.ndarray:
-    """Move slice k by ``-shifts_px[k]`` in-plane so every voxel sits on the grid orthogonal to the slices."""
+    """Move slice k by ``shifts_px[k]`` in-plane so every voxel sits on the grid orthogonal to the slices.
+
+    Slice k's origin lies ``shifts_px[k]`` pixels from the grid's, so its pixel ``p`` belongs at grid ``p + shift``.
+    """
     from scipy import ndimage
 
     fill = float(volume.min())
     out = np.empty(volume.shape, dtype=np.float32)
     for k in range(volume.shape[2]):
         plane = volume[:, :, k].astype(np.float32)
-        out[:, :, k] = ndimage.shift(plane, -shifts_px[k], order=1, mode="constant", cval=fill)
+        shift = np.where(np.abs(shifts_px[k] - np.round(shifts_px[k])) < 1e-6, np.round(shifts_px[k]), shifts_px[k])
+        # grid-constant: samples a hair outside the slice still interpolate against the edge (no lost rows)
+        out[:, :, k] = ndimage.shift(plane, shift, order=1, mode="grid-constant", cval=fill)
     return out
 
 
