@@ -38,10 +38,10 @@ def _forest_rows(section: dict[str, Any], metric_key: str) -> list[dict[str, Any
     rows = []
     for c in section["cohorts"]:
         if metric_key == "auc":
-            m = c["auc"]
-        else:  # first foreground label's Dice stands for the cohort in the site plot; all labels are in tables
-            m = next(iter(c["dice"].values()), {"value": None, "lo": None, "hi": None})
-        rows.append({"label": f"{c['name']} ({c['kind']})", "n": c["n"], "metric": m, "too_few": False})
+            rows.append({"label": f"{c['name']} ({c['kind']})", "n": c["n"], "metric": c["auc"], "too_few": False})
+        else:  # one row per label and cohort
+            rows += [{"label": f"{lab}, {c['name']}", "n": c["n"], "metric": m, "too_few": False}
+                     for lab, m in c["dice"].items()]
     return rows
 
 
@@ -58,9 +58,7 @@ def _figures(doc: dict[str, Any]) -> dict[str, str | None]:
             "AUC by subgroup (95% CI; red = worst)")
     seg = doc.get("segmentation")
     if seg:
-        first = next(iter(seg["labels"].values()), "dice")
-        figs["seg_sites"] = plots.forest(_forest_rows(seg, "dice"), f"Dice ({first})",
-                                         f"Dice of {first} by cohort (95% CI)")
+        figs["seg_sites"] = plots.forest(_forest_rows(seg, "dice"), "Dice", "Dice by label and cohort (95% CI)")
         figs["seg_subgroups"] = plots.forest(
             [{"label": f"{r['attribute']}: {r['group']}", **r} for r in seg["subgroups"]], "mean foreground Dice",
             "Mean foreground Dice by subgroup (95% CI; red = worst)")

@@ -150,7 +150,7 @@ def overlay(image: np.ndarray, reference: np.ndarray | None, prediction: np.ndar
         if mask is not None:
             edge = find_boundaries(np.asarray(mask).T, mode="inner")
             rgb[edge] = colour
-    fig, ax = plt.subplots(figsize=(2.4, 2.4 * rgb.shape[0] / max(rgb.shape[1], 1)))
+    fig, ax = plt.subplots(figsize=(1.8, 1.8 * rgb.shape[0] / max(rgb.shape[1], 1)))
     ax.imshow(rgb, origin="lower")
     ax.axis("off")
     return _uri(fig)

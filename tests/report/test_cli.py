@@ -1,0 +1,59 @@
+"""``medsight validate`` with classifier predictions: writes HTML + JSON, external sites split out, bad input = exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import roc_auc_score
+
+from medsight.cli.validate import validate
+
+
+def _dataset(tmp_path, n: int = 90):
+    rng = np.random.default_rng(1)
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    sites = np.array(["site_A", "site_B", "site_C"])[np.arange(n) % 3]
+    m = pd.DataFrame({"case_id": [f"c{i:03d}" for i in range(n)], "site": sites,
+                      "sex": rng.choice(["F", "M"], n), "age": rng.uniform(20, 90, n)})
+    m.to_csv(ds / "manifest.csv", index=False)
+    y = rng.integers(0, 2, n)
+    p = 1 / (1 + np.exp(-(2 * y - 1) * 1.5 - rng.normal(0, 1, n)))
+    pred = pd.DataFrame({"case_id": m.case_id, "y_true": y, "prob": p})
+    pred.to_csv(tmp_path / "pred.csv", index=False)
+    return ds, m, pred
+
+
+def test_validate_from_predictions(tmp_path) -> None:
+    ds, m, pred = _dataset(tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    r = CliRunner().invoke(validate, [str(model), str(ds), "--external-site", "site_C", "--predictions",
+                                      str(tmp_path / "pred.csv"), "--report", str(tmp_path / "r.html"),
+                                      "--n-boot", "100", "--quiet"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    cohorts = {c["name"]: c for c in doc["classification"]["cohorts"]}
+    ext = pred[m.site == "site_C"]
+    assert cohorts["external: site_C"]["n"] == len(ext)
+    assert cohorts["external: site_C"]["auc"]["value"] == roc_auc_score(ext.y_true, ext.prob)
+    assert "config.json" in doc["model"]["hashes"]
+    assert (tmp_path / "r.html").stat().st_size > 50_000
+
+
+def test_validate_missing_columns_is_a_one_line_error(tmp_path, capsys) -> None:
+    ds, _, pred = _dataset(tmp_path, 12)
+    pred.drop(columns="y_true").to_csv(tmp_path / "bad.csv", index=False)
+    from medsight.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", str(tmp_path), str(ds), "--predictions", str(tmp_path / "bad.csv"),
+              "--report", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "y_true" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
