@@ -469,28 +469,26 @@ def _invert_monochrome1(raw: np.ndarray, ds: Dataset) -> np.ndarray:
     return inverted.astype(raw.dtype)
 
 
-def _rescaled(planes: list[np.ndarray], slices: Sequence[_Slice]) -> np.ndarray:
-    """Stack raw planes (already [i, j(, c)]) along k with each plane's slope/intercept applied.
+def _rescaled(stack: np.ndarray, slices: Sequence[_Slice]) -> np.ndarray:
+    """Apply each plane's slope/intercept to a (k, rows, cols[, c]) stack of stored values, vectorised.
 
     Identity rescale keeps the stored dtype; integer-only rescale (CT: slope 1, intercept -1024) gives the
     smallest signed integer type that holds the result; anything else float32.
     """
     slopes = np.array([s.slope for s in slices], dtype=float)
     inters = np.array([s.intercept for s in slices], dtype=float)
-    shape = planes[0].shape + (len(planes),)
-    if np.all(slopes == 1.0) and np.all(inters == 0.0) and len({p.dtype for p in planes}) == 1:
-        return np.stack(planes, axis=-1)
-    if np.all(slopes == 1.0) and np.all(inters == np.round(inters)) and all(p.dtype.kind in "iu" for p in planes):
-        lo = min(int(p.min()) for p in planes) + int(inters.min())
-        hi = max(int(p.max()) for p in planes) + int(inters.max())
+    per_plane = (-1,) + (1,) * (stack.ndim - 1)
+    if np.all(slopes == 1.0) and np.all(inters == 0.0):
+        return stack
+    if np.all(slopes == 1.0) and np.all(inters == np.round(inters)) and stack.dtype.kind in "iu":
+        lo, hi = int(stack.min()) + int(inters.min()), int(stack.max()) + int(inters.max())
         dtype = next((t for t in (np.int16, np.int32) if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max), np.int64)
-        out = np.empty(shape, dtype=dtype)
-        for k, (p, b) in enumerate(zip(planes, inters)):
-            out[..., k] = p.astype(np.int64) + int(b)
+        out = stack.astype(dtype)
+        out += inters.astype(dtype).reshape(per_plane)
         return out
-    out = np.empty(shape, dtype=np.float32)
-    for k, (p, m, b) in enumerate(zip(planes, slopes, inters)):
-        out[..., k] = p.astype(np.float64) * m + b
+    out = stack.astype(np.float32)
+    out *= slopes.astype(np.float32).reshape(per_plane)
+    out += inters.astype(np.float32).reshape(per_plane)
     return out
 
 
@@ -631,7 +629,7 @@ def _load(uid: str, layout: _Layout, progress: bool) -> Image:
         except OSError as exc:
             raise InputNotFoundError(f"cannot read the file ({exc.strerror}); check permissions", p) from exc
         sources.append(SourceFile(str(p), sha256_bytes(data)))
-        ds, arr = _decode(p, data)
+        ds, arr = _decode(p, data)  # decode the very bytes we hashed
         decoded[p] = (ds, arr)
         first_ds = first_ds or ds
     assert first_ds is not None
@@ -642,17 +640,16 @@ def _load(uid: str, layout: _Layout, progress: bool) -> Image:
         plane = arr[s.frame] if s.frame is not None else arr
         if plane.ndim == 3 and s.frame is None and int(ds.get("NumberOfFrames", 1) or 1) > 1:
             plane = plane[0]
-        if photometric == "MONOCHROME1":
-            plane = _invert_monochrome1(plane, ds)
-        planes.append(np.swapaxes(plane, 0, 1))  # (rows, cols[, c]) -> [i, j(, c)]
-    expected = layout.shape[:2]
-    for s, p in zip(layout.slices, planes):
-        if p.shape[:2] != expected:
-            raise CorruptFileError(f"decoded pixels are {p.shape[1]}x{p.shape[0]}, the header says "
-                                   f"{expected[1]}x{expected[0]}; re-export the file", s.path)
-    volume = _rescaled(planes, layout.slices)
-    if volume.ndim == 4:  # colour: [i, j, c, k] -> [i, j, k, c]
-        volume = np.moveaxis(volume, 2, 3)
+        if plane.shape[:2] != layout.shape[1::-1]:
+            raise CorruptFileError(f"decoded pixels are {plane.shape[1]}x{plane.shape[0]}, the header says "
+                                   f"{layout.shape[0]}x{layout.shape[1]}; re-export the file", s.path)
+        planes.append(plane)
+    stack = np.stack(planes)  # (k, rows, cols[, c]) of stored values
+    del planes, decoded
+    if photometric == "MONOCHROME1":
+        stack = _invert_monochrome1(stack, first_ds)
+    stack = _rescaled(stack, layout.slices)
+    volume = stack.transpose((2, 1, 0) + tuple(range(3, stack.ndim)))  # -> [i, j, k(, c)]
     prov = _provenance(uid, first_ds, sources, layout)
     if photometric == "MONOCHROME1":
         prov = prov.with_step("monochrome1_inverted", bits_stored=int(first_ds.get("BitsStored", 0) or 0))
