@@ -15,7 +15,8 @@ import numpy as np
 @click.option("--series", "series_uid", default=None, metavar="UID",
               help="Describe this series of a folder that holds several (UIDs are listed without it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def info(path: Path, series_uid: str | None, as_json: bool) -> None:
+@click.pass_context
+def info(ctx: click.Context, path: Path, series_uid: str | None, as_json: bool) -> None:
     """Describe PATH: a DICOM file or folder, a NIfTI, PNG or JPEG file.
 
     For a folder with several DICOM series every series is listed (from headers only, nothing decoded); pick one
@@ -24,6 +25,7 @@ def info(path: Path, series_uid: str | None, as_json: bool) -> None:
     from medsight.io import read_image
     from medsight.io.dicom import list_series, read_dicom
 
+    progress = not (ctx.obj or {}).get("quiet", False)
     report: dict[str, Any] = {"path": str(path), "series": [], "image": None}
     if _is_dicom_input(path):
         series = list_series(path)
@@ -31,7 +33,7 @@ def info(path: Path, series_uid: str | None, as_json: bool) -> None:
         images = [s for s in series if s.has_pixels]
         if series_uid is not None or len(images) == 1:
             chosen = series_uid or images[0].series_uid
-            report["image"] = _describe(read_dicom(path, series_uid=chosen))
+            report["image"] = _describe(read_dicom(path, series_uid=chosen, progress=progress))
         elif not images:
             read_dicom(path)  # raises MissingPixelDataError with the file's name
     else:
