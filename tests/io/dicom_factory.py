@@ -1,4 +1,7 @@
-"""Test helper (imported by the io tests, not a conftest): build small, fully controlled DICOM series on disk (pydicom writes them; nothing here reads them back)."""
+"""Test helper, imported by the io and cli tests: small, fully controlled DICOM series written with pydicom.
+
+Nothing here reads DICOM back, so the tests' expectations do not depend on the reader under test.
+"""
 
 from __future__ import annotations
 

@@ -269,7 +269,8 @@ def _slices_of(header: _Header) -> list[_Slice]:
         if header.n_frames > 1:
             return [_Slice(header.path, f, None, None, None, 1.0, 0.0, instance) for f in range(header.n_frames)]
         return [_Slice(
-            header.path, None, _floats(ds.get("ImagePositionPatient"), 3), _floats(ds.get("ImageOrientationPatient"), 6),
+            header.path, None, _floats(ds.get("ImagePositionPatient"), 3),
+            _floats(ds.get("ImageOrientationPatient"), 6),
             _positive_spacing(ds.get("PixelSpacing")), _float(ds, "RescaleSlope", 1.0) or 1.0,
             _float(ds, "RescaleIntercept", 0.0) or 0.0, instance,
         )]
