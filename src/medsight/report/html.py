@@ -55,13 +55,13 @@ def _figures(doc: dict[str, Any]) -> dict[str, str | None]:
         figs["cls_sites"] = plots.forest(_forest_rows(cls, "auc"), "AUC", "AUC by cohort (95% CI)")
         figs["cls_subgroups"] = plots.forest(
             [{"label": f"{r['attribute']}: {r['group']}", **r} for r in cls["subgroups"]], "AUC",
-            "AUC by subgroup (95% CI; red = worst)")
+            "AUC by subgroup, 95% CI (red: worst)")
     seg = doc.get("segmentation")
     if seg:
         figs["seg_sites"] = plots.forest(_forest_rows(seg, "dice"), "Dice", "Dice by label and cohort (95% CI)")
         figs["seg_subgroups"] = plots.forest(
             [{"label": f"{r['attribute']}: {r['group']}", **r} for r in seg["subgroups"]], "mean foreground Dice",
-            "Mean foreground Dice by subgroup (95% CI; red = worst)")
+            "Mean foreground Dice by subgroup, 95% CI (red: worst)")
         figs["dice"] = plots.dice_distribution(seg["cohorts"])
     return figs
 

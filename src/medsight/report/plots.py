@@ -108,7 +108,8 @@ def forest(rows: list[dict[str, Any]], metric: str, title: str) -> str | None:
             ax.plot([m["lo"], m["hi"]], [y, y], c=colour, lw=2)
         ax.plot(m["value"], y, "s", c=colour, ms=6)
     ax.set_yticks(ys, [f"{r['label']} (n={r['n']})" for r in rows], fontsize=9)
-    ax.set(xlabel=metric, title=title)
+    ax.set(xlabel=metric, ylim=(-0.7, len(rows) - 0.3))
+    ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _uri(fig)
 

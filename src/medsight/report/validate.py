@@ -96,10 +96,12 @@ def subgroups(metric_fn: Any, table: pd.DataFrame, value_columns: Sequence[str],
             kw["stratify_by"] = stratify_by
         df = metric_by_group(metric_fn, table[attr].to_numpy(), *[table[c].to_numpy() for c in value_columns],
                              min_cases=min_cases, attribute=attr, **kw)
+        # "worst" means worse than another group of the same attribute: with one eligible group it says nothing
+        comparable = int((~df["too_few"] & df["value"].notna()).sum()) > 1
         for r in df.to_dict("records"):
             too_few = bool(r["too_few"])
             rows.append({"attribute": attr, "group": str(r["group"]), "n": int(r["n"]), "too_few": too_few,
-                         "worst": bool(r["worst"]), "note": r.get("note", ""),
+                         "worst": bool(r["worst"]) and comparable, "note": r.get("note", ""),
                          # a too-small group gets no number at all: a point estimate on 3 cases misleads
                          "metric": cell(None) if too_few else cell(r["value"], r["lo"], r["hi"])})
     return rows
