@@ -1,0 +1,126 @@
+"""Classification backbones by name, all from MONAI (timm/torchvision do not run on our CPU torch build).
+
+Every backbone is wrapped in ``ClassifierNet``: the MONAI network with its own last layer replaced by an
+identity (so it yields the penultimate features), a dropout and our linear ``head``. That one shape gives the
+safety layer its features, lets ``--freeze`` train only the head, and lets pretrained checkpoints load into
+``net`` whatever head they were trained with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.networks import nets
+from torch import nn
+
+from medsight.errors import ConfigError
+
+# EfficientNet-Lite0 (no squeeze-excitation, ReLU6, fixed stem/head): b0's blocks without "se0.25"
+LITE0_BLOCKS = ["r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40", "r3_k3_s22_e6_i40_o80",
+                "r3_k5_s11_e6_i80_o112", "r4_k5_s22_e6_i112_o192", "r1_k3_s11_e6_i192_o320"]
+
+
+class ClassifierNet(nn.Module):
+    """MONAI feature extractor ``net`` + dropout + linear ``head``; ``forward_with_features`` returns both."""
+
+    def __init__(self, net: nn.Module, feature_dim: int, n_outputs: int, dropout: float = 0.2,
+                 sequence_output: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(feature_dim, n_outputs)
+        self.sequence_output = sequence_output  # MONAI's ViT returns (output, hidden_states)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if self.sequence_output:
+            out = out[0]
+        return torch.flatten(out, 1)
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        return self.head(self.dropout(f)), f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(x)[0]
+
+
+def _resnet(depth: int) -> Callable[..., tuple[nn.Module, str]]:
+    def build(dims: int, in_ch: int, size: Sequence[int]) -> tuple[nn.Module, str]:
+        net = getattr(nets, f"resnet{depth}")(spatial_dims=dims, n_input_channels=in_ch, num_classes=1,
+                                              conv1_t_stride=2 if min(size) > 160 else 1)
+        net.fc = nn.Identity()
+        return net, "net.layer4"
+    return build
+
+
+def _densenet(variant: str) -> Callable[..., tuple[nn.Module, str]]:
+    def build(dims: int, in_ch: int, size: Sequence[int]) -> tuple[nn.Module, str]:
+        net = getattr(nets, variant)(spatial_dims=dims, in_channels=in_ch, out_channels=1)
+        net.class_layers.out = nn.Identity()
+        return net, "net.features.denseblock4"  # the last conv block, before norm5/relu/pool
+    return build
+
+
+def _efficientnet(model_name: str) -> Callable[..., tuple[nn.Module, str]]:
+    def build(dims: int, in_ch: int, size: Sequence[int]) -> tuple[nn.Module, str]:
+        net = nets.EfficientNetBN(model_name, pretrained=False, spatial_dims=dims, in_channels=in_ch, num_classes=1)
+        net._fc = nn.Identity()
+        return net, "net._conv_head"
+    return build
+
+
+def _efficientnet_lite0(dims: int, in_ch: int, size: Sequence[int]) -> tuple[nn.Module, str]:
+    net = nets.EfficientNet(LITE0_BLOCKS, spatial_dims=dims, in_channels=in_ch, num_classes=1,
+                            width_coefficient=1.0, depth_coefficient=1.0, dropout_rate=0.2, image_size=224)
+    for module in net.modules():  # Lite uses ReLU6 where B0 uses swish
+        if hasattr(module, "_swish"):
+            module._swish = nn.ReLU6()
+    net._fc = nn.Identity()
+    return net, "net._conv_head"
+
+
+def _vit(dims: int, in_ch: int, size: Sequence[int]) -> tuple[nn.Module, str]:
+    patch = 16 if min(size) >= 64 else 8
+    if any(s % patch for s in size):
+        raise ConfigError(f"ViT needs an input size divisible by its patch size {patch}, got {list(size)}")
+    net = nets.ViT(in_channels=in_ch, img_size=tuple(size), patch_size=patch, hidden_size=192, mlp_dim=768,
+                   num_layers=6, num_heads=3, spatial_dims=dims, classification=True, num_classes=1)
+    net.classification_head = nn.Identity()
+    return net, "net.blocks.5.norm1"
+
+
+BACKBONES: dict[str, Callable[..., tuple[nn.Module, str]]] = {
+    **{f"resnet{d}": _resnet(d) for d in (10, 18, 34, 50)},
+    "densenet121": _densenet("DenseNet121"),
+    "densenet169": _densenet("DenseNet169"),
+    **{f"efficientnet-b{i}": _efficientnet(f"efficientnet-b{i}") for i in range(4)},
+    "efficientnet-lite0": _efficientnet_lite0,
+    "vit": _vit,
+}
+
+
+def build_classifier(backbone: str, spatial_dims: int, in_channels: int, n_outputs: int,
+                     input_size: Sequence[int], dropout: float = 0.2) -> tuple[ClassifierNet, str]:
+    """The named backbone with a fresh head; returns (model, default Grad-CAM layer name)."""
+    if backbone not in BACKBONES:
+        raise ConfigError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    if spatial_dims not in (2, 3):
+        raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    net, cam_layer = BACKBONES[backbone](spatial_dims, in_channels, tuple(int(s) for s in input_size))
+    net.eval()
+    with torch.no_grad():
+        probe = net(torch.zeros(1, in_channels, *input_size))
+    sequence = isinstance(probe, tuple)
+    feature_dim = int(torch.flatten(probe[0] if sequence else probe, 1).shape[1])
+    return ClassifierNet(net, feature_dim, n_outputs, dropout, sequence_output=sequence), cam_layer
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module called ``name`` (dotted path); ConfigError listing nearby names when it is absent."""
+    modules = dict(model.named_modules())
+    if name not in modules:
+        near = [n for n in modules if n.count(".") <= 2][:20]
+        raise ConfigError(f"model has no layer {name!r}; some layers: {', '.join(near)}")
+    return modules[name]

@@ -1,0 +1,70 @@
+"""Images -> fixed-size network tensors, and patient-level stratified splits.
+
+``preprocess`` is the one place that turns an ``Image`` into what the network sees, so training, prediction,
+Grad-CAM and the safety layer agree. A one-slice volume (how a 2D slice keeps its scanner position in NIfTI)
+counts as 2D.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import StratifiedGroupKFold
+from tqdm import tqdm
+
+from medsight.errors import ConfigError, DatasetError
+from medsight.image import Image
+from medsight.io import read_image
+
+
+def spatial_array(image: Image) -> np.ndarray:
+    """The image as float32 grey voxels with only its real spatial axes (colour averaged, a lone slice dropped)."""
+    a = np.asarray(image.array, dtype=np.float32)
+    if image.is_multichannel:
+        a = a.mean(axis=-1)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    return np.nan_to_num(a)
+
+
+def spatial_dims_of(image: Image) -> int:
+    return spatial_array(image).ndim
+
+
+def preprocess_array(a: np.ndarray, input_size: Sequence[int]) -> torch.Tensor:
+    """Resize to ``input_size`` (bilinear / trilinear) and z-score per image; returns (1, *input_size)."""
+    size = tuple(int(s) for s in input_size)
+    if a.ndim != len(size):
+        raise ConfigError(f"the model takes {len(size)}D images but got a {a.ndim}D image of shape {a.shape}")
+    x = torch.as_tensor(a, dtype=torch.float32)[None, None]
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=len(size) == 2)[0]
+    return (x - x.mean()) / (x.std() + 1e-6)
+
+
+def load_tensors(paths: Sequence[Path], input_size: Sequence[int], quiet: bool = False) -> torch.Tensor:
+    """Read and preprocess every image into one (N, 1, *input_size) tensor (the demo sets fit in memory)."""
+    out = []
+    for p in tqdm(paths, desc="loading images", disable=quiet, unit="img"):
+        out.append(preprocess_array(spatial_array(read_image(p)), input_size))
+    return torch.stack(out)
+
+
+def patient_split(patients: np.ndarray, strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the held-out rows: about ``fraction`` of patients, class balance kept, no patient split."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"the validation fraction must be between 0 and 1, got {fraction}")
+    n_splits = max(2, int(round(1.0 / fraction)))
+    n_groups = len(set(patients))
+    if n_groups < n_splits:
+        raise DatasetError(f"only {n_groups} patients: too few for a {fraction:.0%} patient-level split; "
+                           "add patients or give a split column")
+    sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held = next(iter(sgkf.split(np.zeros(len(patients)), strata, groups=patients)))
+    mask = np.zeros(len(patients), dtype=bool)
+    mask[held] = True
+    return mask

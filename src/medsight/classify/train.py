@@ -1,0 +1,240 @@
+"""Train a classifier from a validated manifest: patient-level split, imbalance options, threshold on validation.
+
+The manifest is checked completely (files, label values, patient/split consistency) before a single image is
+read. Binary and multi-label tasks use one sigmoid logit per label, multiclass (ordinal grades) a softmax.
+The best epoch on the validation loss is kept; the decision threshold per label is then chosen on the
+validation predictions for a target sensitivity and stored in the model directory with everything else needed
+to apply the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import FocalLoss
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from tqdm import tqdm
+
+from medsight import __version__
+from medsight.classify.backbones import build_classifier
+from medsight.classify.dataset import load_tensors, patient_split, spatial_dims_of
+from medsight.classify.manifest import ClsManifest, read_manifest
+from medsight.classify.model_io import save_model
+from medsight.classify.thresholds import choose_thresholds
+from medsight.classify.weights import load_backbone_weights, set_trainable
+from medsight.errors import ConfigError, DatasetError
+from medsight.files import sha256_file
+from medsight.io import read_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Every training choice; stored in the model's config.json under ``training``."""
+
+    backbone: str = "resnet10"
+    input_size: tuple[int, ...] | None = None  # default (96, 96) in 2D, (64, 64, 64) in 3D
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+    loss: str = "bce"  # bce (cross-entropy for multiclass) or focal
+    focal_gamma: float = 2.0
+    weighted_sampling: bool = False
+    target_sensitivity: float = 0.9
+    val_fraction: float = 0.2
+    seed: int = 0
+    weights: str | None = None
+    mode: str = "finetune"  # or frozen
+    augment: bool = True
+    time_budget_s: float | None = None  # stop after the epoch that crosses it
+    cam_layer: str | None = None
+    labels: list[str] | None = None
+    task: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainConfig,
+                     quiet: bool = False) -> dict[str, Any]:
+    """Validate, split, train, pick thresholds and write the model directory; returns a summary dict."""
+    t0 = time.perf_counter()
+    manifest = read_manifest(manifest_path, cfg.labels, cfg.task)
+    train_idx, val_idx = _split(manifest, cfg)
+    seed_everything(cfg.seed)
+    dims = spatial_dims_of(read_image(manifest.image_paths[0]))
+    size = tuple(cfg.input_size) if cfg.input_size else ((96, 96) if dims == 2 else (64, 64, 64))
+    if len(size) != dims:
+        raise ConfigError(f"input size {list(size)} has {len(size)} axes but the images are {dims}D")
+    x = load_tensors(manifest.image_paths, size, quiet=quiet)
+    y = torch.as_tensor(manifest.y)
+    n_out = len(manifest.classes) if manifest.task == "multiclass" else len(manifest.labels)
+    model, cam_layer = build_classifier(cfg.backbone, dims, 1, n_out, size, cfg.dropout)
+    loaded = load_backbone_weights(model, cfg.weights) if cfg.weights else None
+    n_trainable = set_trainable(model, cfg.mode)
+    loss_fn = _loss(manifest.task, cfg)
+    loader = _loader(x[train_idx], y[train_idx], manifest.stratify_key()[train_idx], cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(loader),
+                                                pct_start=0.2)
+    history: list[dict[str, float]] = []
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    bar = tqdm(range(cfg.epochs), desc=f"train {cfg.backbone}", disable=quiet, unit="epoch")
+    for epoch in bar:
+        model.train()
+        if cfg.mode == "frozen":
+            model.net.eval()  # a frozen feature extractor keeps its normalisation statistics too
+        total = 0.0
+        for xb, yb in loader:
+            if cfg.augment:
+                xb = _augment(xb)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(xb)
+        val_loss, val_logits = _evaluate(model, x[val_idx], y[val_idx], loss_fn)
+        row = {"epoch": epoch + 1, "train_loss": total / len(train_idx), "val_loss": val_loss,
+               "seconds": round(time.perf_counter() - t0, 1)}
+        history.append(row)
+        bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}")
+        if best is None or val_loss < best[0]:
+            best = (val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
+            log.info("time budget of %.0f s reached after epoch %d", cfg.time_budget_s, epoch + 1)
+            break
+    assert best is not None
+    model.load_state_dict(best[1])
+    _, val_logits = _evaluate(model, x[val_idx], y[val_idx], loss_fn)
+    activation = "softmax" if manifest.task == "multiclass" else "sigmoid"
+    val_prob = (torch.softmax(val_logits, 1) if activation == "softmax" else torch.sigmoid(val_logits)).numpy()
+    thresholds, threshold_info = {}, {}
+    if manifest.task != "multiclass":
+        threshold_info = choose_thresholds(manifest.y[val_idx], val_prob, manifest.labels, cfg.target_sensitivity)
+        thresholds = {k: float(v["threshold"]) for k, v in threshold_info.items()}
+    val_auc = _val_auc(manifest, val_idx, val_prob)
+    seconds = time.perf_counter() - t0
+    config = {
+        "labels": manifest.labels if manifest.task != "multiclass" else manifest.classes,
+        "label_columns": manifest.labels, "task": manifest.task, "activation": activation,
+        "multi_label": manifest.task == "multilabel", "n_outputs": n_out,
+        "thresholds": thresholds, "threshold_selection": threshold_info,
+        "backbone": cfg.backbone, "spatial_dims": dims, "in_channels": 1, "input_size": list(size),
+        "normalisation": "resize to input_size, then per-image z-score", "dropout": cfg.dropout,
+        "cam_layer": cfg.cam_layer or cam_layer,
+        "training": {**asdict(cfg), "input_size": list(size)},
+        "initial_weights": {"path": cfg.weights, "sha256": sha256_file(cfg.weights), **(loaded or {})}
+        if cfg.weights else None,
+        "trainable_parameters": n_trainable,
+        "data": {"manifest": str(manifest.path), "manifest_sha256": sha256_file(manifest.path),
+                 "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+                 "val_patients": sorted(set(manifest.patients[val_idx].tolist()))},
+        "validation": {"auc": val_auc, "best_val_loss": best[0]},
+        "history": history, "train_seconds": round(seconds, 1),
+        "versions": {"medsight": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+    save_model(out_dir, model, config)
+    return {"model_dir": str(out_dir), "train_seconds": round(seconds, 1), "epochs": len(history),
+            "val_auc": val_auc, "thresholds": thresholds, "n_train": int(len(train_idx)),
+            "n_val": int(len(val_idx))}
+
+
+def _split(manifest: ClsManifest, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Train/val indices: the manifest's split column when present (test rows unused), else a patient split."""
+    if "split" in manifest.table.columns:
+        split = manifest.table["split"].str.strip().str.lower().to_numpy()
+        train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    else:
+        held = patient_split(manifest.patients, manifest.stratify_key(), cfg.val_fraction, cfg.seed)
+        train, val = np.flatnonzero(~held), np.flatnonzero(held)
+    if len(train) == 0 or len(val) == 0:
+        raise DatasetError("the split leaves no training or no validation rows; add rows or fix the split column",
+                           manifest.path)
+    return train, val
+
+
+def _loss(task: str, cfg: TrainConfig) -> nn.Module:
+    if cfg.loss not in ("bce", "focal"):
+        raise ConfigError(f"loss must be 'bce' or 'focal', got {cfg.loss!r}")
+    if task == "multiclass":
+        if cfg.loss == "focal":
+            focal = FocalLoss(gamma=cfg.focal_gamma, use_softmax=True, to_onehot_y=True)
+            return _Wrapped(lambda z, y: focal(z, y[:, None]))
+        return nn.CrossEntropyLoss()
+    if cfg.loss == "focal":
+        return FocalLoss(gamma=cfg.focal_gamma)  # sigmoid focal loss on logits
+    return nn.BCEWithLogitsLoss()
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.fn(z, y)
+
+
+def _loader(x: torch.Tensor, y: torch.Tensor, strata: np.ndarray, cfg: TrainConfig) -> DataLoader:
+    """Shuffled batches; with weighted sampling each class (first label for multi-label) is drawn equally often."""
+    ds = TensorDataset(x, y)
+    g = torch.Generator().manual_seed(cfg.seed)
+    if cfg.weighted_sampling:
+        counts = np.bincount(strata)
+        w = 1.0 / counts[strata]
+        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(w), replacement=True,
+                                        generator=g)
+        return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(ds) > cfg.batch_size)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=len(ds) > cfg.batch_size)
+
+
+def _augment(x: torch.Tensor) -> torch.Tensor:
+    """Random left-right flips and mild contrast/gain jitter (z-scored input, so a gain is a contrast change)."""
+    flip = torch.rand(x.shape[0]) < 0.5
+    x = x.clone()
+    x[flip] = torch.flip(x[flip], dims=(2,))
+    scale = 1.0 + 0.1 * torch.randn(x.shape[0], *([1] * (x.ndim - 1)))
+    shift = 0.1 * torch.randn(x.shape[0], *([1] * (x.ndim - 1)))
+    return x * scale + shift
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
+              batch_size: int = 64) -> tuple[float, torch.Tensor]:
+    model.eval()
+    logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return float(loss_fn(logits, y)), logits
+
+
+def _val_auc(manifest: ClsManifest, val_idx: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, float] = {}
+    if manifest.task == "multiclass":
+        y = manifest.y[val_idx]
+        if len(set(y.tolist())) == prob.shape[1]:
+            out["macro_ovr"] = float(roc_auc_score(y, prob, multi_class="ovr"))
+        return out
+    for j, name in enumerate(manifest.labels):
+        yj = manifest.y[val_idx, j]
+        if 0 < yj.sum() < len(yj):
+            out[name] = float(roc_auc_score(yj, prob[:, j]))
+    return out
