@@ -1,4 +1,4 @@
-"""``medsight validate`` with classifier predictions: writes HTML + JSON, external sites split out, bad input = exit 2."""
+"""``medsight validate`` from classifier predictions: HTML + JSON, external sites apart, bad input exits 2."""
 
 from __future__ import annotations
 

@@ -43,8 +43,8 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
                                       min_cases=min_cases, n_boot=n_boot, seed=ctx.seed)
         res.classification = cres.classification
         res.worst_cases += cres.worst_cases
-        res.model = {**res.model, "classifier": cres.model["dir"],
-                     "hashes": {**res.model["hashes"], **{f"classifier/{k}": v for k, v in cres.model["hashes"].items()}}}
+        cls_hashes = {f"classifier/{k}": v for k, v in cres.model["hashes"].items()}
+        res.model = {**res.model, "classifier": cres.model["dir"], "hashes": {**res.model["hashes"], **cls_hashes}}
     else:
         res.notes.append("no per-case classifier predictions in this run: the classification section (ROC, "
                          "reliability, decision curves) appears when the classification stage writes them")
