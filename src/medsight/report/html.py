@@ -33,14 +33,15 @@ def fmt(value: Any) -> str:
     return f"{float(value):.{DIGITS}f}"
 
 
-def _forest_rows(section: dict[str, Any], metric_key: str) -> list[dict[str, Any]]:
-    """Per-cohort rows for the forest plot of the main metric (mean foreground Dice for segmentation)."""
+def _forest_rows(section: dict[str, Any], metric_key: str, min_cases: int) -> list[dict[str, Any]]:
+    """Per-cohort rows for the forest plot; a cohort under ``min_cases`` is drawn as 'too few cases' too."""
     rows = []
     for c in section["cohorts"]:
+        few = c["n"] < min_cases
         if metric_key == "auc":
-            rows.append({"label": f"{c['name']} ({c['kind']})", "n": c["n"], "metric": c["auc"], "too_few": False})
+            rows.append({"label": f"{c['name']} ({c['kind']})", "n": c["n"], "metric": c["auc"], "too_few": few})
         else:  # one row per label and cohort
-            rows += [{"label": f"{lab}, {c['name']}", "n": c["n"], "metric": m, "too_few": False}
+            rows += [{"label": f"{lab}, {c['name']}", "n": c["n"], "metric": m, "too_few": few}
                      for lab, m in c["dice"].items()]
     return rows
 
@@ -52,13 +53,13 @@ def _figures(doc: dict[str, Any]) -> dict[str, str | None]:
         figs["roc_pr"] = plots.roc_pr(cls["cohorts"])
         figs["reliability"] = plots.reliability(cls["cohorts"])
         figs["decision"] = plots.decision_curves(cls["cohorts"])
-        figs["cls_sites"] = plots.forest(_forest_rows(cls, "auc"), "AUC", "AUC by cohort (95% CI)")
+        figs["cls_sites"] = plots.forest(_forest_rows(cls, "auc", doc["min_cases"]), "AUC", "AUC by cohort (95% CI)")
         figs["cls_subgroups"] = plots.forest(
             [{"label": f"{r['attribute']}: {r['group']}", **r} for r in cls["subgroups"]], "AUC",
             "AUC by subgroup, 95% CI (red: worst)")
     seg = doc.get("segmentation")
     if seg:
-        figs["seg_sites"] = plots.forest(_forest_rows(seg, "dice"), "Dice", "Dice by label and cohort (95% CI)")
+        figs["seg_sites"] = plots.forest(_forest_rows(seg, "dice", doc["min_cases"]), "Dice", "Dice by label and cohort (95% CI)")
         figs["seg_subgroups"] = plots.forest(
             [{"label": f"{r['attribute']}: {r['group']}", **r} for r in seg["subgroups"]], "mean foreground Dice",
             "Mean foreground Dice by subgroup, 95% CI (red: worst)")
