@@ -107,8 +107,10 @@ def run_nnunet(ds, work: Path, fold: dict, budget: float, threads: int) -> tuple
         pass
 
     class BudgetTrainer(nnUNetTrainer):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
+        # nnU-Net records its constructor's arguments by name, so they must be spelled out here
+        def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                     device: torch.device = torch.device("cpu")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_iterations_per_epoch = 10
             self.num_val_iterations_per_epoch = 2
             self.num_epochs = 1000
