@@ -46,10 +46,10 @@ class ClassifierNet(nn.Module):
         return self.forward_with_features(x)[0]
 
 
-def _resnet(depth: int) -> Callable[..., tuple[nn.Module, str]]:
+def _resnet(depth: int, width: float = 1.0) -> Callable[..., tuple[nn.Module, str]]:
     def build(dims: int, in_ch: int, size: Sequence[int]) -> tuple[nn.Module, str]:
         net = getattr(nets, f"resnet{depth}")(spatial_dims=dims, n_input_channels=in_ch, num_classes=1,
-                                              conv1_t_stride=2 if min(size) > 160 else 1)
+                                              conv1_t_stride=2, widen_factor=width)
         net.fc = nn.Identity()
         return net, "net.layer4"
     return build
@@ -93,6 +93,8 @@ def _vit(dims: int, in_ch: int, size: Sequence[int]) -> tuple[nn.Module, str]:
 
 BACKBONES: dict[str, Callable[..., tuple[nn.Module, str]]] = {
     **{f"resnet{d}": _resnet(d) for d in (10, 18, 34, 50)},
+    # a quarter of the channels (16-128): CPU-sized, for the demo and tests
+    **{f"resnet{d}-slim": _resnet(d, 0.25) for d in (10, 18)},
     "densenet121": _densenet("DenseNet121"),
     "densenet169": _densenet("DenseNet169"),
     **{f"efficientnet-b{i}": _efficientnet(f"efficientnet-b{i}") for i in range(4)},

@@ -36,14 +36,24 @@ def spatial_dims_of(image: Image) -> int:
 
 
 def preprocess_array(a: np.ndarray, input_size: Sequence[int]) -> torch.Tensor:
-    """Resize to ``input_size`` (bilinear / trilinear) and z-score per image; returns (1, *input_size)."""
+    """Resize to ``input_size`` (bilinear / trilinear) and normalise robustly; returns (1, *input_size).
+
+    Robust (median / interquartile range) rather than mean / std: a small bright or dark finding barely moves
+    the median and IQR, whereas it moves the std of the whole image, which would let a network read the label
+    from the scaling of the background instead of from the finding (and point its Grad-CAM there).
+    """
     size = tuple(int(s) for s in input_size)
     if a.ndim != len(size):
         raise ConfigError(f"the model takes {len(size)}D images but got a {a.ndim}D image of shape {a.shape}")
     x = torch.as_tensor(a, dtype=torch.float32)[None, None]
     mode = "bilinear" if len(size) == 2 else "trilinear"
     x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=len(size) == 2)[0]
-    return (x - x.mean()) / (x.std() + 1e-6)
+    q25, q50, q75 = torch.quantile(x.flatten()[:: max(1, x.numel() // 200_000)],
+                                   torch.tensor([0.25, 0.5, 0.75])).tolist()
+    scale = (q75 - q25) / 1.349
+    if scale <= 1e-6:
+        scale = float(x.std())
+    return (x - q50) / max(scale, 1e-6)
 
 
 def load_tensors(paths: Sequence[Path], input_size: Sequence[int], quiet: bool = False) -> torch.Tensor:

@@ -110,7 +110,7 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(xb)
+            total += float(loss.detach()) * len(xb)
         val_loss, val_logits = _evaluate(model, x[val_idx], y[val_idx], loss_fn)
         row = {"epoch": epoch + 1, "train_loss": total / len(train_idx), "val_loss": val_loss,
                "seconds": round(time.perf_counter() - t0, 1)}
@@ -138,7 +138,7 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
         "multi_label": manifest.task == "multilabel", "n_outputs": n_out,
         "thresholds": thresholds, "threshold_selection": threshold_info,
         "backbone": cfg.backbone, "spatial_dims": dims, "in_channels": 1, "input_size": list(size),
-        "normalisation": "resize to input_size, then per-image z-score", "dropout": cfg.dropout,
+        "normalisation": "resize to input_size, then (x - median) / (IQR / 1.349) per image", "dropout": cfg.dropout,
         "cam_layer": cfg.cam_layer or cam_layer,
         "training": {**asdict(cfg), "input_size": list(size)},
         "initial_weights": {"path": cfg.weights, "sha256": sha256_file(cfg.weights), **(loaded or {})}

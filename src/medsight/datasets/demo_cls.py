@@ -103,3 +103,27 @@ def _slice_case(volumes: Path, case: dict[str, str], root: Path) -> list[dict[st
                     "case_id": case["case_id"], "slice_index": int(k), "lesion": int(positive),
                     "large_lesion": int(area >= LARGE_LESION_MM2), "_lesion_area_mm2": round(area, 1)})
     return out
+
+
+def with_splits(manifest: Path, out: Path, seed: int = 0, external_site: str = "site_C",
+                fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Path:
+    """Copy of ``manifest`` with a ``split`` column: training-site patients -> train/val/test (stratified by
+    whether the patient has a lesion, never splitting a patient), every ``external_site`` row -> test."""
+    import pandas as pd
+
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    inside = table[table["site"] != external_site]
+    per_patient = inside.groupby("patient_id")["lesion"].apply(lambda s: int((s == "1").any()))
+    rng = np.random.default_rng([seed, 5])
+    split_of: dict[str, str] = {}
+    for _, group in per_patient.groupby(per_patient):
+        pids = sorted(group.index)
+        rng.shuffle(pids)
+        n_train = int(round(fractions[0] * len(pids)))
+        n_val = int(round(fractions[1] * len(pids)))
+        for i, pid in enumerate(pids):
+            split_of[pid] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+    table["split"] = [split_of.get(p, "test") if s != external_site else "test"
+                      for p, s in zip(table["patient_id"], table["site"])]
+    atomic_write_text(out, table.to_csv(index=False, lineterminator="\n"))
+    return out

@@ -17,6 +17,14 @@ from torch import nn
 from medsight.errors import ConfigError
 
 
+def _unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Per image, min -> 0 and max -> 1. (MONAI's default normaliser maps max -> 0: a "smaller is hotter"
+    convention for its own plots that would turn the pointing game upside down.)"""
+    flat = x.reshape(x.shape[0], -1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(x.shape)
+
+
 def gradcam_maps(model: nn.Module, x: torch.Tensor, layer: str, class_index: int = 0,
                  batch_size: int = 16) -> np.ndarray:
     """Heatmaps (N, *input_size), each scaled to [0, 1], for logit ``class_index`` at layer ``layer``."""
@@ -27,7 +35,7 @@ def gradcam_maps(model: nn.Module, x: torch.Tensor, layer: str, class_index: int
         raise ConfigError("Grad-CAM needs a convolutional layer; the ViT backbone has none (use a CNN backbone)")
     was_training = model.training
     model.eval()
-    cam = GradCAM(nn_module=model, target_layers=layer)
+    cam = GradCAM(nn_module=model, target_layers=layer, postprocessing=_unit_range)
     out = []
     try:
         for start in range(0, len(x), batch_size):

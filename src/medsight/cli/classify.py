@@ -1,0 +1,93 @@
+"""``medsight train-cls`` and ``medsight predict-cls``: thin wrappers over medsight.classify."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from medsight.errors import ConfigError
+
+
+def _size(value: str | None) -> tuple[int, ...] | None:
+    if not value:
+        return None
+    try:
+        size = tuple(int(v) for v in value.replace("x", ",").split(","))
+    except ValueError as err:
+        raise ConfigError(f"--input-size takes integers like 96,96 or 64,64,64, got {value!r}") from err
+    if len(size) not in (2, 3) or min(size) < 8:
+        raise ConfigError(f"--input-size needs 2 or 3 sizes of at least 8, got {value!r}")
+    return size
+
+
+@click.command("train-cls")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
+@click.option("--label", "labels", multiple=True,
+              help="Label column (repeatable). Default: every column other than image, patient_id, site, split...")
+@click.option("--task", type=click.Choice(["binary", "multiclass", "multilabel"]),
+              help="Default: binary for one 0/1 column, multilabel for several, multiclass for integer grades.")
+@click.option("--backbone", default="resnet10", show_default=True,
+              help="resnet10/18/34/50, densenet121/169, efficientnet-b0..b3, efficientnet-lite0, vit (MONAI).")
+@click.option("--input-size", help="Network input size, e.g. 96,96 (2D) or 64,64,64 (3D).")
+@click.option("--epochs", default=12, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True, help="Peak learning rate (one-cycle schedule).")
+@click.option("--loss", type=click.Choice(["bce", "focal"]), default="bce", show_default=True,
+              help="bce = cross-entropy (softmax for multiclass); focal down-weights easy cases.")
+@click.option("--focal-gamma", default=2.0, show_default=True)
+@click.option("--weighted-sampling", is_flag=True, help="Draw each class equally often (class imbalance).")
+@click.option("--target-sensitivity", default=0.9, show_default=True,
+              help="The stored decision threshold reaches this sensitivity on the validation patients.")
+@click.option("--val-fraction", default=0.2, show_default=True,
+              help="Share of patients held out for validation when the manifest has no split column.")
+@click.option("--weights", type=click.Path(path_type=Path),
+              help="Local checkpoint to start the backbone from (never downloaded).")
+@click.option("--freeze", is_flag=True, help="Feature-extractor mode: train only the head on the frozen backbone.")
+@click.option("--time-budget", type=float, help="Stop after the epoch that passes this many seconds.")
+@click.option("--seed", default=0, show_default=True)
+@click.pass_context
+def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[str, ...], task: str | None,
+              backbone: str, input_size: str | None, epochs: int, batch_size: int, lr: float, loss: str,
+              focal_gamma: float, weighted_sampling: bool, target_sensitivity: float, val_fraction: float,
+              weights: Path | None, freeze: bool, time_budget: float | None, seed: int) -> None:
+    """Train an image classifier from MANIFEST.csv (columns image, patient_id, site, label columns[, split]).
+
+    The whole manifest is checked first (missing files, label values, a patient in two splits); the split is
+    by patient, and the decision threshold per label is chosen on the validation patients for
+    --target-sensitivity and stored in the model directory.
+    """
+    from medsight.classify.train import TrainConfig, train_classifier
+
+    quiet = bool(ctx.obj and ctx.obj.get("quiet"))
+    cfg = TrainConfig(backbone=backbone, input_size=_size(input_size), epochs=epochs, batch_size=batch_size, lr=lr,
+                      loss=loss, focal_gamma=focal_gamma, weighted_sampling=weighted_sampling,
+                      target_sensitivity=target_sensitivity, val_fraction=val_fraction, seed=seed,
+                      weights=str(weights) if weights else None, mode="frozen" if freeze else "finetune",
+                      time_budget_s=time_budget, labels=list(labels) or None, task=task)
+    result = train_classifier(manifest, out_dir, cfg, quiet=quiet)
+    click.echo(json.dumps(result, indent=2))
+
+
+@click.command("predict-cls")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--heatmaps", type=click.Path(path_type=Path),
+              help="Folder for Grad-CAM PNG overlays and arrays. Default: OUTPUT's name + _gradcam.")
+@click.option("--no-gradcam", is_flag=True, help="Probabilities and decisions only.")
+@click.pass_context
+def predict_cls(ctx: click.Context, model_dir: Path, inputs: tuple[str, ...], output: Path,
+                heatmaps: Path | None, no_gradcam: bool) -> None:
+    """Classify INPUTS (image files, folders, or a CSV with an image column) with MODEL_DIR; write OUTPUT.csv.
+
+    Per image: the probability of each label, the decision at the stored threshold, and a Grad-CAM heatmap as
+    a PNG overlay and as an array on the image grid (.npy for 2D, NIfTI aligned to the image for 3D).
+    """
+    from medsight.classify.predict import predict_images
+
+    quiet = bool(ctx.obj and ctx.obj.get("quiet"))
+    table = predict_images(model_dir, inputs, output, heatmaps, gradcam=not no_gradcam, quiet=quiet)
+    click.echo(f"{len(table)} image(s) classified -> {output}")
