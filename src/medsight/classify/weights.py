@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import torch
 
 from medsight.classify.backbones import ClassifierNet
@@ -48,7 +50,9 @@ def load_backbone_weights(model: ClassifierNet, path: str | Path) -> dict[str, i
         state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
     state = {k: v for k, v in state.items() if not k.startswith(HEAD_KEYS)}
     own = model.net.state_dict()
-    own_body = {k: v for k, v in own.items() if not k.startswith(HEAD_KEYS)}
+    state = _unflatten_blocks(state, own)
+    # BatchNorm's step counter is bookkeeping, absent from many published checkpoints
+    own_body = {k: v for k, v in own.items() if not k.startswith(HEAD_KEYS) and not k.endswith("num_batches_tracked")}
     state = {k: _adapt_channels(k, v, own[k]) if k in own else v for k, v in state.items()}
     missing = sorted(set(own_body) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -66,6 +70,29 @@ def load_backbone_weights(model: ClassifierNet, path: str | Path) -> dict[str, i
                           + ". Pick the --backbone the checkpoint was trained with", path)
     model.net.load_state_dict(state, strict=False)
     return {"loaded": len(state), "fresh_head": len(own) - len(state)}
+
+
+_FLAT = re.compile(r"^_blocks\.(\d+)\.(_[a-z].*)$")
+_NESTED = re.compile(r"^(_blocks\.\d+\.\d+)\.")
+
+
+def _unflatten_blocks(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """EfficientNet-PyTorch numbers its blocks 0..N-1 (``_blocks.7._expand_conv``); MONAI groups them by stage
+    (``_blocks.3.1._expand_conv``). Map the flat numbering onto MONAI's, block by block in order."""
+    if not any(_FLAT.match(k) for k in state) or not any(_NESTED.match(k) for k in own):
+        return state
+    prefixes: list[str] = []
+    for k in own:
+        m = _NESTED.match(k)
+        if m and m.group(1) not in prefixes:
+            prefixes.append(m.group(1))
+    out = {}
+    for k, v in state.items():
+        m = _FLAT.match(k)
+        if m and int(m.group(1)) < len(prefixes):
+            k = f"{prefixes[int(m.group(1))]}.{m.group(2)}"
+        out[k] = v
+    return out
 
 
 def _adapt_channels(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
