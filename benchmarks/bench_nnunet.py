@@ -121,6 +121,7 @@ def run_nnunet(ds, work: Path, fold: dict, budget: float, threads: int) -> tuple
                 raise _Budget()
 
     plans = load_json(str(pre / name / "nnUNetPlans.json"))
+    plans["continue_training"] = False  # nnunetv2 2.8 pops this key in the trainer's constructor
     trainer = BudgetTrainer(plans, "3d_fullres", 0, load_json(str(pre / name / "dataset.json")),
                             device=torch.device("cpu"))
     trainer._t0 = time.perf_counter() - (time.perf_counter() - t) * 0  # budget counts training only
