@@ -39,17 +39,20 @@ COLUMNS = ("image", "mask", "patient_id", "site", "scanner", "case_id", "slice_i
            "_lesion_area_mm2")
 
 
-def build_demo_cls_dataset(root: Path, n_cases: int | None = None, seed: int = 0, quiet: bool = False) -> Path:
+def build_demo_cls_dataset(root: Path, n_cases: int | None = None, seed: int = 0, quiet: bool = False,
+                           volumes: Path | None = None) -> Path:
     """Build (or reuse) the slice dataset under ``root``; returns the path of its ``manifest.csv``.
 
-    The volumes are built (or reused) by ``build_demo_dataset`` under ``root/volumes``; a finished build leaves a
-    stamp, and a second call with the same arguments returns at once.
+    The volumes are built (or reused: same arguments, same cached folder) by ``build_demo_dataset`` under
+    ``volumes`` (default ``root/volumes``), so the demo shares the segmentation stage's volumes. A finished build
+    leaves a stamp, and a second call with the same arguments returns at once.
     """
     root = Path(root)
-    volumes = build_demo_dataset(root / "volumes", n_cases=n_cases, seed=seed, quiet=quiet)
+    volumes = build_demo_dataset(Path(volumes) if volumes else root / "volumes", n_cases=n_cases, seed=seed,
+                                 quiet=quiet)
     manifest = root / "manifest.csv"
     stamp = root / ".demo_cls_build.json"
-    want = {"version": VERSION, "n_cases": n_cases, "seed": seed}
+    want = {"version": VERSION, "n_cases": n_cases, "seed": seed, "volumes": str(volumes)}
     if stamp.is_file() and manifest.is_file():
         try:
             if json.loads(stamp.read_text()) == want:

@@ -1,0 +1,162 @@
+"""Claim: on the demo slices, the CNN detects lesion presence on held-out patients of the training sites with
+AUC >= 0.90 after < 5 minutes of training on 2 CPU cores, its Grad-CAM maps point into the lesion (pointing game
+>= 0.7), and it beats the classic handcrafted baseline (first-order intensity + GLCM texture features from
+scikit-image with a logistic regression) trained on the same split. Figures for the unseen site_C too.
+
+    nice -n 10 .venv/bin/python benchmarks/bench_classification.py --runs 3 --n-cases 80
+
+Each run uses its own seed (data split, initialisation); the table gives each run and the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import machine_line, median, record_section  # noqa: E402
+
+LEVELS = 32
+DISTANCES = (1, 2)
+ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
+
+
+def handcrafted_features(a: np.ndarray) -> np.ndarray:
+    """First-order statistics of the brain pixels and GLCM texture (skimage), on a robustly scaled image."""
+    from scipy import stats
+    from skimage.feature import graycomatrix, graycoprops
+
+    brain = a > np.percentile(a, 30)  # background of these MRI slices is near zero
+    v = a[brain] if brain.sum() > 10 else a.ravel()
+    med = np.median(v)
+    iqr = np.subtract(*np.percentile(v, [75, 25])) or 1.0
+    z = (v - med) / iqr
+    hist, _ = np.histogram(z, bins=32, range=(-4, 4))
+    p = hist[hist > 0] / hist.sum()
+    first = [z.mean(), z.std(), stats.skew(z), stats.kurtosis(z), *np.percentile(z, [1, 5, 10, 25, 75, 90, 95, 99]),
+             -(p * np.log2(p)).sum(), float((np.abs(z) > 2.5).mean())]
+    q = np.clip(((a - med) / iqr + 4) / 8 * (LEVELS - 1), 0, LEVELS - 1).astype(np.uint8)
+    q[~brain] = 0
+    glcm = graycomatrix(q, DISTANCES, ANGLES, levels=LEVELS, symmetric=True, normed=True)
+    glcm[0, :, :, :] = 0  # ignore background pairs
+    glcm[:, 0, :, :] = 0
+    glcm = glcm / np.maximum(glcm.sum(axis=(0, 1), keepdims=True), 1e-12)
+    texture = [graycoprops(glcm, prop).mean(axis=1) for prop in GLCM_PROPS]  # mean over angles, per distance
+    return np.concatenate([np.asarray(first, dtype=float), np.concatenate(texture)])
+
+
+def baseline(split_manifest: Path) -> dict:
+    """Logistic regression on handcrafted features; trained on train+val rows, scored on the test rows."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from medsight.classify.dataset import spatial_array
+    from medsight.classify.evaluate import auc_report
+    from medsight.io import read_image
+
+    table = pd.read_csv(split_manifest)
+    root = split_manifest.parent
+    t = time.perf_counter()
+    feats = np.stack([handcrafted_features(spatial_array(read_image(root / p))) for p in table["image"]])
+    fit = table["split"].isin(["train", "val"]).to_numpy()
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000))
+    clf.fit(feats[fit], table["lesion"].to_numpy()[fit])
+    prob = clf.predict_proba(feats)[:, 1]
+    out = {"seconds": round(time.perf_counter() - t, 1), "n_features": int(feats.shape[1])}
+    test = (table["split"] == "test").to_numpy()
+    for name, sel in (("held_out", test & (table["site"] != "site_C").to_numpy()),
+                      ("site_C", test & (table["site"] == "site_C").to_numpy())):
+        out[name] = auc_report(table["lesion"].to_numpy()[sel], prob[sel])
+        out[name]["scores"] = prob[sel].tolist()
+    return out
+
+
+def run_once(work: Path, seed: int, n_cases: int, volumes: Path | None) -> dict:
+    import torch
+
+    from medsight.demo.classification import demo_config, run_experiment
+    from medsight.metrics.classification import delong_test
+
+    torch.set_num_threads(2)
+    cnn = run_experiment(work, demo_config(seed, False), n_cases, seed=0, quiet=True, volumes=volumes)
+    # data and split come from seed 0 in every run; the run's seed changes initialisation and sampling only
+    base = baseline(work / "data" / "manifest_split.csv")
+    for group in ("held_out", "site_C"):
+        y = np.asarray(cnn[group]["scores"]["y"])
+        diff, p = delong_test(y, cnn[group]["scores"]["lesion"], base[group]["scores"])
+        cnn[group]["delong_vs_baseline"] = {"auc_difference": diff, "p_value": p}
+    return {"cnn": cnn, "baseline": base}
+
+
+def _fmt(r: dict) -> str:
+    return f"{r['auc']:.3f} ({r['auc_lo']:.3f}-{r['auc_hi']:.3f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--n-cases", type=int, default=80)
+    ap.add_argument("--volumes", type=Path, help="A demo volume folder already built with --n-cases and seed 0.")
+    ap.add_argument("--work", type=Path, help="Keep the runs here (default: a temporary folder).")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_cls_"))
+    runs = []
+    for i in range(args.runs):
+        t = time.perf_counter()
+        res = run_once(work / f"run{i}", seed=i, n_cases=args.n_cases, volumes=args.volumes)
+        res["seconds"] = round(time.perf_counter() - t, 1)
+        runs.append(res)
+        print(json.dumps({g: {k: res["cnn"][g]["lesion"][k] for k in ("auc", "auc_lo", "auc_hi")}
+                          for g in ("held_out", "site_C")}), flush=True)
+    lines = [machine_line(), "",
+             f"Command: `nice -n 10 .venv/bin/python benchmarks/bench_classification.py --runs {args.runs} "
+             f"--n-cases {args.n_cases}` (demo volumes, seed 0: {args.n_cases} cases; slices labelled by "
+             "lesion cross-section >= 12 mm^2; split by patient: 60/20/20 % of training-site patients for "
+             "train/val/test, all of site_C for test). Runs differ in the training seed only.", "",
+             "Lesion presence, AUC (DeLong 95% CI). CNN = `resnet10-slim` (MONAI ResNet-10, quarter width), "
+             "96x96, weighted sampling, one-cycle AdamW; baseline = 22 first-order + 12 GLCM features "
+             "(skimage `graycomatrix`/`graycoprops`, 32 levels, distances 1-2, 4 angles) -> logistic regression.", "",
+             "| run | train s (CNN) | held-out CNN | held-out baseline | site_C CNN | site_C baseline | pointing game "
+             "held-out / site_C (tol. 0 px; 2 px) | deletion AUC Grad-CAM vs random (held-out) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(runs):
+        c, b = r["cnn"], r["baseline"]
+        e_h, e_c = c["held_out"]["explanations"], c["site_C"]["explanations"]
+        lines.append(
+            f"| {i} | {c['train_seconds']} | {_fmt(c['held_out']['lesion'])} | {_fmt(b['held_out'])} | "
+            f"{_fmt(c['site_C']['lesion'])} | {_fmt(b['site_C'])} | {e_h['pointing_game']:.2f} / "
+            f"{e_c['pointing_game']:.2f}; {c['held_out']['explanations_tolerance_2px']:.2f} / "
+            f"{c['site_C']['explanations_tolerance_2px']:.2f} | {e_h['deletion_auc_gradcam']:.3f} vs "
+            f"{e_h['deletion_auc_random']:.3f} |")
+    med = lambda f: median([f(r) for r in runs])  # noqa: E731
+    lines += ["", f"Median over {len(runs)} runs: training {med(lambda r: r['cnn']['train_seconds']):.0f} s; "
+              f"held-out AUC CNN {med(lambda r: r['cnn']['held_out']['lesion']['auc']):.3f} vs baseline "
+              f"{med(lambda r: r['baseline']['held_out']['auc']):.3f}; site_C AUC CNN "
+              f"{med(lambda r: r['cnn']['site_C']['lesion']['auc']):.3f} vs baseline "
+              f"{med(lambda r: r['baseline']['site_C']['auc']):.3f}; pointing game held-out "
+              f"{med(lambda r: r['cnn']['held_out']['explanations']['pointing_game']):.2f}. "
+              f"DeLong paired test CNN vs baseline (run 0): held-out p = "
+              f"{runs[0]['cnn']['held_out']['delong_vs_baseline']['p_value']:.3g}, site_C p = "
+              f"{runs[0]['cnn']['site_C']['delong_vs_baseline']['p_value']:.3g}.",
+              f"Test sets: held-out {runs[0]['cnn']['held_out']['lesion']['n']} slices "
+              f"({runs[0]['cnn']['held_out']['lesion']['n_pos']} with lesion), site_C "
+              f"{runs[0]['cnn']['site_C']['lesion']['n']} ({runs[0]['cnn']['site_C']['lesion']['n_pos']})."]
+    md = "## Classification: CNN vs handcrafted features (lesion presence)\n\n" + "\n".join(lines)
+    print(md)
+    (work / "results.json").write_text(json.dumps(runs, default=str))
+    if not args.no_record:
+        record_section("classification", md)
+
+
+if __name__ == "__main__":
+    main()

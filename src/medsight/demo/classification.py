@@ -1,0 +1,103 @@
+"""Demo stage ``classification``: lesion-presence classifier on slices of the demo volumes.
+
+Trains on site_A/site_B patients, picks the decision threshold on validation patients, then reports AUC with
+its DeLong 95% CI on held-out patients of the training sites and on the unseen site_C, the pointing game and
+deletion curve of its Grad-CAM maps against the lesion masks, and saves a few heatmap overlays through
+``predict-cls``'s own code. The benchmark (benchmarks/bench_classification.py) runs the same experiment larger.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medsight.classify import load_classifier
+from medsight.classify.evaluate import auc_report, explanation_checks, predict_paths
+from medsight.classify.predict import predict_images
+from medsight.classify.train import TrainConfig, train_classifier
+from medsight.datasets.demo import UNSEEN_SITE
+from medsight.datasets.demo_cls import build_demo_cls_dataset, with_splits
+
+log = logging.getLogger(__name__)
+
+LABELS = ["lesion", "large_lesion"]
+N_CASES, N_CASES_FAST = 40, 12  # the segmentation stage's volumes, reused from its cache
+
+
+def demo_config(seed: int, fast: bool) -> TrainConfig:
+    """The demo's training choices (CPU-sized; ~1 minute on 2 cores)."""
+    return TrainConfig(backbone="resnet10-slim", input_size=(96, 96), epochs=3 if fast else 30, batch_size=32,
+                       lr=3e-3, weighted_sampling=True, target_sensitivity=0.9, seed=seed, labels=LABELS,
+                       task="multilabel", cam_layer="net.layer2", time_budget_s=None if fast else 240)
+
+
+def run_experiment(work: Path, cfg: TrainConfig, n_cases: int, seed: int = 0, quiet: bool = True,
+                   volumes: Path | None = None, n_heatmaps: int = 4) -> dict[str, Any]:
+    """Data -> split -> train -> evaluate on held-out training-site patients and the unseen site."""
+    work = Path(work)
+    manifest = build_demo_cls_dataset(work / "data", n_cases=n_cases, seed=seed, quiet=quiet, volumes=volumes)
+    split_manifest = with_splits(manifest, work / "data" / "manifest_split.csv", seed=seed)
+    t0 = time.perf_counter()
+    trained = train_classifier(split_manifest, work / "model", cfg, quiet=quiet)
+    train_seconds = time.perf_counter() - t0
+    bundle = load_classifier(work / "model")
+    table = pd.read_csv(split_manifest)
+    root = split_manifest.parent
+    out: dict[str, Any] = {"train_seconds": round(train_seconds, 1), "epochs": trained["epochs"],
+                           "n_train": trained["n_train"], "n_val": trained["n_val"],
+                           "thresholds": trained["thresholds"], "backbone": cfg.backbone}
+    test = table[table["split"] == "test"]
+    for name, rows in (("held_out", test[test["site"] != UNSEEN_SITE]), (UNSEEN_SITE, test[test["site"] == UNSEEN_SITE])):
+        if rows.empty:
+            continue
+        x, prob = predict_paths(bundle, [root / p for p in rows["image"]])
+        res: dict[str, Any] = {}
+        for j, label in enumerate(bundle.labels):
+            res[label] = auc_report(rows[label].to_numpy(), prob[:, j], bundle.thresholds.get(label))
+        pos = np.flatnonzero(rows["lesion"].to_numpy() == 1)
+        if len(pos):
+            sub = rows.iloc[pos]
+            res["explanations"] = explanation_checks(bundle, x[pos], [root / p for p in sub["image"]],
+                                                     [root / p for p in sub["mask"]], label_index=0, seed=seed)
+            res["explanations_tolerance_2px"] = explanation_checks(
+                bundle, x[pos], [root / p for p in sub["image"]], [root / p for p in sub["mask"]], label_index=0,
+                tolerance=2, seed=seed)["pointing_game"]
+        res["scores"] = {"lesion": prob[:, 0].tolist(), "y": rows["lesion"].astype(int).tolist(),
+                         "patient_id": rows["patient_id"].astype(str).tolist()}
+        out[name] = res
+    # a few heatmaps through predict-cls: the most confident positives of each test group
+    picks = []
+    for site_rows in (test[(test["site"] != UNSEEN_SITE) & (test["lesion"] == 1)],
+                      test[(test["site"] == UNSEEN_SITE) & (test["lesion"] == 1)]):
+        picks.extend(root / p for p in site_rows["image"].head(n_heatmaps // 2))
+    if picks:
+        predict_images(work / "model", picks, work / "heatmaps" / "predictions.csv", work / "heatmaps", quiet=True)
+    out["heatmaps"] = str(work / "heatmaps")
+    return out
+
+
+def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
+    """The ``medsight demo`` stage; puts the model directory in ``ctx.paths['cls_model']``."""
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    out = Path(ctx.out_dir)
+    work = out / "classification"
+    n = N_CASES_FAST if ctx.fast else N_CASES
+    res = run_experiment(work, demo_config(ctx.seed, ctx.fast), n, ctx.seed, ctx.quiet,
+                         volumes=ctx.paths.get("seg_data", out / "data"))
+    ctx.paths["cls_model"] = work / "model"
+    ctx.paths["cls_heatmaps"] = work / "heatmaps"
+    ctx.paths["cls_manifest"] = work / "data" / "manifest_split.csv"
+    summary: dict[str, Any] = {"train_seconds": res["train_seconds"], "epochs": res["epochs"]}
+    for group in ("held_out", UNSEEN_SITE):
+        if group in res:
+            r = res[group]["lesion"]
+            summary[f"{group}_lesion_auc"] = [round(r["auc"], 3), round(r["auc_lo"], 3), round(r["auc_hi"], 3)]
+            if "explanations" in res[group]:
+                summary[f"{group}_pointing_game"] = round(res[group]["explanations"]["pointing_game"], 3)
+    return summary
