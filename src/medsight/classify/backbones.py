@@ -46,10 +46,12 @@ class ClassifierNet(nn.Module):
         return self.forward_with_features(x)[0]
 
 
-def _resnet(depth: int, width: float = 1.0) -> Callable[..., tuple[nn.Module, str]]:
+def _resnet(depth: int, width: float = 1.0, max_pool: bool = False) -> Callable[..., tuple[nn.Module, str]]:
     def build(dims: int, in_ch: int, size: Sequence[int]) -> tuple[nn.Module, str]:
         net = getattr(nets, f"resnet{depth}")(spatial_dims=dims, n_input_channels=in_ch, num_classes=1,
                                               conv1_t_stride=2, widen_factor=width)
+        if max_pool:  # a small finding is one cell of the last feature map: averaging would dilute it
+            net.avgpool = nn.AdaptiveMaxPool2d(1) if dims == 2 else nn.AdaptiveMaxPool3d(1)
         net.fc = nn.Identity()
         return net, "net.layer4"
     return build
@@ -95,6 +97,7 @@ BACKBONES: dict[str, Callable[..., tuple[nn.Module, str]]] = {
     **{f"resnet{d}": _resnet(d) for d in (10, 18, 34, 50)},
     # a quarter of the channels (16-128): CPU-sized, for the demo and tests
     **{f"resnet{d}-slim": _resnet(d, 0.25) for d in (10, 18)},
+    **{f"resnet{d}-slim-maxpool": _resnet(d, 0.25, max_pool=True) for d in (10, 18)},
     "densenet121": _densenet("DenseNet121"),
     "densenet169": _densenet("DenseNet169"),
     **{f"efficientnet-b{i}": _efficientnet(f"efficientnet-b{i}") for i in range(4)},

@@ -207,12 +207,22 @@ def _loader(x: torch.Tensor, y: torch.Tensor, strata: np.ndarray, cfg: TrainConf
 
 
 def _augment(x: torch.Tensor) -> torch.Tensor:
-    """Random left-right flips and mild contrast/gain jitter (z-scored input, so a gain is a contrast change)."""
-    flip = torch.rand(x.shape[0]) < 0.5
+    """Label-preserving variety for small datasets, where a network otherwise memorises the few findings it has:
+    random flips on every axis (and a transpose when the grid is square), a shift of up to 1/8 of the field of
+    view, and a mild contrast/offset jitter (inputs are normalised, so a gain is a contrast change)."""
     x = x.clone()
-    x[flip] = torch.flip(x[flip], dims=(2,))
-    scale = 1.0 + 0.1 * torch.randn(x.shape[0], *([1] * (x.ndim - 1)))
-    shift = 0.1 * torch.randn(x.shape[0], *([1] * (x.ndim - 1)))
+    n, dims = x.shape[0], x.ndim - 2
+    for axis in range(2, 2 + dims):
+        flip = torch.rand(n) < 0.5
+        x[flip] = torch.flip(x[flip], dims=(axis,))
+    if dims == 2 and x.shape[2] == x.shape[3]:
+        swap = torch.rand(n) < 0.5
+        x[swap] = x[swap].transpose(2, 3)
+    for i in range(n):
+        shifts = [int(torch.randint(-s // 8, s // 8 + 1, ())) for s in x.shape[2:]]
+        x[i] = torch.roll(x[i], shifts=shifts, dims=tuple(range(1, 1 + dims)))
+    scale = 1.0 + 0.1 * torch.randn(n, *([1] * (x.ndim - 1)))
+    shift = 0.1 * torch.randn(n, *([1] * (x.ndim - 1)))
     return x * scale + shift
 
 

@@ -3,9 +3,11 @@
 Each slice is written as a one-slice NIfTI volume, so it keeps its true position in the scanner frame, with its
 lesion-mask slice beside it (for the pointing game). Labels, per slice:
 
-* ``lesion``: the slice cuts the simulated lesion over at least ``MIN_LESION_MM2`` mm^2. Slices that graze a
-  lesion (a smaller cross-section, or within ``MARGIN_MM`` of one) are left out rather than called negative, so
-  the label says what the pixels show.
+* ``lesion``: the slice cuts a conspicuous lesion (contrast-to-noise ratio >= ``MIN_CNR``) over at least
+  ``MIN_LESION_MM2`` mm^2. Slices that cut a fainter or smaller lesion, or lie within ``MARGIN_MM`` of one, are
+  indeterminate and left out rather than called negative (counted in ``.demo_cls_build.json``), so the label
+  says what the pixels show. The demo generator deliberately makes many lesions faint (CNR 0.5-4); a slice
+  classifier cannot see those, and calling them negative would train it on label noise.
 * ``large_lesion``: the cross-section is at least ``LARGE_LESION_MM2`` mm^2 (a second label for multi-label).
 
 Patients, sites and scanners are carried over, so patient-level splits and the unseen site_C work as for 3D.
@@ -29,14 +31,15 @@ from medsight.io.nifti import read_nifti, write_nifti
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
-MIN_LESION_MM2 = 12.0
+VERSION = 3
+MIN_LESION_MM2 = 30.0
+MIN_CNR = 1.5  # lesions fainter than this (contrast-to-noise) are simulated to be near-invisible
 LARGE_LESION_MM2 = 60.0
 MARGIN_MM = 6.0
-MIN_BRAIN_SHARE = 0.35  # keep slices whose brain area is at least this share of the largest slice's
+MIN_WM_SHARE = 0.4  # keep slices whose white-matter area is at least this share of the largest slice's
 NEGATIVE_STRIDE = 2  # every 2nd lesion-free slice: fewer near-duplicates, faster training
 COLUMNS = ("image", "mask", "patient_id", "site", "scanner", "case_id", "slice_index", "lesion", "large_lesion",
-           "_lesion_area_mm2")
+           "_lesion_area_mm2", "_lesion_cnr")
 
 
 def build_demo_cls_dataset(root: Path, n_cases: int | None = None, seed: int = 0, quiet: bool = False,
@@ -55,44 +58,54 @@ def build_demo_cls_dataset(root: Path, n_cases: int | None = None, seed: int = 0
     want = {"version": VERSION, "n_cases": n_cases, "seed": seed, "volumes": str(volumes)}
     if stamp.is_file() and manifest.is_file():
         try:
-            if json.loads(stamp.read_text()) == want:
+            if {k: v for k, v in json.loads(stamp.read_text()).items() if k in want} == want:
                 return manifest
         except ValueError:
             pass
     with open(volumes / "manifest.csv", newline="") as f:
         cases = list(csv.DictReader(f))
     rows: list[dict[str, object]] = []
+    skipped = 0
     for case in tqdm(cases, desc="demo slices", disable=quiet, unit="case"):
-        rows.extend(_slice_case(volumes, case, root))
+        case_rows, case_skipped = _slice_case(volumes, case, root)
+        rows.extend(case_rows)
+        skipped += case_skipped
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(manifest, buf.getvalue())
-    atomic_write_text(stamp, json.dumps(want, sort_keys=True))
+    atomic_write_text(stamp, json.dumps({**want, "indeterminate_slices_left_out": skipped}, sort_keys=True))
     log.info("demo classification slices: %d (%d with lesion) in %s", len(rows),
              sum(int(r["lesion"]) for r in rows), root)
     return manifest
 
 
-def _slice_case(volumes: Path, case: dict[str, str], root: Path) -> list[dict[str, object]]:
+def _slice_case(volumes: Path, case: dict[str, str], root: Path) -> tuple[list[dict[str, object]], int]:
     image = read_nifti(volumes / case["image"])
     label = read_nifti(volumes / case["label"]).array
     sp = image.geometry.spacing
     pixel_mm2 = float(sp[0] * sp[1])
-    brain = (label > 0).sum(axis=(0, 1))
+    wm = (label == LABELS["white_matter"]).sum(axis=(0, 1))
     lesion_area = (label == LABELS["lesion"]).sum(axis=(0, 1)) * pixel_mm2
     lesion_slices = np.flatnonzero(lesion_area > 0)
     margin = int(np.ceil(MARGIN_MM / sp[2]))
-    keep = np.flatnonzero(brain >= MIN_BRAIN_SHARE * brain.max())
+    conspicuous = float(case.get("lesion_cnr") or 0.0) >= MIN_CNR
+    skipped = 0
+    # only levels with plenty of white matter, where the lesions are: otherwise "which level is this slice"
+    # would predict the label (lesions sit in white matter) and a network would learn anatomy, not lesions
+    keep = np.flatnonzero(wm >= MIN_WM_SHARE * wm.max())
     out: list[dict[str, object]] = []
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     for n, k in enumerate(keep):
         area = float(lesion_area[k])
-        positive = area >= MIN_LESION_MM2
+        positive = area >= MIN_LESION_MM2 and conspicuous
         near = lesion_slices.size > 0 and np.min(np.abs(lesion_slices - k)) <= margin
-        if not positive and (near or n % NEGATIVE_STRIDE):
+        if not positive and near:
+            skipped += 1
+            continue
+        if not positive and n % NEGATIVE_STRIDE:
             continue
         name = f"{case['case_id']}_z{k:03d}"
         origin = image.geometry.index_to_world((0.0, 0.0, float(k)))
@@ -104,8 +117,9 @@ def _slice_case(volumes: Path, case: dict[str, str], root: Path) -> list[dict[st
         out.append({"image": f"images/{name}.nii.gz", "mask": f"masks/{name}.nii.gz",
                     "patient_id": case["patient_id"], "site": case["site"], "scanner": case["scanner"],
                     "case_id": case["case_id"], "slice_index": int(k), "lesion": int(positive),
-                    "large_lesion": int(area >= LARGE_LESION_MM2), "_lesion_area_mm2": round(area, 1)})
-    return out
+                    "large_lesion": int(positive and area >= LARGE_LESION_MM2), "_lesion_area_mm2": round(area, 1),
+                    "_lesion_cnr": float(case.get("lesion_cnr") or 0.0)})
+    return out, skipped
 
 
 def with_splits(manifest: Path, out: Path, seed: int = 0, external_site: str = "site_C",
