@@ -17,8 +17,9 @@ from scipy import ndimage
 from medsight.errors import MetricError
 
 
-def pointing_game(heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray], tolerance: int = 0) -> dict[str, float]:
-    """Share of cases whose heatmap maximum lies in the (dilated) mask; cases with an empty mask are skipped."""
+def pointing_game(heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray], tolerance: float = 0) -> dict[str, float]:
+    """Share of cases whose heatmap maximum lies in the mask or within ``tolerance`` pixels of it (Euclidean);
+    cases with an empty mask are skipped."""
     if len(heatmaps) != len(masks):
         raise MetricError(f"{len(heatmaps)} heatmaps but {len(masks)} masks")
     hits = n = 0
@@ -28,10 +29,12 @@ def pointing_game(heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray], t
             raise MetricError(f"heatmap shape {h.shape} differs from mask shape {m.shape}")
         if not m.any():
             continue
-        if tolerance > 0:
-            m = ndimage.binary_dilation(m, iterations=int(tolerance))
+        peak = np.unravel_index(int(np.argmax(h)), h.shape)
         n += 1
-        hits += bool(m[np.unravel_index(int(np.argmax(h)), h.shape)])
+        if tolerance > 0:
+            hits += bool(ndimage.distance_transform_edt(~m)[peak] <= tolerance)
+        else:
+            hits += bool(m[peak])
     if n == 0:
         raise MetricError("no case has an annotated region; the pointing game needs positive cases with masks")
     return {"score": hits / n, "hits": hits, "n": n, "tolerance_px": tolerance}
