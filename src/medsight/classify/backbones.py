@@ -31,6 +31,14 @@ class ClassifierNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(feature_dim, n_outputs)
         self.sequence_output = sequence_output  # MONAI's ViT returns (output, hidden_states)
+        self.aux_layer: str | None = None
+        self.aux_head: nn.Module | None = None
+
+    def add_localisation_head(self, layer: str, channels: int, spatial_dims: int) -> None:
+        """A 1x1 convolution on ``layer``'s feature map that predicts the lesion mask there (training aid)."""
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.aux_layer = layer
+        self.aux_head = conv(channels, 1, kernel_size=1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(x)

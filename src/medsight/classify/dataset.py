@@ -48,12 +48,14 @@ def preprocess_array(a: np.ndarray, input_size: Sequence[int]) -> torch.Tensor:
     x = torch.as_tensor(a, dtype=torch.float32)[None, None]
     mode = "bilinear" if len(size) == 2 else "trilinear"
     x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=len(size) == 2)[0]
-    q25, q50, q75 = torch.quantile(x.flatten()[:: max(1, x.numel() // 200_000)],
-                                   torch.tensor([0.25, 0.5, 0.75])).tolist()
+    q01, q25, q75 = torch.quantile(x.flatten()[:: max(1, x.numel() // 200_000)],
+                                   torch.tensor([0.01, 0.25, 0.75])).tolist()
     scale = (q75 - q25) / 1.349
     if scale <= 1e-6:
         scale = float(x.std())
-    return (x - q50) / max(scale, 1e-6)
+    # the darkest percentile (air, for scans) goes to 0: the network's zero padding then continues the
+    # background instead of drawing an artificial edge around the field of view
+    return (x - q01) / max(scale, 1e-6)
 
 
 def load_tensors(paths: Sequence[Path], input_size: Sequence[int], quiet: bool = False) -> torch.Tensor:
@@ -61,6 +63,21 @@ def load_tensors(paths: Sequence[Path], input_size: Sequence[int], quiet: bool =
     out = []
     for p in tqdm(paths, desc="loading images", disable=quiet, unit="img"):
         out.append(preprocess_array(spatial_array(read_image(p)), input_size))
+    return torch.stack(out)
+
+
+def load_masks(paths: Sequence[Path | None], input_size: Sequence[int], quiet: bool = False) -> torch.Tensor:
+    """Masks on the network grid as the share of each input pixel that is inside (area resampling);
+    a missing mask is all zero. Shape (N, 1, *input_size)."""
+    size = tuple(int(s) for s in input_size)
+    out = []
+    for p in tqdm(paths, desc="loading masks", disable=quiet, unit="mask"):
+        if p is None:
+            out.append(torch.zeros(1, *size))
+            continue
+        m = torch.as_tensor((spatial_array(read_image(p)) > 0).astype(np.float32))[None, None]
+        out.append(F.interpolate(m, size=size, mode="area" if all(a >= b for a, b in zip(m.shape[2:], size))
+                                 else "bilinear")[0].clamp(0, 1))
     return torch.stack(out)
 
 

@@ -39,6 +39,13 @@ class ClsManifest:
         return [Path(p) for p in self.table["image_path"]]
 
     @property
+    def mask_paths(self) -> list[Path | None]:
+        """Per row the mask file, or None (no mask column, or an empty cell: no finding outlined)."""
+        if "mask_path" not in self.table.columns:
+            return [None] * len(self.table)
+        return [Path(p) if p else None for p in self.table["mask_path"]]
+
+    @property
     def patients(self) -> np.ndarray:
         return self.table["patient_id"].astype(str).to_numpy()
 
@@ -98,6 +105,12 @@ def read_manifest(path: str | Path, labels: Sequence[str] | None = None, task: s
         for i, p in enumerate(table["image_path"]):
             if not Path(p).exists():
                 raise DatasetError(f"row {i + 2}: image {table['image'].iloc[i]} does not exist", path)
+    if "mask" in table.columns:  # optional lesion masks: localisation supervision and the pointing game
+        table["mask_path"] = [str(_resolve(path, p)) if str(p).strip() else "" for p in table["mask"]]
+        if check_files:
+            for i, p in enumerate(table["mask_path"]):
+                if p and not Path(p).exists():
+                    raise DatasetError(f"row {i + 2}: mask {table['mask'].iloc[i]} does not exist", path)
     if "split" in table.columns:
         _check_splits(table, path)
 

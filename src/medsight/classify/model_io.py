@@ -110,6 +110,9 @@ def load_classifier(model_dir: str | Path) -> ClassifierBundle:
                              "truncated", w_path)
     model, _ = build_classifier(config["backbone"], config["spatial_dims"], config.get("in_channels", 1),
                                 config["n_outputs"], config["input_size"], config.get("dropout", 0.2))
+    loc = config.get("localisation")
+    if loc:
+        model.add_localisation_head(loc["layer"], int(loc["channels"]), config["spatial_dims"])
     state = torch.load(w_path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from medsight import __version__
 from medsight.classify.backbones import build_classifier
-from medsight.classify.dataset import load_tensors, patient_split, spatial_dims_of
+from medsight.classify.dataset import load_masks, load_tensors, patient_split, spatial_dims_of
 from medsight.classify.manifest import ClsManifest, read_manifest
 from medsight.classify.model_io import save_model
 from medsight.classify.thresholds import choose_thresholds
@@ -60,6 +60,7 @@ class TrainConfig:
     augment: bool = True
     time_budget_s: float | None = None  # stop after the epoch that crosses it
     cam_layer: str | None = None
+    mask_weight: float = 0.0  # > 0 and a manifest mask column: also predict the lesion mask at cam_layer
     labels: list[str] | None = None
     task: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -86,10 +87,14 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
     y = torch.as_tensor(manifest.y)
     n_out = len(manifest.classes) if manifest.task == "multiclass" else len(manifest.labels)
     model, cam_layer = build_classifier(cfg.backbone, dims, 1, n_out, size, cfg.dropout)
+    cam_layer = cfg.cam_layer or cam_layer
     loaded = load_backbone_weights(model, cfg.weights) if cfg.weights else None
+    use_masks = cfg.mask_weight > 0 and any(p is not None for p in manifest.mask_paths)
+    masks = load_masks(manifest.mask_paths, size, quiet=quiet) if use_masks else torch.zeros(len(x), 1)
+    localisation = _attach_localisation(model, cam_layer, size, dims) if use_masks else None
     n_trainable = set_trainable(model, cfg.mode)
     loss_fn = _loss(manifest.task, cfg)
-    loader = _loader(x[train_idx], y[train_idx], manifest.stratify_key()[train_idx], cfg)
+    loader = _loader(x[train_idx], y[train_idx], masks[train_idx], manifest.stratify_key()[train_idx], cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(loader),
@@ -102,11 +107,13 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
         if cfg.mode == "frozen":
             model.net.eval()  # a frozen feature extractor keeps its normalisation statistics too
         total = 0.0
-        for xb, yb in loader:
+        for xb, yb, mb in loader:
             if cfg.augment:
-                xb = _augment(xb)
+                xb, mb = _augment(xb, mb if use_masks else None)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
+            if localisation is not None:
+                loss = loss + cfg.mask_weight * localisation.loss(mb)
             loss.backward()
             opt.step()
             sched.step()
@@ -139,7 +146,8 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
         "thresholds": thresholds, "threshold_selection": threshold_info,
         "backbone": cfg.backbone, "spatial_dims": dims, "in_channels": 1, "input_size": list(size),
         "normalisation": "resize to input_size, then (x - median) / (IQR / 1.349) per image", "dropout": cfg.dropout,
-        "cam_layer": cfg.cam_layer or cam_layer,
+        "cam_layer": cam_layer,
+        "localisation": localisation.describe(cfg.mask_weight) if localisation is not None else None,
         "training": {**asdict(cfg), "input_size": list(size)},
         "initial_weights": {"path": cfg.weights, "sha256": sha256_file(cfg.weights), **(loaded or {})}
         if cfg.weights else None,
@@ -193,9 +201,10 @@ class _Wrapped(nn.Module):
         return self.fn(z, y)
 
 
-def _loader(x: torch.Tensor, y: torch.Tensor, strata: np.ndarray, cfg: TrainConfig) -> DataLoader:
+def _loader(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, strata: np.ndarray,
+            cfg: TrainConfig) -> DataLoader:
     """Shuffled batches; with weighted sampling each class (first label for multi-label) is drawn equally often."""
-    ds = TensorDataset(x, y)
+    ds = TensorDataset(x, y, masks)
     g = torch.Generator().manual_seed(cfg.seed)
     if cfg.weighted_sampling:
         counts = np.bincount(strata)
@@ -206,24 +215,59 @@ def _loader(x: torch.Tensor, y: torch.Tensor, strata: np.ndarray, cfg: TrainConf
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=len(ds) > cfg.batch_size)
 
 
-def _augment(x: torch.Tensor) -> torch.Tensor:
+def _augment(x: torch.Tensor, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Label-preserving variety for small datasets, where a network otherwise memorises the few findings it has:
     random flips on every axis (and a transpose when the grid is square), a shift of up to 1/8 of the field of
-    view, and a mild contrast/offset jitter (inputs are normalised, so a gain is a contrast change)."""
-    x = x.clone()
+    view, and a mild contrast/offset jitter (inputs are normalised, so a gain is a contrast change). Masks get
+    the same geometric changes."""
     n, dims = x.shape[0], x.ndim - 2
+    both = torch.cat([x, masks], 1) if masks is not None else x.clone()
     for axis in range(2, 2 + dims):
         flip = torch.rand(n) < 0.5
-        x[flip] = torch.flip(x[flip], dims=(axis,))
-    if dims == 2 and x.shape[2] == x.shape[3]:
+        both[flip] = torch.flip(both[flip], dims=(axis,))
+    if dims == 2 and both.shape[2] == both.shape[3]:
         swap = torch.rand(n) < 0.5
-        x[swap] = x[swap].transpose(2, 3)
+        both[swap] = both[swap].transpose(2, 3)
     for i in range(n):
-        shifts = [int(torch.randint(-s // 8, s // 8 + 1, ())) for s in x.shape[2:]]
-        x[i] = torch.roll(x[i], shifts=shifts, dims=tuple(range(1, 1 + dims)))
+        shifts = [int(torch.randint(-s // 8, s // 8 + 1, ())) for s in both.shape[2:]]
+        both[i] = torch.roll(both[i], shifts=shifts, dims=tuple(range(1, 1 + dims)))
+    x = both[:, :1]
     scale = 1.0 + 0.1 * torch.randn(n, *([1] * (x.ndim - 1)))
     shift = 0.1 * torch.randn(n, *([1] * (x.ndim - 1)))
-    return x * scale + shift
+    return x * scale + shift, (both[:, 1:] if masks is not None else None)
+
+
+class _Localisation:
+    """Captures ``layer``'s output during the forward pass and scores the model's mask prediction there."""
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        self.model, self.layer, self.features = model, layer, None
+        dict(model.named_modules())[layer].register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self.features = output
+
+    def loss(self, masks: torch.Tensor) -> torch.Tensor:
+        logits = self.model.aux_head(self.features)
+        pool = nn.functional.adaptive_avg_pool2d if logits.ndim == 4 else nn.functional.adaptive_avg_pool3d
+        return nn.functional.binary_cross_entropy_with_logits(logits, pool(masks, logits.shape[2:]))
+
+    def describe(self, weight: float) -> dict[str, Any]:
+        return {"layer": self.layer, "channels": int(self.model.aux_head.in_channels), "weight": weight}
+
+
+def _attach_localisation(model: nn.Module, layer: str, size: tuple[int, ...], dims: int) -> _Localisation:
+    """Add the 1x1 mask head on ``layer`` (its channel count found by one probe pass)."""
+    from medsight.classify.backbones import get_layer
+
+    seen: list[torch.Tensor] = []
+    handle = get_layer(model, layer).register_forward_hook(lambda m, i, o: seen.append(o))
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 1, *size))
+    handle.remove()
+    model.add_localisation_head(layer, int(seen[0].shape[1]), dims)
+    return _Localisation(model, layer)
 
 
 @torch.no_grad()
