@@ -2,7 +2,9 @@
 
 The manifest is checked completely (files, label values, patient/split consistency) before a single image is
 read. Binary and multi-label tasks use one sigmoid logit per label, multiclass (ordinal grades) a softmax.
-The best epoch on the validation loss is kept; the decision threshold per label is then chosen on the
+The best epoch on the validation AUC (mean over labels) is kept, not the one with the lowest validation loss:
+with weighted sampling or focal loss the training prior differs from the validation prior, and the validation
+loss then rises as the model grows confident even while it ranks cases better; the decision threshold per label is then chosen on the
 validation predictions for a target sensitivity and stored in the model directory with everything else needed
 to apply the model.
 """
@@ -61,6 +63,7 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop after the epoch that crosses it
     cam_layer: str | None = None
     mask_weight: float = 0.0  # > 0 and a manifest mask column: also predict the lesion mask at cam_layer
+    carvemix: float = 0.0  # share of negative training images that get another image's outlined finding pasted in
     labels: list[str] | None = None
     task: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -89,9 +92,9 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
     model, cam_layer = build_classifier(cfg.backbone, dims, 1, n_out, size, cfg.dropout)
     cam_layer = cfg.cam_layer or cam_layer
     loaded = load_backbone_weights(model, cfg.weights) if cfg.weights else None
-    use_masks = cfg.mask_weight > 0 and any(p is not None for p in manifest.mask_paths)
+    use_masks = (cfg.mask_weight > 0 or cfg.carvemix > 0) and any(p is not None for p in manifest.mask_paths)
     masks = load_masks(manifest.mask_paths, size, quiet=quiet) if use_masks else torch.zeros(len(x), 1)
-    localisation = _attach_localisation(model, cam_layer, size, dims) if use_masks else None
+    localisation = _attach_localisation(model, cam_layer, size, dims) if use_masks and cfg.mask_weight > 0 else None
     n_trainable = set_trainable(model, cfg.mode)
     loss_fn = _loss(manifest.task, cfg)
     loader = _loader(x[train_idx], y[train_idx], masks[train_idx], manifest.stratify_key()[train_idx], cfg)
@@ -100,7 +103,7 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(loader),
                                                 pct_start=0.2)
     history: list[dict[str, float]] = []
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    best: tuple[float, dict[str, torch.Tensor], int] | None = None
     bar = tqdm(range(cfg.epochs), desc=f"train {cfg.backbone}", disable=quiet, unit="epoch")
     for epoch in bar:
         model.train()
@@ -108,6 +111,8 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
             model.net.eval()  # a frozen feature extractor keeps its normalisation statistics too
         total = 0.0
         for xb, yb, mb in loader:
+            if use_masks and cfg.carvemix > 0 and manifest.task != "multiclass":
+                xb, yb, mb = _carvemix(xb, yb, mb, x[train_idx], y[train_idx], masks[train_idx], cfg.carvemix)
             if cfg.augment:
                 xb, mb = _augment(xb, mb if use_masks else None)
             opt.zero_grad(set_to_none=True)
@@ -119,12 +124,14 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
             sched.step()
             total += float(loss.detach()) * len(xb)
         val_loss, val_logits = _evaluate(model, x[val_idx], y[val_idx], loss_fn)
+        score = _selection_score(manifest, val_idx, val_logits)
         row = {"epoch": epoch + 1, "train_loss": total / len(train_idx), "val_loss": val_loss,
-               "seconds": round(time.perf_counter() - t0, 1)}
+               "val_auc_mean": score, "seconds": round(time.perf_counter() - t0, 1)}
         history.append(row)
         bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}")
-        if best is None or val_loss < best[0]:
-            best = (val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        key = -score if np.isfinite(score) else val_loss  # lower is better
+        if best is None or key < best[0]:
+            best = (key, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch + 1)
         if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
             log.info("time budget of %.0f s reached after epoch %d", cfg.time_budget_s, epoch + 1)
             break
@@ -155,7 +162,7 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
         "data": {"manifest": str(manifest.path), "manifest_sha256": sha256_file(manifest.path),
                  "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                  "val_patients": sorted(set(manifest.patients[val_idx].tolist()))},
-        "validation": {"auc": val_auc, "best_val_loss": best[0]},
+        "validation": {"auc": val_auc, "best_epoch": best[2], "selected_by": "mean validation AUC"},
         "history": history, "train_seconds": round(seconds, 1),
         "versions": {"medsight": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
@@ -237,6 +244,25 @@ def _augment(x: torch.Tensor, masks: torch.Tensor | None = None) -> tuple[torch.
     return x * scale + shift, (both[:, 1:] if masks is not None else None)
 
 
+def _carvemix(xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+              masks: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CarveMix-style copy-paste (Zhang et al., MICCAI 2021, simplified): a negative image receives the outlined
+    finding of a random positive one, at the same place, and takes over its labels and mask. With few patients
+    with findings, this shows each finding on many backgrounds, so the network learns the finding and not the
+    patient it came from. Assumes roughly aligned images (true of registered or same-protocol scans)."""
+    donors = torch.nonzero(masks.flatten(1).amax(1) > 0.5).flatten()
+    targets = torch.nonzero((yb.reshape(len(yb), -1).amax(1) == 0) & (torch.rand(len(yb)) < p)).flatten()
+    if len(donors) == 0 or len(targets) == 0:
+        return xb, yb, mb
+    xb, yb, mb = xb.clone(), yb.clone(), mb.clone()
+    pick = donors[torch.randint(len(donors), (len(targets),))]
+    m = masks[pick]
+    xb[targets] = xb[targets] * (1 - m) + x[pick] * m
+    yb[targets] = y[pick]
+    mb[targets] = m
+    return xb, yb, mb
+
+
 class _Localisation:
     """Captures ``layer``'s output during the forward pass and scores the model's mask prediction there."""
 
@@ -276,6 +302,13 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Mo
     model.eval()
     logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     return float(loss_fn(logits, y)), logits
+
+
+def _selection_score(manifest: ClsManifest, val_idx: np.ndarray, logits: torch.Tensor) -> float:
+    """Mean validation AUC over labels (NaN when no label has both classes in validation)."""
+    act = torch.softmax(logits, 1) if manifest.task == "multiclass" else torch.sigmoid(logits)
+    aucs = list(_val_auc(manifest, val_idx, act.numpy()).values())
+    return float(np.mean(aucs)) if aucs else float("nan")
 
 
 def _val_auc(manifest: ClsManifest, val_idx: np.ndarray, prob: np.ndarray) -> dict[str, float]:
