@@ -89,3 +89,15 @@ def test_predict_cls_writes_decisions_and_heatmaps(trained: Path, square_data: t
     heat = np.load(table["gradcam_array_square"][1])
     assert heat.shape == (48, 48) and heat.max() <= 1.0 + 1e-6
     assert Path(table["gradcam_png_left_half"][0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_focal_weighted_frozen_training_records_its_choices(square_data: tuple[Path, list], tmp_path: Path) -> None:
+    manifest, _ = square_data
+    cfg = TrainConfig(backbone="resnet10-slim", input_size=(32, 32), epochs=1, batch_size=16, loss="focal",
+                      weighted_sampling=True, mode="frozen", labels=["square"])
+    train_classifier(manifest, tmp_path / "m", cfg, quiet=True)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    bundle = load_classifier(tmp_path / "m")
+    assert config["training"]["loss"] == "focal" and config["training"]["weighted_sampling"] is True
+    assert config["trainable_parameters"] == sum(p.numel() for p in bundle.model.head.parameters())
+    assert config["task"] == "binary" and list(config["thresholds"]) == ["square"]
