@@ -71,11 +71,11 @@ def run_experiment(work: Path, cfg: TrainConfig, n_cases: int, seed: int = 0, qu
         res["scores"] = {"lesion": prob[:, 0].tolist(), "y": rows["lesion"].astype(int).tolist(),
                          "patient_id": rows["patient_id"].astype(str).tolist()}
         out[name] = res
-    # a few heatmaps through predict-cls: the most confident positives of each test group
-    picks = []
-    for site_rows in (test[(test["site"] != UNSEEN_SITE) & (test["lesion"] == 1)],
-                      test[(test["site"] == UNSEEN_SITE) & (test["lesion"] == 1)]):
-        picks.extend(root / p for p in site_rows["image"].head(n_heatmaps // 2))
+    # a few heatmaps through predict-cls: lesion slices of each test group first, any test slice otherwise
+    picks: list[Path] = []
+    for group in (test[test["site"] != UNSEEN_SITE], test[test["site"] == UNSEEN_SITE]):
+        ordered = pd.concat([group[group["lesion"] == 1], group[group["lesion"] == 0]])
+        picks.extend(root / p for p in ordered["image"].head(max(1, n_heatmaps // 2)))
     if picks:
         predict_images(work / "model", picks, work / "heatmaps" / "predictions.csv", work / "heatmaps", quiet=True)
     out["heatmaps"] = str(work / "heatmaps")
