@@ -125,7 +125,8 @@ def main() -> None:
              "60/20/20 % of training-site patients for train/val/test, all of site_C for test). Runs differ in "
              "the training seed only.", "",
              "Lesion presence, AUC (DeLong 95% CI). CNN = `resnet10-slim` (MONAI ResNet-10, quarter width), "
-             "96x96, weighted sampling, CarveMix 0.3, flips/shifts, one-cycle AdamW, best epoch by validation AUC; baseline = 14 first-order + 12 GLCM features "
+             "96x96, weighted sampling, CarveMix 0.3, flips/shifts, one-cycle AdamW, best epoch by validation AUC; "
+             "baseline = 14 first-order + 12 GLCM features "
              "(skimage `graycomatrix`/`graycoprops`, 32 levels, distances 1-2, 4 angles) -> logistic regression.", "",
              "| run | train s (CNN) | held-out CNN | held-out baseline | site_C CNN | site_C baseline | pointing game "
              "held-out / site_C (tol. 0 px; 2 px) | deletion AUC Grad-CAM vs random (held-out) |",

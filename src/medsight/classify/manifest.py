@@ -117,7 +117,8 @@ def read_manifest(path: str | Path, labels: Sequence[str] | None = None, task: s
     task = task or _guess_task(table, labels)
     if task == "multiclass":
         if len(labels) != 1:
-            raise DatasetError(f"a multiclass task takes one label column, got {len(labels)}: {', '.join(labels)}", path)
+            raise DatasetError(f"a multiclass task takes one label column, got {len(labels)}: {', '.join(labels)}",
+                               path)
         y, classes = _multiclass(table, labels[0], path)
         return ClsManifest(path, table, labels, task, y, classes)
     if task == "binary" and len(labels) != 1:
@@ -147,8 +148,8 @@ def _binary(table: pd.DataFrame, column: str, path: Path) -> np.ndarray:
         elif s in ("0", "0.0", "false", "no"):
             out[i] = 0.0
         else:
-            raise DatasetError(f"row {i + 2}: label {column}={v!r} is not 0/1 (binary and multi-label columns take 0 or 1)",
-                               path)
+            raise DatasetError(f"row {i + 2}: label {column}={v!r} is not 0/1 "
+                               "(binary and multi-label columns take 0 or 1)", path)
     return out
 
 

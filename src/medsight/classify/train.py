@@ -4,9 +4,9 @@ The manifest is checked completely (files, label values, patient/split consisten
 read. Binary and multi-label tasks use one sigmoid logit per label, multiclass (ordinal grades) a softmax.
 The best epoch on the validation AUC (mean over labels) is kept, not the one with the lowest validation loss:
 with weighted sampling or focal loss the training prior differs from the validation prior, and the validation
-loss then rises as the model grows confident even while it ranks cases better; the decision threshold per label is then chosen on the
-validation predictions for a target sensitivity and stored in the model directory with everything else needed
-to apply the model.
+loss then rises as the model grows confident even while it ranks cases better. The decision threshold per
+label is then chosen on the validation predictions for a target sensitivity and stored in the model directory
+with everything else needed to apply the model.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def run_experiment(work: Path, cfg: TrainConfig, n_cases: int, seed: int = 0, qu
                            "n_train": trained["n_train"], "n_val": trained["n_val"],
                            "thresholds": trained["thresholds"], "backbone": cfg.backbone}
     test = table[table["split"] == "test"]
-    for name, rows in (("held_out", test[test["site"] != UNSEEN_SITE]), (UNSEEN_SITE, test[test["site"] == UNSEEN_SITE])):
+    groups = (("held_out", test[test["site"] != UNSEEN_SITE]), (UNSEEN_SITE, test[test["site"] == UNSEEN_SITE]))
+    for name, rows in groups:
         if rows.empty:
             continue
         x, prob = predict_paths(bundle, [root / p for p in rows["image"]])

@@ -17,7 +17,8 @@ from scipy import ndimage
 from medsight.errors import MetricError
 
 
-def pointing_game(heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray], tolerance: float = 0) -> dict[str, float]:
+def pointing_game(heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                  tolerance: float = 0) -> dict[str, float]:
     """Share of cases whose heatmap maximum lies in the mask or within ``tolerance`` pixels of it (Euclidean);
     cases with an empty mask are skipped."""
     if len(heatmaps) != len(masks):
