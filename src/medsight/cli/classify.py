@@ -46,13 +46,18 @@ def _size(value: str | None) -> tuple[int, ...] | None:
 @click.option("--weights", type=click.Path(path_type=Path),
               help="Local checkpoint to start the backbone from (never downloaded).")
 @click.option("--freeze", is_flag=True, help="Feature-extractor mode: train only the head on the frozen backbone.")
+@click.option("--mask-weight", default=0.0, show_default=True,
+              help="With a manifest mask column: weight of an auxiliary loss predicting the mask at the CAM layer.")
+@click.option("--carvemix", default=0.0, show_default=True,
+              help="With a mask column: share of negative images given another image's outlined finding.")
 @click.option("--time-budget", type=float, help="Stop after the epoch that passes this many seconds.")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_context
 def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[str, ...], task: str | None,
               backbone: str, input_size: str | None, epochs: int, batch_size: int, lr: float, loss: str,
               focal_gamma: float, weighted_sampling: bool, target_sensitivity: float, val_fraction: float,
-              weights: Path | None, freeze: bool, time_budget: float | None, seed: int) -> None:
+              weights: Path | None, freeze: bool, mask_weight: float, carvemix: float, time_budget: float | None,
+              seed: int) -> None:
     """Train an image classifier from MANIFEST.csv (columns image, patient_id, site, label columns[, split]).
 
     The whole manifest is checked first (missing files, label values, a patient in two splits); the split is
@@ -66,7 +71,8 @@ def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[s
                       loss=loss, focal_gamma=focal_gamma, weighted_sampling=weighted_sampling,
                       target_sensitivity=target_sensitivity, val_fraction=val_fraction, seed=seed,
                       weights=str(weights) if weights else None, mode="frozen" if freeze else "finetune",
-                      time_budget_s=time_budget, labels=list(labels) or None, task=task)
+                      time_budget_s=time_budget, labels=list(labels) or None, task=task, mask_weight=mask_weight,
+                      carvemix=carvemix)
     result = train_classifier(manifest, out_dir, cfg, quiet=quiet)
     click.echo(json.dumps(result, indent=2))
 
