@@ -54,10 +54,13 @@ class ClassifierNet(nn.Module):
         return self.forward_with_features(x)[0]
 
 
-def _resnet(depth: int, width: float = 1.0, max_pool: bool = False) -> Callable[..., tuple[nn.Module, str]]:
+def _resnet(depth: int, width: float = 1.0, max_pool: bool = False,
+            fine: bool = False) -> Callable[..., tuple[nn.Module, str]]:
     def build(dims: int, in_ch: int, size: Sequence[int]) -> tuple[nn.Module, str]:
+        # fine: no max-pool after the stem, so the stem reduces 2x instead of 4x and a finding a few pixels
+        # across still covers a cell of layer1 (at 4x it is averaged away before the first residual block)
         net = getattr(nets, f"resnet{depth}")(spatial_dims=dims, n_input_channels=in_ch, num_classes=1,
-                                              conv1_t_stride=2, widen_factor=width)
+                                              conv1_t_stride=2, widen_factor=width, no_max_pool=fine)
         if max_pool:  # a small finding is one cell of the last feature map: averaging would dilute it
             net.avgpool = nn.AdaptiveMaxPool2d(1) if dims == 2 else nn.AdaptiveMaxPool3d(1)
         net.fc = nn.Identity()
@@ -106,6 +109,8 @@ BACKBONES: dict[str, Callable[..., tuple[nn.Module, str]]] = {
     # a quarter of the channels (16-128): CPU-sized, for the demo and tests
     **{f"resnet{d}-slim": _resnet(d, 0.25) for d in (10, 18)},
     **{f"resnet{d}-slim-maxpool": _resnet(d, 0.25, max_pool=True) for d in (10, 18)},
+    # stem without max-pool (twice the resolution in every block) and max pooling at the end: small findings
+    **{f"resnet{d}-slim-fine": _resnet(d, 0.25, max_pool=True, fine=True) for d in (10, 18)},
     "densenet121": _densenet("DenseNet121"),
     "densenet169": _densenet("DenseNet169"),
     **{f"efficientnet-b{i}": _efficientnet(f"efficientnet-b{i}") for i in range(4)},

@@ -72,15 +72,36 @@ def predict_images(model_dir: str | Path, inputs: Sequence[str | Path], output_c
     paths = expand_inputs(inputs, bundle.config["spatial_dims"])
     output_csv = Path(output_csv)
     heat_root = Path(heatmap_dir) if heatmap_dir else output_csv.with_name(_stem(output_csv) + "_gradcam")
+    assessor = _assessor(bundle)
     rows = []
     for i, path in enumerate(tqdm(paths, desc="predict", disable=quiet, unit="img")):
         image = read_image(path)
-        rows.append(_predict_one(bundle, image, path, heat_root, f"{i:04d}_{_stem(path)}", gradcam))
+        row = _predict_one(bundle, image, path, heat_root, f"{i:04d}_{_stem(path)}", gradcam)
+        if assessor is not None:
+            row.update(_referral(bundle, assessor, image))
+        rows.append(row)
     table = pd.DataFrame(rows)
     buf = io.StringIO()
     table.to_csv(buf, index=False, lineterminator="\n")
     atomic_write_text(output_csv, buf.getvalue())
     return table
+
+
+def _assessor(bundle: ClassifierBundle):  # noqa: ANN202 - SafetyAssessor | None (optional layer above us)
+    """The safety layer's referral rule when the model directory carries one (``referral.json``)."""
+    if bundle.model_dir is None or not (Path(bundle.model_dir) / "referral.json").is_file():
+        return None
+    from medsight.safety.assess import SafetyAssessor
+
+    return SafetyAssessor.from_model_dir(bundle.model_dir, bundle.config.get("activation"))
+
+
+def _referral(bundle: ClassifierBundle, assessor, image: Image) -> dict[str, Any]:  # noqa: ANN001
+    """``decision`` (accept / refer) and its reasons, from the raw logits and penultimate features."""
+    with torch.no_grad():
+        z, f = bundle.logits_and_features(bundle.preprocess(image)[None])
+    a = assessor.assess(image, z.double().numpy()[0], f.double().numpy()[0])
+    return {"referral": a["decision"], "referral_reasons": "; ".join(a["reasons"])}
 
 
 def _predict_one(bundle: ClassifierBundle, image: Image, path: Path, heat_root: Path, stem: str,

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from medsight.demo import STAGES, DemoContext
+from medsight.demo.summary import print_table
 from medsight.files import atomic_write_text
 
 
@@ -42,7 +43,7 @@ def demo(ctx: click.Context, out_dir: Path, seed: int, fast: bool, stages: tuple
     summary = out_dir / "summary.json"
     atomic_write_text(summary, json.dumps({"results": dctx.results, "paths": {k: str(v) for k, v in dctx.paths.items()}},
                                           indent=2, default=str))
-    click.echo(json.dumps(dctx.results, indent=2, default=str))
+    print_table(dctx.results)
     click.echo("\nWritten:")
     for key, path in sorted(dctx.paths.items()):
         click.echo(f"  {key:28s} {path}")

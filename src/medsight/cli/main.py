@@ -67,6 +67,8 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool) -> None:
     """
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("numexpr", "matplotlib", "PIL"):  # third-party chatter at INFO that says nothing to a user
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
 

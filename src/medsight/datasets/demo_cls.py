@@ -24,16 +24,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from medsight.datasets.demo import LABELS, build_demo_dataset
+from medsight.datasets.demo import BUILD_VERSION, LABELS, LESION_SHARE, build_demo_dataset
 from medsight.files import atomic_write_text
 from medsight.image import Geometry, Image
 from medsight.io.nifti import read_nifti, write_nifti
 
 log = logging.getLogger(__name__)
 
-VERSION = 3
+VERSION = 4
 MIN_LESION_MM2 = 30.0
-MIN_CNR = 1.5  # lesions fainter than this (contrast-to-noise) are simulated to be near-invisible
+MIN_CNR = 2.5  # lesions fainter than this (contrast-to-noise) are simulated to be near-invisible
 LARGE_LESION_MM2 = 60.0
 MARGIN_MM = 6.0
 MIN_WM_SHARE = 0.4  # keep slices whose white-matter area is at least this share of the largest slice's
@@ -43,19 +43,22 @@ COLUMNS = ("image", "mask", "patient_id", "site", "scanner", "case_id", "slice_i
 
 
 def build_demo_cls_dataset(root: Path, n_cases: int | None = None, seed: int = 0, quiet: bool = False,
-                           volumes: Path | None = None) -> Path:
+                           volumes: Path | None = None, lesion_share: float = LESION_SHARE) -> Path:
     """Build (or reuse) the slice dataset under ``root``; returns the path of its ``manifest.csv``.
 
     The volumes are built (or reused: same arguments, same cached folder) by ``build_demo_dataset`` under
-    ``volumes`` (default ``root/volumes``), so the demo shares the segmentation stage's volumes. A finished build
-    leaves a stamp, and a second call with the same arguments returns at once.
+    ``volumes`` (default ``root/volumes``); pass the segmentation stage's folder to share its volumes, or a
+    larger ``n_cases`` and ``lesion_share`` for more distinct findings (a slice classifier needs many more
+    lesions than a 3D segmenter sees in 40 cases). A finished build leaves a stamp, and a second call with the
+    same arguments returns at once.
     """
     root = Path(root)
     volumes = build_demo_dataset(Path(volumes) if volumes else root / "volumes", n_cases=n_cases, seed=seed,
-                                 quiet=quiet)
+                                 quiet=quiet, lesion_share=lesion_share)
     manifest = root / "manifest.csv"
     stamp = root / ".demo_cls_build.json"
-    want = {"version": VERSION, "n_cases": n_cases, "seed": seed, "volumes": str(volumes)}
+    want = {"version": VERSION, "n_cases": n_cases, "seed": seed, "volumes": str(volumes),
+            "lesion_share": lesion_share, "volumes_version": BUILD_VERSION}
     if stamp.is_file() and manifest.is_file():
         try:
             if {k: v for k, v in json.loads(stamp.read_text()).items() if k in want} == want:

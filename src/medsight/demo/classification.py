@@ -21,13 +21,16 @@ from medsight.classify import load_classifier
 from medsight.classify.evaluate import auc_report, explanation_checks, predict_paths
 from medsight.classify.predict import predict_images
 from medsight.classify.train import TrainConfig, train_classifier
-from medsight.datasets.demo import UNSEEN_SITE
+from medsight.datasets.demo import LESION_SHARE, UNSEEN_SITE
 from medsight.datasets.demo_cls import build_demo_cls_dataset, with_splits
 
 log = logging.getLogger(__name__)
 
 LABELS = ["lesion", "large_lesion"]
-N_CASES, N_CASES_FAST = 40, 12  # the segmentation stage's volumes, reused from its cache
+# its own volumes, from the segmentation demo's generator: more of them, and every patient with a lesion, since
+# a slice classifier needs many distinct findings (40 volumes hold ~10 conspicuous lesions, too few to learn from)
+N_CASES, N_CASES_FAST = 200, 12
+CLS_LESION_SHARE = 1.0
 
 
 def demo_config(seed: int, fast: bool) -> TrainConfig:
@@ -38,10 +41,12 @@ def demo_config(seed: int, fast: bool) -> TrainConfig:
 
 
 def run_experiment(work: Path, cfg: TrainConfig, n_cases: int, seed: int = 0, quiet: bool = True,
-                   volumes: Path | None = None, n_heatmaps: int = 4) -> dict[str, Any]:
+                   volumes: Path | None = None, n_heatmaps: int = 4,
+                   lesion_share: float = LESION_SHARE) -> dict[str, Any]:
     """Data -> split -> train -> evaluate on held-out training-site patients and the unseen site."""
     work = Path(work)
-    manifest = build_demo_cls_dataset(work / "data", n_cases=n_cases, seed=seed, quiet=quiet, volumes=volumes)
+    manifest = build_demo_cls_dataset(work / "data", n_cases=n_cases, seed=seed, quiet=quiet, volumes=volumes,
+                                      lesion_share=lesion_share)
     split_manifest = with_splits(manifest, work / "data" / "manifest_split.csv", seed=seed)
     t0 = time.perf_counter()
     trained = train_classifier(split_manifest, work / "model", cfg, quiet=quiet)
@@ -70,7 +75,8 @@ def run_experiment(work: Path, cfg: TrainConfig, n_cases: int, seed: int = 0, qu
                 bundle, x[pos], [root / p for p in sub["image"]], [root / p for p in sub["mask"]], label_index=0,
                 tolerance=2, seed=seed)["pointing_game"]
         res["scores"] = {"lesion": prob[:, 0].tolist(), "y": rows["lesion"].astype(int).tolist(),
-                         "patient_id": rows["patient_id"].astype(str).tolist()}
+                         "patient_id": rows["patient_id"].astype(str).tolist(),
+                         "case_id": rows["case_id"].astype(str).tolist()}
         out[name] = res
     # a few heatmaps through predict-cls: lesion slices of each test group first, any test slice otherwise
     picks: list[Path] = []
@@ -83,6 +89,18 @@ def run_experiment(work: Path, cfg: TrainConfig, n_cases: int, seed: int = 0, qu
     return out
 
 
+def write_scan_predictions(res: dict[str, Any], path: Path) -> Path:
+    """Per-scan table for the validation report: a scan is positive when any of its kept slices shows a
+    lesion, and its probability is the highest slice probability (case_id,y_true,prob)."""
+    from medsight.files import atomic_write_text
+
+    frames = [pd.DataFrame({"case_id": res[g]["scores"]["case_id"], "y_true": res[g]["scores"]["y"],
+                            "prob": res[g]["scores"]["lesion"]}) for g in ("held_out", UNSEEN_SITE) if g in res]
+    table = pd.concat(frames).groupby("case_id", as_index=False).agg(y_true=("y_true", "max"), prob=("prob", "max"))
+    atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
+    return path
+
+
 def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
     """The ``medsight demo`` stage; puts the model directory in ``ctx.paths['cls_model']``."""
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -90,8 +108,10 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
     work = out / "classification"
     n = N_CASES_FAST if ctx.fast else N_CASES
     res = run_experiment(work, demo_config(ctx.seed, ctx.fast), n, ctx.seed, ctx.quiet,
-                         volumes=ctx.paths.get("seg_data", out / "data"))
+                         lesion_share=CLS_LESION_SHARE)
     ctx.paths["cls_model"] = work / "model"
+    ctx.paths["cls_volumes"] = work / "data" / "volumes"
+    ctx.paths["cls_predictions"] = write_scan_predictions(res, work / "predictions_per_scan.csv")
     ctx.paths["cls_heatmaps"] = work / "heatmaps"
     ctx.paths["cls_manifest"] = work / "data" / "manifest_split.csv"
     summary: dict[str, Any] = {"train_seconds": res["train_seconds"], "epochs": res["epochs"]}

@@ -38,7 +38,8 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
     cls_pred = ctx.paths.get("cls_predictions")
     if cls_pred and Path(cls_pred).is_file():
         cls_model = Path(ctx.paths.get("cls_model", Path(cls_pred).parent))
-        cres = classification_results(pd.read_csv(cls_pred, dtype={"case_id": str}), data,
+        cls_data = Path(ctx.paths.get("cls_volumes", data))
+        cres = classification_results(pd.read_csv(cls_pred, dtype={"case_id": str}), cls_data,
                                       model_provenance(cls_model, "demo classifier", "classification"), UNSEEN,
                                       min_cases=min_cases, n_boot=n_boot, seed=ctx.seed)
         res.classification = cres.classification

@@ -35,6 +35,8 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
                               QualitySpec.fit(task.train[0]))
     assessor.save(task.model_dir)
     examples = _examples(task, assessor)
+    if task.case_ids and ctx.paths.get("cls_predictions"):
+        ctx.paths["cls_predictions"] = _scan_predictions(task, assessor, Path(ctx.paths["cls_predictions"]))
     ctx.paths["safety_calibration"] = task.model_dir / "calibration.json"
     ctx.paths["safety_referral"] = task.model_dir / "referral.json"
 
@@ -102,6 +104,27 @@ def _num(v: float | None) -> float | None:
     import math
 
     return None if v is None or not math.isfinite(v) else round(float(v), 4)
+
+
+def _scan_predictions(task, assessor, path: Path) -> Path:  # noqa: ANN001
+    """Rewrite the classification stage's per-scan table with calibrated probabilities and referral: per scan,
+    the highest calibrated and uncalibrated slice probability, and referred when any of its slices is."""
+    import numpy as np
+    import pandas as pd
+
+    from medsight.safety.evaluate import run_model
+
+    rows = []
+    for name, (images, targets) in task.tests.items():
+        o = run_model(task.bundle, images)
+        for cid, img, z, f, y in zip(task.case_ids.get(name, []), images, o.logits, o.features, targets):
+            a = assessor.assess(img, z, f)
+            rows.append({"case_id": cid, "y_true": int(np.ravel(y)[0]), "prob": float(a["probabilities"][0]),
+                         "prob_uncalibrated": float(1 / (1 + np.exp(-np.ravel(z)[0]))),
+                         "referred": int(a["decision"] == "refer")})
+    table = pd.DataFrame(rows).groupby("case_id", as_index=False).max()
+    atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
+    return path
 
 
 def _examples(task, assessor) -> dict[str, dict[str, Any]]:  # noqa: ANN001

@@ -35,6 +35,7 @@ class SafetyTask:
     in_distribution: str = "held_out"
     unseen: str = "site_C"
     ood: dict[str, list[Image]] = field(default_factory=dict)
+    case_ids: dict[str, list[str]] = field(default_factory=dict)  # per test set, when the images have case ids
 
     def evaluate(self, target_keep: float = 0.95, quiet: bool = True, mc_samples: int = 10) -> dict[str, Any]:
         res = evaluate_classifier_safety(self.bundle, self.train, self.validation, self.tests, self.ood,
