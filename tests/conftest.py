@@ -43,3 +43,21 @@ def dicom_test_file() -> Callable[[str], Path]:
         return path
 
     return get
+
+
+# segmentation-pipeline tests run tiny convolutions: on a small shared CI box, OpenMP threads waiting for a busy
+# core spin and make them many times slower, so these folders get one torch thread (restored afterwards)
+ONE_TORCH_THREAD_DIRS = {"data", "datasets", "infer", "plan", "train"}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request: pytest.FixtureRequest):  # noqa: ANN202 - generator fixture
+    if Path(request.path).parent.name not in ONE_TORCH_THREAD_DIRS:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

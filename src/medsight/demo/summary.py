@@ -52,11 +52,15 @@ def print_table(results: Mapping[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    import sys
+
     table = Table(title="medsight demo: summary", show_lines=False)
-    for col, style in (("stage", "bold"), ("figure", ""), ("value", "cyan")):
-        table.add_column(col, style=style, overflow="fold")
+    table.add_column("stage", style="bold", no_wrap=True)
+    table.add_column("figure", no_wrap=True)
+    table.add_column("value", style="cyan", overflow="fold")
     last = None
     for stage, key, value in rows(results):
         table.add_row(stage if stage != last else "", key, value, end_section=False)
         last = stage
-    Console().print(table)
+    # a log file or pipe gets a fixed width wide enough for the longest figure names (rich would pick 80)
+    Console(width=None if sys.stdout.isatty() else 132).print(table)
