@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import torch.nn.functional as F
+
 from medsight.classify.backbones import BACKBONES, build_classifier, get_layer
+from medsight.explain.gradcam import gradcam_maps
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -15,7 +18,8 @@ def test_backbone_builds_with_head_and_cam_layer(name: str) -> None:
     with torch.no_grad():
         logits, features = model.forward_with_features(torch.zeros(2, 1, 64, 64))
     assert logits.shape == (2, 3) and features.shape[0] == 2
-    assert features.shape[1] == model.head.in_features
+    width = model.head.in_channels if model.evidence_map else model.head.in_features
+    assert features.shape[1] == width
     get_layer(model, cam_layer)
 
 
@@ -28,3 +32,33 @@ def test_fine_resnet_keeps_twice_the_resolution() -> None:
             model(torch.zeros(1, 1, 64, 64))
         hook.remove()
     assert seen["resnet10-slim"].shape[-1] == 16 and seen["resnet10-slim-fine"].shape[-1] == 32
+
+
+@pytest.mark.parametrize("sharpness", [0.0, 4.0])
+def test_evidence_model_logit_is_map_maximum_and_gradcam_is_the_map(sharpness: float) -> None:
+    """Worked by hand: with logit = pool(conv1x1(A)) and pooling weights that sum to one over positions,
+    Grad-CAM's channel weights are w_k / (h*w), so its map is ReLU(evidence - bias), upsampled and scaled."""
+    torch.manual_seed(0)
+    model, cam_layer = build_classifier("resnet10-slim-evidence", 2, 1, 1, (64, 64))
+    model.evidence_sharpness = sharpness
+    model.eval()
+    x = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():
+        fmap = model.net(x)
+        evidence = model.head(fmap)  # (3, 1, 16, 16): 1/4 of the input
+        logits = model(x)
+    assert evidence.shape[-2:] == (16, 16)
+    e = evidence.flatten(1).double()
+    if sharpness == 0:
+        assert torch.allclose(logits[:, 0].double(), e.amax(1), atol=1e-6)
+    else:  # (1/r) log(mean(exp(r e))), written out
+        assert torch.allclose(logits[:, 0].double(), torch.log(torch.exp(sharpness * e).mean(1)) / sharpness,
+                              atol=1e-5)
+    expected = F.interpolate(torch.relu(evidence - model.head.bias.view(1, -1, 1, 1)), size=(64, 64),
+                             mode="bilinear", align_corners=False)[:, 0]
+    flat = expected.flatten(1)
+    expected = ((flat - flat.min(1, keepdim=True).values)
+                / (flat.max(1, keepdim=True).values - flat.min(1, keepdim=True).values)).reshape(3, 64, 64)
+    cams = gradcam_maps(model, x, cam_layer)
+    assert cam_layer == "net.layer2"
+    assert torch.allclose(torch.as_tensor(cams), expected, atol=1e-4)

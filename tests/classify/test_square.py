@@ -33,12 +33,16 @@ def trained(square_data: tuple[Path, list[tuple[int, int]]], tmp_path_factory: p
 
 
 def test_learns_square_and_gradcam_points_at_it(trained: Path, tmp_path: Path, make_squares) -> None:
-    manifest, corners = make_squares(tmp_path / "test", n=40, seed=1)  # unseen images
-    bundle = load_classifier(trained)
+    auc, pointing = _auc_and_pointing_on_new_squares(load_classifier(trained), tmp_path, make_squares, seed=1)
+    assert auc > 0.97 and pointing >= 0.9
+
+
+def _auc_and_pointing_on_new_squares(bundle, tmp_path: Path, make_squares, seed: int) -> tuple[float, float]:  # noqa: ANN001
+    """Square-presence AUC on 40 unseen images, and the pointing game of Grad-CAM against the squares."""
+    manifest, corners = make_squares(tmp_path / "test", n=40, seed=seed)
     table = pd.read_csv(manifest)
     x = load_tensors([manifest.parent / p for p in table["image"]], (48, 48), quiet=True)
     prob = bundle.probabilities(bundle.predict_logits(x))
-    assert roc_auc_score(table["square"], prob[:, 0]) > 0.97
     pos = np.flatnonzero(table["square"].to_numpy() == 1)
     cams = gradcam_maps(bundle.model, x[pos], bundle.config["cam_layer"], class_index=0)
     masks = []
@@ -47,7 +51,7 @@ def test_learns_square_and_gradcam_points_at_it(trained: Path, tmp_path: Path, m
         ci, cj = corners[i]
         m[ci:ci + 10, cj:cj + 10] = True
         masks.append(m)
-    assert pointing_game(list(cams), masks)["score"] >= 0.9
+    return roc_auc_score(table["square"], prob[:, 0]), pointing_game(list(cams), masks)["score"]
 
 
 def test_multilabel_outputs_and_thresholds_round_trip(trained: Path, square_data: tuple[Path, list]) -> None:
@@ -101,3 +105,20 @@ def test_focal_weighted_frozen_training_records_its_choices(square_data: tuple[P
     assert config["training"]["loss"] == "focal" and config["training"]["weighted_sampling"] is True
     assert config["trainable_parameters"] == sum(p.numel() for p in bundle.model.head.parameters())
     assert config["task"] == "binary" and list(config["thresholds"]) == ["square"]
+
+
+def test_evidence_map_backbone_learns_square_and_points_at_it(square_data: tuple[Path, list], tmp_path: Path,
+                                                              make_squares) -> None:
+    """The demo's fully convolutional backbone: same check as above, and its pooling survives save/load."""
+    manifest, _ = square_data
+    torch.set_num_threads(2)
+    cfg = TrainConfig(**{**CFG, "backbone": "resnet10-slim-evidence", "cam_layer": None}, labels=["square"])
+    train_classifier(manifest, tmp_path / "m", cfg, quiet=True)
+    bundle = load_classifier(tmp_path / "m")
+    assert bundle.config["cam_layer"] == "net.layer2" and bundle.model.evidence_sharpness == 4.0
+    auc, pointing = _auc_and_pointing_on_new_squares(bundle, tmp_path, make_squares, seed=2)
+    assert auc > 0.97 and pointing >= 0.9
+    # the pooling is read from config.json, not assumed: a model stored with a hard maximum loads as one
+    cfg_path = tmp_path / "m" / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "evidence_sharpness": 0.0}))
+    assert load_classifier(tmp_path / "m").model.evidence_sharpness == 0.0

@@ -8,9 +8,12 @@ import time
 
 import nibabel as nib
 import numpy as np
+import pytest
+from scipy import ndimage
 
 from medsight.data.dataset import load_dataset, validate
 from medsight.datasets.demo import LABELS, MANIFEST_COLUMNS, build_demo_dataset, plan_cases
+from medsight.errors import DatasetError
 from medsight.files import sha256_file
 
 
@@ -59,3 +62,23 @@ def test_case_plan_shares_and_patients():
     assert all(len(v) == 1 for v in by_patient.values())  # a patient is scanned at one site
     assert len(by_patient) < len(specs)  # some patients were scanned twice
     assert 0.3 < np.mean([s.has_lesion for s in specs]) < 0.7
+
+
+def test_enhancing_lesion_profile_gives_bright_lesions_and_is_recorded(tmp_path):
+    root = build_demo_dataset(tmp_path / "e", n_cases=3, seed=1, quiet=True, lesion_share=1.0,
+                              lesion_profile="enhancing")
+    assert json.loads((root / "dataset.json").read_text())["medsight"]["lesion_profile"]["name"] == "enhancing"
+    assert json.loads((root / ".demo_build.json").read_text())["lesion_profile"] == "enhancing"
+    for r in csv.DictReader(open(root / "manifest.csv")):
+        assert 6.0 <= float(r["lesion_cnr"]) <= 14.0
+        img = np.asarray(nib.load(str(root / r["image"])).dataobj, dtype=float)
+        lab = np.asarray(nib.load(str(root / r["label"])).dataobj)
+        core = ndimage.binary_erosion(lab == 3)
+        inside = img[core] if core.any() else img[lab == 3]
+        # brighter than white matter, the brightest tissue of a T1 brain (bias field and noise included)
+        assert np.median(inside) > 1.1 * np.median(img[lab == 2])
+
+
+def test_unknown_lesion_profile_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="unknown lesion profile 'flair'.*faint, enhancing"):
+        build_demo_dataset(tmp_path / "x", n_cases=3, lesion_profile="flair", quiet=True)

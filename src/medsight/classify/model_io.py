@@ -110,8 +110,10 @@ def load_classifier(model_dir: str | Path) -> ClassifierBundle:
                              "truncated", w_path)
     model, _ = build_classifier(config["backbone"], config["spatial_dims"], config.get("in_channels", 1),
                                 config["n_outputs"], config["input_size"], config.get("dropout", 0.2))
+    if config.get("evidence_sharpness") is not None:
+        model.evidence_sharpness = float(config["evidence_sharpness"])
     loc = config.get("localisation")
-    if loc:
+    if loc and "channels" in loc:  # an auxiliary mask head (evidence-map models supervise their own map)
         model.add_localisation_head(loc["layer"], int(loc["channels"]), config["spatial_dims"])
     state = torch.load(w_path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)

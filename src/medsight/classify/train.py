@@ -154,6 +154,7 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
         "backbone": cfg.backbone, "spatial_dims": dims, "in_channels": 1, "input_size": list(size),
         "normalisation": "resize to input_size, then (x - median) / (IQR / 1.349) per image", "dropout": cfg.dropout,
         "cam_layer": cam_layer,
+        "evidence_sharpness": model.evidence_sharpness if model.evidence_map else None,
         "localisation": localisation.describe(cfg.mask_weight) if localisation is not None else None,
         "training": {**asdict(cfg), "input_size": list(size)},
         "initial_weights": {"path": cfg.weights, "sha256": sha256_file(cfg.weights), **(loaded or {})}
@@ -264,28 +265,39 @@ def _carvemix(xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, x: torch.Ten
 
 
 class _Localisation:
-    """Captures ``layer``'s output during the forward pass and scores the model's mask prediction there."""
+    """Scores the model's lesion-mask prediction during training (mask supervision where masks are known).
+
+    For an evidence-map model the supervised map is the evidence map of the first output itself (captured at
+    ``head``): the map whose maximum is the logit learns where the finding is, not only that it is there. For
+    other models a 1x1 auxiliary head on ``layer`` predicts the mask from that layer's features."""
 
     def __init__(self, model: nn.Module, layer: str) -> None:
-        self.model, self.layer, self.features = model, layer, None
-        dict(model.named_modules())[layer].register_forward_hook(self._keep)
+        self.model, self.features = model, None
+        self.direct = bool(getattr(model, "evidence_map", False))
+        self.layer = "head" if self.direct else layer
+        dict(model.named_modules())[self.layer].register_forward_hook(self._keep)
 
     def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         self.features = output
 
     def loss(self, masks: torch.Tensor) -> torch.Tensor:
-        logits = self.model.aux_head(self.features)
+        logits = self.features[:, :1] if self.direct else self.model.aux_head(self.features)
         pool = nn.functional.adaptive_avg_pool2d if logits.ndim == 4 else nn.functional.adaptive_avg_pool3d
         return nn.functional.binary_cross_entropy_with_logits(logits, pool(masks, logits.shape[2:]))
 
     def describe(self, weight: float) -> dict[str, Any]:
+        if self.direct:
+            return {"layer": "head", "evidence_map_output": 0, "weight": weight}
         return {"layer": self.layer, "channels": int(self.model.aux_head.in_channels), "weight": weight}
 
 
 def _attach_localisation(model: nn.Module, layer: str, size: tuple[int, ...], dims: int) -> _Localisation:
-    """Add the 1x1 mask head on ``layer`` (its channel count found by one probe pass)."""
+    """Mask supervision: on the evidence map itself, or through a new 1x1 mask head on ``layer`` (its channel
+    count found by one probe pass)."""
     from medsight.classify.backbones import get_layer
 
+    if getattr(model, "evidence_map", False):
+        return _Localisation(model, layer)
     seen: list[torch.Tensor] = []
     handle = get_layer(model, layer).register_forward_hook(lambda m, i, o: seen.append(o))
     model.eval()

@@ -6,7 +6,9 @@ called and nothing is downloaded. Every case is that one real anatomy put throug
 and a random affine, resampled onto its site's voxel grid, then given a random contrast (gamma), a smooth
 multiplicative bias field, Rician noise and a scanner gain. A share of the cases carry a simulated lesion: a
 smooth irregular blob 3-30 mm across whose own intensity differs from white matter by a contrast-to-noise ratio
-of 0.5-4 (small faint lesions are meant to be hard). The cases are therefore simulated, not patients: they show
+drawn from its ``LesionProfile``: by default ("faint") 0.5-4 and mostly hypointense (small faint lesions are
+meant to be hard); "enhancing" gives the bright lesions of a post-contrast T1, which the classification demo
+uses. The cases are therefore simulated, not patients: they show
 the pipeline and distribution shift honestly, but say nothing about clinical performance.
 
 Labels: 0 background (incl. CSF), 1 grey matter, 2 white matter, 3 lesion (argmax of the deformed probability
@@ -50,7 +52,26 @@ MANIFEST_COLUMNS = ("case_id", "image", "label", "patient_id", "site", "scanner"
 DEFAULT_N_CASES = 40
 LESION_SHARE = 0.5
 LESION_DIAMETER_MM = (3.0, 30.0)  # log-uniform
-LESION_CNR = (0.5, 4.0)  # uniform; contrast to the noise sigma, so small faint lesions are genuinely hard
+
+
+@dataclass(frozen=True)
+class LesionProfile:
+    """How simulated lesions look: contrast-to-noise range (uniform) and the share darker than white matter."""
+
+    name: str
+    cnr: tuple[float, float]
+    hypointense_share: float
+    description: str
+
+
+LESION_PROFILES: dict[str, LesionProfile] = {
+    # the segmentation demo's default: mostly T1-hypointense, often faint (small faint lesions are meant to be
+    # hard); a hypointense blob in white matter looks like a fold of grey matter on a single T1 slice
+    "faint": LesionProfile("faint", (0.5, 4.0), 0.7, "T1 lesions, 70% hypointense, CNR 0.5-4"),
+    # what a reader scores lesion presence on: enhancing lesions on post-contrast T1 (bright, CNR 6-14)
+    "enhancing": LesionProfile("enhancing", (6.0, 14.0), 0.0, "post-contrast T1 enhancing lesions, CNR 6-14"),
+}
+DEFAULT_LESION_PROFILE = "faint"
 TEMPLATE_NAMES = {kind: f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz" for kind in ("t1", "gm", "wm")}
 
 
@@ -131,12 +152,22 @@ class _CaseSpec:
     sex: str
     age: int
     has_lesion: bool
+    lesion: LesionProfile = LESION_PROFILES[DEFAULT_LESION_PROFILE]
 
 
-def plan_cases(n_cases: int, seed: int, lesion_share: float = LESION_SHARE) -> list[_CaseSpec]:
+def get_lesion_profile(name: str) -> LesionProfile:
+    """The named lesion profile; DatasetError listing the known names otherwise."""
+    if name not in LESION_PROFILES:
+        raise DatasetError(f"unknown lesion profile {name!r}; choose one of {', '.join(LESION_PROFILES)}")
+    return LESION_PROFILES[name]
+
+
+def plan_cases(n_cases: int, seed: int, lesion_share: float = LESION_SHARE,
+               profile: str = DEFAULT_LESION_PROFILE) -> list[_CaseSpec]:
     """Which case goes to which site and patient; about a quarter of patients have a second (rescan) visit.
 
     ``lesion_share`` is the share of patients with a lesion (the classification demo asks for more of them)."""
+    lesion_look = get_lesion_profile(profile)
     if not 0.0 <= lesion_share <= 1.0:
         raise DatasetError(f"the lesion share must lie in [0, 1], got {lesion_share}")
     if n_cases < len(SITES):
@@ -158,7 +189,7 @@ def plan_cases(n_cases: int, seed: int, lesion_share: float = LESION_SHARE) -> l
             for visit in range(visits):
                 case_no = len(specs)
                 specs.append(_CaseSpec(f"demo_{case_no:03d}", pid, site, (seed, 11, patient_no),
-                                       (seed, 13, case_no), sex, age + visit, lesion))
+                                       (seed, 13, case_no), sex, age + visit, lesion, lesion_look))
                 made += 1
     return specs
 
@@ -215,11 +246,11 @@ def _make_case(spec: _CaseSpec) -> tuple[Image, Image, dict[str, object]]:
     if spec.has_lesion:
         les = np.random.default_rng(list(spec.anatomy_seed) + [3])
         diameter = float(np.exp(les.uniform(*np.log(LESION_DIAMETER_MM))))
-        cnr = float(les.uniform(*LESION_CNR))
+        cnr = float(les.uniform(*spec.lesion.cnr))
         mask = _lesion_mask(les, label, sp, diameter)
         weight = ndimage.gaussian_filter(mask.astype(np.float32), 0.5)
         weight = np.maximum(weight / max(float(weight.max()), 1e-6), mask)
-        sign = -1.0 if les.random() < 0.7 else 1.0  # mostly T1-hypointense, as most white-matter lesions are
+        sign = -1.0 if les.random() < spec.lesion.hypointense_share else 1.0
         img = img * (1 - weight) + weight * (wm_level + sign * cnr * sigma)
         label[mask] = LABELS["lesion"]
         info.update(lesion_volume_ml=round(float(mask.sum() * np.prod(sp) / 1000.0), 4),
@@ -283,16 +314,19 @@ def _locked(root: Path) -> Iterator[None]:
         yield
 
 
-def _stamp(n_cases: int, seed: int, lesion_share: float) -> dict[str, object]:
+def _stamp(n_cases: int, seed: int, lesion_share: float, profile: str) -> dict[str, object]:
     stamp: dict[str, object] = {"generator": "medsight.datasets.demo", "version": BUILD_VERSION, "n_cases": n_cases,
                                 "seed": seed}
     if lesion_share != LESION_SHARE:
         stamp["lesion_share"] = lesion_share
+    if profile != DEFAULT_LESION_PROFILE:
+        stamp["lesion_profile"] = profile
     return stamp
 
 
 def build_demo_dataset(root: Path, n_cases: int | None = None, seed: int = 0, quiet: bool = False,
-                       lesion_share: float = LESION_SHARE, workers: int | None = None) -> Path:
+                       lesion_share: float = LESION_SHARE, workers: int | None = None,
+                       lesion_profile: str = DEFAULT_LESION_PROFILE) -> Path:
     """Build (or reuse) the demo dataset under ``root``; returns ``root``.
 
     Deterministic from ``seed``: the same arguments give byte-identical images and labels, whatever the number
@@ -303,7 +337,7 @@ def build_demo_dataset(root: Path, n_cases: int | None = None, seed: int = 0, qu
     root = Path(root)
     n = DEFAULT_N_CASES if n_cases is None else int(n_cases)
     stamp_path = root / ".demo_build.json"
-    want = _stamp(n, seed, lesion_share)
+    want = _stamp(n, seed, lesion_share, lesion_profile)
     with _locked(root):
         if stamp_path.is_file():
             try:
@@ -312,7 +346,7 @@ def build_demo_dataset(root: Path, n_cases: int | None = None, seed: int = 0, qu
             except ValueError:
                 pass
             stamp_path.unlink()
-        specs = plan_cases(n, seed, lesion_share)
+        specs = plan_cases(n, seed, lesion_share, lesion_profile)
         n_workers = max(1, min(workers or min(2, os.cpu_count() or 1), len(specs)))
         jobs = [(spec, root) for spec in specs]
         if n_workers == 1:
@@ -322,7 +356,7 @@ def build_demo_dataset(root: Path, n_cases: int | None = None, seed: int = 0, qu
             # no child process re-imports a caller's unguarded __main__ or inherits a held lock
             with ThreadPoolExecutor(n_workers) as pool:
                 rows = list(_progress(pool.map(_write_case, jobs), quiet, total=len(jobs)))
-        _write_dataset_json(root, n, seed, lesion_share)
+        _write_dataset_json(root, n, seed, lesion_share, specs[0].lesion)
         _write_manifest(root, rows)
         atomic_write_text(stamp_path, json.dumps(want, sort_keys=True))
     return root
@@ -349,7 +383,7 @@ def _progress(items: Iterable[T], quiet: bool, total: int | None = None) -> Iter
     yield from tqdm(items, desc="demo data", unit="case", leave=False, total=total)
 
 
-def _write_dataset_json(root: Path, n: int, seed: int, lesion_share: float) -> None:
+def _write_dataset_json(root: Path, n: int, seed: int, lesion_share: float, lesion: LesionProfile) -> None:
     tpl = _template()
     meta = {
         "name": "MedsightDemoBrain",
@@ -363,7 +397,11 @@ def _write_dataset_json(root: Path, n: int, seed: int, lesion_share: float) -> N
         "labels": LABELS,
         "numTraining": n,
         "file_ending": ".nii.gz",
-        "medsight": {"seed": seed, "version": BUILD_VERSION, "lesion_share": lesion_share, "training_sites": list(TRAINING_SITES),
+        "medsight": {"seed": seed, "version": BUILD_VERSION, "lesion_share": lesion_share,
+                     "lesion_profile": {"name": lesion.name, "cnr": list(lesion.cnr),
+                                        "hypointense_share": lesion.hypointense_share,
+                                        "description": lesion.description},
+                     "training_sites": list(TRAINING_SITES),
                      "unseen_site": UNSEEN_SITE,
                      "sites": {s.name: {"scanner": s.scanner, "spacing_mm": list(s.spacing), "noise": s.noise,
                                         "gamma": s.gamma, "bias": s.bias, "gain": s.gain} for s in SITES},

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from medsight.datasets.demo import BUILD_VERSION, LABELS, LESION_SHARE, build_demo_dataset
+from medsight.datasets.demo import BUILD_VERSION, DEFAULT_LESION_PROFILE, LABELS, LESION_SHARE, build_demo_dataset
 from medsight.files import atomic_write_text
 from medsight.image import Geometry, Image
 from medsight.io.nifti import read_nifti, write_nifti
@@ -43,7 +43,8 @@ COLUMNS = ("image", "mask", "patient_id", "site", "scanner", "case_id", "slice_i
 
 
 def build_demo_cls_dataset(root: Path, n_cases: int | None = None, seed: int = 0, quiet: bool = False,
-                           volumes: Path | None = None, lesion_share: float = LESION_SHARE) -> Path:
+                           volumes: Path | None = None, lesion_share: float = LESION_SHARE,
+                           lesion_profile: str = DEFAULT_LESION_PROFILE) -> Path:
     """Build (or reuse) the slice dataset under ``root``; returns the path of its ``manifest.csv``.
 
     The volumes are built (or reused: same arguments, same cached folder) by ``build_demo_dataset`` under
@@ -54,11 +55,13 @@ def build_demo_cls_dataset(root: Path, n_cases: int | None = None, seed: int = 0
     """
     root = Path(root)
     volumes = build_demo_dataset(Path(volumes) if volumes else root / "volumes", n_cases=n_cases, seed=seed,
-                                 quiet=quiet, lesion_share=lesion_share)
+                                 quiet=quiet, lesion_share=lesion_share, lesion_profile=lesion_profile)
     manifest = root / "manifest.csv"
     stamp = root / ".demo_cls_build.json"
     want = {"version": VERSION, "n_cases": n_cases, "seed": seed, "volumes": str(volumes),
             "lesion_share": lesion_share, "volumes_version": BUILD_VERSION}
+    if lesion_profile != DEFAULT_LESION_PROFILE:
+        want["lesion_profile"] = lesion_profile
     if stamp.is_file() and manifest.is_file():
         try:
             if {k: v for k, v in json.loads(stamp.read_text()).items() if k in want} == want:
