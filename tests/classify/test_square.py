@@ -122,3 +122,30 @@ def test_evidence_map_backbone_learns_square_and_points_at_it(square_data: tuple
     cfg_path = tmp_path / "m" / "config.json"
     cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "evidence_sharpness": 0.0}))
     assert load_classifier(tmp_path / "m").model.evidence_sharpness == 0.0
+
+
+def test_report_worst_cases_show_image_with_gradcam(trained: Path, square_data: tuple[Path, list],
+                                                   tmp_path: Path) -> None:
+    """The validation report's classifier worst cases carry a thumbnail (image + Grad-CAM), from an image column
+    relative to the predictions table; without a classifier the note says so and a missing file is named."""
+    from medsight.report.assemble import classification_results
+
+    manifest, _ = square_data
+    table = pd.read_csv(manifest).head(12)
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    pd.DataFrame({"case_id": [f"c{i}" for i in range(12)], "site": ["s1"] * 12}).to_csv(ds / "manifest.csv",
+                                                                                       index=False)
+    pred = pd.DataFrame({"case_id": [f"c{i}" for i in range(12)], "y_true": table["square"],
+                         "prob": np.linspace(0.05, 0.95, 12), "image": table["image"]})
+    pred.loc[1, "image"] = "missing.nii.gz"  # c1: label 1 at probability 0.13, among the worst
+    model = {"name": "squares", "task": "classification", "hashes": {}, "versions": {}}
+    res = classification_results(pred, ds, model, [], n_boot=50, classifier_dir=trained, base=manifest.parent)
+    worst = {w["case_id"]: w for w in res.worst_cases}
+    assert len(worst) == 5
+    shown = [w for w in worst.values() if w["thumbnail"]]
+    assert shown and all(w["thumbnail"].startswith("data:image/png;base64,") for w in shown)
+    assert all("Grad-CAM of 'square'" in w["note"] for w in shown)
+    assert worst["c1"]["thumbnail"] is None and "missing.nii.gz not found" in worst["c1"]["note"]
+    plain = classification_results(pred, ds, model, [], n_boot=50, base=manifest.parent)
+    assert all("image only" in w["note"] for w in plain.worst_cases if w["thumbnail"])

@@ -15,8 +15,9 @@ import click
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), default=Path("report.html"),
               show_default=True, help="HTML report to write; the JSON with the same numbers goes beside it.")
 @click.option("--predictions", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Classifier per-case predictions CSV (case_id,y_true,prob[,prob_uncalibrated,referred]) instead "
-                   "of running a segmentation model.")
+              help="Classifier per-case predictions CSV (case_id,y_true,prob[,prob_uncalibrated,referred,image,"
+                   "mask]) instead of running a segmentation model; with image (and mask) columns the worst cases "
+                   "show the image with MODEL_DIR's Grad-CAM map (and the finding's outline).")
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Classifier operating threshold.")
 @click.option("--min-cases", type=int, default=10, show_default=True,
               help="Subgroups smaller than this are shown as 'too few cases' instead of a number.")
@@ -41,7 +42,8 @@ def validate(model_dir: Path, dataset: Path, external_sites: tuple[str, ...], re
         res = assemble.classification_results(
             pd.read_csv(predictions, dtype={"case_id": str}), dataset,
             assemble.model_provenance(model_dir, model_dir.name, "classification"), external_sites,
-            min_cases=min_cases, n_boot=n_boot, seed=seed, threshold=threshold, model_card=card)
+            min_cases=min_cases, n_boot=n_boot, seed=seed, threshold=threshold, model_card=card,
+            classifier_dir=model_dir, base=predictions.parent)
     elif run_model.is_segmentation_model(model_dir):
         pred_dir = report_path.parent / f"{report_path.stem}_predictions"
         table = run_model.segmentation_table(model_dir, dataset, external_sites, pred_dir, quiet=quiet)

@@ -84,7 +84,9 @@ def run_experiment(work: Path, cfg: TrainConfig, n_cases: int, seed: int = 0, qu
                 tolerance=2, seed=seed)["pointing_game"]
         res["scores"] = {"lesion": prob[:, 0].tolist(), "y": rows["lesion"].astype(int).tolist(),
                          "patient_id": rows["patient_id"].astype(str).tolist(),
-                         "case_id": rows["case_id"].astype(str).tolist()}
+                         "case_id": rows["case_id"].astype(str).tolist(),
+                         "image": [str(root / p) for p in rows["image"]],
+                         "mask": [str(root / p) for p in rows["mask"]]}
         out[name] = res
     # a few heatmaps through predict-cls: lesion slices of each test group first, any test slice otherwise
     picks: list[Path] = []
@@ -99,12 +101,17 @@ def run_experiment(work: Path, cfg: TrainConfig, n_cases: int, seed: int = 0, qu
 
 def write_scan_predictions(res: dict[str, Any], path: Path) -> Path:
     """Per-scan table for the validation report: a scan is positive when any of its kept slices shows a
-    lesion, and its probability is the highest slice probability (case_id,y_true,prob)."""
+    lesion, and its probability is the highest slice probability (case_id,y_true,prob,image,mask). ``image``
+    is the scan's evidence slice for the report's worst cases: its highest-scoring lesion slice when it has
+    one (a miss then shows the lesion it missed), else its highest-scoring slice (a false alarm shows where)."""
     from medsight.files import atomic_write_text
 
-    frames = [pd.DataFrame({"case_id": res[g]["scores"]["case_id"], "y_true": res[g]["scores"]["y"],
-                            "prob": res[g]["scores"]["lesion"]}) for g in ("held_out", UNSEEN_SITE) if g in res]
-    table = pd.concat(frames).groupby("case_id", as_index=False).agg(y_true=("y_true", "max"), prob=("prob", "max"))
+    keys = ("case_id", "y", "lesion", "image", "mask")
+    slices = pd.concat([pd.DataFrame({k: res[g]["scores"][k] for k in keys}) for g in ("held_out", UNSEEN_SITE)
+                        if g in res]).rename(columns={"y": "y_true", "lesion": "prob"})
+    table = slices.groupby("case_id", as_index=False).agg(y_true=("y_true", "max"), prob=("prob", "max"))
+    evidence = slices.sort_values(["y_true", "prob"], ascending=False).drop_duplicates("case_id")
+    table = table.merge(evidence[["case_id", "image", "mask"]], on="case_id", how="left")
     atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
     return path
 

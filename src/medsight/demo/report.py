@@ -41,7 +41,8 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
         cls_data = Path(ctx.paths.get("cls_volumes", data))
         cres = classification_results(pd.read_csv(cls_pred, dtype={"case_id": str}), cls_data,
                                       model_provenance(cls_model, "demo classifier", "classification"), UNSEEN,
-                                      min_cases=min_cases, n_boot=n_boot, seed=ctx.seed)
+                                      min_cases=min_cases, n_boot=n_boot, seed=ctx.seed, classifier_dir=cls_model,
+                                      base=Path(cls_pred).parent)
         res.classification = cres.classification
         res.worst_cases += cres.worst_cases
         cls_hashes = {f"classifier/{k}": v for k, v in cres.model["hashes"].items()}

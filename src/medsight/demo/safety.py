@@ -108,7 +108,8 @@ def _num(v: float | None) -> float | None:
 
 def _scan_predictions(task, assessor, path: Path) -> Path:  # noqa: ANN001
     """Rewrite the classification stage's per-scan table with calibrated probabilities and referral: per scan,
-    the highest calibrated and uncalibrated slice probability, and referred when any of its slices is."""
+    the highest calibrated and uncalibrated slice probability, and referred when any of its slices is (the
+    evidence-slice columns ``image`` and ``mask`` are carried over)."""
     import numpy as np
     import pandas as pd
 
@@ -123,6 +124,10 @@ def _scan_predictions(task, assessor, path: Path) -> Path:  # noqa: ANN001
                          "prob_uncalibrated": float(1 / (1 + np.exp(-np.ravel(z)[0]))),
                          "referred": int(a["decision"] == "refer")})
     table = pd.DataFrame(rows).groupby("case_id", as_index=False).max()
+    before = pd.read_csv(path, dtype={"case_id": str}) if path.is_file() else None
+    if before is not None and "image" in before.columns:  # keep the evidence slice the classification stage chose
+        table = table.merge(before[["case_id", *[c for c in ("image", "mask") if c in before.columns]]],
+                            on="case_id", how="left")
     atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
     return path
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medsight.errors import DatasetError, InputNotFoundError
+from medsight.errors import DatasetError, InputNotFoundError, MedsightError
 from medsight.files import sha256_file
 from medsight.report.plots import overlay
 from medsight.report.results import ValidationResults
@@ -94,6 +94,50 @@ def _thumbnail(dataset: Path, pred_dir: Path | None, case_id: str, label: int | 
     return overlay(img[..., k], r, p), ""
 
 
+def _classifier_or_none(model_dir: Path | None):  # noqa: ANN202 - ClassifierBundle | None
+    if model_dir is None or not (Path(model_dir) / "config.json").is_file():
+        return None
+    from medsight.classify import load_classifier
+
+    try:
+        return load_classifier(model_dir)
+    except MedsightError:  # a report without heatmaps beats no report; the note says why there are none
+        return None
+
+
+def _cls_thumbnail(row: pd.Series, bundle, base: Path | None) -> tuple[str | None, str]:  # noqa: ANN001
+    """The case's image with the classifier's Grad-CAM map (first output) and the finding's outline."""
+    from medsight.classify.dataset import spatial_array
+    from medsight.io import read_image
+
+    def resolve(value: object) -> Path | None:
+        if not isinstance(value, str) or not value:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() or base is None else Path(base) / path
+
+    img_p = resolve(row.get("image"))
+    if img_p is None:
+        return None, "no image in the predictions table"
+    if not img_p.exists():
+        return None, f"image {img_p.name} not found"
+    image = read_image(img_p)
+    grey = spatial_array(image)
+    mask_p = resolve(row.get("mask"))
+    mask = spatial_array(read_image(mask_p)) > 0 if mask_p is not None and mask_p.exists() else None
+    heat, note = None, "no classifier given: image only"
+    if bundle is not None and bundle.config.get("cam_layer"):
+        from medsight.explain.gradcam import gradcam_maps, to_image_grid
+
+        cam = gradcam_maps(bundle.model, bundle.preprocess(image)[None], bundle.config["cam_layer"])[0]
+        heat, note = to_image_grid(cam, grey.shape), f"Grad-CAM of {bundle.labels[0]!r}; outline: annotated finding"
+    if grey.ndim == 3:  # the axial slice through the heatmap's maximum (or the middle one)
+        k = int(np.unravel_index(int(np.argmax(heat)), heat.shape)[2]) if heat is not None else grey.shape[2] // 2
+        grey, heat = grey[..., k], None if heat is None else heat[..., k]
+        mask = None if mask is None else mask[..., k]
+    return overlay(grey, mask, None, heat), note
+
+
 def segmentation_results(per_case: pd.DataFrame, dataset: Path, labels: dict[int, str], model: dict[str, Any],
                          external_sites: Sequence[str], min_cases: int = 10, n_boot: int = 1000, seed: int = 0,
                          pred_dir: Path | None = None, n_worst: int = 5, title: str = "Validation report",
@@ -128,9 +172,11 @@ def segmentation_results(per_case: pd.DataFrame, dataset: Path, labels: dict[int
 
 def classification_results(pred: pd.DataFrame, dataset: Path, model: dict[str, Any], external_sites: Sequence[str],
                            min_cases: int = 10, n_boot: int = 1000, seed: int = 0, threshold: float = 0.5,
-                           title: str = "Validation report", model_card: dict[str, Any] | None = None
-                           ) -> ValidationResults:
-    """Results document from per-case predictions: case_id, y_true, prob[, prob_uncalibrated, referred]."""
+                           title: str = "Validation report", model_card: dict[str, Any] | None = None,
+                           classifier_dir: Path | None = None, base: Path | None = None) -> ValidationResults:
+    """Results document from per-case predictions: case_id, y_true, prob[, prob_uncalibrated, referred, image,
+    mask]. With an ``image`` column (paths, relative to ``base``) the worst cases get a thumbnail, with the
+    Grad-CAM heatmap of ``classifier_dir``'s model and the outline of ``mask`` (the annotated finding) on it."""
     need = {"case_id", "y_true", "prob"} - set(pred.columns)
     if need:
         raise DatasetError(f"the predictions table lacks columns {sorted(need)}; expected case_id,y_true,prob"
@@ -152,9 +198,12 @@ def classification_results(pred: pd.DataFrame, dataset: Path, model: dict[str, A
             cohorts.append(cohort(f"external: {site}", "external", s))
     cls = classification_section(cohorts, t, min_cases, n_boot=n_boot, seed=seed)
     wrong = t.assign(err=(t["y_true"] - t["prob"]).abs()).sort_values("err", ascending=False).head(5)
-    cases = [{"case_id": str(r.case_id), "cohort": "external" if ext.loc[i] else "internal",
-              "metric": "|label - probability|", "value": float(r.err), "thumbnail": None,
-              "note": "no image in the predictions table"} for i, r in wrong.iterrows()]
+    bundle = _classifier_or_none(classifier_dir)
+    cases = []
+    for i, r in wrong.iterrows():
+        thumb, note = _cls_thumbnail(r, bundle, base)
+        cases.append({"case_id": str(r.case_id), "cohort": "external" if ext.loc[i] else "internal",
+                      "metric": "|label - probability|", "value": float(r.err), "thumbnail": thumb, "note": note})
     return ValidationResults(
         title=title, created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), min_cases=min_cases,
         model=model, data=data_provenance(dataset, manifest, "internal test folds", external_sites),
