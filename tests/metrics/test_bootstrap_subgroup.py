@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medsight.errors import MetricError
-from medsight.metrics.bootstrap import bootstrap_ci, bootstrap_samples
+from medsight.metrics.bootstrap import bootstrap_ci, bootstrap_samples, cluster_samples
 from medsight.metrics.classification import roc_auc
 from medsight.metrics.subgroup import age_bands, metric_by_group, subgroup_table
 
@@ -22,6 +22,23 @@ def test_bootstrap_of_a_mean_matches_normal_theory() -> None:
     assert point == pytest.approx(x.mean())
     assert lo == pytest.approx(x.mean() - 1.96 * se, abs=0.25 * se)
     assert hi == pytest.approx(x.mean() + 1.96 * se, abs=0.25 * se)
+
+
+def test_cluster_bootstrap_widens_the_interval_by_the_design_effect() -> None:
+    """400 patients, each contributing m = 9 identical rows (perfectly correlated): the patient-level interval
+    is that of 400 independent values (normal theory), the row-level one sqrt(9) = 3 times too narrow."""
+    k, m = 400, 9
+    x = np.random.default_rng(5).normal(0.0, 1.0, k)
+    rows, patients = np.repeat(x, m), np.repeat(np.arange(k), m)
+    se = x.std(ddof=1) / math.sqrt(k)
+    _, lo, hi = bootstrap_ci(np.mean, rows, n_boot=2000, seed=1, groups=patients)
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.12)
+    _, lo_rows, hi_rows = bootstrap_ci(np.mean, rows, n_boot=2000, seed=1)
+    assert (hi - lo) / (hi_rows - lo_rows) == pytest.approx(3.0, rel=0.15)
+    for idx in cluster_samples(patients[:45], 20, seed=0):  # whole patients only: counts are multiples of 9
+        assert (np.bincount(patients[:45][idx], minlength=5) % m == 0).all()
+    with pytest.raises(MetricError, match="not both"):
+        bootstrap_ci(np.mean, rows, strata=patients, groups=patients)
 
 
 def test_seeded_and_stratified() -> None:

@@ -16,7 +16,8 @@ from medsight.errors import MetricError
 from medsight.explain.faithfulness import deletion_curve, pointing_game
 from medsight.explain.gradcam import gradcam_maps, to_image_grid
 from medsight.io import read_image
-from medsight.metrics.classification import binary_metrics, roc_auc_delong
+from medsight.metrics.bootstrap import bootstrap_ci
+from medsight.metrics.classification import binary_metrics, roc_auc, roc_auc_delong
 
 
 def predict_paths(bundle: ClassifierBundle, paths: Sequence[Path], quiet: bool = True,
@@ -27,8 +28,13 @@ def predict_paths(bundle: ClassifierBundle, paths: Sequence[Path], quiet: bool =
     return x, bundle.probabilities(logits)
 
 
-def auc_report(y: np.ndarray, prob: np.ndarray, threshold: float | None = None) -> dict[str, Any]:
-    """AUC with its DeLong 95% CI (and operating point at ``threshold``); NaN fields when one class only."""
+def auc_report(y: np.ndarray, prob: np.ndarray, threshold: float | None = None, groups: np.ndarray | None = None,
+               n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """AUC with its DeLong 95% CI (and operating point at ``threshold``); NaN fields when one class only.
+
+    DeLong treats rows as independent. With ``groups`` (patient ids) a patient-level (cluster) bootstrap CI is
+    added as ``auc_patient_lo``/``auc_patient_hi``: slices of one patient are correlated, and that interval is
+    the honest one for a few dozen patients."""
     y = np.asarray(y).astype(int)
     out: dict[str, Any] = {"n": int(len(y)), "n_pos": int(y.sum())}
     try:
@@ -36,6 +42,14 @@ def auc_report(y: np.ndarray, prob: np.ndarray, threshold: float | None = None) 
         out.update(auc=float(auc), auc_lo=float(lo), auc_hi=float(hi))
     except MetricError as err:
         out.update(auc=float("nan"), auc_lo=float("nan"), auc_hi=float("nan"), note=str(err))
+    if groups is not None and np.isfinite(out["auc"]):
+        groups = np.asarray(groups)
+        out["n_patients"] = int(len(set(groups.tolist())))
+        try:
+            _, plo, phi = bootstrap_ci(roc_auc, y, np.asarray(prob), n_boot=n_boot, seed=seed, groups=groups)
+            out.update(auc_patient_lo=plo, auc_patient_hi=phi)
+        except MetricError as err:
+            out.update(auc_patient_lo=float("nan"), auc_patient_hi=float("nan"), patient_ci_note=str(err))
     if threshold is not None and 0 < y.sum() < len(y):
         m = binary_metrics(y, prob, threshold)
         out.update(sensitivity=float(m["sensitivity"]), specificity=float(m["specificity"]))

@@ -73,7 +73,8 @@ def run_experiment(work: Path, cfg: TrainConfig, n_cases: int, seed: int = 0, qu
         x, prob = predict_paths(bundle, [root / p for p in rows["image"]])
         res: dict[str, Any] = {}
         for j, label in enumerate(bundle.labels):
-            res[label] = auc_report(rows[label].to_numpy(), prob[:, j], bundle.thresholds.get(label))
+            res[label] = auc_report(rows[label].to_numpy(), prob[:, j], bundle.thresholds.get(label),
+                                    groups=rows["patient_id"].astype(str).to_numpy(), seed=seed)
         pos = np.flatnonzero(rows["lesion"].to_numpy() == 1)
         if len(pos):
             sub = rows.iloc[pos]
@@ -134,6 +135,9 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
         if group in res:
             r = res[group]["lesion"]
             summary[f"{group}_lesion_auc"] = [round(r["auc"], 3), round(r["auc_lo"], 3), round(r["auc_hi"], 3)]
+            if "auc_patient_lo" in r:
+                summary[f"{group}_lesion_auc_patient_ci"] = [round(r["auc_patient_lo"], 3),
+                                                             round(r["auc_patient_hi"], 3)]
             if "explanations" in res[group]:
                 summary[f"{group}_pointing_game"] = round(res[group]["explanations"]["pointing_game"], 3)
     return summary

@@ -2,7 +2,9 @@
 
 Cases are resampled with replacement as whole rows of every array passed in, so paired arrays (labels and
 scores, prediction and reference statistics) stay aligned. Stratifying by the outcome keeps every resample
-with both classes, which AUC-type metrics need.
+with both classes, which AUC-type metrics need. With ``groups`` (a patient id per row) whole groups are
+resampled instead (cluster bootstrap): when one patient contributes many correlated rows (slices, lesions,
+visits), a row-level interval treats them as independent and comes out too narrow.
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ def bootstrap_samples(n: int, n_boot: int, seed: int = 0, strata: Sequence[Any] 
     return out
 
 
+def cluster_samples(groups: Sequence[Any] | np.ndarray, n_boot: int, seed: int = 0) -> list[np.ndarray]:
+    """Row indices of ``n_boot`` cluster resamples: as many groups as there are, drawn with replacement, each
+    bringing all of its rows (so resamples differ in length)."""
+    g = _as_array(groups).ravel().astype(str)
+    names, inverse = np.unique(g, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(len(names))]
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([members[k] for k in draw]) for draw in rng.integers(0, len(names), (n_boot, len(names)))]
+
+
 def _checked(arrays: tuple[Any, ...]) -> list[np.ndarray]:
     """Arrays with one row per case, all of the same length (MetricError otherwise)."""
     if not arrays:
@@ -57,14 +69,23 @@ def _checked(arrays: tuple[Any, ...]) -> list[np.ndarray]:
 
 
 def bootstrap_distribution(metric_fn: Callable[..., float], *arrays: Any, n_boot: int = 1000, seed: int = 0,
-                           strata: Sequence[Any] | np.ndarray | None = None) -> np.ndarray:
+                           strata: Sequence[Any] | np.ndarray | None = None,
+                           groups: Sequence[Any] | np.ndarray | None = None) -> np.ndarray:
     """The metric on each resample; resamples where it is undefined (MetricError or NaN) are dropped."""
     arrs = _checked(arrays)
     n = arrs[0].shape[0]
     if n_boot < 1:
         raise MetricError(f"n_boot must be at least 1, got {n_boot}")
+    if groups is not None:
+        if strata is not None:
+            raise MetricError("pass strata or groups, not both (a cluster bootstrap resamples whole groups)")
+        if _as_array(groups).ravel().shape[0] != n:
+            raise MetricError(f"groups has {_as_array(groups).ravel().shape[0]} values but there are {n} cases")
+        samples: Sequence[np.ndarray] | np.ndarray = cluster_samples(groups, n_boot, seed)
+    else:
+        samples = bootstrap_samples(n, n_boot, seed, strata)
     values = np.full(n_boot, math.nan)
-    for b, idx in enumerate(bootstrap_samples(n, n_boot, seed, strata)):
+    for b, idx in enumerate(samples):
         try:
             values[b] = float(metric_fn(*(a[idx] for a in arrs)))
         except MetricError:
@@ -73,7 +94,8 @@ def bootstrap_distribution(metric_fn: Callable[..., float], *arrays: Any, n_boot
 
 
 def bootstrap_ci(metric_fn: Callable[..., float], *arrays: Any, n_boot: int = 1000, alpha: float = 0.05,
-                 seed: int = 0, strata: Sequence[Any] | np.ndarray | None = None) -> tuple[float, float, float]:
+                 seed: int = 0, strata: Sequence[Any] | np.ndarray | None = None,
+                 groups: Sequence[Any] | np.ndarray | None = None) -> tuple[float, float, float]:
     """(point estimate on all cases, lower, upper) percentile interval at level 1 - alpha.
 
     Resamples on which the metric is undefined are skipped and logged; if more than half are, MetricError
@@ -82,7 +104,7 @@ def bootstrap_ci(metric_fn: Callable[..., float], *arrays: Any, n_boot: int = 10
     if not 0 < alpha < 1:
         raise MetricError(f"alpha must lie in (0, 1), got {alpha}")
     point = float(metric_fn(*_checked(arrays)))
-    values = bootstrap_distribution(metric_fn, *arrays, n_boot=n_boot, seed=seed, strata=strata)
+    values = bootstrap_distribution(metric_fn, *arrays, n_boot=n_boot, seed=seed, strata=strata, groups=groups)
     dropped = n_boot - values.shape[0]
     if dropped:
         log.info("bootstrap: %d of %d resamples had an undefined metric and were skipped", dropped, n_boot)
