@@ -62,3 +62,26 @@ def test_evidence_model_logit_is_map_maximum_and_gradcam_is_the_map(sharpness: f
     cams = gradcam_maps(model, x, cam_layer)
     assert cam_layer == "net.layer2"
     assert torch.allclose(torch.as_tensor(cams), expected, atol=1e-4)
+
+
+def test_validation_pointing_reads_the_evidence_maximum() -> None:
+    """A stand-in evidence model whose map is its input: the peak pixel decides a hit, counted on images with a
+    finding only (label 1 and a non-empty mask)."""
+    from torch import nn
+
+    from medsight.classify.train import _val_pointing
+
+    model = nn.Module()
+    model.net = nn.Identity()
+    model.head = nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        model.head.weight.fill_(1.0)
+        model.head.bias.zero_()
+    x = torch.zeros(4, 1, 16, 16)
+    masks = torch.zeros(4, 1, 16, 16)
+    for i, (peak, box) in enumerate((((3, 3), (2, 5)), ((10, 10), (2, 5)), ((12, 4), (11, 14)), ((8, 8), (7, 9)))):
+        x[i, 0, peak[0], peak[1]] = 5.0
+        masks[i, 0, box[0]:box[1], box[0]:box[1]] = 1.0
+    y = torch.tensor([[1.0], [1.0], [1.0], [0.0]])  # the last image is negative: not counted
+    # image 0 hits (peak inside its box), 1 misses, 2 misses (row 12 inside, column 4 outside)
+    assert _val_pointing(model, x, y, masks) == pytest.approx(1 / 3)
