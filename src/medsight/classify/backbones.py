@@ -34,7 +34,7 @@ class ClassifierNet(nn.Module):
     positive when one place is). A finding then decides the score from where it is, and Grad-CAM at ``net``'s
     last layer reduces to that evidence map, so the heatmap's maximum is the place the decision came from.
     The maximum is a smooth one, log-sum-exp with sharpness ``evidence_sharpness`` (0: the hard maximum): a hard
-    maximum sends the gradient to one cell per image, and on the demo slices one seed in three then never
+    maximum sends the gradient to one cell per image, and on the demo slices one of two seeds then never
     left the prior in 30 epochs; with r = 4 all three did (docs/classification.md). Any pooling whose weights
     sum to one over positions keeps Grad-CAM equal to the evidence map.
     """
