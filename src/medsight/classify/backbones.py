@@ -134,9 +134,6 @@ def _resnet_evidence(depth: int, width: float, stages: int) -> Callable[..., tup
     return build
 
 
-EVIDENCE_BACKBONES = {f"resnet{d}{w}-evidence" for d in (10, 18) for w in ("", "-slim")}
-
-
 def _densenet(variant: str) -> Callable[..., tuple[nn.Module, str]]:
     def build(dims: int, in_ch: int, size: Sequence[int]) -> tuple[nn.Module, str]:
         net = getattr(nets, variant)(spatial_dims=dims, in_channels=in_ch, out_channels=1)
@@ -202,7 +199,7 @@ def build_classifier(backbone: str, spatial_dims: int, in_channels: int, n_outpu
     net.eval()
     with torch.no_grad():
         probe = net(torch.zeros(1, in_channels, *input_size))
-    if backbone in EVIDENCE_BACKBONES:
+    if isinstance(net, ResNetTrunk):  # returns a feature map: the evidence-map head goes on it
         return ClassifierNet(net, int(probe.shape[1]), n_outputs, dropout, evidence_map=True,
                              spatial_dims=spatial_dims), cam_layer
     sequence = isinstance(probe, tuple)

@@ -356,7 +356,7 @@ def build_demo_dataset(root: Path, n_cases: int | None = None, seed: int = 0, qu
             # no child process re-imports a caller's unguarded __main__ or inherits a held lock
             with ThreadPoolExecutor(n_workers) as pool:
                 rows = list(_progress(pool.map(_write_case, jobs), quiet, total=len(jobs)))
-        _write_dataset_json(root, n, seed, lesion_share, specs[0].lesion)
+        _write_dataset_json(root, n, seed, lesion_share, get_lesion_profile(lesion_profile))
         _write_manifest(root, rows)
         atomic_write_text(stamp_path, json.dumps(want, sort_keys=True))
     return root
