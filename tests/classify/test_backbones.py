@@ -85,3 +85,12 @@ def test_validation_pointing_reads_the_evidence_maximum() -> None:
     y = torch.tensor([[1.0], [1.0], [1.0], [0.0]])  # the last image is negative: not counted
     # image 0 hits (peak inside its box), 1 misses, 2 misses (row 12 inside, column 4 outside)
     assert _val_pointing(model, x, y, masks) == pytest.approx(1 / 3)
+
+
+def test_unknown_backbone_stops_training_before_any_data_is_read(tmp_path) -> None:
+    from medsight.classify.train import TrainConfig, train_classifier
+    from medsight.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet10-evidenc'.*resnet10-evidence"):
+        train_classifier(tmp_path / "no-such-manifest.csv", tmp_path / "m", TrainConfig(backbone="resnet10-evidenc"))
+    assert not (tmp_path / "m").exists()

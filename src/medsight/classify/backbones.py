@@ -188,11 +188,16 @@ BACKBONES: dict[str, Callable[..., tuple[nn.Module, str]]] = {
 }
 
 
+def check_backbone(backbone: str) -> None:
+    """ConfigError listing the known names when ``backbone`` is not one (cheap: call it before loading data)."""
+    if backbone not in BACKBONES:
+        raise ConfigError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+
+
 def build_classifier(backbone: str, spatial_dims: int, in_channels: int, n_outputs: int,
                      input_size: Sequence[int], dropout: float = 0.2) -> tuple[ClassifierNet, str]:
     """The named backbone with a fresh head; returns (model, default Grad-CAM layer name)."""
-    if backbone not in BACKBONES:
-        raise ConfigError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    check_backbone(backbone)
     if spatial_dims not in (2, 3):
         raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     net, cam_layer = BACKBONES[backbone](spatial_dims, in_channels, tuple(int(s) for s in input_size))

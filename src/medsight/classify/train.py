@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from tqdm import tqdm
 
 from medsight import __version__
-from medsight.classify.backbones import build_classifier
+from medsight.classify.backbones import build_classifier, check_backbone
 from medsight.classify.dataset import load_masks, load_tensors, patient_split, spatial_dims_of
 from medsight.classify.manifest import ClsManifest, read_manifest
 from medsight.classify.model_io import save_model
@@ -79,6 +79,7 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
                      quiet: bool = False) -> dict[str, Any]:
     """Validate, split, train, pick thresholds and write the model directory; returns a summary dict."""
     t0 = time.perf_counter()
+    check_backbone(cfg.backbone)  # a typo should not cost the minutes of loading the images first
     manifest = read_manifest(manifest_path, cfg.labels, cfg.task)
     train_idx, val_idx = _split(manifest, cfg)
     seed_everything(cfg.seed)
