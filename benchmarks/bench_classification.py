@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import machine_line, median, record_section  # noqa: E402
 
-from medsight.datasets.demo import LESION_PROFILES  # noqa: E402
-from medsight.datasets.demo_cls import MIN_CNR, MIN_LESION_MM2  # noqa: E402
+from medsight.synthetic.demo import LESION_PROFILES  # noqa: E402
+from medsight.synthetic.demo_cls import MIN_CNR, MIN_LESION_MM2  # noqa: E402
 from medsight.demo.classification import CLS_LESION_PROFILE, N_CASES, demo_config  # noqa: E402
 
 LEVELS = 32
@@ -64,8 +64,8 @@ def baseline(split_manifest: Path) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from medsight.classify.dataset import spatial_array
-    from medsight.classify.evaluate import auc_report
+    from medsight.classification.dataset import spatial_array
+    from medsight.classification.evaluate import auc_report
     from medsight.io import read_image
 
     table = pd.read_csv(split_manifest)

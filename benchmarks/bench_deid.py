@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pydicom  # noqa: E402
 
-from medsight.deid.corpus import PLANT_ROOT, build_corpus  # noqa: E402
+from medsight.synthetic.phi_corpus import PLANT_ROOT, build_corpus  # noqa: E402
 from medsight.deid.pseudonym import Pseudonymizer  # noqa: E402
 from medsight.deid.run import deidentify_folder  # noqa: E402
 

@@ -50,10 +50,10 @@ def _score(pred_dir: Path, ds, cases: list[str], name_of: dict[int, str]) -> dic
 def run_medsight(ds, data: Path, work: Path, fold: dict, seed: int, budget: float) -> tuple[float, float, Path]:
     from medsight.data.fingerprint import compute_fingerprint
     from medsight.demo.segmentation import BASE_FILTERS, EPOCHS, ITERATIONS, MEMORY_GB, OVERLAP
-    from medsight.infer.predict import Predictor, write_prediction
+    from medsight.segmentation.predict import Predictor, write_prediction
     from medsight.io.nifti import read_nifti
     from medsight.plan.planner import make_plan
-    from medsight.train.loop import train_fold
+    from medsight.segmentation.train import train_fold
 
     t = time.perf_counter()
     fp = compute_fingerprint(ds.subset(fold["train"] + fold["val"]), seed=seed)
@@ -161,7 +161,7 @@ def main() -> None:
 
     from medsight.data.dataset import load_dataset
     from medsight.data.splits import dataset_folds
-    from medsight.datasets.demo import TRAINING_SITES, UNSEEN_SITE, build_demo_dataset
+    from medsight.synthetic.demo import TRAINING_SITES, UNSEEN_SITE, build_demo_dataset
 
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_nnunet_"))

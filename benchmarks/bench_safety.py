@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _record import machine_line, record_section  # noqa: E402
 
-from medsight.safety.ood_sets import CORRUPTIONS, SOURCES, corrupt  # noqa: E402
+from medsight.synthetic.ood_sets import CORRUPTIONS, SOURCES, corrupt  # noqa: E402
 from medsight.safety.tasks import build_safety_task  # noqa: E402
 
 

@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import machine_line, median, record_section  # noqa: E402
 
 from medsight.image import Geometry, Image  # noqa: E402
-from medsight.infer.predict import Predictor  # noqa: E402
-from medsight.infer.sliding import sliding_window, timed_predictor  # noqa: E402
-from medsight.models.build import build_model, forward_logits  # noqa: E402
+from medsight.segmentation.predict import Predictor  # noqa: E402
+from medsight.segmentation.sliding import sliding_window, timed_predictor  # noqa: E402
+from medsight.nets.segmentation import build_model, forward_logits  # noqa: E402
 from medsight.plan.planner import make_plan  # noqa: E402
-from medsight.train.checkpoint import save_checkpoint  # noqa: E402
+from medsight.engine.checkpoint import save_checkpoint  # noqa: E402
 
 
 def _fingerprint(size: int) -> dict:

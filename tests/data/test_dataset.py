@@ -10,7 +10,7 @@ import pytest
 
 from medsight.data.dataset import load_dataset, validate
 from medsight.data.manifest import read_manifest
-from medsight.datasets.toy import make_toy_dataset
+from medsight.synthetic.toy import make_toy_dataset
 from medsight.errors import DatasetError, InputNotFoundError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medsight.deid.corpus import build_corpus
+from medsight.synthetic.phi_corpus import build_corpus
 
 
 @pytest.fixture(scope="session")

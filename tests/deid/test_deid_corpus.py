@@ -191,7 +191,7 @@ def test_allow_burned_in_writes_flagged_files_and_says_so(corpus, key_file, tmp_
 def test_mixed_folder_non_dicom_skipped_and_fallback_path_used(tmp_path, key_file):
     import shutil
 
-    from medsight.deid.corpus import local_test_files
+    from medsight.synthetic.phi_corpus import local_test_files
 
     src = tmp_path / "in"
     src.mkdir()

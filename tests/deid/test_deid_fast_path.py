@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from medsight.deid.apply import DeidOptions, deidentify_dataset
-from medsight.deid.corpus import local_test_files
+from medsight.synthetic.phi_corpus import local_test_files
 from medsight.deid.fast import Unsupported, deidentify_bytes
 from medsight.deid.pseudonym import Pseudonymizer
 from medsight.deid.run import _ensure_meta

@@ -7,7 +7,7 @@ import pytest
 
 from medsight.data.dataset import load_dataset
 from medsight.data.fingerprint import compute_fingerprint
-from medsight.datasets.toy import make_toy_dataset
+from medsight.synthetic.toy import make_toy_dataset
 from medsight.errors import ConfigError
 from medsight.plan.plan import Plan
 from medsight.plan.planner import _memory_gb, make_plan

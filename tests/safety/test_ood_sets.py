@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from medsight.errors import ConfigError
 from medsight.image import Geometry, Image
-from medsight.safety.ood_sets import SOURCES, corrupt, different_modality_images
+from medsight.synthetic.ood_sets import SOURCES, corrupt, different_modality_images
 
 
 def test_different_modality_set_reads_every_shipped_source() -> None:

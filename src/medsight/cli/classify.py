@@ -1,4 +1,4 @@
-"""``medsight train-cls`` and ``medsight predict-cls``: thin wrappers over medsight.classify."""
+"""``medsight train-cls`` and ``medsight predict-cls``: thin wrappers over medsight.classification."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[s
     by patient, and the decision threshold per label is chosen on the validation patients for
     --target-sensitivity and stored in the model directory.
     """
-    from medsight.classify.train import TrainConfig, train_classifier
+    from medsight.classification.train import TrainConfig, train_classifier
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     cfg = TrainConfig(backbone=backbone, input_size=_size(input_size), epochs=epochs, batch_size=batch_size, lr=lr,
@@ -92,7 +92,7 @@ def predict_cls(ctx: click.Context, model_dir: Path, inputs: tuple[str, ...], ou
     Per image: the probability of each label, the decision at the stored threshold, and a Grad-CAM heatmap as
     a PNG overlay and as an array on the image grid (.npy for 2D, NIfTI aligned to the image for 3D).
     """
-    from medsight.classify.predict import predict_images
+    from medsight.classification.predict import predict_images
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     table = predict_images(model_dir, inputs, output, heatmaps, gradcam=not no_gradcam, quiet=quiet)

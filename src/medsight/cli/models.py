@@ -21,7 +21,7 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_cmd(root: Path | None, as_json: bool) -> None:
     """List every registered model version with its id, registration time and data manifest hash."""
-    from medsight.registry.store import default_root, list_models
+    from medsight.package.registry import default_root, list_models
 
     records = list_models(root)
     if as_json:
@@ -44,7 +44,7 @@ def list_cmd(root: Path | None, as_json: bool) -> None:
 @click.option("--card/--no-card", default=True, show_default=True, help="Print the model card as Markdown.")
 def show(name: str, version: str | None, root: Path | None, card: bool) -> None:
     """Show a model's manifest (files and hashes, library versions, git commit) and its model card."""
-    from medsight.registry.store import get_model
+    from medsight.package.registry import get_model
 
     rec = get_model(name, version, root)
     click.echo(f"model {rec.name} version {rec.version}\nid {rec.id}\npath {rec.path}")
@@ -70,7 +70,7 @@ def show(name: str, version: str | None, root: Path | None, card: bool) -> None:
 def verify(name: str | None, version: str | None, all_: bool, root: Path | None) -> None:
     """Recompute every file hash and the manifest id; exit 2 naming the first altered file."""
     from medsight.errors import ConfigError
-    from medsight.registry.store import get_model, list_models, verify_model
+    from medsight.package.registry import get_model, list_models, verify_model
 
     if all_:
         records = list_models(root)

@@ -25,7 +25,7 @@ def predict(ctx: click.Context, model_dir: Path, input_path: Path, output: Path,
     so they open aligned over the image in 3D Slicer or ITK-SNAP.
     """
     from medsight.errors import InputNotFoundError
-    from medsight.infer.predict import Predictor, write_prediction
+    from medsight.segmentation.predict import Predictor, write_prediction
     from medsight.io import read_image
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))

@@ -33,7 +33,7 @@ def train(ctx: click.Context, dataset: Path, config: str, fold: str, plan_path: 
     from medsight.data.splits import dataset_folds, save_folds
     from medsight.errors import ConfigError
     from medsight.plan.plan import Plan
-    from medsight.train.loop import train_fold
+    from medsight.segmentation.train import train_fold
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     ds = load_dataset(dataset)

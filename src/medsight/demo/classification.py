@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medsight.classify import load_classifier
-from medsight.classify.evaluate import auc_report, explanation_checks, predict_paths
-from medsight.classify.predict import predict_images
-from medsight.classify.train import TrainConfig, train_classifier
-from medsight.datasets.demo import UNSEEN_SITE
-from medsight.datasets.demo_cls import build_demo_cls_dataset, with_splits
+from medsight.classification import load_classifier
+from medsight.classification.evaluate import auc_report, explanation_checks, predict_paths
+from medsight.classification.predict import predict_images
+from medsight.classification.train import TrainConfig, train_classifier
+from medsight.synthetic.demo import UNSEEN_SITE
+from medsight.synthetic.demo_cls import build_demo_cls_dataset, with_splits
 
 log = logging.getLogger(__name__)
 

@@ -56,11 +56,11 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     from medsight.data.dataset import load_dataset, validate
     from medsight.data.fingerprint import compute_fingerprint
     from medsight.data.splits import dataset_folds, save_folds
-    from medsight.datasets.demo import TRAINING_SITES, UNSEEN_SITE, build_demo_dataset
-    from medsight.infer.predict import Predictor, write_prediction
+    from medsight.synthetic.demo import TRAINING_SITES, UNSEEN_SITE, build_demo_dataset
+    from medsight.segmentation.predict import Predictor, write_prediction
     from medsight.io.nifti import read_nifti
     from medsight.plan.planner import make_plan
-    from medsight.train.loop import train_fold
+    from medsight.segmentation.train import train_fold
 
     timings: dict[str, float] = {}
     t = time.perf_counter()

@@ -70,7 +70,7 @@ def model_card_of(model_dir: Path) -> dict[str, Any] | None:
     p = Path(model_dir) / "model_card.json"
     if not p.is_file():
         return None
-    from medsight.registry.model_card import ModelCard
+    from medsight.package.model_card import ModelCard
 
     return ModelCard.from_dict(__import__("json").loads(p.read_text())).to_dict()
 
@@ -97,7 +97,7 @@ def _thumbnail(dataset: Path, pred_dir: Path | None, case_id: str, label: int | 
 def _classifier_or_none(model_dir: Path | None):  # noqa: ANN202 - ClassifierBundle | None
     if model_dir is None or not (Path(model_dir) / "config.json").is_file():
         return None
-    from medsight.classify import load_classifier
+    from medsight.classification import load_classifier
 
     try:
         return load_classifier(model_dir)
@@ -107,7 +107,7 @@ def _classifier_or_none(model_dir: Path | None):  # noqa: ANN202 - ClassifierBun
 
 def _cls_thumbnail(row: pd.Series, bundle, base: Path | None) -> tuple[str | None, str]:  # noqa: ANN001
     """The case's image with the classifier's Grad-CAM map (first output) and the finding's outline."""
-    from medsight.classify.dataset import spatial_array
+    from medsight.classification.dataset import spatial_array
     from medsight.io import read_image
 
     def resolve(value: object) -> Path | None:

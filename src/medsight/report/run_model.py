@@ -43,7 +43,7 @@ def segmentation_table(model_dir: Path, dataset: Path, external_sites: Sequence[
                        quiet: bool = False) -> pd.DataFrame:
     """Predict each internal test and external case, write its labels to ``pred_dir``, one row per case/label."""
     from medsight.data.dataset import load_dataset
-    from medsight.infer.predict import Predictor, write_prediction
+    from medsight.segmentation.predict import Predictor, write_prediction
     from medsight.io.nifti import read_nifti
     from medsight.metrics.segmentation import segmentation_metrics
 

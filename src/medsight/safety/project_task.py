@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medsight.classify import load_classifier
+from medsight.classification import load_classifier
 from medsight.errors import ConfigError, DatasetError
 from medsight.files import sha256_file
 from medsight.image import Image

@@ -20,8 +20,8 @@ from medsight.safety.uncertainty import segmentation_case_summary
 
 def member_probabilities(model_dir: str | Path, image: Image, max_flips: int = 4) -> tuple[np.ndarray, list[str]]:
     """Probability maps (S, C, *spatial) on the input grid, one per (fold, flip) member, and the member names."""
-    from medsight.infer.ensemble import available_folds
-    from medsight.infer.predict import Predictor
+    from medsight.segmentation.ensemble import available_folds
+    from medsight.segmentation.predict import Predictor
 
     samples, names = [], []
     for fold in available_folds(Path(model_dir)):

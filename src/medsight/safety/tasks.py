@@ -17,7 +17,7 @@ import numpy as np
 
 from medsight.image import Image
 from medsight.safety.evaluate import ClassifierLike, evaluate_classifier_safety
-from medsight.safety.ood_sets import CORRUPTIONS, corrupt, different_modality_images
+from medsight.synthetic.ood_sets import CORRUPTIONS, corrupt, different_modality_images
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def build_safety_task(cls_model: Path | None, seed: int = 0, fast: bool = False,
 
 
 def _project_task(cls_model: Path, seed: int) -> SafetyTask | None:
-    """Hook for the project classifier (medsight.classify); None when it or its data cannot be loaded."""
+    """Hook for the project classifier (medsight.classification); None when it or its data cannot be loaded."""
     try:
         from medsight.safety.project_task import project_task
     except ImportError:
@@ -76,7 +76,7 @@ def _project_task(cls_model: Path, seed: int) -> SafetyTask | None:
 
 
 def _reference(seed: int, fast: bool, quiet: bool, model_dir: Path) -> SafetyTask:
-    from medsight.safety import reference_task as rt
+    from medsight.synthetic import reference_task as rt
 
     n_train, n_eval, epochs = (240, 80, 10) if fast else (600, 200, 20)
     train = rt.make_split(n_train, ("site_A", "site_B"), seed * 10 + 1)

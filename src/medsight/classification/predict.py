@@ -1,0 +1,150 @@
+"""Apply a model directory to images: probabilities, stored-threshold decisions and Grad-CAM evidence per image.
+
+Per image and label the heatmap is written twice: a PNG overlay for people and the raw map for programs, on the
+image's own voxel grid (2D: ``.npy`` indexed like the image; 3D: a NIfTI volume with the image's geometry, so it
+overlays in any viewer).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from medsight.classification.dataset import spatial_array
+from medsight.classification.model_io import ClassifierBundle, load_classifier
+from medsight.errors import InputNotFoundError, MedsightError
+from medsight.explain.gradcam import gradcam_maps, to_image_grid
+from medsight.explain.overlays import save_overlay
+from medsight.files import atomic_write_text, atomic_write_with
+from medsight.image import Image
+from medsight.io import RASTER_SUFFIXES, read_image
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".dcm", *RASTER_SUFFIXES)
+
+
+def expand_inputs(inputs: Sequence[str | Path], spatial_dims: int = 2) -> list[Path]:
+    """Files as given; a CSV -> its ``image`` column (relative to the CSV); a folder -> its image files, or
+    itself when the model is 3D and the folder holds a DICOM series."""
+    out: list[Path] = []
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            raise InputNotFoundError("input not found; check the path", p)
+        if p.is_file() and p.suffix.lower() == ".csv":
+            table = pd.read_csv(p, dtype=str, keep_default_na=False)
+            if "image" not in table.columns:
+                raise MedsightError("input CSV has no image column", p)
+            out.extend(q if q.is_absolute() else (p.parent / q) for q in map(Path, table["image"]))
+        elif p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES))
+            if spatial_dims == 3 and files and all(f.name.lower().endswith(".dcm") for f in files):
+                out.append(p)
+            else:
+                out.extend(files)
+        else:
+            out.append(p)
+    if not out:
+        raise InputNotFoundError("no images found in the inputs", ", ".join(map(str, inputs)))
+    return out
+
+
+def _stem(p: Path) -> str:
+    name = p.name
+    for suffix in (".nii.gz", ".nii", *RASTER_SUFFIXES, ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def predict_images(model_dir: str | Path, inputs: Sequence[str | Path], output_csv: str | Path,
+                   heatmap_dir: str | Path | None = None, gradcam: bool = True, quiet: bool = False) -> pd.DataFrame:
+    """Classify every input image and write ``output_csv`` (one row per image); returns the table."""
+    bundle = load_classifier(model_dir)
+    paths = expand_inputs(inputs, bundle.config["spatial_dims"])
+    output_csv = Path(output_csv)
+    heat_root = Path(heatmap_dir) if heatmap_dir else output_csv.with_name(_stem(output_csv) + "_gradcam")
+    assessor = _assessor(bundle)
+    rows = []
+    for i, path in enumerate(tqdm(paths, desc="predict", disable=quiet, unit="img")):
+        image = read_image(path)
+        row = _predict_one(bundle, image, path, heat_root, f"{i:04d}_{_stem(path)}", gradcam)
+        if assessor is not None:
+            row.update(_referral(bundle, assessor, image))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    buf = io.StringIO()
+    table.to_csv(buf, index=False, lineterminator="\n")
+    atomic_write_text(output_csv, buf.getvalue())
+    return table
+
+
+def _assessor(bundle: ClassifierBundle):  # noqa: ANN202 - SafetyAssessor | None (optional layer above us)
+    """The safety layer's referral rule when the model directory carries one (``referral.json``)."""
+    if bundle.model_dir is None or not (Path(bundle.model_dir) / "referral.json").is_file():
+        return None
+    from medsight.safety.assess import SafetyAssessor
+
+    return SafetyAssessor.from_model_dir(bundle.model_dir, bundle.config.get("activation"))
+
+
+def _referral(bundle: ClassifierBundle, assessor, image: Image) -> dict[str, Any]:  # noqa: ANN001
+    """``decision`` (accept / refer) and its reasons, from the raw logits and penultimate features."""
+    with torch.no_grad():
+        z, f = bundle.logits_and_features(bundle.preprocess(image)[None])
+    a = assessor.assess(image, z.double().numpy()[0], f.double().numpy()[0])
+    return {"referral": a["decision"], "referral_reasons": "; ".join(a["reasons"])}
+
+
+def _predict_one(bundle: ClassifierBundle, image: Image, path: Path, heat_root: Path, stem: str,
+                 gradcam: bool) -> dict[str, Any]:
+    x = bundle.preprocess(image)[None]
+    prob = bundle.probabilities(bundle.predict_logits(x))[0]
+    labels = bundle.labels
+    row: dict[str, Any] = {"image": str(path)}
+    if bundle.config["activation"] == "softmax":
+        for name, p in zip(labels, prob):
+            row[f"p_{name}"] = round(float(p), 6)
+        predicted = int(np.argmax(prob))
+        row["predicted_class"] = labels[predicted]
+        targets = [(predicted, f"class{labels[predicted]}")]
+    else:
+        thresholds = bundle.thresholds
+        for name, p in zip(labels, prob):
+            row[f"p_{name}"] = round(float(p), 6)
+            row[f"threshold_{name}"] = thresholds.get(name, 0.5)
+            row[f"decision_{name}"] = int(p >= thresholds.get(name, 0.5))
+        targets = list(enumerate(labels))
+    if gradcam:
+        for index, name in targets:
+            png, arr = _save_heatmap(bundle, image, x, index, heat_root / f"{stem}_{name}")
+            row[f"gradcam_png_{name}"], row[f"gradcam_array_{name}"] = str(png), str(arr)
+    return row
+
+
+def _save_heatmap(bundle: ClassifierBundle, image: Image, x: torch.Tensor, index: int, base: Path) -> tuple[Path, Path]:
+    cam = gradcam_maps(bundle.model, x, bundle.config["cam_layer"], class_index=index)[0]
+    grey = spatial_array(image)
+    heat = to_image_grid(cam, grey.shape)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    if grey.ndim == 2:
+        arr = base.with_suffix(".npy")
+        atomic_write_with(arr, lambda tmp: np.save(tmp, heat.astype(np.float32)), suffix=".npy")
+        png = save_overlay(base.with_suffix(".png"), grey, heat, image.geometry)
+        return png, arr
+    from medsight.io.nifti import write_nifti
+
+    arr = Path(str(base) + ".nii.gz")
+    write_nifti(Image(heat.astype(np.float32), image.geometry, image.provenance.with_step("gradcam")), arr,
+                sidecar=False)
+    k = int(np.unravel_index(int(np.argmax(heat)), heat.shape)[2])  # the axial slice through the maximum
+    png = save_overlay(base.with_suffix(".png"), grey[:, :, k], heat[:, :, k], image.geometry)
+    return png, arr

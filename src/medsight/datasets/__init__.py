@@ -1,1 +1,0 @@
-"""Datasets medsight can build without a download (the embedded demo data)."""

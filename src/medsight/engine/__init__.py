@@ -1,0 +1,1 @@
+"""The training engine every task trains through: seeding, checkpoints (atomic, resumable), logging."""

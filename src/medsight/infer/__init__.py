@@ -1,1 +1,0 @@
-"""Sliding-window inference, mirroring TTA, fold ensembling and resampling back to the input grid."""

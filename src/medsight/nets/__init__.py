@@ -1,0 +1,1 @@
+"""Network registries and built-ins: segmentation networks, classification backbones, pretrained weights."""

@@ -1,0 +1,82 @@
+"""Segment images with a trained model folder: preprocess as in training, sliding window per fold with mirroring,
+average folds, resample back onto the input grid, and write NIfTI label maps (plus probabilities/entropy)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsight.data.preprocess import preprocess_image
+from medsight.image import Image
+from medsight.segmentation.ensemble import average, load_models
+from medsight.segmentation.postprocess import entropy, labels_from_probabilities, to_input_grid
+from medsight.segmentation.sliding import sliding_window, timed_predictor
+from medsight.segmentation.tta import mirrored_softmax
+from medsight.io.nifti import write_nifti
+
+
+@dataclass
+class Prediction:
+    labels: Image
+    probabilities: np.ndarray  # (C, *S) on the input grid
+    seconds: float
+    network_seconds: float
+    info: dict = field(default_factory=dict)
+
+    def entropy(self) -> Image:
+        return Image(entropy(self.probabilities), self.labels.geometry,
+                     self.labels.provenance.with_step("entropy_map", unit="nats"))
+
+
+class Predictor:
+    """Holds the loaded models so that many images are predicted without reloading."""
+
+    def __init__(self, model_dir: str | Path, folds: list[str] | None = None, mirror: bool = True,
+                 mirror_axes: list[int] | None = None, overlap: float = 0.5) -> None:
+        self.model_dir = Path(model_dir)
+        self.plan, self.cfg, self.models = load_models(model_dir, folds)
+        axes = self.cfg.mirror_axes if mirror_axes is None else mirror_axes
+        self.mirror_axes = list(axes) if mirror else []
+        self.overlap = overlap
+
+    def predict(self, image: Image | list[Image]) -> Prediction:
+        t0 = time.perf_counter()
+        pre = preprocess_image(image, self.plan, self.cfg)
+        x = torch.from_numpy(pre.image)[None]  # (1, C, *S)
+        if self.cfg.spatial_dims == 2:  # slices along the last axis become the batch
+            x = x[0].permute(3, 0, 1, 2)
+        probs, net_seconds = [], 0.0
+        for net in self.models:
+            timed_net = timed_predictor(net)  # only the network's forward passes count as network time
+            p = sliding_window(x, lambda patch, n=timed_net: mirrored_softmax(n, patch, self.mirror_axes),
+                               self.cfg.patch_size, self.overlap)
+            net_seconds += timed_net.seconds
+            probs.append(p)
+        prob = average(probs)
+        prob = prob.permute(1, 2, 3, 0) if self.cfg.spatial_dims == 2 else prob[0]
+        prob_in = to_input_grid(prob.numpy(), pre.original_shape)
+        first = image[0] if isinstance(image, list) else image
+        labels = Image(labels_from_probabilities(prob_in), first.geometry, first.provenance.with_step(
+            "medsight_segmentation", model_dir=str(self.model_dir), plan_sha256=self.plan.sha256(),
+            folds=len(self.models), mirror_axes=self.mirror_axes))
+        return Prediction(labels, prob_in, time.perf_counter() - t0, net_seconds,
+                          {"folds": len(self.models), "mirror_axes": self.mirror_axes})
+
+
+def write_prediction(pred: Prediction, out_path: str | Path, probabilities: bool = False,
+                     uncertainty: bool = False) -> dict[str, Path]:
+    """Write the label map (uint8, input geometry) and, on request, probability and entropy maps beside it."""
+    out_path = Path(out_path)
+    written = {"labels": write_nifti(pred.labels, out_path, dtype=np.uint8)}
+    stem = out_path.name[: -len(".nii.gz")] if out_path.name.endswith(".nii.gz") else out_path.stem
+    if probabilities:
+        prob = Image(np.moveaxis(pred.probabilities, 0, -1).astype(np.float32), pred.labels.geometry,
+                     pred.labels.provenance.with_step("class_probabilities"))
+        written["probabilities"] = write_nifti(prob, out_path.with_name(stem + "_probabilities.nii.gz"))
+    if uncertainty:
+        written["entropy"] = write_nifti(pred.entropy(), out_path.with_name(stem + "_entropy.nii.gz"))
+    return written

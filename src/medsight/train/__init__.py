@@ -1,1 +1,0 @@
-"""Resumable, deterministic segmentation training."""

@@ -1,0 +1,69 @@
+"""The demo's classification stage runs end to end (fast mode) and leaves a loadable model for the safety stage."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medsight.classification import load_classifier
+from medsight.demo import DemoContext
+from medsight.io import read_image
+
+
+@pytest.mark.slow
+def test_fast_stage_leaves_model_and_heatmaps(tmp_path: Path) -> None:
+    from medsight.demo.classification import run
+
+    ctx = DemoContext(out_dir=tmp_path, seed=0, quiet=True, fast=True)
+    summary = run(ctx)
+    bundle = load_classifier(ctx.paths["cls_model"])
+    assert bundle.labels == ["lesion", "large_lesion"]
+    assert set(bundle.thresholds) == {"lesion", "large_lesion"}
+    auc, lo, hi = summary["held_out_lesion_auc"]  # NaN when the tiny fast split has one class only
+    assert math.isnan(auc) or (0.0 <= auc <= 1.0 and (math.isnan(lo) or lo <= auc <= hi))
+    assert summary["epochs"] == 3
+    pngs = list(Path(ctx.paths["cls_heatmaps"]).glob("*.png"))
+    assert pngs and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+@pytest.mark.slow
+def test_safety_stage_uses_the_project_classifier_and_feeds_report_and_predict_cls(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from medsight.classification.predict import predict_images
+    from medsight.demo import classification, safety
+
+    ctx = DemoContext(out_dir=tmp_path, seed=0, quiet=True, fast=True)
+    classification.run(ctx)
+    per_scan = pd.read_csv(ctx.paths["cls_predictions"])
+    assert list(per_scan.columns) == ["case_id", "y_true", "prob", "image", "mask"]
+    # the evidence slice of a scan with a lesion is one of its lesion slices
+    slices_of = pd.read_csv(ctx.paths["cls_manifest"])
+    root = Path(ctx.paths["cls_manifest"]).parent
+    for row in per_scan.itertuples():
+        mine = slices_of[slices_of["case_id"] == row.case_id]
+        shown = mine[[str(root / p) == row.image for p in mine["image"]]]
+        assert len(shown) == 1 and (row.y_true == 0 or shown["lesion"].iloc[0] == 1)
+    summary = safety.run(ctx)
+    assert summary["classifier"].startswith("project classifier")
+    model = Path(ctx.paths["cls_model"])
+    assert (model / "calibration.json").is_file() and (model / "referral.json").is_file()
+    per_scan = pd.read_csv(ctx.paths["cls_predictions"])
+    assert {"prob", "prob_uncalibrated", "referred", "image", "mask"} <= set(per_scan.columns)
+    assert per_scan["case_id"].is_unique and per_scan["referred"].isin([0, 1]).all()
+    # the uncalibrated scan probability is the highest slice probability of the plain model
+    table = pd.read_csv(ctx.paths["cls_manifest"])
+    scan = per_scan.iloc[0]
+    slices = table[table["case_id"] == scan["case_id"]]
+    out = predict_images(model, [Path(ctx.paths["cls_manifest"]).parent / p for p in slices["image"]],
+                         tmp_path / "p.csv", gradcam=False, quiet=True)
+    assert set(out["referral"]) <= {"accept", "refer"}
+    bundle = load_classifier(model)
+    x = torch.stack([bundle.preprocess(read_image(Path(ctx.paths["cls_manifest"]).parent / p))
+                     for p in slices["image"]])
+    raw = 1 / (1 + np.exp(-bundle.predict_logits(x, calibrated=False)[:, 0]))
+    assert abs(raw.max() - scan["prob_uncalibrated"]) < 1e-5
