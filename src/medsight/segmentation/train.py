@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,94 +20,21 @@ import torch
 
 from medsight import __version__
 from medsight.data.dataset import SegDataset, validate
-from medsight.data.preprocess import Preprocessed, preprocess_case
 from medsight.errors import ConfigError, DatasetError
 from medsight.files import atomic_write_text
 from medsight.nets.segmentation import build_model, count_parameters
 from medsight.plan.plan import ConfigPlan, Plan
-from medsight.segmentation.augment import augment
+from medsight.segmentation.sampling import batch, prepare, tqdm_bar
 from medsight.engine.checkpoint import load_checkpoint, save_checkpoint
 from medsight.segmentation.losses import DeepSupervisionLoss, soft_dice_per_class
 from medsight.engine.seeding import epoch_rng, epoch_torch_seed, seed_everything
 
 log = logging.getLogger(__name__)
-LOCATIONS_PER_CLASS = 2000
 VAL_PATCHES = 4
-
-
-@dataclass
-class _Sample:
-    image: np.ndarray
-    label: np.ndarray
-    fg: dict[int, np.ndarray]  # class -> sampled voxel locations
 
 
 def fold_dir(model_dir: Path, fold: int | str) -> Path:
     return Path(model_dir) / f"fold_{fold}"
-
-
-def _prepare(ds: SegDataset, ids: list[str], plan: Plan, cfg: ConfigPlan, seed: int, quiet: bool) -> list[_Sample]:
-    out = []
-    items = ids if quiet else _tqdm(ids, "preprocess")
-    for n, cid in enumerate(items):
-        pre: Preprocessed = preprocess_case(ds.case(cid), plan, cfg)
-        rng = np.random.default_rng([seed, 5, n])
-        fg = {}
-        for c in range(1, len(plan.labels)):
-            loc = np.argwhere(pre.label == c)
-            if len(loc) > LOCATIONS_PER_CLASS:
-                loc = loc[rng.choice(len(loc), LOCATIONS_PER_CLASS, replace=False)]
-            if len(loc):
-                fg[c] = loc
-        out.append(_Sample(pre.image, pre.label, fg))
-    return out
-
-
-def _tqdm(it, desc: str, **kw):
-    from tqdm import tqdm
-
-    return tqdm(it, desc=desc, leave=False, **kw)
-
-
-def _crop(sample: _Sample, center: np.ndarray, patch: list[int], dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """Patch of ``patch`` size centred at ``center`` (3D index); 2D takes the slice ``center[2]``. Zero-padded."""
-    img, lab = sample.image, sample.label
-    if dims == 2:
-        z = int(center[2])
-        img, lab = img[..., z], lab[..., z]
-        center = center[:2]
-    shape = np.asarray(lab.shape)
-    p = np.asarray(patch)
-    lo = np.asarray(center) - p // 2
-    lo = np.clip(lo, np.minimum(0, shape - p), np.maximum(0, shape - p))
-    hi = lo + p
-    src = tuple(slice(max(0, int(a)), min(int(s), int(b))) for a, b, s in zip(lo, hi, shape))
-    dst = tuple(slice(int(s.start - a), int(s.stop - a)) for s, a in zip(src, lo))
-    out_img = np.zeros((img.shape[0], *patch), dtype=np.float32)
-    out_lab = np.zeros(tuple(patch), dtype=np.int16)
-    out_img[(slice(None),) + dst] = img[(slice(None),) + src]
-    out_lab[dst] = lab[src]
-    return out_img, out_lab
-
-
-def _batch(samples: list[_Sample], cfg: ConfigPlan, rng: np.random.Generator, do_augment: bool = True
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    imgs, labs = [], []
-    n_forced = max(1, int(round(cfg.batch_size * cfg.foreground_oversample)))
-    for b in range(cfg.batch_size):
-        s = samples[int(rng.integers(len(samples)))]
-        if b >= cfg.batch_size - n_forced and s.fg:
-            classes = sorted(s.fg)
-            locs = s.fg[classes[int(rng.integers(len(classes)))]]
-            center = locs[int(rng.integers(len(locs)))]
-        else:
-            center = np.array([int(rng.integers(n)) for n in s.label.shape])
-        img, lab = _crop(s, center, cfg.patch_size, cfg.spatial_dims)
-        if do_augment:
-            img, lab = augment(img, lab, rng)
-        imgs.append(img)
-        labs.append(lab)
-    return torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(labs)[:, None].astype(np.int64))
 
 
 def poly_lr(base: float, epoch: int, epochs: int) -> float:
@@ -149,13 +75,13 @@ def train_fold(ds: SegDataset, plan: Plan, config: str, fold: int | str, model_d
     if start >= epochs and (out / "model_final.pt").is_file():
         return json.loads((out / "summary.json").read_text())
 
-    train = _prepare(ds, train_ids, plan, cfg, seed, quiet)
-    val = _prepare(ds, val_ids, plan, cfg, seed, quiet) if val_ids else []
-    val_batch = _batch(val, _val_cfg(cfg), np.random.default_rng([seed, 17]), do_augment=False) if val else None
+    train = prepare(ds, train_ids, plan, cfg, seed, quiet)
+    val = prepare(ds, val_ids, plan, cfg, seed, quiet) if val_ids else []
+    val_batch = batch(val, _val_cfg(cfg), np.random.default_rng([seed, 17]), do_augment=False) if val else None
     writer = _writer(out / "tensorboard")
     t0 = time.perf_counter()
     stopped_early = False
-    bar = None if quiet else _tqdm(range(start, epochs), f"train {config} fold {fold}", initial=start, total=epochs)
+    bar = None if quiet else tqdm_bar(range(start, epochs), f"train {config} fold {fold}", initial=start, total=epochs)
     for epoch in range(start, epochs):
         lr = poly_lr(cfg.learning_rate, epoch, epochs)
         for g in opt.param_groups:
@@ -165,7 +91,7 @@ def train_fold(ds: SegDataset, plan: Plan, config: str, fold: int | str, model_d
         model.train()
         losses = []
         for _ in range(cfg.iterations_per_epoch):
-            x, y = _batch(train, cfg, rng)
+            x, y = batch(train, cfg, rng)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()
