@@ -84,9 +84,11 @@ def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[s
 @click.option("--heatmaps", type=click.Path(path_type=Path),
               help="Folder for Grad-CAM PNG overlays and arrays. Default: OUTPUT's name + _gradcam.")
 @click.option("--no-gradcam", is_flag=True, help="Probabilities and decisions only.")
+@click.option("--evidence", is_flag=True, help="Also write display-size evidence figures (image, heatmap with colour "
+              "bar, outline, caption with probability, decision and referral) into the heatmap folder.")
 @click.pass_context
 def predict_cls(ctx: click.Context, model_dir: Path, inputs: tuple[str, ...], output: Path,
-                heatmaps: Path | None, no_gradcam: bool) -> None:
+                heatmaps: Path | None, no_gradcam: bool, evidence: bool) -> None:
     """Classify INPUTS (image files, folders, or a CSV with an image column) with MODEL_DIR; write OUTPUT.csv.
 
     Per image: the probability of each label, the decision at the stored threshold, and a Grad-CAM heatmap as
@@ -95,5 +97,6 @@ def predict_cls(ctx: click.Context, model_dir: Path, inputs: tuple[str, ...], ou
     from medsight.classification.predict import predict_images
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
-    table = predict_images(model_dir, inputs, output, heatmaps, gradcam=not no_gradcam, quiet=quiet)
+    table = predict_images(model_dir, inputs, output, heatmaps, gradcam=not no_gradcam, quiet=quiet,
+                           evidence=evidence)
     click.echo(f"{len(table)} image(s) classified -> {output}")

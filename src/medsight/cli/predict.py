@@ -16,9 +16,11 @@ import click
 @click.option("--no-mirror", is_flag=True, help="Skip mirroring test-time augmentation (faster).")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probability maps (4D NIfTI).")
 @click.option("--uncertainty", is_flag=True, help="Also write a per-voxel entropy map.")
+@click.option("--evidence", is_flag=True, help="Also write a display-size evidence figure per case "
+              "(<case>_evidence.png: three views through the largest lesion, outlines with lesion ids, volumes).")
 @click.pass_context
 def predict(ctx: click.Context, model_dir: Path, input_path: Path, output: Path, folds: str | None,
-            no_mirror: bool, probabilities: bool, uncertainty: bool) -> None:
+            no_mirror: bool, probabilities: bool, uncertainty: bool, evidence: bool) -> None:
     """Segment INPUT (a NIfTI/DICOM image, or a folder of {case}_0000.nii.gz files) into OUTPUT.
 
     OUTPUT is a .nii.gz file for one image or a folder for many. Label maps keep the input's geometry exactly,
@@ -53,5 +55,11 @@ def predict(ctx: click.Context, model_dir: Path, input_path: Path, output: Path,
     for chans, out in items:
         images = [read_image(p) for p in chans]
         pred = predictor.predict(images if len(images) > 1 else images[0])
-        write_prediction(pred, out, probabilities=probabilities, uncertainty=uncertainty)
+        written = write_prediction(pred, out, probabilities=probabilities, uncertainty=uncertainty)
+        if evidence:
+            from medsight.explain.predictions import evidence_path, lesion_table_beside, write_segmentation_evidence
+
+            names = {v: k for k, v in predictor.plan.labels.items()}
+            write_segmentation_evidence(images[0], pred.labels.array, pred.probabilities, names,
+                                        evidence_path(out), lesion_table_beside(written), montage=True)
     click.echo(f"{len(jobs)} prediction(s) written to {output}")

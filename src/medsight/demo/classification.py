@@ -95,7 +95,8 @@ def run_experiment(work: Path, cfg: TrainConfig, n_cases: int, seed: int = 0, qu
         ordered = pd.concat([group[group["lesion"] == 1], group[group["lesion"] == 0]])
         picks.extend(root / p for p in ordered["image"].head(max(1, n_heatmaps // 2)))
     if picks:
-        predict_images(work / "model", picks, work / "heatmaps" / "predictions.csv", work / "heatmaps", quiet=True)
+        predict_images(work / "model", picks, work / "heatmaps" / "predictions.csv", work / "heatmaps", quiet=True,
+                       evidence=True)  # display-size evidence figures beside the raw overlays
     out["heatmaps"] = str(work / "heatmaps")
     return out
 

@@ -25,6 +25,7 @@ N_CASES, N_CASES_FAST = 40, 12
 MEMORY_GB, BASE_FILTERS = 0.5, 8
 EPOCHS, ITERATIONS = 20, 10
 TRAIN_SECONDS, TRAIN_SECONDS_FAST = 240.0, 15.0
+N_EVIDENCE = 3  # evidence figures for the first cases with a predicted lesion
 OVERLAP = 0.25  # window overlap at prediction; 0.5 (nnU-Net's) doubles the demo's prediction time
 
 
@@ -94,6 +95,7 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     targets = [(cid, "held_out") for cid in fold["val"]] + [(cid, "unseen_site") for cid in unseen]
     rows: list[dict[str, Any]] = []
     seconds = []
+    evidence: list[Path] = []
     items = targets
     if not ctx.quiet:
         from tqdm import tqdm
@@ -104,8 +106,9 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
         image = read_nifti(case.images[0])
         pred = predictor.predict(image)
         seconds.append(pred.seconds)
-        write_prediction(pred, pred_dir / f"{cid}.nii.gz", uncertainty=n == 0)
+        written = write_prediction(pred, pred_dir / f"{cid}.nii.gz", uncertainty=n == 0)
         ref = read_nifti(case.label).array.astype(np.int16)
+        evidence += _evidence(image, pred, ref, ds.labels, written, pred_dir / f"{cid}_evidence.png", evidence)
         for m in _metrics(pred.labels.array, ref, image.spacing, ds.foreground):
             rows.append({"case_id": cid, "group": group, "site": case.site, **m})
     timings["predict_evaluate_s"] = time.perf_counter() - t
@@ -117,6 +120,8 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     ctx.paths["seg_predictions"] = pred_dir
     ctx.paths["seg_metrics"] = table
     ctx.paths["seg_tensorboard"] = model_dir / "fold_0" / "tensorboard"
+    if evidence:
+        ctx.paths["seg_evidence"] = evidence[0]
     result: dict[str, Any] = {
         "cases": len(ds.cases), "train_cases": len(fold["train"]), "held_out_cases": len(fold["val"]),
         "unseen_site_cases": len(unseen), "patch_size": plan.config("3d").patch_size,
@@ -134,6 +139,19 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     result["held_out_dice_gm_wm_mean"] = round(float(np.mean([result["held_out_dice_grey_matter"],
                                                               result["held_out_dice_white_matter"]])), 4)
     return result
+
+
+def _evidence(image, pred, ref: np.ndarray, labels: dict[str, int], written: dict, path: Path,  # noqa: ANN001
+              done: list[Path]) -> list[Path]:
+    """An evidence figure for the first case and then cases with a predicted lesion, N_EVIDENCE in all."""
+    from medsight.explain.predictions import finding_label, lesion_table_beside, write_segmentation_evidence
+
+    names = {v: k for k, v in labels.items()}
+    k, _ = finding_label(names)
+    if len(done) >= N_EVIDENCE or (done and not np.any(pred.labels.array == k)):  # the first case always
+        return []
+    return [write_segmentation_evidence(image, pred.labels.array, pred.probabilities, names, path,
+                                        lesion_table_beside(written), reference=ref == k)]
 
 
 def _metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], labels: dict[int, str]) -> list[dict]:

@@ -41,6 +41,7 @@ class Finding:
     referral_reason: str = ""
     heat_meaning: str = "Grad-CAM evidence, relative to this image's maximum"
     outline_meaning: str = "region where the evidence is >= 0.5 around its peak"
+    basis: str = ""  # how probability and decision were obtained, when the line above does not say it
 
 
 def caption(finding: Finding, lesions: list[dict[str, Any]] | None = None, notes: tuple[str, ...] = (),
@@ -53,7 +54,7 @@ def caption(finding: Finding, lesions: list[dict[str, Any]] | None = None, notes
     if f.decision is not None:
         line += (f"; decision at the operating point {f.threshold:.3f}: {f.decision.upper()}" if f.threshold is not None
                  else f"; decision: {f.decision.upper()}")
-    lines = [line]
+    lines = [line] + ([f.basis] if f.basis else [])
     if f.referral is None:
         lines.append("Referral: not assessed (no referral rule with this model)")
     else:
@@ -248,12 +249,20 @@ def slide_figure(thumbnail: np.ndarray, heat: np.ndarray, finding: Finding, *,
 
 
 def evidence_thumbnail(image: Image, heat: np.ndarray | None = None, finding_mask: np.ndarray | None = None,
-                       reference: np.ndarray | None = None, long_side: int = 192) -> str:
-    """The evidence panel of the main view (axial when there is one), shrunk, as a PNG data URI."""
+                       reference: np.ndarray | None = None, long_side: int = 192, through_reference: bool = False) -> str:
+    """The evidence panel of the main view (axial when there is one), shrunk, as a PNG data URI. The view cuts
+    through the largest predicted component, else the heat's peak, else the reference (``through_reference``:
+    the reference first, so a missed finding is in view)."""
     heat = _on_grid(heat, image, "heatmap")
     finding_mask = _on_grid(finding_mask, image, "mask")
     reference = _on_grid(reference, image, "reference mask")
-    if finding_mask is not None and np.any(finding_mask):
+    if through_reference and reference is not None and np.any(reference):
+        labelled, n = lesion_table.components(reference)
+        sizes = ndimage.sum_labels(np.ones_like(labelled), labelled, np.arange(1, n + 1))
+        at = _inside_centre(labelled == int(np.argmax(sizes)) + 1)
+        if heat is not None and finding_mask is None and float(heat.max()) > 0:
+            finding_mask = _peak_component(heat)[1]
+    elif finding_mask is not None and np.any(finding_mask):
         labelled, n = lesion_table.components(finding_mask)
         sizes = ndimage.sum_labels(np.ones_like(labelled), labelled, np.arange(1, n + 1))
         at = _inside_centre(labelled == int(np.argmax(sizes)) + 1)

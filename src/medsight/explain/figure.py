@@ -102,7 +102,10 @@ def compose(panels: list[Panel], caption: list[str], heat_meaning: str | None, m
             left = col * cell + MARGIN + (cell - 2 * MARGIN - w) // 2
             fig.figimage(_to_uint8(rgb), xo=left, yo=fig_h - top - h, origin="upper")
             kind = p.kinds[col] if col < len(p.kinds) else f"tile{col}"
-            layout["panels"].append({"row": n, "kind": kind, "left": left, "top": top, "width": w, "height": h})
+            box = {"row": n, "kind": kind, "left": left, "top": top, "width": w, "height": h, "labels": p.labels or {}}
+            if col == len(p.tiles) - 1:
+                box["notes"] = [[text, c, r] for text, c, r in p.notes]
+            layout["panels"].append(box)
             if p.labels:
                 _orientation_letters(fig, p.labels, left, fig_h - top - h, w, h)
             if col == len(p.tiles) - 1:

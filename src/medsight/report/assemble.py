@@ -17,7 +17,7 @@ import pandas as pd
 
 from medsight.errors import DatasetError, InputNotFoundError, MedsightError
 from medsight.files import sha256_file
-from medsight.report.plots import overlay
+from medsight.explain.evidence import evidence_thumbnail
 from medsight.report.results import ValidationResults
 from medsight.report.validate import classification_cohort, classification_section, segmentation_section
 
@@ -84,14 +84,13 @@ def _thumbnail(dataset: Path, pred_dir: Path | None, case_id: str, label: int | 
     pred_p = Path(pred_dir) / f"{case_id}.nii.gz" if pred_dir else None
     if not img_p.is_file():
         return None, f"image {img_p.name} not found"
-    img = read_nifti(img_p).array
+    image = read_nifti(img_p)
     ref = read_nifti(ref_p).array if ref_p.is_file() else None
     pred = read_nifti(pred_p).array if pred_p is not None and pred_p.is_file() else None
-    sel = (ref == label) if (ref is not None and label is not None) else ref
-    k = int(np.argmax(np.asarray(sel > 0).sum(axis=(0, 1)))) if sel is not None and np.any(sel) else img.shape[2] // 2
-    r = None if ref is None else (ref[..., k] == label if label is not None else ref[..., k] > 0)
-    p = None if pred is None else (pred[..., k] == label if label is not None else pred[..., k] > 0)
-    return overlay(img[..., k], r, p), ""
+    r = None if ref is None else (ref == label if label is not None else ref > 0)
+    p = None if pred is None else (pred == label if label is not None else pred > 0)
+    # the evidence figure's panel (explain/evidence.py), through the reference structure
+    return evidence_thumbnail(image, finding_mask=p, reference=r, through_reference=True), ""
 
 
 def _classifier_or_none(model_dir: Path | None):  # noqa: ANN202 - ClassifierBundle | None
@@ -130,12 +129,10 @@ def _cls_thumbnail(row: pd.Series, bundle, base: Path | None) -> tuple[str | Non
         from medsight.explain.gradcam import gradcam_maps, to_image_grid
 
         cam = gradcam_maps(bundle.model, bundle.preprocess(image)[None], bundle.config["cam_layer"])[0]
-        heat, note = to_image_grid(cam, grey.shape), f"Grad-CAM of {bundle.labels[0]!r}; outline: annotated finding"
-    if grey.ndim == 3:  # the axial slice through the heatmap's maximum (or the middle one)
-        k = int(np.unravel_index(int(np.argmax(heat)), heat.shape)[2]) if heat is not None else grey.shape[2] // 2
-        grey, heat = grey[..., k], None if heat is None else heat[..., k]
-        mask = None if mask is None else mask[..., k]
-    return overlay(grey, mask, None, heat), note
+        heat, note = to_image_grid(cam, grey.shape), (f"Grad-CAM of {bundle.labels[0]!r}; cyan outline: annotated "
+                                                      "finding, red: evidence >= 0.5")
+    # the evidence figure's panel (explain/evidence.py), through the annotated finding when there is one
+    return evidence_thumbnail(image, heat, reference=mask, through_reference=True), note
 
 
 def segmentation_results(per_case: pd.DataFrame, dataset: Path, labels: dict[int, str], model: dict[str, Any],
