@@ -105,6 +105,6 @@ def _longest(points: np.ndarray) -> float:
     if len(points) > 200:
         try:
             points = points[ConvexHull(points).vertices]
-        except QhullError:  # flat (one slice): every point stays
-            pass
+        except QhullError:  # flat (one slice): a joggled hull still picks real points
+            points = points[ConvexHull(points, qhull_options="QJ").vertices]
     return float(pdist(points).max()) if len(points) <= 4000 else float(pdist(points[:: len(points) // 4000 + 1]).max())
