@@ -213,3 +213,10 @@ def test_thumbnail_is_the_evidence_panel_shrunk() -> None:
     uri = evidence_thumbnail(image, finding_mask=mask, reference=mask)
     im = PILImage.open(io.BytesIO(__import__("base64").b64decode(uri.split(",", 1)[1])))
     assert max(im.size) == 192 and im.size == (192, round(40 / 48 * 192))
+
+
+def test_caption_shows_enough_digits_to_tell_probability_from_threshold() -> None:
+    from medsight.explain.evidence import caption
+
+    line = caption(Finding("lesion", 0.443648, False, 0.4437767, "negative"))[0]
+    assert "probability 0.4436 (not calibrated); decision at the operating point 0.4438: NEGATIVE" in line

@@ -25,7 +25,7 @@ N_CASES, N_CASES_FAST = 40, 12
 MEMORY_GB, BASE_FILTERS = 0.5, 8
 EPOCHS, ITERATIONS = 20, 10
 TRAIN_SECONDS, TRAIN_SECONDS_FAST = 240.0, 15.0
-N_EVIDENCE = 3  # evidence figures for the first cases with a predicted lesion
+N_EVIDENCE = 3  # evidence figures (explain/evidence.py): the first case, then cases with a lesion
 OVERLAP = 0.25  # window overlap at prediction; 0.5 (nnU-Net's) doubles the demo's prediction time
 
 
@@ -143,13 +143,13 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
 
 def _evidence(image, pred, ref: np.ndarray, labels: dict[str, int], written: dict, path: Path,  # noqa: ANN001
               done: list[Path]) -> list[Path]:
-    """An evidence figure for the first case and then cases with a predicted lesion, N_EVIDENCE in all."""
+    """An evidence figure for the first case, then for cases with a lesion (predicted or annotated), N_EVIDENCE in all."""
     from medsight.explain.predictions import finding_label, lesion_table_beside, write_segmentation_evidence
 
     names = {v: k for k, v in labels.items()}
     k, _ = finding_label(names)
-    if len(done) >= N_EVIDENCE or (done and not np.any(pred.labels.array == k)):  # the first case always
-        return []
+    if len(done) >= N_EVIDENCE or (done and not (np.any(pred.labels.array == k) or np.any(ref == k))):
+        return []  # the first case always; then cases with a predicted or an annotated (perhaps missed) lesion
     return [write_segmentation_evidence(image, pred.labels.array, pred.probabilities, names, path,
                                         lesion_table_beside(written), reference=ref == k)]
 

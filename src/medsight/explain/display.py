@@ -156,8 +156,8 @@ def window_for(image: Image, array: np.ndarray | None = None) -> tuple[float, fl
         lo, hi = float(finite.min()), float(finite.max())
     if hi <= lo:
         hi = lo + 1.0
-    kind = prov.modality.upper() or "image"
-    return float(lo), float(hi), f"{kind} window: percentiles {MR_PERCENTILES[0]:g}-{MR_PERCENTILES[1]:g} of the body"
+    kind = f"{prov.modality.upper()} window" if prov.modality else "window"
+    return float(lo), float(hi), f"{kind}: percentiles {MR_PERCENTILES[0]:g}-{MR_PERCENTILES[1]:g} of the body"
 
 
 def display_shape(width_mm: float, height_mm: float, long_side: int) -> tuple[int, int]:

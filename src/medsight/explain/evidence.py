@@ -49,11 +49,12 @@ def caption(finding: Finding, lesions: list[dict[str, Any]] | None = None, notes
     """The caption's lines: finding and probability, decision at the operating point, referral, lesions, notes."""
     f = finding
     line = f"Finding '{f.label}'"
+    d = _digits(f.probability, f.threshold)
     if f.probability is not None:
-        line += f": probability {f.probability:.3f} ({'calibrated' if f.calibrated else 'not calibrated'})"
+        line += f": probability {f.probability:.{d}f} ({'calibrated' if f.calibrated else 'not calibrated'})"
     if f.decision is not None:
-        line += (f"; decision at the operating point {f.threshold:.3f}: {f.decision.upper()}" if f.threshold is not None
-                 else f"; decision: {f.decision.upper()}")
+        line += (f"; decision at the operating point {f.threshold:.{d}f}: {f.decision.upper()}"
+                 if f.threshold is not None else f"; decision: {f.decision.upper()}")
     lines = [line] + ([f.basis] if f.basis else [])
     if f.referral is None:
         lines.append("Referral: not assessed (no referral rule with this model)")
@@ -67,6 +68,14 @@ def caption(finding: Finding, lesions: list[dict[str, Any]] | None = None, notes
         lines.append(f"Lesions (n = {len(lesions)}; {lesion_source}): " + ("; ".join(items) or "none")
                      + (f"; +{more} more in the lesion table" if more > 0 else ""))
     return lines + list(notes)
+
+
+def _digits(p: float | None, t: float | None) -> int:
+    """3 decimals, more (up to 6) when probability and threshold would print the same but differ."""
+    d = 3
+    while p is not None and t is not None and p != t and d < 6 and round(p, d) == round(t, d):
+        d += 1
+    return d
 
 
 def write_figure(path: str | Path, data: bytes) -> Path:
@@ -108,6 +117,13 @@ def _inside_centre(component: np.ndarray) -> tuple[int, ...]:
     return tuple(int(v) for v in pts[int(np.argmin(((pts - c) ** 2).sum(axis=1)))])
 
 
+def _largest_centre(mask: np.ndarray) -> tuple[int, ...]:
+    """A voxel at the centre of the mask's largest connected component."""
+    labelled, n = lesion_table.components(mask)
+    sizes = ndimage.sum_labels(np.ones_like(labelled), labelled, np.arange(1, n + 1))
+    return _inside_centre(labelled == int(np.argmax(sizes)) + 1)
+
+
 def _rows(image: Image, at: tuple[int, ...], heat: np.ndarray | None, finding: np.ndarray | None,
           reference: np.ndarray | None, ids: dict[int, Any] | None, labelled: np.ndarray | None,
           long_side: int, where: str, views: tuple[str, ...] | None = None) -> list[Panel]:
@@ -134,7 +150,7 @@ def _rows(image: Image, at: tuple[int, ...], heat: np.ndarray | None, finding: n
                 rr, cc = np.nonzero(lab_view == comp)
                 if rr.size:
                     notes.append((f"#{lid}", float(cc.max()) + 3, float(rr.min()) - 1))
-        title = name if v.fixed_axis is None else (
+        title = name if v.fixed_axis is None else f"{name} (single slice)" if image.shape[v.fixed_axis] == 1 else (
             f"{name} through {where}: slice {v.index} of 0..{image.shape[v.fixed_axis] - 1} on index axis {v.fixed_axis}")
         panels.append(Panel(title, [g, ev], labels=v.labels, notes=notes))
     return panels
@@ -186,8 +202,9 @@ def segmentation_figure(image: Image, mask: np.ndarray, finding: Finding, *, pro
     labelled, n, table, source = _lesion_setup(image, mask, lesions)
     ids = lesion_table.match(table, labelled, n, image.geometry)
     if n:
-        sizes = ndimage.sum_labels(np.ones_like(labelled), labelled, np.arange(1, n + 1))
-        at, where = _inside_centre(labelled == int(np.argmax(sizes)) + 1), "the largest lesion"
+        at, where = _largest_centre(mask), "the largest lesion"
+    elif reference is not None and np.any(reference):
+        at, where = _largest_centre(reference), "the largest annotated lesion (none predicted)"
     elif probability is not None and float(probability.max()) > 0:
         at, where = tuple(int(v) for v in np.unravel_index(int(np.argmax(probability)), probability.shape)), \
             "the highest probability (no lesion predicted)"
@@ -257,15 +274,11 @@ def evidence_thumbnail(image: Image, heat: np.ndarray | None = None, finding_mas
     finding_mask = _on_grid(finding_mask, image, "mask")
     reference = _on_grid(reference, image, "reference mask")
     if through_reference and reference is not None and np.any(reference):
-        labelled, n = lesion_table.components(reference)
-        sizes = ndimage.sum_labels(np.ones_like(labelled), labelled, np.arange(1, n + 1))
-        at = _inside_centre(labelled == int(np.argmax(sizes)) + 1)
+        at = _largest_centre(reference)
         if heat is not None and finding_mask is None and float(heat.max()) > 0:
             finding_mask = _peak_component(heat)[1]
     elif finding_mask is not None and np.any(finding_mask):
-        labelled, n = lesion_table.components(finding_mask)
-        sizes = ndimage.sum_labels(np.ones_like(labelled), labelled, np.arange(1, n + 1))
-        at = _inside_centre(labelled == int(np.argmax(sizes)) + 1)
+        at = _largest_centre(finding_mask)
     elif heat is not None and float(heat.max()) > 0:
         at, finding_mask = _peak_component(heat)
     elif reference is not None and np.any(reference):
