@@ -117,7 +117,7 @@ def test_predict_evidence_lists_the_predicted_lesions(tmp_path: Path) -> None:
     voxel_ml = abs(np.linalg.det(labels.affine[:3, :3])) / 1000
     assert ("decision: PRESENT" in text) == bool(lesion.any())
     volumes = [float(v) for v in re.findall(r"#\d+ (\d+\.\d\d) ml", text)]
-    n = int(re.search(r"Lesions \(n = (\d+)", text).group(1))
+    n = int(re.search(r"Lesions \(n = (\d+),", text).group(1))
     assert len(volumes) == min(n, 10)
     if n <= 10:
         assert sum(volumes) == pytest.approx(lesion.sum() * voxel_ml, abs=0.005 * max(n, 1) + 1e-9)

@@ -63,10 +63,10 @@ def caption(finding: Finding, lesions: list[dict[str, Any]] | None = None, notes
                                                            " - no reason to refer"))
     if lesions is not None:
         items = [f"#{r['lesion_id']} {r['volume_ml']:.2f} ml, longest {r['longest_diameter_mm']:.1f} mm"
-                 for r in lesions[:MAX_LESIONS_IN_CAPTION]]
+                 for r in sorted(lesions, key=lambda r: -r["volume_ml"])[:MAX_LESIONS_IN_CAPTION]]
         more = len(lesions) - len(items)
-        lines.append(f"Lesions (n = {len(lesions)}; {lesion_source}): " + ("; ".join(items) or "none")
-                     + (f"; +{more} more in the lesion table" if more > 0 else ""))
+        lines.append(f"Lesions (n = {len(lesions)}, largest first; {lesion_source}): " + ("; ".join(items) or "none")
+                     + (f"; +{more} smaller not listed" if more > 0 else ""))
     return lines + list(notes)
 
 
