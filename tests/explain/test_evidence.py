@@ -220,3 +220,26 @@ def test_caption_shows_enough_digits_to_tell_probability_from_threshold() -> Non
 
     line = caption(Finding("lesion", 0.443648, False, 0.4437767, "negative"))[0]
     assert "probability 0.4436 (not calibrated); decision at the operating point 0.4438: NEGATIVE" in line
+
+
+def test_lesion_table_columns_as_segmentation_writes_them() -> None:
+    """lesions.csv's per-axis LPS centroid columns and per-lesion referral reach the matching and the caption."""
+    import pandas as pd
+
+    from medsight.explain.evidence import caption
+
+    image, mask = _two_lesions()
+    big = image.world((33.5, 24.5, 10.5))
+    small = image.world((10.5, 9.5, 18.5))
+    table = pd.DataFrame([
+        {"lesion_id": 1, "label": "lesion", "volume_ml": 2.4, "longest_diameter_mm": 27.4, "centroid_l_mm": big[0],
+         "centroid_p_mm": big[1], "centroid_s_mm": big[2], "decision": "accept", "reasons": ""},
+        {"lesion_id": 2, "label": "lesion", "volume_ml": 0.192, "longest_diameter_mm": 9.11, "centroid_l_mm": small[0],
+         "centroid_p_mm": small[1], "centroid_s_mm": small[2], "decision": "refer", "reasons": "low confidence"}])
+    rows = lesion_table.normalise(table)
+    np.testing.assert_allclose(rows[1]["centroid"], small)
+    labelled, n = lesion_table.components(mask)
+    ids = lesion_table.match(rows, labelled, n, image.geometry)
+    assert ids == {int(labelled[10, 9, 18]): 2, int(labelled[33, 24, 10]): 1}
+    text = caption(Finding("lesion"), rows)[2]
+    assert text.endswith("#1 2.40 ml, longest 27.4 mm; #2 0.19 ml, longest 9.1 mm (REFER: low confidence)")

@@ -95,12 +95,12 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     targets = [(cid, "held_out") for cid in fold["val"]] + [(cid, "unseen_site") for cid in unseen]
     rows: list[dict[str, Any]] = []
     seconds = []
-    evidence: list[Path] = []
     items = targets
     if not ctx.quiet:
         from tqdm import tqdm
 
         items = tqdm(targets, desc="predict", unit="case", leave=False)
+    evidence: list[Path] = []  # evidence figures written (explain/evidence.py)
     for n, (cid, group) in enumerate(items):
         case = ds.case(cid)
         image = read_nifti(case.images[0])

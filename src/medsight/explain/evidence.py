@@ -63,6 +63,7 @@ def caption(finding: Finding, lesions: list[dict[str, Any]] | None = None, notes
                                                            " - no reason to refer"))
     if lesions is not None:
         items = [f"#{r['lesion_id']} {r['volume_ml']:.2f} ml, longest {r['longest_diameter_mm']:.1f} mm"
+                 + (f" (REFER: {r.get('reasons') or 'no reason given'})" if r.get("decision") == "refer" else "")
                  for r in sorted(lesions, key=lambda r: -r["volume_ml"])[:MAX_LESIONS_IN_CAPTION]]
         more = len(lesions) - len(items)
         lines.append(f"Lesions (n = {len(lesions)}, largest first; {lesion_source}): " + ("; ".join(items) or "none")

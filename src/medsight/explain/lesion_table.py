@@ -42,10 +42,11 @@ def _centroid(r: Mapping[str, Any]) -> tuple[float, ...] | None:
         return tuple(nums) if len(nums) in (2, 3) else None
     if isinstance(value, (list, tuple, np.ndarray)):
         return tuple(float(v) for v in value)
-    axes = [k for k in r if str(k).lower().startswith("centroid") and str(k).lower().rstrip("_mm")[-1:] in "xyz"]
-    if len(axes) == 3:
-        return tuple(float(r[k]) for k in sorted(axes, key=lambda k: str(k).lower().rstrip("_mm")[-1]))
-    return None
+    # one column per axis: centroid_x/_y/_z or centroid_l/_p/_s (LPS), with or without a _mm suffix
+    axis = {"x": 0, "l": 0, "y": 1, "p": 1, "z": 2, "s": 2}
+    keys = {axis[str(k).lower().removesuffix("_mm")[-1]]: k for k in r if str(k).lower().startswith("centroid_")
+            and str(k).lower().removesuffix("_mm")[-2:-1] == "_" and str(k).lower().removesuffix("_mm")[-1] in axis}
+    return tuple(float(r[keys[a]]) for a in range(3)) if len(keys) == 3 else None
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:

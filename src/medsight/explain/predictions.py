@@ -63,6 +63,8 @@ def write_segmentation_evidence(image: Image, labels: np.ndarray, probabilities:
     outlined with the ids of ``lesions`` (a lesions.csv table; measured here when None)."""
     k, name = finding_label(names)
     mask = np.asarray(labels) == k
+    if lesions is not None and hasattr(lesions, "columns") and "label" in lesions.columns:
+        lesions = lesions[lesions["label"].astype(str) == name]  # a table may list several lesion classes
     prob = None if probabilities is None else np.asarray(probabilities)[k]
     p_max = float(prob[mask].max()) if prob is not None and mask.any() else (
         float(prob.max()) if prob is not None else None)
