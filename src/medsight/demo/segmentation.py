@@ -141,19 +141,6 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     return result
 
 
-def _evidence(image, pred, ref: np.ndarray, labels: dict[str, int], written: dict, path: Path,  # noqa: ANN001
-              done: list[Path]) -> list[Path]:
-    """An evidence figure for the first case, then for cases with a lesion (predicted or annotated), N_EVIDENCE in all."""
-    from medsight.explain.predictions import finding_label, lesion_table_beside, write_segmentation_evidence
-
-    names = {v: k for k, v in labels.items()}
-    k, _ = finding_label(names)
-    if len(done) >= N_EVIDENCE or (done and not (np.any(pred.labels.array == k) or np.any(ref == k))):
-        return []  # the first case always; then cases with a predicted or an annotated (perhaps missed) lesion
-    return [write_segmentation_evidence(image, pred.labels.array, pred.probabilities, names, path,
-                                        lesion_table_beside(written), reference=ref == k)]
-
-
 def _metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], labels: dict[int, str]) -> list[dict]:
     try:
         from medsight.metrics.segmentation import segmentation_metrics
@@ -175,3 +162,16 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writeheader()
         w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+
+def _evidence(image, pred, ref: np.ndarray, labels: dict[str, int], written: dict, path: Path,  # noqa: ANN001
+              done: list[Path]) -> list[Path]:
+    """An evidence figure for the first case, then for cases with a lesion (predicted or annotated), N_EVIDENCE in all."""
+    from medsight.explain.predictions import finding_label, lesion_table_beside, write_segmentation_evidence
+
+    names = {v: k for k, v in labels.items()}
+    k, _ = finding_label(names)
+    if len(done) >= N_EVIDENCE or (done and not (np.any(pred.labels.array == k) or np.any(ref == k))):
+        return []  # the first case always; then cases with a predicted or an annotated (perhaps missed) lesion
+    return [write_segmentation_evidence(image, pred.labels.array, pred.probabilities, names, path,
+                                        lesion_table_beside(written), reference=ref == k)]
