@@ -68,8 +68,7 @@ def _stem(p: Path) -> str:
 def predict_images(model_dir: str | Path, inputs: Sequence[str | Path], output_csv: str | Path,
                    heatmap_dir: str | Path | None = None, gradcam: bool = True, quiet: bool = False,
                    evidence: bool = False) -> pd.DataFrame:
-    """Classify every input image and write ``output_csv`` (one row per image); returns the table. With
-    ``evidence`` each output also gets a display-size evidence figure (explain/evidence.py) in the heatmap folder."""
+    """Classify every input image and write ``output_csv`` (one row per image); returns the table."""
     bundle = load_classifier(model_dir)
     paths = expand_inputs(inputs, bundle.config["spatial_dims"])
     output_csv = Path(output_csv)
@@ -102,11 +101,6 @@ def _assessor(bundle: ClassifierBundle):  # noqa: ANN202 - SafetyAssessor | None
     from medsight.safety.assess import SafetyAssessor
 
     return SafetyAssessor.from_model_dir(bundle.model_dir, bundle.config.get("activation"))
-
-
-def _calibrated(bundle: ClassifierBundle) -> bool:
-    """Whether ``predict_logits`` applied a calibration (the caption says so)."""
-    return bundle.model_dir is not None and (Path(bundle.model_dir) / "calibration.json").is_file()
 
 
 def _referral(bundle: ClassifierBundle, assessor, image: Image) -> dict[str, Any]:  # noqa: ANN001
@@ -163,3 +157,8 @@ def _save_heatmap(image: Image, heat: np.ndarray, base: Path) -> tuple[Path, Pat
     k = int(np.unravel_index(int(np.argmax(heat)), heat.shape)[2])  # the axial slice through the maximum
     png = save_overlay(base.with_suffix(".png"), grey[:, :, k], heat[:, :, k], image.geometry)
     return png, arr
+
+
+def _calibrated(bundle: ClassifierBundle) -> bool:
+    """Whether ``predict_logits`` applied a calibration (the caption says so)."""
+    return bundle.model_dir is not None and (Path(bundle.model_dir) / "calibration.json").is_file()

@@ -81,11 +81,11 @@ def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[s
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True)
 @click.argument("output", type=click.Path(path_type=Path))
+@click.option("--evidence", is_flag=True, help="Also write display-size evidence figures (image, heatmap with colour "
+              "bar, outline, caption with probability, decision and referral) into the heatmap folder.")
 @click.option("--heatmaps", type=click.Path(path_type=Path),
               help="Folder for Grad-CAM PNG overlays and arrays. Default: OUTPUT's name + _gradcam.")
 @click.option("--no-gradcam", is_flag=True, help="Probabilities and decisions only.")
-@click.option("--evidence", is_flag=True, help="Also write display-size evidence figures (image, heatmap with colour "
-              "bar, outline, caption with probability, decision and referral) into the heatmap folder.")
 @click.pass_context
 def predict_cls(ctx: click.Context, model_dir: Path, inputs: tuple[str, ...], output: Path,
                 heatmaps: Path | None, no_gradcam: bool, evidence: bool) -> None:
