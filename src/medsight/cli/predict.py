@@ -12,12 +12,12 @@ import click
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
+@click.option("--evidence", is_flag=True, help="Also write a display-size evidence figure per case "
+              "(<case>_evidence.png: three views through the largest lesion, outlines with lesion ids, volumes).")
 @click.option("--folds", default=None, help="Comma-separated folds to ensemble (default: every trained fold).")
 @click.option("--no-mirror", is_flag=True, help="Skip mirroring test-time augmentation (faster).")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probability maps (4D NIfTI).")
 @click.option("--uncertainty", is_flag=True, help="Also write a per-voxel entropy map.")
-@click.option("--evidence", is_flag=True, help="Also write a display-size evidence figure per case "
-              "(<case>_evidence.png: three views through the largest lesion, outlines with lesion ids, volumes).")
 @click.pass_context
 def predict(ctx: click.Context, model_dir: Path, input_path: Path, output: Path, folds: str | None,
             no_mirror: bool, probabilities: bool, uncertainty: bool, evidence: bool) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from medsight.errors import DatasetError, InputNotFoundError, MedsightError
 from medsight.files import sha256_file
-from medsight.explain.evidence import evidence_thumbnail
+from medsight.report.plots import overlay
 from medsight.report.results import ValidationResults
 from medsight.report.validate import classification_cohort, classification_section, segmentation_section
 
@@ -77,6 +77,7 @@ def model_card_of(model_dir: Path) -> dict[str, Any] | None:
 
 def _thumbnail(dataset: Path, pred_dir: Path | None, case_id: str, label: int | None) -> tuple[str | None, str]:
     """Axial slice through the reference structure with outlines; (None, why) when files are missing."""
+    from medsight.explain.evidence import evidence_thumbnail
     from medsight.io.nifti import read_nifti
 
     img_p = Path(dataset) / "imagesTr" / f"{case_id}_0000.nii.gz"
@@ -107,6 +108,7 @@ def _classifier_or_none(model_dir: Path | None):  # noqa: ANN202 - ClassifierBun
 def _cls_thumbnail(row: pd.Series, bundle, base: Path | None) -> tuple[str | None, str]:  # noqa: ANN001
     """The case's image with the classifier's Grad-CAM map (first output) and the finding's outline."""
     from medsight.classification.dataset import spatial_array
+    from medsight.explain.evidence import evidence_thumbnail
     from medsight.io import read_image
 
     def resolve(value: object) -> Path | None:
