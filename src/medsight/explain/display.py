@@ -74,16 +74,6 @@ class View:
         """(width, height) of the view in millimetres."""
         return shape[self.h_axis] * spacing[self.h_axis], shape[self.v_axis] * spacing[self.v_axis]
 
-    def to_screen(self, index: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """Continuous voxel indices (N, ndim) -> (column, row) positions in the view's own voxel grid."""
-        idx = np.atleast_2d(np.asarray(index, dtype=float))
-        c, r = idx[:, self.h_axis], idx[:, self.v_axis]
-        if self.flip_h:
-            c = shape[self.h_axis] - 1 - c
-        if self.flip_v:
-            r = shape[self.v_axis] - 1 - r
-        return np.stack([c, r], axis=1)
-
 
 def _assignment(direction: np.ndarray) -> tuple[int, ...]:
     """world axis of each index axis: the permutation that keeps the direction cosines' largest share."""
