@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,25 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return model_dir, root
 
 
+def require_tool(name: str) -> None:
+    """Skip without the tool, but fail under CI (where .ci/run installs it)."""
+    if shutil.which(name) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed (the CI image must provide it)")
+        pytest.skip(f"{name} is not installed")
+
+
+def drawn_caption(data: bytes) -> str:
+    """The caption as drawn in the figure, read back by OCR (tesseract), not from the PNG's text chunk."""
+    import pytesseract
+    from PIL import ImageOps
+
+    layout = json.loads(png_text(data)["medsight:layout"])
+    bottom = max(b["top"] + b["height"] for b in layout["panels"])
+    im = PILImage.open(io.BytesIO(data)).convert("L").crop((0, bottom + 20, layout["width"], layout["height"]))
+    return pytesseract.image_to_string(ImageOps.invert(im).resize((im.width * 2, im.height * 2), PILImage.LANCZOS))
+
+
 def _predict(model_dir: Path, root: Path, out: Path) -> pd.DataFrame:
     res = CliRunner().invoke(cli, ["--quiet", "predict-cls", str(model_dir), str(root / "img01.nii.gz"),
                                    str(root / "img02.nii.gz"), str(out / "pred.csv"), "--evidence"])
@@ -61,6 +82,7 @@ def _predict(model_dir: Path, root: Path, out: Path) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_captions_equal_the_csv_and_bytes_repeat(model: tuple[Path, Path], tmp_path: Path) -> None:
+    require_tool("tesseract")
     model_dir, root = model
     table = _predict(model_dir, root, tmp_path / "a")
     again = _predict(model_dir, root, tmp_path / "b")
@@ -69,6 +91,9 @@ def test_captions_equal_the_csv_and_bytes_repeat(model: tuple[Path, Path], tmp_p
         data = Path(row["evidence_png_square"]).read_bytes()
         assert hashlib.sha256(data).digest() == hashlib.sha256(Path(row2["evidence_png_square"]).read_bytes()).digest()
         text = png_text(data)["Description"]
+        drawn = " ".join(drawn_caption(data).replace("\u2018", "'").replace("\u2019", "'").split())
+        for line in text.splitlines()[1:3]:  # finding, probability, decision; referral and its reason
+            assert " ".join(line.split()) in drawn, (line, drawn)  # (a wrapped line joins up again)
         m = re.search(r"probability (\d\.(\d+)) \(calibrated\); decision at the operating point (\d\.\d+): (\w+)", text)
         assert m, text
         d = len(m.group(2))  # 3 decimals, more when the two would print alike
