@@ -243,3 +243,27 @@ def test_lesion_table_columns_as_segmentation_writes_them() -> None:
     assert ids == {int(labelled[10, 9, 18]): 2, int(labelled[33, 24, 10]): 1}
     text = caption(Finding("lesion"), rows)[2]
     assert text.endswith("#1 2.40 ml, longest 27.4 mm; #2 0.19 ml, longest 9.1 mm (REFER: low confidence)")
+
+
+def test_three_views_of_a_flipped_volume_are_the_same_pictures() -> None:
+    """A block on the patient's left, anterior and superior shows there in every view, whatever the axis signs."""
+    a = np.full((30, 24, 20), 100.0, np.float32)
+    a[20:26, 3:8, 14:18] = 900.0  # i -> L, j -> P, k -> S: left, anterior, superior
+    g = Geometry((1.0, 1.0, 1.5), (0.0, 0.0, 0.0), ((1.0, 0, 0), (0, 1.0, 0), (0, 0, 1.0)))
+    plain = Image(a, g, Provenance(modality="MR"))
+    d = ((-1.0, 0, 0), (0, 1.0, 0), (0, 0, -1.0))  # i towards the right, k towards the feet
+    flipped = Image(np.ascontiguousarray(a[::-1, :, ::-1]), Geometry(g.spacing, (29.0, 0.0, 19 * 1.5), d),
+                    plain.provenance)
+    np.testing.assert_allclose(flipped.world((29 - 20, 3, 19 - 14)), plain.world((20, 3, 14)))
+    heat = (a > 500).astype(np.float32)
+    ra, la, _ = _read(classification_figure(plain, heat, FINDING))
+    rb, lb, _ = _read(classification_figure(flipped, heat[::-1, :, ::-1], FINDING))
+    for row, (name, want) in enumerate((("axial", (0, 1)), ("coronal", (0, 1)), ("sagittal", (0, 0)))):
+        pa, pb = _panel(ra, la, "image", row), _panel(rb, lb, "image", row)
+        np.testing.assert_array_equal(pa, pb)
+        rr, cc = np.nonzero(pa[..., 0] > 0.5)
+        # (top half?, right half?): axial and coronal show the left side on the right, anterior / superior on
+        # top; sagittal shows anterior on the left and superior on top
+        assert (rr.mean() > pa.shape[0] / 2, cc.mean() > pa.shape[1] / 2) == (bool(want[0]), bool(want[1])), name
+    assert [p["labels"]["left"] for p in la["panels"][::2]] == ["R", "R", "A"]
+    assert [p["labels"]["top"] for p in lb["panels"][::2]] == ["A", "S", "S"]
