@@ -29,6 +29,7 @@ from medsight.deid.regions import DEFAULT_REGIONS, TextRegion, regions_for
 
 OUTPUT_SYNTAX = ExplicitVRLittleEndian
 CLEAN_PIXEL_CODE = ("113101", "Clean Pixel Data Option")
+STATIC_TOLERANCE = 8  # grey levels a "static" pixel may vary across frames (lossy compression noise)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,18 @@ class _Redactor:
             self.fill_value = frames.min()
         self.boxes: dict[tuple, dict] = {}
         self.passes = 0
+        self.static = None
+        if len(frames) > 1:  # burned-in annotations stay put while the anatomy moves: speckle read as "words"
+            spread = frames.max(axis=0).astype(np.int32) - frames.min(axis=0)  # in a cine loop is not static
+            self.static = (spread.max(axis=-1) if spread.ndim == 3 else spread) <= STATIC_TOLERANCE
+
+    def is_static(self, box: tuple[int, int, int, int]) -> bool:
+        """Multi-frame: at least half of the box is the same in every frame (single frames: always true)."""
+        if self.static is None:
+            return True
+        x0, y0, x1, y1 = box
+        patch = self.static[y0:y1, x0:x1]
+        return patch.size > 0 and float(patch.mean()) >= 0.5
 
     def fill(self, box: tuple[int, int, int, int], source: str, frame: int | None, text: str = "") -> None:
         x0, y0, x1, y1 = box
@@ -123,11 +136,27 @@ class _Redactor:
 
     def hits(self, words: list[tuple[int, Word]]) -> list[tuple[int, Word]]:
         """Words to fill: anything read with some confidence that has a letter or digit."""
-        return [(i, w) for i, w in words if w.conf >= self.o.min_conf and w.n_alnum >= 1]
+        return [(i, w) for i, w in words if w.conf >= self.o.min_conf and w.n_alnum >= 1 and self.is_static(w.box)]
 
     def readable(self, words: list[tuple[int, Word]]) -> list[tuple[int, Word]]:
         """Words that fail the verification: >= min_chars letters/digits read with confidence >= verify_conf."""
-        return [(i, w) for i, w in words if w.conf >= self.o.verify_conf and w.n_alnum >= self.o.min_chars]
+        return [(i, w) for i, w in words
+                if w.conf >= self.o.verify_conf and w.n_alnum >= self.o.min_chars and self.is_static(w.box)]
+
+
+def _ranges(frames: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5": the frames a word was read in, short enough for a report cell."""
+    out, run = [], []
+    for f in sorted(frames):
+        if run and f == run[-1] + 1:
+            run.append(f)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [f]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
 
 
 def _method(options: RedactOptions, n_regions: int) -> str:
@@ -135,7 +164,8 @@ def _method(options: RedactOptions, n_regions: int) -> str:
     return (f"{detect}; {n_regions} known region box(es) blanked first; {options.ocr.describe()}; words with "
             f"confidence >= {options.min_conf:g} filled (padded {options.pad} px + 20% of height) in every frame; "
             f"verified: no word of >= {options.min_chars} letters/digits read at confidence >= "
-            f"{options.verify_conf:g} after at most {options.rounds} round(s)")
+            f"{options.verify_conf:g} after at most {options.rounds} round(s); multi-frame: only words over pixels "
+            f"that are static across frames (+-{STATIC_TOLERANCE}) count as text")
 
 
 def redact_dataset(ds: Dataset, options: RedactOptions, text_hash: Callable[[str], str]) -> RedactResult:
@@ -158,8 +188,7 @@ def redact_dataset(ds: Dataset, options: RedactOptions, text_hash: Callable[[str
     residual = r.readable(words)
     boxes = list(r.boxes.values())
     for b in boxes:
-        if b["source"].startswith("table:"):
-            b["frames"] = "all"
+        b["frames"] = "all" if b["source"].startswith("table:") else _ranges(b["frames"])
     result = RedactResult(clean=not residual, reason="", method=method, frames=len(frames), boxes=boxes,
                           ocr_passes=r.passes)
     if residual:
