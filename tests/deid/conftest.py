@@ -60,3 +60,23 @@ def need_tool():
 def deid_data_file():
     """``deid_data_file("ultrasounds/RGB_IMAGE.dcm")`` -> its path in the installed deid-data package."""
     return _deid_data_file
+
+
+_DCIODVFY_VALUE = __import__("re").compile(r"\[\d+\] = <[^>]*>|values are .*$|= '.*?' \(0x[0-9a-f]+\)")
+
+
+def _dciodvfy_errors(path) -> set[str]:
+    """The distinct error lines dicom3tools' dciodvfy prints for one file, values blanked (UIDs, dates change
+    by design); warnings ignored."""
+    import subprocess
+
+    _need_tool("dciodvfy")
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, timeout=120)
+    text = (run.stdout + run.stderr).decode("latin-1")
+    return {_DCIODVFY_VALUE.sub("<value>", line.strip()) for line in text.splitlines() if line.startswith("Error")}
+
+
+@pytest.fixture(scope="session")
+def dciodvfy_errors():
+    """``dciodvfy_errors(path)`` -> set of normalised error lines (fails under CI when dciodvfy is missing)."""
+    return _dciodvfy_errors
