@@ -4,9 +4,10 @@ Tesseract expects dark print on a light page at ~30 px per line; a medical frame
 16-bit grey values, MONOCHROME1 (inverted) grey, white or coloured text on black, 10-px annotation fonts, text
 turned 90 degrees along an edge. So each frame is first brought to a displayable 8-bit grey image (percentile
 scaling, MONOCHROME1 inverted, the brightest channel of colour images so that yellow or green text stays
-bright), scaled so that its long side is about ``target_long_side`` pixels (small text grows), and then read in
-both polarities (light-on-dark and dark-on-light) and at each requested rotation. Word boxes come back in the
-frame's own pixel coordinates.
+bright), its background flattened by a morphological top-hat in both polarities (light-on-dark and
+dark-on-light text), scaled so that its long side is about ``target_long_side`` pixels (small text grows; the
+1x image is read too, for large text), and read at each requested rotation. Word boxes come back in the frame's
+own pixel coordinates.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ class OcrSettings:
     max_scale: float = 4.0
     rotations: tuple[int, ...] = (0, 90)  # 90: text running bottom-to-top (the usual vertical annotation)
     polarities: tuple[str, ...] = ("light-on-dark", "dark-on-light")
+    tophat_fraction: float = 0.025  # structuring element of the top-hat, as a share of the long side (>= 15 px)
     lang: str = "eng"
 
     def describe(self) -> str:
         return (f"tesseract {tesseract_version()} psm {self.psm}, lang {self.lang}, long side ~{self.target_long_side}"
-                f" px, polarities {'+'.join(self.polarities)}, rotations {'/'.join(map(str, self.rotations))}")
+                f" px (and 1x when that is >= 1.5x), top-hat {self.tophat_fraction:g} of the long side, polarities {'+'.join(self.polarities)}, rotations {'/'.join(map(str, self.rotations))}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,29 @@ def _tesseract_words(img: np.ndarray, settings: OcrSettings) -> list[tuple[str, 
     return out
 
 
+def _variants(grey: np.ndarray, settings: OcrSettings) -> list[np.ndarray]:
+    """Dark-print-on-white images Tesseract reads best, one per polarity.
+
+    A morphological top-hat (the frame minus its opening, or its closing minus the frame) keeps strokes thinner
+    than the structuring element and drops the smooth anatomy behind them, so text stays readable on a grey or
+    uneven background (Tesseract's global threshold would merge it into the anatomy); then it is stretched and
+    negated.
+    """
+    from scipy import ndimage
+
+    size = max(15, round(settings.tophat_fraction * max(grey.shape)))
+    out = []
+    for polarity in settings.polarities:
+        if polarity == "light-on-dark":
+            hat = ndimage.white_tophat(grey, size=size)
+        elif polarity == "dark-on-light":
+            hat = ndimage.black_tophat(grey, size=size)
+        else:
+            raise ValueError(f"unknown polarity {polarity!r}")
+        out.append(255 - display_grey(hat))
+    return out
+
+
 def read_words(grey: np.ndarray, settings: OcrSettings | None = None) -> list[Word]:
     """Every word Tesseract reads in an 8-bit grey frame, over all polarities and rotations, in frame pixels."""
     from PIL import Image
@@ -122,18 +147,18 @@ def read_words(grey: np.ndarray, settings: OcrSettings | None = None) -> list[Wo
     tesseract_version()
     h, w = grey.shape
     scale = _scale_for(grey.shape, settings)
-    big = grey if scale == 1.0 else np.asarray(
-        Image.fromarray(grey).resize((round(w * scale), round(h * scale)), Image.BICUBIC))
     words: list[Word] = []
-    for rotation in settings.rotations:
-        k = (-(rotation // 90)) % 4  # text turned anticlockwise by `rotation` reads level after a clockwise turn
-        turned = np.rot90(big, k) if k else big
-        for polarity in settings.polarities:
-            # Tesseract binarises for dark text on light paper: light-on-dark text is read from the negative
-            img = 255 - turned if polarity == "light-on-dark" else turned
-            for text, conf, box in _tesseract_words(np.ascontiguousarray(img), settings):
-                x0, y0, x1, y1 = _unrotate(box, k, big.shape[0], big.shape[1])
-                frame_box = (int(np.floor(x0 / scale)), int(np.floor(y0 / scale)),
-                             int(np.ceil(x1 / scale)), int(np.ceil(y1 / scale)))
-                words.append(Word(text, conf, frame_box))
+    for variant in _variants(grey, settings):
+        # Tesseract misses text much taller than ~100 px: an upscaled frame is read at its own size too
+        for s in (scale, 1.0) if scale >= 1.5 else (scale,):
+            big = variant if s == 1.0 else np.asarray(
+                Image.fromarray(variant).resize((round(w * s), round(h * s)), Image.BICUBIC))
+            for rotation in settings.rotations:
+                k = (-(rotation // 90)) % 4  # text turned anticlockwise reads level after a clockwise turn
+                turned = np.ascontiguousarray(np.rot90(big, k)) if k else big
+                for text, conf, box in _tesseract_words(turned, settings):
+                    x0, y0, x1, y1 = _unrotate(box, k, big.shape[0], big.shape[1])
+                    frame_box = (int(np.floor(x0 / s)), int(np.floor(y0 / s)),
+                                 int(np.ceil(x1 / s)), int(np.ceil(y1 / s)))
+                    words.append(Word(text, conf, frame_box))
     return words

@@ -91,7 +91,14 @@ class _Redactor:
         self.frames, self.o, self.hash = frames, options, text_hash
         self.photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
         self.h, self.w = frames.shape[1:3]
-        if frames.ndim == 4:
+        self.lut = None
+        if self.photometric == "PALETTE COLOR":  # read the colours a viewer shows, fill with the darkest entry
+            from pydicom.pixels import apply_color_lut
+
+            self.lut = lambda a: apply_color_lut(a, ds)
+            levels = np.arange(int(frames.min()), int(frames.max()) + 1)
+            self.fill_value = levels[int(np.argmin(self.lut(levels).astype(np.float64).sum(axis=-1)))]
+        elif frames.ndim == 4:
             self.fill_value = 0
         elif self.photometric == "MONOCHROME1":
             self.fill_value = frames.max()  # black on a MONOCHROME1 display
@@ -129,7 +136,8 @@ class _Redactor:
         for i, frame in enumerate(self.frames):
             digest = hashlib.sha1(frame.tobytes()).hexdigest()
             if digest not in seen:
-                seen[digest] = read_words(display_grey(frame, self.photometric), self.o.ocr)
+                shown = frame if self.lut is None else self.lut(frame)
+                seen[digest] = read_words(display_grey(shown, self.photometric), self.o.ocr)
                 self.passes += 1
             out.extend((i, w) for w in seen[digest])
         return out
