@@ -177,23 +177,47 @@ def run_medsight(ds: pydicom.Dataset) -> tuple[np.ndarray, float, bool]:
     return work.pixel_array, seconds, True
 
 
-def presidio_engine():
-    """(engine, None) when presidio-image-redactor runs offline here, else (None, why not)."""
+def presidio_engine(tmp: Path):
+    """(engine, note) for presidio-image-redactor as far as it runs offline here, or (None, why not).
+
+    Its default analyzer loads spaCy's en_core_web_lg, which is a download (it fails here). What does run
+    offline: a blank spaCy English pipeline (no NER, so no PERSON entities), leaving presidio's pattern
+    recognisers (dates, phone numbers, IDs...).
+    """
     try:
         from presidio_image_redactor import DicomImageRedactorEngine
     except Exception as err:  # noqa: BLE001 - report whatever stops it
         return None, f"does not import ({type(err).__name__}: {str(err)[:120]})"
     try:
-        engine = DicomImageRedactorEngine()
+        DicomImageRedactorEngine()
+        return DicomImageRedactorEngine(), "default analyzer (spaCy en_core_web_lg)"
     except Exception as err:  # noqa: BLE001
-        return None, f"its analyzer does not start offline ({type(err).__name__}: {str(err)[:160]})"
-    return engine, None
+        why = f"{type(err).__name__}: {' '.join(str(err).split())[:100]}"
+    try:
+        import spacy
+        from presidio_analyzer import AnalyzerEngine
+        from presidio_analyzer.nlp_engine import NlpEngineProvider
+        from presidio_image_redactor import ImageAnalyzerEngine
+
+        spacy.blank("en").to_disk(tmp / "blank_en")
+        provider = NlpEngineProvider(nlp_configuration={
+            "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": str(tmp / "blank_en")}]})
+        analyzer = AnalyzerEngine(nlp_engine=provider.create_engine())
+        engine = DicomImageRedactorEngine(image_analyzer_engine=ImageAnalyzerEngine(analyzer_engine=analyzer))
+    except Exception as err:  # noqa: BLE001
+        return None, f"its analyzer does not start offline ({why}); a blank spaCy pipeline failed too ({err})"
+    return engine, (f"its default analyzer needs spaCy's en_core_web_lg, a download that fails offline ({why}); "
+                    "run with a blank spaCy English pipeline instead: pattern recognisers only, no PERSON names")
 
 
-def run_presidio(engine, ds: pydicom.Dataset) -> tuple[np.ndarray | None, float]:
+def run_presidio(engine, ds: pydicom.Dataset) -> tuple[np.ndarray | None, float, bool]:
     t = time.perf_counter()
-    out = engine.redact(copy.deepcopy(ds), fill="contrast", use_metadata=False)
-    return out.pixel_array, time.perf_counter() - t
+    try:
+        out = engine.redact(copy.deepcopy(ds), fill="contrast", use_metadata=True)
+        return out.pixel_array, time.perf_counter() - t, True
+    except Exception as err:  # noqa: BLE001 - an image it cannot process counts as not written
+        print(f"  presidio failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return None, time.perf_counter() - t, False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     rng, fonts = random.Random(args.seed), _fonts()
-    engine, presidio_why = presidio_engine()
+    import tempfile
+
+    engine, presidio_why = presidio_engine(Path(tempfile.mkdtemp()))
     rows: dict[str, dict] = {}
     for base_name in BASES:
         base = pydicom.dcmread(_base_path(base_name))
@@ -220,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 planted_box[max(0, y0 - 3):y1 + 3, max(0, x0 - 3):x1 + 3] = True
             tools = [("medsight", run_medsight)]
             if engine is not None:
-                tools.append(("presidio", lambda d: (*run_presidio(engine, d), True)))
+                tools.append(("presidio", lambda d: run_presidio(engine, d)))
             for tool, fn in tools:
                 r = rows.setdefault(tool, {"chars": 0, "before": 0, "after": 0, "ink": 0, "ink_left": 0,
                                            "false": [], "seconds": [], "held": 0, "files": 0, "by": {}})
@@ -287,8 +313,11 @@ def _markdown(rows: dict, args, presidio_why: str | None) -> str:
     lines.append("Held-back files count as nothing readable (they are not written). 'Readable' = characters of "
                  "the planted string that plain Tesseract reads back from the string's own area, cut out, turned "
                  "level and scaled (psm 7, both polarities).")
-    if presidio_why:
+    if presidio_why and "presidio" not in rows:
         lines.append(f"presidio-image-redactor 0.0.62: not compared: {presidio_why}.")
+    elif presidio_why:
+        lines.append(f"presidio-image-redactor 0.0.62 (DicomImageRedactorEngine, fill=contrast, use_metadata): "
+                     f"{presidio_why}. A failed file counts as held back.")
     return "\n".join(lines) + "\n"
 
 
