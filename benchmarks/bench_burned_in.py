@@ -308,9 +308,15 @@ def _markdown(rows: dict, args, presidio_why: str | None) -> str:
     lines.append("")
     for tool, r in rows.items():
         parts = [f"{k}: {v[1]}/{v[0]}" for k, v in sorted(r["by"].items())]
-        lines.append(f"{tool}, planted characters still readable after redaction by kind: {'; '.join(parts)}.")
+        n, left = sum(v[0] for v in r["by"].values()), sum(v[1] for v in r["by"].values())
+        lines.append(f"{tool}, in the files it wrote, planted characters still readable: {left}/{n} "
+                     f"({left / max(1, n):.3f}); by kind: {'; '.join(parts)}.")
     lines.append("")
-    lines.append("Held-back files count as nothing readable (they are not written). 'Readable' = characters of "
+    lines.append("medsight holds back a file whose verification still reads a word (>= 3 letters/digits, "
+                 "confidence >= 60): safe, but the file is lost to the export; its false redaction is mostly "
+                 "texture of the CR/CT anatomy read as words by the top-hat passes. presidio redacts only "
+                 "what its recognisers call PII, so without the NER model names stay. Held-back files count as "
+                 "nothing readable (they are not written). 'Readable' = characters of "
                  "the planted string that plain Tesseract reads back from the string's own area, cut out, turned "
                  "level and scaled (psm 7, both polarities).")
     if presidio_why and "presidio" not in rows:

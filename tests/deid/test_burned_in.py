@@ -124,7 +124,8 @@ def test_pixels_unchanged_outside_reported_boxes(runs):
             mask[y:y + h, x:x + w] = True
         changed = (before != after).reshape(*before.shape[:3], -1).any(axis=(0, 3))
         assert not (changed & ~mask).any(), name  # nothing outside the boxes moved
-        assert (after[:, mask] == after[:, mask].min()).all(), name  # inside: one fill value, every frame
+        if mask.any():  # inside: one fill value, every frame
+            assert (after[:, mask] == after[:, mask].min()).all(), name
         assert mask.mean() < 0.15, (name, mask.mean())  # false redaction stays small on these screens
 
 

@@ -47,10 +47,17 @@ class Word:
     text: str
     conf: float
     box: tuple[int, int, int, int]
+    rotation: int = 0  # the turn at which it was read (0: level, 90: running bottom to top)
 
     @property
     def n_alnum(self) -> int:
         return sum(ch.isalnum() for ch in self.text)
+
+    @property
+    def text_height(self) -> int:
+        """Size across the reading direction, in frame pixels (the letters' height)."""
+        x0, y0, x1, y1 = self.box
+        return (x1 - x0) if self.rotation % 180 else (y1 - y0)
 
 
 @lru_cache(maxsize=1)
@@ -160,5 +167,5 @@ def read_words(grey: np.ndarray, settings: OcrSettings | None = None) -> list[Wo
                     x0, y0, x1, y1 = _unrotate(box, k, big.shape[0], big.shape[1])
                     frame_box = (int(np.floor(x0 / s)), int(np.floor(y0 / s)),
                                  int(np.ceil(x1 / s)), int(np.ceil(y1 / s)))
-                    words.append(Word(text, conf, frame_box))
+                    words.append(Word(text, conf, frame_box, rotation))
     return words

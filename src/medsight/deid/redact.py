@@ -29,6 +29,7 @@ from medsight.deid.regions import DEFAULT_REGIONS, TextRegion, regions_for
 
 OUTPUT_SYNTAX = ExplicitVRLittleEndian
 CLEAN_PIXEL_CODE = ("113101", "Clean Pixel Data Option")
+MAX_TEXT_HEIGHT = 0.1  # share of the frame's short side: taller "words" are layout analysis reading texture
 STATIC_TOLERANCE = 8  # grey levels a "static" pixel may vary across frames (lossy compression noise)
 
 
@@ -143,8 +144,10 @@ class _Redactor:
         return out
 
     def hits(self, words: list[tuple[int, Word]]) -> list[tuple[int, Word]]:
-        """Words to fill: anything read with some confidence that has a letter or digit."""
-        return [(i, w) for i, w in words if w.conf >= self.o.min_conf and w.n_alnum >= 1 and self.is_static(w.box)]
+        """Words to fill: read with some confidence, with a letter or digit, of a text-like height, static."""
+        tallest = MAX_TEXT_HEIGHT * min(self.h, self.w)
+        return [(i, w) for i, w in words if w.conf >= self.o.min_conf and w.n_alnum >= 1
+                and w.text_height <= tallest and self.is_static(w.box)]
 
     def readable(self, words: list[tuple[int, Word]]) -> list[tuple[int, Word]]:
         """Words that fail the verification: >= min_chars letters/digits read with confidence >= verify_conf."""
@@ -170,7 +173,7 @@ def _ranges(frames: list[int]) -> str:
 def _method(options: RedactOptions, n_regions: int) -> str:
     detect = "OCR" if options.use_ocr else "region table only"
     return (f"{detect}; {n_regions} known region box(es) blanked first; {options.ocr.describe()}; words with "
-            f"confidence >= {options.min_conf:g} filled (padded {options.pad} px + 20% of height) in every frame; "
+            f"confidence >= {options.min_conf:g} and letters <= {MAX_TEXT_HEIGHT:g} of the short side filled (padded {options.pad} px + 20% of height) in every frame; "
             f"verified: no word of >= {options.min_chars} letters/digits read at confidence >= "
             f"{options.verify_conf:g} after at most {options.rounds} round(s); multi-frame: only words over pixels "
             f"that are static across frames (+-{STATIC_TOLERANCE}) count as text")
