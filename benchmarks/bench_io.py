@@ -127,6 +127,41 @@ def bench(folder: Path, repeats: int) -> dict:
     return {"times": times, "same": same, "mem": mem}
 
 
+def _import_ms(args: list[str]) -> float:
+    """Self-reported import time of a command (sum of the top-level entries of ``python -X importtime``), ms."""
+    err = subprocess.run([sys.executable, "-X", "importtime", "-c", _CLI, *args], capture_output=True,
+                         text=True).stderr
+    total = 0
+    for line in err.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            _, cumulative, name = line.split("|")
+            if not name.startswith("  ") and cumulative.strip().isdigit():
+                total += int(cumulative)
+    return total / 1000
+
+
+_CLI = "import sys\nfrom medsight.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass"
+
+
+def startup(files: dict[str, Path], repeats: int) -> list[tuple[str, float, float, float]]:
+    """(command, median wall s, median wall s of a bare interpreter, median import ms) per command."""
+    cmds = {"medsight --help": ["--help"]}
+    cmds.update({f"medsight info ({kind})": ["-q", "info", "--json", str(p)] for kind, p in files.items()})
+    wall: dict[str, list[float]] = {c: [] for c in cmds}
+    bare: list[float] = []
+    imp: dict[str, list[float]] = {c: [] for c in cmds}
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - t)
+        for c, a in cmds.items():
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", _CLI, *a], check=True, capture_output=True)
+            wall[c].append(time.perf_counter() - t)
+            imp[c].append(_import_ms(a))
+    return [(c, median(wall[c]), median(bare), median(imp[c])) for c in cmds]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--slices", type=int, nargs="+", default=[200, 500])
@@ -153,11 +188,20 @@ def main() -> None:
                                                                   for r in READERS), flush=True)
                 for p in folder.iterdir():
                     p.unlink()
+        files = {"one CT slice, DICOM": write_series(Path(tmp) / "one", 1)[0]}
+        from medsight.image import Geometry, Image
+        from medsight.io.nifti import write_nifti
+
+        files["NIfTI"] = write_nifti(Image(np.zeros((64, 64, 32), np.int16), Geometry.identity(3)),
+                                     Path(tmp) / "a.nii.gz")
+        start = startup(files, args.repeats)
+        for c, w, b, i in start:
+            print(f"{c}: {w:.3f} s wall (bare interpreter {b:.3f} s), imports {i:.0f} ms", flush=True)
     if not args.no_record:
-        record_section("io", _markdown(rows, args))
+        record_section("io", _markdown(rows, args, start))
 
 
-def _markdown(rows: list, args: argparse.Namespace) -> str:
+def _markdown(rows: list, args: argparse.Namespace, start: list) -> str:
     lines = [
         "## io: DICOM series reading, medsight vs SimpleITK vs a pydicom loop",
         "",
@@ -189,6 +233,13 @@ def _markdown(rows: list, args: argparse.Namespace) -> str:
     for syntax, n, _, res in rows:
         lines.append(f"- runs {syntax} {n} (s): " + "; ".join(
             f"{r} " + ", ".join(f"{t:.3f}" for t in res["times"][r]) for r in READERS))
+    lines += ["", "### Start-up (`medsight --help`, `medsight info FILE`)", "",
+              f"Each command in a fresh interpreter, median of n={args.repeats}; 'imports' is the sum of the "
+              "top-level entries of `python -X importtime` (everything the command imports, medsight included), "
+              "'overhead' the wall time minus a bare `python -c pass`. No command here imports torch, MONAI, "
+              "SimpleITK, pandas or matplotlib (tests/cli/test_startup.py).", "",
+              "| command | wall (s) | overhead over a bare interpreter (s) | imports (ms) |", "|---|---|---|---|"]
+    lines += [f"| `{c}` | {w:.3f} | {w - b:.3f} | {i:.0f} |" for c, w, b, i in start]
     return "\n".join(lines)
 
 
