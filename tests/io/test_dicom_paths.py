@@ -124,12 +124,12 @@ def test_damaged_frame_in_a_compressed_series_names_its_file(tmp_path: Path, tem
                                                              monkeypatch) -> None:
     from pydicom.encaps import encapsulate
 
-    from medsight.errors import MedsightError
+    from medsight.errors import CorruptFileError
 
     paths = write_series(tmp_path, 6, "rle")
     ds = pydicom.dcmread(paths[3])
     ds.PixelData = encapsulate([b"\x01\x00\x00\x00" + b"\x00" * 60 + b"\x05garbage"])  # a bad RLE segment table
     ds.save_as(paths[3])
     monkeypatch.setattr(decode_mod, "DECODE_THREADS", threads)
-    with pytest.raises(MedsightError, match=paths[3].name):
+    with pytest.raises(CorruptFileError, match=paths[3].name + ": pixel data could not be decoded"):
         read_dicom(tmp_path)
