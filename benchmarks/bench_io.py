@@ -113,18 +113,55 @@ def check_same(results: dict) -> str:
 def bench(folder: Path, repeats: int) -> dict:
     funcs = {"medsight": read_medsight, "simpleitk": read_simpleitk, "pydicom": read_pydicom}
     times: dict[str, list[float]] = {r: [] for r in READERS}
+    cpu: dict[str, list[float]] = {r: [] for r in READERS}
     results = {r: funcs[r](folder) for r in READERS}  # warm-up (imports, page cache) and the equality check
     same = check_same(results)
     del results
     for rep in range(repeats):
         order = READERS[rep % 3:] + READERS[:rep % 3]
         for r in order:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = funcs[r](folder)
             times[r].append(time.perf_counter() - t)
+            cpu[r].append(time.process_time() - c)  # all threads of the process (ITK's and ours)
             del out
     mem = {r: peak_memory(r, folder) for r in READERS}
-    return {"times": times, "same": same, "mem": mem}
+    return {"times": times, "cpu": cpu, "same": same, "mem": mem}
+
+
+def _import_ms(args: list[str]) -> float:
+    """Self-reported import time of a command (sum of the top-level entries of ``python -X importtime``), ms."""
+    err = subprocess.run([sys.executable, "-X", "importtime", "-c", _CLI, *args], capture_output=True,
+                         text=True).stderr
+    total = 0
+    for line in err.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            _, cumulative, name = line.split("|")
+            if not name.startswith("  ") and cumulative.strip().isdigit():
+                total += int(cumulative)
+    return total / 1000
+
+
+_CLI = "import sys\nfrom medsight.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass"
+
+
+def startup(files: dict[str, Path], repeats: int) -> list[tuple[str, float, float, float]]:
+    """(command, median wall s, median wall s of a bare interpreter, median import ms) per command."""
+    cmds = {"medsight --help": ["--help"]}
+    cmds.update({f"medsight info ({kind})": ["-q", "info", "--json", str(p)] for kind, p in files.items()})
+    wall: dict[str, list[float]] = {c: [] for c in cmds}
+    bare: list[float] = []
+    imp: dict[str, list[float]] = {c: [] for c in cmds}
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - t)
+        for c, a in cmds.items():
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", _CLI, *a], check=True, capture_output=True)
+            wall[c].append(time.perf_counter() - t)
+            imp[c].append(_import_ms(a))
+    return [(c, median(wall[c]), median(bare), median(imp[c])) for c in cmds]
 
 
 def main() -> None:
@@ -148,47 +185,68 @@ def main() -> None:
                 res = bench(folder, args.repeats)
                 med = {r: median(res["times"][r]) for r in READERS}
                 rows.append((syntax, n, med, res))
-                print(f"{syntax} {n}: " + ", ".join(f"{r} {med[r]:.3f} s" for r in READERS)
+                print(f"{syntax} {n}: " + ", ".join(f"{r} {med[r]:.3f} s (CPU {median(res['cpu'][r]):.3f} s)"
+                                                    for r in READERS)
                       + f"; {res['same']}; peak MiB " + ", ".join(f"{r} {res['mem'][r]['peak_mib']:.0f}"
                                                                   for r in READERS), flush=True)
                 for p in folder.iterdir():
                     p.unlink()
+        files = {"one CT slice, DICOM": write_series(Path(tmp) / "one", 1)[0]}
+        from medsight.image import Geometry, Image
+        from medsight.io.nifti import write_nifti
+
+        files["NIfTI"] = write_nifti(Image(np.zeros((64, 64, 32), np.int16), Geometry.identity(3)),
+                                     Path(tmp) / "a.nii.gz")
+        start = startup(files, args.repeats)
+        for c, w, b, i in start:
+            print(f"{c}: {w:.3f} s wall (bare interpreter {b:.3f} s), imports {i:.0f} ms", flush=True)
     if not args.no_record:
-        record_section("io", _markdown(rows, args))
+        record_section("io", _markdown(rows, args, start))
 
 
-def _markdown(rows: list, args: argparse.Namespace) -> str:
+def _markdown(rows: list, args: argparse.Namespace, start: list) -> str:
     lines = [
         "## io: DICOM series reading, medsight vs SimpleITK vs a pydicom loop",
         "",
         machine_line() + " The machine was shared with other engineers' jobs (2 cores, loaded): absolute times "
-        "are noisy, the ratios come from interleaved repeats in one process.",
+        "are noisy (SimpleITK's multi-threaded reader suffers most), the ratios come from interleaved repeats in one "
+        "process; CPU time (all threads of the process) is the steadier figure.",
         "",
         f"Command: `nice -n 10 .venv/bin/python benchmarks/bench_io.py --slices {' '.join(map(str, args.slices))} "
         f"--compressed-slices {args.compressed_slices} --repeats {args.repeats}`",
         "",
         "Series generated from pydicom-data's 693_UNCI.dcm (512x512 int16 CT, 1.25 mm apart, shuffled file names; "
-        "compressed series reuse 16 encoded planes). Time to read the whole series into an array with its geometry, "
+        "compressed series reuse 16 encoded planes). Time to read the whole series into an array with its geometry "
+        "(wall and CPU), "
         f"median of n={args.repeats} interleaved repeats, files in the page cache. Peak memory: peak RSS growth of "
         "a fresh process reading the series once (libraries imported before), in MiB and as a multiple of the "
         "volume's size.",
         "",
-        "| series | slices | medsight (s) | SimpleITK (s) | pydicom loop (s) | medsight vs SimpleITK | "
-        "medsight vs pydicom | peak memory medsight / SimpleITK / pydicom (x volume) |",
+        "| series | slices | medsight wall / CPU (s) | SimpleITK wall / CPU (s) | pydicom loop wall / CPU (s) | "
+        "SimpleITK / medsight, wall (CPU) | pydicom / medsight, wall (CPU) | "
+        "peak memory medsight / SimpleITK / pydicom (x volume) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for syntax, n, med, res in rows:
         vol = res["mem"]["medsight"]["volume_mib"]
         mem = " / ".join(f"{res['mem'][r]['peak_mib']:.0f} MiB ({res['mem'][r]['peak_mib'] / vol:.2f}x)"
                          for r in READERS)
-        lines.append(f"| {syntax} | {n} | {med['medsight']:.3f} | {med['simpleitk']:.3f} | {med['pydicom']:.3f} | "
-                     f"**{med['simpleitk'] / med['medsight']:.2f}x faster** | "
-                     f"{med['pydicom'] / med['medsight']:.2f}x | {mem} |")
+        cpu = {r: median(res["cpu"][r]) for r in READERS}
+        lines.append(f"| {syntax} | {n} | " + " | ".join(f"{med[r]:.3f} / {cpu[r]:.3f}" for r in READERS)
+                     + f" | **{med['simpleitk'] / med['medsight']:.2f}x** ({cpu['simpleitk'] / cpu['medsight']:.2f}x)"
+                     f" | {med['pydicom'] / med['medsight']:.2f}x ({cpu['pydicom'] / cpu['medsight']:.2f}x) | {mem} |")
     lines += ["", "Every run checked: " + rows[0][3]["same"] + " (voxels equal element by element; spacing and "
               "origin to 1e-4 mm).", ""]
     for syntax, n, _, res in rows:
         lines.append(f"- runs {syntax} {n} (s): " + "; ".join(
             f"{r} " + ", ".join(f"{t:.3f}" for t in res["times"][r]) for r in READERS))
+    lines += ["", "### Start-up (`medsight --help`, `medsight info FILE`)", "",
+              f"Each command in a fresh interpreter, median of n={args.repeats}; 'imports' is the sum of the "
+              "top-level entries of `python -X importtime` (everything the command imports, medsight included), "
+              "'overhead' the wall time minus a bare `python -c pass`. No command here imports torch, MONAI, "
+              "SimpleITK, pandas or matplotlib (tests/cli/test_startup.py).", "",
+              "| command | wall (s) | overhead over a bare interpreter (s) | imports (ms) |", "|---|---|---|---|"]
+    lines += [f"| `{c}` | {w:.3f} | {w - b:.3f} | {i:.0f} |" for c, w, b, i in start]
     return "\n".join(lines)
 
 

@@ -117,3 +117,19 @@ def test_picked_series_from_a_mixed_folder(tmp_path: Path) -> None:
     img = read_dicom(tmp_path, series_uid="1.2.3.2")
     assert img.shape[2] == 2 and img.spacing[2] == pytest.approx(3.0)
     np.testing.assert_array_equal(img.array[:, :, 1], slice_pixels(1).T.astype(np.int32) - 1024)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_damaged_frame_in_a_compressed_series_names_its_file(tmp_path: Path, template: Path, threads: int,
+                                                             monkeypatch) -> None:
+    from pydicom.encaps import encapsulate
+
+    from medsight.errors import CorruptFileError
+
+    paths = write_series(tmp_path, 6, "rle")
+    ds = pydicom.dcmread(paths[3])
+    ds.PixelData = encapsulate([b"\x01\x00\x00\x00" + b"\x00" * 60 + b"\x05garbage"])  # a bad RLE segment table
+    ds.save_as(paths[3])
+    monkeypatch.setattr(decode_mod, "DECODE_THREADS", threads)
+    with pytest.raises(CorruptFileError, match=paths[3].name + ": pixel data could not be decoded"):
+        read_dicom(tmp_path)

@@ -36,9 +36,6 @@ Conventions (see ``medsight.image``):
 
 from __future__ import annotations
 
-from __future__ import annotations
-
-import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -53,15 +50,12 @@ from medsight.errors import (
 )
 from medsight.image import Image, SourceFile
 from medsight.io.dicom.layout import SPACING_RTOL, Layout, order_series
-from medsight.io.dicom.stage import Stager, assemble
-from medsight.io.dicom.values import correct_tilt, invert_monochrome1, rescaled
 from medsight.io.dicom.provenance import SeriesInfo, provenance, text
 from medsight.io.dicom.scan import Header, group, scan
+from medsight.io.dicom.stage import Stager, assemble
+from medsight.io.dicom.values import correct_tilt, invert_monochrome1, rescaled
 
 __all__ = ["SPACING_RTOL", "DicomScan", "SeriesInfo", "list_series", "read_dicom", "scan_dicom"]
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class DicomScan:

@@ -41,6 +41,16 @@ def _j2k_greyscale(header: Header) -> np.ndarray | None:
     return frames[0] if header.n_frames == 1 else np.stack(frames)
 
 
+def _decoder_available(ts: object) -> bool:
+    """Whether pydicom has a working decoder for this transfer syntax (else a failure is not the file's fault)."""
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(str(ts)).is_available)
+    except Exception:  # unknown or unsupported syntax
+        return False
+
+
 def decode(header: Header) -> np.ndarray:
     """One file's pixels as pydicom's ``pixel_array`` gives them; decoder failures name the file."""
     fast = _j2k_greyscale(header)
@@ -53,7 +63,7 @@ def decode(header: Header) -> np.ndarray:
         arr = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         message = str(exc).lower()
-        if "decod" in message or "plugin" in message or "transfer syntax" in message:
+        if not _decoder_available(ts) and ("decod" in message or "plugin" in message or "transfer syntax" in message):
             raise UnsupportedFormatError(
                 f"transfer syntax {ts_name} ({ts}) cannot be decoded by the installed pixel handlers; convert the "
                 "file to an uncompressed syntax (e.g. `gdcmconv --raw in.dcm out.dcm`)", path) from exc

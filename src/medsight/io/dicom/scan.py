@@ -186,7 +186,6 @@ def scan(path: Path, stage: Stage | None = None, with_pixels: bool = False,
     """
     if not path.exists():
         raise InputNotFoundError("no such file or folder; check the path", path)
-
     if path.is_file():
         if stage is not None:
             stage.reserve(1)
@@ -194,17 +193,16 @@ def scan(path: Path, stage: Stage | None = None, with_pixels: bool = False,
         if header is None:
             raise UnsupportedFormatError("this is a DICOMDIR index, not an image; point at the series folder", path)
         return path, [header]
-    files: Iterable[Path] = sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith("."))
-    files = list(files)
+    files = sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith("."))
     if stage is not None:
         stage.reserve(len(files))
-    if progress:
-        if len(files) > 1:
-            from tqdm.auto import tqdm
-
-            files = tqdm(files, desc="reading DICOM", unit="file", leave=False)
     strict = lambda p: p.suffix.lower() == ".dcm"  # noqa: E731 - other files in a folder may be anything
-    parsed = _read_all(files, strict, stage) if with_pixels else (read_header(p, strict(p)) for p in files)
+    parsed: Iterable[Header | None] = (_read_all(files, strict, stage) if with_pixels
+                                       else (read_header(p, strict(p)) for p in files))
+    if progress and len(files) > 1:
+        from tqdm.auto import tqdm
+
+        parsed = tqdm(parsed, total=len(files), desc="reading DICOM", unit="file", leave=False)
     headers = [h for h in parsed if h is not None]
     if not headers:
         raise InputNotFoundError("the folder holds no DICOM files; check the path", path)

@@ -12,6 +12,7 @@ array. Anything else (colour, palette, big endian, multi-frame) is decoded after
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -81,7 +82,7 @@ class Stager:
         self.kept: list[Header] = []  # headers whose pixel bytes stay in the dataset (decoded after sorting)
         self.dropped = False
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future[None]] = []
+        self._pending: deque[Future[None]] = deque()
 
     def reserve(self, n_files: int) -> None:
         self.capacity = n_files
@@ -136,15 +137,14 @@ class Stager:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(n, thread_name_prefix="dicom-decode")
         self._pending.append(self._pool.submit(_decode_into, header, plane))
-        while sum(not f.done() for f in self._pending[-4 * n:]) >= 2 * n:  # bound the encoded bytes held
-            next(f for f in self._pending if not f.done()).result()
+        while len(self._pending) >= 2 * n:  # bound the encoded bytes held: wait for the oldest (errors surface)
+            self._pending.popleft().result()
 
     def finish(self) -> None:
         """Wait for the decoding threads; the first decoding error is raised here."""
-        pending, self._pending = self._pending, []
         try:
-            for fut in pending:
-                fut.result()
+            while self._pending:
+                self._pending.popleft().result()
         finally:
             self.close()
 
