@@ -233,10 +233,16 @@ def lesion_rows(cases: Sequence[CaseLesions], label_name: str = "lesion") -> lis
     return rows
 
 
+LESION_WORDS = ("lesion", "tumour", "tumor", "nodule", "metasta", "cancer")
+
+
+def is_lesion_name(name: str) -> bool:
+    return any(w in name.lower() for w in LESION_WORDS)
+
+
 def lesion_label(labels: Mapping[int, str]) -> dict[int, str]:
     """The lesion-like labels (name holds lesion, tumour/tumor, nodule, metastasis, cancer); every label if none."""
-    words = ("lesion", "tumour", "tumor", "nodule", "metasta", "cancer")
-    found = {k: v for k, v in labels.items() if any(w in v.lower() for w in words)}
+    found = {k: v for k, v in labels.items() if is_lesion_name(v)}
     return found or dict(labels)
 
 

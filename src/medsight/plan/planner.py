@@ -25,6 +25,9 @@ from medsight.plan.plan import ConfigPlan, Plan
 BYTES_PER_ACTIVATION = 4 * 12  # float32 x (conv, norm, activation, their gradients and the decoder's share)
 MAX_POOLS = 5
 MIN_FEATURE = 4
+LESION_PATCH_SHARE = 0.5  # of the foreground-centred patches, the share centred on a lesion class
+LESION_OVERSAMPLE = 0.5  # foreground-centred share of all patches when lesion labels exist (nnU-Net: 0.33)
+MIN_LESION_VOXELS = 2  # a one-voxel component is more often noise than a lesion the network can resolve
 
 
 def make_plan(fp: dict[str, Any], memory_gb: float = 8.0, base_filters: int | None = None,
@@ -65,9 +68,47 @@ def make_plan(fp: dict[str, Any], memory_gb: float = 8.0, base_filters: int | No
         "2d": _config("2d", target[:2], median_shape[:2], memory_gb, base_filters, 512, 2, epochs,
                       iterations_per_epoch, network),
     }
+    post = lesion_postprocess(fp, target, reasons)
+    if post:
+        for cfg in configs.values():
+            lesion_sampling(cfg, fp, post)
     return Plan(dataset=fp["dataset"], fingerprint_sha256=fingerprint_hash(fp), channels=dict(fp["channels"]),
                 labels=dict(fp["labels"]), normalisation=norm, target_spacing=[float(v) for v in target],
-                configurations=configs, memory_gb=float(memory_gb), reasons=reasons)
+                configurations=configs, memory_gb=float(memory_gb), reasons=reasons, postprocess=post)
+
+
+def lesion_sampling(cfg: ConfigPlan, fp: dict[str, Any], post: dict[str, Any]) -> None:
+    """Small rare lesions need their own share of patches: half of the patches are foreground-centred, and half of
+    those go to the lesion classes (class drawn first, then a case holding it), the rest split over the others."""
+    lesions = set(post["lesion_labels"])
+    others = [str(v) for v in fp["labels"].values() if int(v) != 0 and str(v) not in lesions]
+    share = {c: LESION_PATCH_SHARE / len(lesions) for c in lesions}
+    share.update({c: (1.0 - LESION_PATCH_SHARE) / len(others) for c in others} if others else {})
+    cfg.class_sampling = {c: round(v, 4) for c, v in sorted(share.items())}
+    cfg.foreground_oversample = max(cfg.foreground_oversample, LESION_OVERSAMPLE)
+    cfg.reasons.append(f"lesion labels present: {cfg.foreground_oversample:g} of patches foreground-centred, class "
+                       f"drawn first with shares {cfg.class_sampling} (a lesion in few cases and voxels is otherwise "
+                       "almost never at a patch centre)")
+
+
+def lesion_postprocess(fp: dict[str, Any], target: np.ndarray, reasons: list[str]) -> dict[str, Any]:
+    """Which labels are lesions (measured in lesions.csv) and the smallest component kept: MIN_LESION_VOXELS voxels
+    at the target spacing, or half the smallest training lesion when the fingerprint knows a larger one."""
+    from medsight.metrics.lesions import is_lesion_name
+
+    named = {int(v): str(k) for k, v in fp["labels"].items() if int(v) != 0 and is_lesion_name(str(k))}
+    if not named:  # no label named like a lesion: nothing is measured as lesions
+        reasons.append("no label is named lesion/tumour/nodule/metastasis: no lesion table")
+        return {}
+    voxel_ml = float(np.prod(target)) / 1000.0
+    floor = MIN_LESION_VOXELS * voxel_ml
+    smallest = [float(fp.get("class_volume_ml", {}).get(n, {}).get("min", 0.0)) for n in named.values()]
+    known = [v for v in smallest if v > 0]
+    min_ml = max(floor, 0.5 * min(known)) if known else floor
+    reasons.append(f"lesion labels {named}: components under {min_ml:.4g} ml dropped ({MIN_LESION_VOXELS} voxels at "
+                   "the target spacing, or half the smallest training lesion if larger)")
+    return {"lesion_labels": {str(k): v for k, v in named.items()}, "min_lesion_volume_ml": round(min_ml, 6),
+            "refer_mean_probability_below": 0.6, "refer_mean_entropy_above": 0.6}
 
 
 def _topology(patch: list[int], spacing: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:

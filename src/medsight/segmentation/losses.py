@@ -1,4 +1,7 @@
-"""Dice + cross-entropy (MONAI's DiceCELoss) with nnU-Net-style deep-supervision weighting."""
+"""Dice + cross-entropy (MONAI's DiceCELoss) with nnU-Net-style deep-supervision weighting.
+
+Dice is over the foreground classes only (nnU-Net's ``do_bg=False``): the background's Dice is near 1 from the
+first iterations and, kept in the mean, only dilutes the gradient of a small class such as a lesion by 1/C."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ class DeepSupervisionLoss(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5,
+                               include_background=False)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``output`` is (B, C, *S) or DynUNet's stack (B, heads+1, C, *S); ``target`` is (B, 1, *S) int."""

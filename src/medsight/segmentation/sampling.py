@@ -70,18 +70,41 @@ def crop(sample: Sample, center: np.ndarray, patch: list[int], dims: int) -> tup
     return out_img, out_lab
 
 
+def class_first_center(samples: list[Sample], cfg: ConfigPlan, rng: np.random.Generator
+                       ) -> tuple[Sample, np.ndarray] | None:
+    """A foreground-centred draw by the plan's ``class_sampling``: the class first (by its planned share), then a
+    case holding it, then one of its voxels, so a lesion present in few cases and few voxels still gets its share
+    of patches. (nnU-Net's rule, used when the plan has no ``class_sampling``, draws the case first and then one
+    of its classes uniformly: a lesion in 40% of cases gets 40% of its nominal share.)"""
+    weights = {int(c): float(w) for c, w in cfg.class_sampling.items()
+               if float(w) > 0 and any(int(c) in s.fg for s in samples)}
+    if not weights:
+        return None
+    classes = sorted(weights)
+    p = np.asarray([weights[c] for c in classes])
+    c = classes[int(rng.choice(len(classes), p=p / p.sum()))]
+    holders = [s for s in samples if c in s.fg]
+    s = holders[int(rng.integers(len(holders)))]
+    return s, s.fg[c][int(rng.integers(len(s.fg[c])))]
+
+
 def batch(samples: list[Sample], cfg: ConfigPlan, rng: np.random.Generator, do_augment: bool = True
            ) -> tuple[torch.Tensor, torch.Tensor]:
     imgs, labs = [], []
     n_forced = max(1, int(round(cfg.batch_size * cfg.foreground_oversample)))
     for b in range(cfg.batch_size):
-        s = samples[int(rng.integers(len(samples)))]
-        if b >= cfg.batch_size - n_forced and s.fg:
-            classes = sorted(s.fg)
-            locs = s.fg[classes[int(rng.integers(len(classes)))]]
-            center = locs[int(rng.integers(len(locs)))]
+        forced = b >= cfg.batch_size - n_forced
+        drawn = class_first_center(samples, cfg, rng) if forced and cfg.class_sampling else None
+        if drawn is not None:
+            s, center = drawn
         else:
-            center = np.array([int(rng.integers(n)) for n in s.label.shape])
+            s = samples[int(rng.integers(len(samples)))]
+            if forced and s.fg:
+                classes = sorted(s.fg)
+                locs = s.fg[classes[int(rng.integers(len(classes)))]]
+                center = locs[int(rng.integers(len(locs)))]
+            else:
+                center = np.array([int(rng.integers(n)) for n in s.label.shape])
         img, lab = crop(s, center, cfg.patch_size, cfg.spatial_dims)
         if do_augment:
             img, lab = augment(img, lab, rng)
