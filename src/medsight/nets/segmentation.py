@@ -21,6 +21,7 @@ def deep_supervision_heads(cfg: ConfigPlan) -> int:
 
 def build_model(cfg: ConfigPlan, in_channels: int, out_channels: int) -> nn.Module:
     """A freshly initialised network for ``cfg``; weights are seeded by the caller's torch seed."""
+    in_channels = in_channels * (2 * cfg.context_slices + 1)  # 2.5D: neighbouring slices are channels
     if cfg.network == "dynunet":
         from monai.networks.nets import DynUNet
 

@@ -49,12 +49,19 @@ def tqdm_bar(it, desc: str, **kw):
     return tqdm(it, desc=desc, leave=False, **kw)
 
 
-def crop(sample: Sample, center: np.ndarray, patch: list[int], dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """Patch of ``patch`` size centred at ``center`` (3D index); 2D takes the slice ``center[2]``. Zero-padded."""
+def context_indices(z: int, context: int, n: int) -> list[int]:
+    """Slices z-context..z+context, clamped to the volume (the edge slice repeats)."""
+    return [min(max(z + d, 0), n - 1) for d in range(-context, context + 1)]
+
+
+def crop(sample: Sample, center: np.ndarray, patch: list[int], dims: int, context: int = 0
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Patch of ``patch`` size centred at ``center`` (3D index); 2D takes the slice ``center[2]`` (2.5D also its
+    ``context`` neighbours on each side, edge slices repeated, as channels: slice-major). Zero-padded."""
     img, lab = sample.image, sample.label
     if dims == 2:
         z = int(center[2])
-        img, lab = img[..., z], lab[..., z]
+        img, lab = np.concatenate([img[..., k] for k in context_indices(z, context, img.shape[-1])]), lab[..., z]
         center = center[:2]
     shape = np.asarray(lab.shape)
     p = np.asarray(patch)
@@ -105,7 +112,7 @@ def batch(samples: list[Sample], cfg: ConfigPlan, rng: np.random.Generator, do_a
                 center = locs[int(rng.integers(len(locs)))]
             else:
                 center = np.array([int(rng.integers(n)) for n in s.label.shape])
-        img, lab = crop(s, center, cfg.patch_size, cfg.spatial_dims)
+        img, lab = crop(s, center, cfg.patch_size, cfg.spatial_dims, cfg.context_slices)
         if do_augment:
             img, lab = augment(img, lab, rng)
         imgs.append(img)
