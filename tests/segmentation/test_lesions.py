@@ -46,7 +46,8 @@ def test_box_lesion_volume_diameter_centroid_in_world_space() -> None:
     row = table.rows[0]
     assert row["volume_ml"] == pytest.approx(24 * 0.5 * 2.0 * 3.0 / 1000)
     # corner-to-corner distance between voxel centres; a rotation does not change lengths
-    assert row["longest_diameter_mm"] == pytest.approx(np.sqrt((3 * 0.5) ** 2 + (2 * 2.0) ** 2 + (1 * 3.0) ** 2), abs=1e-3)
+    diagonal = np.sqrt((3 * 0.5) ** 2 + (2 * 2.0) ** 2 + (1 * 3.0) ** 2)
+    assert row["longest_diameter_mm"] == pytest.approx(diagonal, abs=1e-3)
     centre_index = np.array([3.5, 4.0, 1.5])
     want = np.asarray(ORIGIN) + GEOM.direction_matrix @ (np.asarray(SPACING) * centre_index)
     assert [row["centroid_l_mm"], row["centroid_p_mm"], row["centroid_s_mm"]] == pytest.approx(want, abs=1e-3)

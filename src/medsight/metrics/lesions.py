@@ -126,7 +126,8 @@ def case_lesions(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[
     out = CaseLesions(case_id, patient_id or case_id)
     for j in range(n_r):
         i = by_ref.get(j)
-        out.ref.append({"id": j + 1, "volume_ml": float(size_r[j]) * voxel_ml, "matched_pred": 0 if i is None else i + 1,
+        out.ref.append({"id": j + 1, "volume_ml": float(size_r[j]) * voxel_ml,
+                        "matched_pred": 0 if i is None else i + 1,
                         "iou": 0.0 if i is None else float(iou[i, j]),
                         "dice": 0.0 if i is None else 2.0 * float(inter[i, j]) / float(size_p[i] + size_r[j])})
     for i in range(n_p):

@@ -72,9 +72,9 @@ def make_plan(fp: dict[str, Any], memory_gb: float = 8.0, base_filters: int | No
         "2d": _config("2d", target[:2], median_shape[:2], memory_gb, base_filters, 512, 2, epochs,
                       iterations_per_epoch, network),
     }
+    why_25d = f"2.5D: the 2D network sees {CONTEXT_SLICES} neighbouring slices on each side as extra channels"
     configs["2.5d"] = replace(configs["2d"], name="2.5d", context_slices=CONTEXT_SLICES,
-                              reasons=configs["2d"].reasons + [f"2.5D: the 2D network sees {CONTEXT_SLICES} neighbouring "
-                                                               "slices on each side as extra channels"])
+                              reasons=configs["2d"].reasons + [why_25d])
     default, why = choose_configuration(target, median_shape)
     reasons.append(f"default configuration {default}: {why}")
     post = lesion_postprocess(fp, target, reasons)

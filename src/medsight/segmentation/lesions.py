@@ -119,7 +119,8 @@ def measure_lesions(labels: np.ndarray, probabilities: np.ndarray, geometry: Geo
             mean_p, mean_e = float(p.mean()), float(ent[box][mask].mean())
             decision = policy.decide({"low_confidence": 1.0 - mean_p, "high_uncertainty": mean_e})
             table.rows.append({
-                "lesion_id": len(table.rows) + 1, "label": name, "volume_ml": round(volume, 6), "n_voxels": int(sizes[k]),
+                "lesion_id": len(table.rows) + 1, "label": name, "volume_ml": round(volume, 6),
+                "n_voxels": int(sizes[k]),
                 "longest_diameter_mm": round(longest_diameter_mm(mask, sub), 3),
                 **{f"centroid_{a}_mm": round(float(c), 3) for a, c in zip("lps", centroid)},
                 "mean_probability": round(mean_p, 4), "max_probability": round(float(p.max()), 4),
