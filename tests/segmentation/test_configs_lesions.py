@@ -43,6 +43,13 @@ def test_25d_crop_stacks_clamped_neighbour_slices_as_channels() -> None:
     x, y = crop(Sample(img, lab, {}), np.array([3, 2, 0]), [6, 5], dims=2, context=2)
     want = np.concatenate([img[..., k] for k in (0, 0, 0, 1, 2)])  # z = 0: two slices below repeat the edge
     assert x.shape == (10, 6, 5) and np.array_equal(x, want) and (y == 7).all()
+    # prediction stacks whole slices the same way as training crops them
+    from medsight.segmentation.sampling import slice_stack
+
+    stacked = slice_stack(torch.from_numpy(img).permute(3, 0, 1, 2), 2).numpy()
+    for z in range(4):
+        x, _ = crop(Sample(img, lab, {}), np.array([3, 2, z]), [6, 5], dims=2, context=2)
+        assert np.array_equal(stacked[z], x)
 
 
 def test_class_first_sampling_gives_the_lesion_its_planned_share() -> None:

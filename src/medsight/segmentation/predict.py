@@ -14,7 +14,7 @@ from medsight.data.preprocess import preprocess_image
 from medsight.image import Image
 from medsight.segmentation.ensemble import average, load_models
 from medsight.segmentation.lesions import LesionTable, load_policy, measure_lesions, write_lesion_table
-from medsight.segmentation.sampling import context_indices
+from medsight.segmentation.sampling import slice_stack
 from medsight.segmentation.postprocess import entropy, labels_from_probabilities, to_input_grid
 from medsight.segmentation.sliding import sliding_window, timed_predictor
 from medsight.segmentation.tta import mirrored_softmax
@@ -54,8 +54,7 @@ class Predictor:
         if self.cfg.spatial_dims == 2:  # slices along the last axis become the batch
             x = x[0].permute(3, 0, 1, 2)
             if self.cfg.context_slices:  # 2.5D: each slice with its neighbours as channels, as in training
-                x = torch.cat([x[context_indices(z, self.cfg.context_slices, x.shape[0])].reshape(1, -1, *x.shape[2:])
-                               for z in range(x.shape[0])])
+                x = slice_stack(x, self.cfg.context_slices)
         probs, net_seconds = [], 0.0
         for net in self.models:
             timed_net = timed_predictor(net)  # only the network's forward passes count as network time

@@ -54,6 +54,13 @@ def context_indices(z: int, context: int, n: int) -> list[int]:
     return [min(max(z + d, 0), n - 1) for d in range(-context, context + 1)]
 
 
+def slice_stack(slices: torch.Tensor, context: int) -> torch.Tensor:
+    """(Z, C, X, Y) slices -> (Z, C * (2 context + 1), X, Y): each slice with its neighbours as channels, in the
+    order ``crop`` gives them in training (slice-major)."""
+    n = slices.shape[0]
+    return torch.cat([slices[context_indices(z, context, n)].reshape(1, -1, *slices.shape[2:]) for z in range(n)])
+
+
 def crop(sample: Sample, center: np.ndarray, patch: list[int], dims: int, context: int = 0
          ) -> tuple[np.ndarray, np.ndarray]:
     """Patch of ``patch`` size centred at ``center`` (3D index); 2D takes the slice ``center[2]`` (2.5D also its
