@@ -88,3 +88,24 @@ def test_25d_predictor_runs_on_a_volume(tmp_path) -> None:
     pred = Predictor(tmp_path, mirror=False).predict(image)
     assert pred.labels.array.shape == (16, 16, 12) and pred.probabilities.shape == (4, 16, 16, 12)
     assert np.allclose(pred.probabilities.sum(0), 1.0, atol=1e-4)
+
+
+def test_balanced_cross_entropy_weights_by_inverse_sqrt_frequency() -> None:
+    import torch.nn.functional as F
+    from monai.losses import DiceLoss
+
+    from medsight.segmentation.losses import DeepSupervisionLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6, 6, 4)
+    target = torch.zeros(2, 1, 6, 6, 4, dtype=torch.long)
+    target[:, :, :3] = 1
+    target[:, :, 3:5] = 2
+    target[0, 0, 5, 0, 0] = 3  # one lesion voxel of 288
+    n = np.array([(target == c).sum().item() for c in range(4)], float)
+    w = np.clip(np.sqrt(n.max() / n), 1, 30)
+    want = (DiceLoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5,
+                     include_background=False)(logits, target)
+            + F.cross_entropy(logits, target[:, 0], weight=torch.tensor(w, dtype=torch.float32)))
+    assert DeepSupervisionLoss(balanced_ce=True)(logits, target).item() == pytest.approx(want.item(), rel=1e-5)
+    assert w[3] == pytest.approx(np.sqrt(n[1] / 1))  # the lesion's weight, worked by hand
