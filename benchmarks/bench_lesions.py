@@ -95,9 +95,9 @@ def run_once(out: Path, profile: str, seed: int, train_seconds: float, epochs: i
     return res
 
 
-def _median(rows: list[dict[str, Any]], key: str) -> str:
+def _median(rows: list[dict[str, Any]], key: str, digits: int = 3) -> str:
     vals = [r[key] for r in rows if r.get(key) is not None and not np.isnan(r[key])]
-    return f"{statistics.median(vals):.3f}" if vals else "n/a"
+    return f"{statistics.median(vals):.{digits}f}" if vals else "n/a"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -109,7 +109,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for prof, cfg in keys:
         rs = [r for r in rows if r["profile"] == prof and r["config"] == cfg]
         lines.append(
-            f"| {prof} | {cfg} | {','.join(str(r['seed']) for r in rs)} | {_median(rs, 'train_seconds')} | "
+            f"| {prof} | {cfg} | {','.join(str(r['seed']) for r in rs)} | {_median(rs, 'train_seconds', 0)} | "
             f"{rs[0]['epochs_done']}/{rs[0]['epochs_planned']} x {rs[0]['iterations_per_epoch']} | "
             f"{_median(rs, 'held_out_dice_lesion')} ({rs[0]['held_out_lesion_cases']}) | "
             f"{_median(rs, 'held_out_lesion_sensitivity')} / {_median(rs, 'held_out_lesion_fp_per_case')} | "
