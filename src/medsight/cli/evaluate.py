@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from medsight import __version__
+from medsight.cli.evaluate_lesions import lesion_options
 
 
 def _quiet(ctx: click.Context) -> bool:
@@ -67,6 +68,7 @@ def evaluate() -> None:
 @click.option("--alpha", default=0.05, show_default=True, help="1 - confidence level of the intervals.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.pass_context
+@lesion_options
 def seg(ctx: click.Context, pred_dir: Path, ref_dir: Path, labels_text: str | None, tol: float,
         manifest: Path | None, group_by: tuple[str, ...], min_cases: int, out_dir: Path | None, n_boot: int,
         alpha: float, seed: int) -> None:

@@ -10,7 +10,7 @@ import click
 
 @click.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
-@click.option("--config", "config", type=click.Choice(["2d", "3d"]), default="3d", show_default=True)
+@click.option("--config", "config", type=click.Choice(["2d", "2.5d", "3d"]), default="3d", show_default=True)
 @click.option("--fold", default="0", show_default=True, help="Fold number 0-4, 'all' (train on every case) or 'cv' "
               "(all five folds in turn).")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path), default=None,

@@ -94,6 +94,7 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     unseen = [c.case_id for c in ds.cases if c.site == UNSEEN_SITE]
     targets = [(cid, "held_out") for cid in fold["val"]] + [(cid, "unseen_site") for cid in unseen]
     rows: list[dict[str, Any]] = []
+    lesion_cases: dict[str, list[Any]] = {"held_out": [], "unseen_site": []}
     seconds = []
     items = targets
     if not ctx.quiet:
@@ -111,6 +112,7 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
         evidence += _evidence(image, pred, ref, ds.labels, written, pred_dir / f"{cid}_evidence.png", evidence)
         for m in _metrics(pred.labels.array, ref, image.spacing, ds.foreground):
             rows.append({"case_id": cid, "group": group, "site": case.site, **m})
+        lesion_cases[group] += _lesion_cases(pred, ref, image.spacing, ds.foreground, cid, case.patient_id)
     timings["predict_evaluate_s"] = time.perf_counter() - t
     table = out / "segmentation" / "metrics.csv"
     _write_csv(table, rows)
@@ -138,7 +140,38 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
             result[f"{group}_dice_{name}"] = round(float(np.mean(vals)), 4) if vals else None
     result["held_out_dice_gm_wm_mean"] = round(float(np.mean([result["held_out_dice_grey_matter"],
                                                               result["held_out_dice_white_matter"]])), 4)
+    result.update(_lesion_summary(lesion_cases, out / "segmentation", ctx.seed))
+    ctx.paths["seg_lesions"] = out / "segmentation" / "lesion_summary.json"
     return result
+
+
+def _lesion_cases(pred: Any, ref: np.ndarray, spacing: tuple[float, ...], labels: dict[int, str], cid: str,
+                  patient: str) -> list[Any]:
+    """Lesion-wise matching of one case for each lesion label, scored by the lesion probability (for FROC)."""
+    from medsight.metrics.lesions import case_lesions, is_lesion_name
+
+    return [case_lesions(pred.labels.array == k, ref == k, spacing, cid, patient, pred.probabilities[k])
+            for k, name in labels.items() if is_lesion_name(name)]
+
+
+def _lesion_summary(cases: dict[str, list[Any]], out: Path, seed: int) -> dict[str, Any]:
+    """Lesion-wise sensitivity and FPs per case for the demo table; everything else in lesion_summary.json."""
+    import json
+
+    from medsight.metrics.lesions import summarise_lesions
+
+    full, short = {}, {}
+    for group, cs in cases.items():
+        if not cs:
+            continue
+        s = summarise_lesions(cs, n_boot=200, seed=seed)
+        full[group] = s
+        m = s["metrics"]
+        for key in ("sensitivity", "fp_per_case"):  # NaN (no lesion in the group) is shown as "-"
+            v = m[key]["value"]
+            short[f"{group}_lesion_{key}"] = round(v, 4) if np.isfinite(v) else None
+    atomic_write_text(out / "lesion_summary.json", json.dumps(full, indent=2, default=float))
+    return short
 
 
 def _metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], labels: dict[int, str]) -> list[dict]:

@@ -33,7 +33,8 @@ def load_models(model_dir: str | Path, folds: list[str] | None = None) -> tuple[
         state = load_checkpoint(path)
         config = state["config"]
         cfg = plan.config(config)
-        net = build_model(cfg, len(plan.channels), len(plan.labels))
+        recorded = (state.get("summary") or {}).get("network_provenance")
+        net = build_model(cfg, len(plan.channels), len(plan.labels), recorded=recorded)
         net.load_state_dict(state["model"])
         net.eval()
         models.append(net)
