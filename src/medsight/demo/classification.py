@@ -10,6 +10,7 @@ several seeds, beside a handcrafted-feature baseline.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,10 @@ def write_scan_predictions(res: dict[str, Any], path: Path) -> Path:
     table = slices.groupby("case_id", as_index=False).agg(y_true=("y_true", "max"), prob=("prob", "max"))
     evidence = slices.sort_values(["y_true", "prob"], ascending=False).drop_duplicates("case_id")
     table = table.merge(evidence[["case_id", "image", "mask"]], on="case_id", how="left")
+    # paths relative to the table's folder: the report resolves them there, whatever the working directory
+    folder = Path(path).resolve().parent
+    for col in ("image", "mask"):
+        table[col] = [os.path.relpath(Path(p).resolve(), folder) for p in table[col]]
     atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
     return path
 

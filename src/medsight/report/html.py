@@ -41,8 +41,9 @@ def _forest_rows(section: dict[str, Any], metric_key: str, min_cases: int) -> li
         if metric_key == "auc":
             rows.append({"label": f"{c['name']} ({c['kind']})", "n": c["n"], "metric": c["auc"], "too_few": few})
         else:  # one row per label and cohort
-            rows += [{"label": f"{lab}, {c['name']}", "n": c["n"], "metric": m, "too_few": few}
-                     for lab, m in c["dice"].items()]
+            for lab, m in c["dice"].items():  # n: the cases whose reference holds the label
+                n = (c.get("dice_n") or {}).get(lab, c["n"])
+                rows.append({"label": f"{lab}, {c['name']}", "n": n, "metric": m, "too_few": n < min_cases})
     return rows
 
 
