@@ -66,16 +66,6 @@ def data_provenance(dataset: Path, manifest: pd.DataFrame, internal: str, extern
             "sites": sorted(str(s) for s in manifest.get("site", pd.Series(dtype=str)).dropna().unique())}
 
 
-def model_card_of(model_dir: Path) -> dict[str, Any] | None:
-    """model_card.json beside the model, read through the registry's ModelCard when present."""
-    p = Path(model_dir) / "model_card.json"
-    if not p.is_file():
-        return None
-    from medsight.package.model_card import ModelCard
-
-    return ModelCard.from_dict(__import__("json").loads(p.read_text())).to_dict()
-
-
 def _thumbnail(dataset: Path, pred_dir: Path | None, case_id: str, label: int | None) -> tuple[str | None, str]:
     """Axial slice through the reference structure with outlines; (None, why) when files are missing."""
     from medsight.io.nifti import read_nifti
