@@ -205,6 +205,14 @@ def test_every_number_in_the_html_equals_the_json(run: tuple[dict, str, Path]) -
     assert len(spans) > 100
     for path, text in spans:
         assert htmllib.unescape(text) == fmt(resolve(doc, htmllib.unescape(path))), path
+    texts = re.findall(r'<span class="txt" data-json-text="([^"]+)">([^<]*)</span>', page)
+    assert len(texts) > 30  # the model cards: text from the JSON, tagged with its path
+    for path, text in texts:
+        value = resolve(doc, htmllib.unescape(path))
+        assert htmllib.unescape(text) == (fmt(value) if value is None else str(value)), path
+    body = re.sub(r'<span class="(num|txt)"[^>]*>[^<]*</span>|src="data:[^"]*"|<script>.*?</script>', "", page,
+                  flags=re.S)
+    assert not re.findall(r">[^<]*?\b\d\.\d{3}\b[^<]*<", body)  # no number that did not come from the JSON
     for path in ("classification.operating_point.threshold", "segmentation.cohorts.0.dice_n.lesion",
                  "segmentation.cohorts.0.empty_reference.lesion.fp_rate.value"):
         assert f'data-json="{path}"' in page

@@ -83,7 +83,7 @@ def test_every_number_equals_the_json(report: tuple[Path, Path]) -> None:
     # no unlabelled decimals in the tables' cells: every 0.xxx in the body text sits in a tagged span
     body = re.sub(r'src="data:[^"]*"', "", html.read_text())
     body = re.sub(r"<script>.*?</script>", "", body, flags=re.S)
-    untagged = re.findall(r">[^<]*?\b\d\.\d{3}\b[^<]*<", re.sub(r'<span class="num"[^>]*>[^<]*</span>', "", body))
+    untagged = re.findall(r">[^<]*?\b\d\.\d{3}\b[^<]*<", re.sub(r'<span class="(num|txt)"[^>]*>[^<]*</span>', "", body))
     assert not untagged
 
 

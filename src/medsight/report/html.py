@@ -85,9 +85,14 @@ def render_html(results: ValidationResults | dict[str, Any]) -> str:
             s += Markup(" <small>(") + num(f"{path}.lo") + Markup("&ndash;") + num(f"{path}.hi") + Markup(")</small>")
         return s
 
+    def txt(path: str) -> Markup:
+        """A text value of the JSON (model card fields), tagged like numbers so that checks can find its source."""
+        v = resolve(doc, path)
+        return Markup(f'<span class="txt" data-json-text="{escape(path)}">{escape(fmt(v) if v is None else v)}</span>')
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    return env.get_template("report.html.j2").render(doc=doc, num=num, ci=ci, figs=_figures(doc),
+    return env.get_template("report.html.j2").render(doc=doc, num=num, ci=ci, txt=txt, figs=_figures(doc),
                                                      checklist=checklist_for(doc))
 
 
