@@ -91,3 +91,13 @@ def test_cis_resample_patients() -> None:
     width = lambda c: c["hi"] - c["lo"]  # noqa: E731
     assert width(clustered["auc"]) > 1.6 * width(rows["auc"])
     assert width(clustered["sensitivity"]) > 1.6 * width(rows["sensitivity"])
+
+
+def test_a_calibration_that_would_raise_validation_ece_is_not_applied() -> None:
+    """Six validation scans on which Platt's NLL optimum (T ~ 2.7) raises the 10-bin ECE (0.290 -> 0.320): the fit
+    keeps the identity and says why, so the report never shows a worse ECE where the calibration was fitted."""
+    y, z = np.array([0, 0, 1, 0, 1, 1]), np.array([-0.7, 0.2, -1.9, -0.7, 2.1, 0.2])
+    lv = fit_scan_level(y, z, "lesion")
+    assert lv.validation["ece_before"] == pytest.approx(_ece(y, 1 / (1 + np.exp(-z))))
+    assert lv.validation["ece_after"] == pytest.approx(lv.validation["ece_before"])
+    assert (lv.temperature, lv.bias) == (1.0, 0.0) and "did not lower" in lv.method

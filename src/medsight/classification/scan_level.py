@@ -119,10 +119,15 @@ def fit_scan_level(y_val: np.ndarray, scan_logits_val: np.ndarray, label: str,
         out.method = "default: the validation scans have one class, so neither calibration nor threshold is fitted"
     else:
         out.temperature, out.bias = _fit_platt(z, y)
+        calibration = "Platt scaling of the highest slice logit"
+        if expected_calibration_error(y, out.probabilities(z), n_bins=10) > expected_calibration_error(
+                y, _sigmoid(z), n_bins=10):  # NLL and ECE can disagree on few scans: never ship a worse ECE
+            out.temperature, out.bias = 1.0, 0.0
+            calibration = "no calibration (Platt scaling did not lower the validation ECE)"
         p = out.probabilities(z)
         out.threshold = float(threshold_for_sensitivity(y, p, target_sensitivity))
-        out.method = (f"Platt scaling of the highest slice logit and the highest threshold with validation "
-                      f"sensitivity >= {target_sensitivity:g}, both on {y.size} validation scans")
+        out.method = (f"{calibration} and the highest threshold with validation sensitivity >= "
+                      f"{target_sensitivity:g}, both on {y.size} validation scans")
     p0, p = _sigmoid(z), out.probabilities(z)
     pos = y == 1
     out.validation = {
