@@ -55,7 +55,7 @@ def _segmentation(root: Path) -> dict[str, Path]:
         _save(img, data / "imagesTr" / f"{cid}_0000.nii.gz")
         _save(lab, data / "labelsTr" / f"{cid}.nii.gz")
         _save(pred, preds / f"{cid}.nii.gz")
-        rows.append({"case_id": cid, "patient_id": f"p{i}", "site": site, "scanner": f"scanner_{site}",
+        rows.append({"case_id": cid, "patient_id": f"p{i}", "site": site, "scanner": f"Vendor {site} 1.5T",
                      "sex": "FM"[i % 2], "age": 30 + 4 * i})
         metrics += [{"case_id": cid, "site": site, **m}
                     for m in segmentation_metrics(pred, lab, (1.0, 1.0, 1.0), LABELS)]
@@ -205,10 +205,12 @@ def test_every_number_in_the_html_equals_the_json(run: tuple[dict, str, Path]) -
     assert len(spans) > 100
     for path, text in spans:
         assert htmllib.unescape(text) == fmt(resolve(doc, htmllib.unescape(path))), path
-    texts = re.findall(r'<span class="txt" data-json-text="([^"]+)">([^<]*)</span>', page)
+    texts = re.findall(r'<span class="txt" data-json-text="([^"]+)" data-json-keys="([^"]*)">([^<]*)</span>', page)
     assert len(texts) > 30  # the model cards: text from the JSON, tagged with its path
-    for path, text in texts:
+    for path, keys, text in texts:
         value = resolve(doc, htmllib.unescape(path))
+        for k in json.loads(htmllib.unescape(keys)):
+            value = value[int(k)] if isinstance(value, list) else value[k]
         assert htmllib.unescape(text) == (fmt(value) if value is None else str(value)), path
     body = re.sub(r'<span class="(num|txt)"[^>]*>[^<]*</span>|src="data:[^"]*"|<script>.*?</script>', "", page,
                   flags=re.S)

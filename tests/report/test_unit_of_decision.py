@@ -101,3 +101,11 @@ def test_a_calibration_that_would_raise_validation_ece_is_not_applied() -> None:
     assert lv.validation["ece_before"] == pytest.approx(_ece(y, 1 / (1 + np.exp(-z))))
     assert lv.validation["ece_after"] == pytest.approx(lv.validation["ece_before"])
     assert (lv.temperature, lv.bias) == (1.0, 0.0) and "did not lower" in lv.method
+
+
+def test_too_few_patients_for_a_ci_still_give_the_estimate() -> None:
+    """Two patients (one with all the negative scans): most patient resamples hold one class, so AUC has no CI,
+    but its value is still reported."""
+    y, p = [1] + [0] * 7, [0.7, 0.2] + [0.1] * 6
+    c = classification_cohort("t", "external", y, p, n_boot=200, groups=["a"] + ["b"] * 7)
+    assert c["auc"]["value"] == 1.0 and c["auc"]["lo"] is None and c["n_patients"] == 2

@@ -7,6 +7,7 @@ allows only inline data stops the page from reaching the network even if a futur
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,15 @@ def render_html(results: ValidationResults | dict[str, Any]) -> str:
             s += Markup(" <small>(") + num(f"{path}.lo") + Markup("&ndash;") + num(f"{path}.hi") + Markup(")</small>")
         return s
 
-    def txt(path: str) -> Markup:
-        """A text value of the JSON (model card fields), tagged like numbers so that checks can find its source."""
-        v = resolve(doc, path)
-        return Markup(f'<span class="txt" data-json-text="{escape(path)}">{escape(fmt(v) if v is None else v)}</span>')
+    def txt(base: str, *keys: Any) -> Markup:
+        """A text value of the JSON (model card fields), tagged like numbers so that checks can find its source:
+        ``base`` is a dotted path, ``keys`` follow it as they are (group names may hold dots)."""
+        v = resolve(doc, base)
+        for k in keys:
+            v = v[int(k)] if isinstance(v, list) else v[k]
+        keys_json = escape(json.dumps([str(k) for k in keys]))
+        return Markup(f'<span class="txt" data-json-text="{escape(base)}" data-json-keys="{keys_json}">'
+                      f'{escape(fmt(v) if v is None else v)}</span>')
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)

@@ -35,10 +35,15 @@ def _pr_points(y: np.ndarray, s: np.ndarray) -> dict[str, list[float]]:
 
 
 def _safe_ci(fn: Any, *arrays: Any, **kw: Any) -> dict[str, float | None]:
+    """The metric with its bootstrap CI; without a CI (too few cases or patients to resample) the point estimate
+    alone, and nothing when the metric itself is undefined."""
     try:
         return cell(*bootstrap_ci(fn, *arrays, **kw))
     except MetricError:
-        return cell(None)
+        try:
+            return cell(fn(*arrays))
+        except MetricError:
+            return cell(None)
 
 
 def classification_cohort(name: str, kind: str, y_true: Sequence[int], prob: Sequence[float],
