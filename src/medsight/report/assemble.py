@@ -171,7 +171,7 @@ def segmentation_results(per_case: pd.DataFrame, dataset: Path, labels: dict[int
         lab = int(lab_rows["label"].iloc[0])
         thumb, note = _thumbnail(dataset, pred_dir, str(cid), lab)
         cases.append({"case_id": str(cid), "cohort": str(row["cohort"]),
-                      "metric": f"mean foreground Dice (outlines: {labels.get(lab, lab)})",
+                      "metric": f"mean Dice of the labels its reference holds (outlines: {labels.get(lab, lab)})",
                       "value": float(row["dice"]), "thumbnail": thumb, "note": note})
     return ValidationResults(
         title=title, created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), min_cases=min_cases,
