@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from medsight.errors import ConfigError, InputNotFoundError
-from medsight.files import atomic_write_text
 from medsight.metrics.calibration import expected_calibration_error
 from medsight.metrics.classification import threshold_for_sensitivity
 
@@ -74,9 +73,10 @@ class ScanLevel:
         return {"format": FORMAT, **asdict(self)}
 
     def save(self, model_dir: str | Path) -> Path:
-        path = Path(model_dir) / FILE
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False))
-        return path
+        """Into the model folder: a new package version when it is a model package, else a plain file."""
+        from medsight.package.model_card import write_model_file
+
+        return write_model_file(model_dir, FILE, json.dumps(self.to_dict(), indent=2, allow_nan=False))
 
     @classmethod
     def load(cls, model_dir: str | Path) -> ScanLevel:

@@ -220,10 +220,24 @@ def build_model_card(doc: dict[str, Any], task: str, *, name: str, authored: dic
     return card
 
 
-def write_model_card(card: ModelCard, model_dir: str | Path) -> Path:
-    """Write the card as ``model_card.md`` in the model folder (atomically); returns its path."""
+def write_model_file(model_dir: str | Path, name: str, text: str) -> Path:
+    """Store a generated file in a model folder. In a model package (a ``manifest.json`` beside it) the file
+    becomes part of a new package version (``derive_package``: hashed, listed, parent recorded), since a file
+    dropped beside a package's listed files would make it fail verification; a plain folder gets an atomic write."""
     from medsight.files import atomic_write_text
 
-    path = Path(model_dir) / CARD_MD
-    atomic_write_text(path, card.to_markdown())
-    return path
+    folder = Path(model_dir)
+    if (folder / "manifest.json").is_file():
+        try:
+            from medsight.package.package import derive_package, load_package
+        except ImportError:  # a folder from a newer medsight: write beside it as a plain file
+            pass
+        else:
+            return derive_package(load_package(folder), files={name: text.encode()}).path / name
+    atomic_write_text(folder / name, text)
+    return folder / name
+
+
+def write_model_card(card: ModelCard, model_dir: str | Path) -> Path:
+    """Write the card as ``model_card.md`` in the model folder (a new package version for a package)."""
+    return write_model_file(model_dir, CARD_MD, card.to_markdown())
