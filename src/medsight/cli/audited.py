@@ -76,10 +76,10 @@ class AuditEvent:
 
     def details(self, status: int, energy: dict[str, Any] | None) -> dict[str, Any]:
         outputs = [hash_path(p) for p in self._outputs]
-        return {"command": self.command, "exit_status": status, "inputs": list(self._inputs.values()),
+        return {**self.notes, "command": self.command, "exit_status": status, "inputs": list(self._inputs.values()),
                 "outputs": [o for o in outputs if not o.get("missing")],
                 "package_id": self.package_ids[-1] if self.package_ids else None, "package_ids": self.package_ids,
-                "energy": energy, **({"notes": self.notes} if self.notes else {})}
+                "energy": energy}
 
 
 _CURRENT: contextvars.ContextVar[AuditEvent | None] = contextvars.ContextVar("medsight_audit_event", default=None)

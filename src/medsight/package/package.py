@@ -136,7 +136,8 @@ def _publish(staging: Path, dest: Path) -> None:
             os.close(fd)
 
 
-def _check_target(dest: Path) -> None:
+def check_target(dest: Path) -> None:
+    """Refuse to replace a folder that holds something other than a model package."""
     if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / MANIFEST).is_file())):
         raise ConfigError("exists and is not a model package; choose another output folder or remove it", dest)
 
@@ -157,7 +158,7 @@ def save_package(src_dir: str | Path, dest_dir: str | Path, *, task: str, name: 
         raise ConfigError(f"invalid package name {name!r}: letters, digits, '-', '_' or '.', no '@' or '/'")
     if not src.is_dir() or not any(src.iterdir()):
         raise InputNotFoundError("model folder not found or empty", src)
-    _check_target(dest)
+    check_target(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
     try:
@@ -225,8 +226,8 @@ def load_package(path_or_name: str | Path, *, allow_retired: bool = False, regis
     ref = Path(path_or_name)
     registry = Registry(registry_url, create=False)
     record = None
-    if not ref.exists() and isinstance(path_or_name, str) and "/" not in path_or_name:
-        record = registry.get(*parse_ref(path_or_name))
+    if not ref.exists() and "/" not in str(path_or_name):
+        record = registry.get(*parse_ref(str(path_or_name)))
         folder = Path(record.path)
     else:
         folder = ref
