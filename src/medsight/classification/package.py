@@ -78,7 +78,7 @@ def recalibrated_config(config: dict[str, Any], validation: dict[str, Any], cali
         return config  # argmax decisions: no thresholds to move
     target = float((config.get("training") or {}).get("target_sensitivity", 0.9))
     z = np.asarray(calibration.apply(np.asarray(validation["logits"], dtype=np.float64)))
-    prob = torch.sigmoid(torch.as_tensor(z)).numpy()
+    prob = torch.sigmoid(torch.as_tensor(z, dtype=torch.float32)).numpy()  # as predict-cls computes them
     info = choose_thresholds(np.asarray(validation["y"]), prob, config["labels"], target, calibrated=True)
     config["uncalibrated_threshold_selection"] = config.get("threshold_selection")
     config["threshold_selection"] = info
