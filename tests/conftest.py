@@ -67,6 +67,17 @@ def _one_torch_thread(request: pytest.FixtureRequest):  # noqa: ANN202 - generat
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_medsight_home(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN202 - generator fixture
+    """Commands audit and register into $MEDSIGHT_HOME: tests use a throwaway one, never the user's ~/.medsight."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDSIGHT_HOME", str(tmp_path_factory.mktemp("medsight_home")))
+    mp.delenv("MEDSIGHT_AUDIT_URL", raising=False)
+    mp.delenv("MEDSIGHT_REGISTRY_URL", raising=False)
+    yield
+    mp.undo()
+
+
 # --- external tools and services: skip locally, FAIL under CI (a broken apt-get must not turn checks off unseen) ---
 
 

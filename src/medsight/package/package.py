@@ -161,6 +161,9 @@ def save_package(src_dir: str | Path, dest_dir: str | Path, *, task: str, name: 
     check_target(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make the published package private to its writer
     try:
         shutil.copytree(src, staging, dirs_exist_ok=True, ignore=_SKIP, symlinks=False)
         manifest = build_manifest(staging, task=task, name=name, parent_id=parent_id, extra=extra)
