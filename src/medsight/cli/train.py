@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from medsight.cli.audited import audited, current_event
+
 
 @click.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
@@ -21,25 +23,33 @@ import click
 @click.option("--seed", default=0, show_default=True)
 @click.option("--sites", default=None, help="Comma-separated sites to train on (manifest 'site'); default all.")
 @click.option("--max-minutes", type=float, default=None, help="Stop after the epoch that passes this time.")
+@click.option("--name", default=None, help="Registry name of the model package (default: <dataset>-<config>).")
 @click.pass_context
+@audited("train", inputs=("dataset",))
 def train(ctx: click.Context, dataset: Path, config: str, fold: str, plan_path: Path | None, model_dir: Path | None,
-          epochs: int | None, seed: int, sites: str | None, max_minutes: float | None) -> None:
+          epochs: int | None, seed: int, sites: str | None, max_minutes: float | None, name: str | None) -> None:
     """Train a segmentation network on DATASET with a patient-level 5-fold split.
 
     Writes a checkpoint after every epoch (atomically); run the same command again after a kill and it resumes,
-    ending with the same weights as an uninterrupted run. Logs are TensorBoard-compatible (MODEL_DIR/fold_K/tensorboard).
+    ending with the same weights as an uninterrupted run. Training state and TensorBoard logs live in
+    MODEL_DIR.training/; MODEL_DIR itself is the verified, registered model package (every finished fold).
     """
     from medsight.data.dataset import load_dataset, validate
     from medsight.data.splits import dataset_folds, save_folds
     from medsight.errors import ConfigError
     from medsight.plan.plan import Plan
+    from medsight.engine.energy import EnergyMeter
+    from medsight.package.package import load_package
+    from medsight.segmentation.package import package_segmentation, training_dir
     from medsight.segmentation.train import train_fold
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     ds = load_dataset(dataset)
     validate(ds)
     p = Plan.load(plan_path or Path(dataset) / "medsight_plan.json")
-    model_dir = model_dir or Path(dataset) / "medsight_models" / config
+    package_dir = model_dir or Path(dataset) / "medsight_models" / config
+    previous = load_package(package_dir, allow_retired=True) if (package_dir / "manifest.json").is_file() else None
+    model_dir = training_dir(package_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     p.save(model_dir / "plan.json")
     shutil.copyfile(Path(dataset) / "dataset.json", model_dir / "dataset.json")
@@ -55,9 +65,14 @@ def train(ctx: click.Context, dataset: Path, config: str, fold: str, plan_path: 
         todo = [(k, folds[k]["train"], folds[k]["val"])]
     else:
         raise ConfigError(f"--fold must be 0-{len(folds) - 1}, 'all' or 'cv', got '{fold}'")
-    for k, tr, va in todo:
-        s = train_fold(ds, p, config, k, model_dir, tr, va, seed=seed, epochs=epochs,
-                       max_seconds=None if max_minutes is None else max_minutes * 60, quiet=quiet)
-        click.echo(f"fold {k}: {s['epochs_done']}/{s['epochs_planned']} epochs, loss {s['final_loss']:.4f}, "
-                   f"val Dice {s['final_val_dice']}")
-    click.echo(f"model written to {model_dir}")
+    with EnergyMeter() as meter:
+        for k, tr, va in todo:
+            s = train_fold(ds, p, config, k, model_dir, tr, va, seed=seed, epochs=epochs,
+                           max_seconds=None if max_minutes is None else max_minutes * 60, quiet=quiet)
+            click.echo(f"fold {k}: {s['epochs_done']}/{s['epochs_planned']} epochs, loss {s['final_loss']:.4f}, "
+                       f"val Dice {s['final_val_dice']}")
+    pkg = package_segmentation(model_dir, package_dir, name=name or f"{Path(dataset).resolve().name}-{config}",
+                               energy=meter.record(), previous=previous)
+    current_event().package(pkg).outputs([package_dir])
+    click.echo(f"model package {pkg.label} (id {pkg.id[:12]}, {pkg.status}) written to {package_dir}; "
+               f"training state in {model_dir}")

@@ -26,10 +26,14 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 
 def package_info(model_dir: Path, hashes: dict[str, str] | None = None) -> dict[str, Any]:
-    """Id and version from the package's manifest.json; an unregistered folder gets an id from its file hashes."""
-    m = _json(Path(model_dir) / "manifest.json") or {}
-    if m.get("id"):
-        return {"id": str(m["id"]), "version": str(m.get("version", "unregistered"))}
+    """Id and version of a model package (read through ``load_package``, hashes verified); an unregistered
+    folder gets an id from its file hashes."""
+    if (Path(model_dir) / "manifest.json").is_file():
+        from medsight.package.package import load_package
+
+        pkg = load_package(model_dir, allow_retired=True)
+        return {"id": pkg.id, "version": str(pkg.version) if pkg.version is not None else "unregistered",
+                "name": pkg.name}
     text = json.dumps(sorted((hashes or {}).items()))
     return {"id": "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16] + " (unregistered: file hashes)",
             "version": "unregistered"}
