@@ -137,7 +137,7 @@ def _print_seg(summary: Any, out: Path, quiet: bool) -> None:
 
     table = Table(title="segmentation: mean [95% bootstrap CI] over the cases whose reference holds the label "
                         "(medians in summary.csv)")
-    for col in ("label", "n", "dice", "hd95 mm", "assd mm", "nsd", "reference empty: n, false-positive rate"):
+    for col in ("label", "n", "dice", "hd95 mm", "assd mm", "nsd", "empty ref: n, FP rate"):
         table.add_column(col)
     for name, grp in summary.groupby("name", sort=False):
         cells = []
