@@ -216,7 +216,9 @@ def build_model_card(doc: dict[str, Any], task: str, *, name: str, authored: dic
     if few:
         card.limitations.append("subgroups too small to estimate: " + ", ".join(few))
     card.extra["package_id"] = pkg.get("id")
-    card.extra["energy"] = energy or "not measured (no energy.json with the model)"
+    keep = ("kwh", "co2_kg", "seconds", "method", "measured")  # the record's headline; per-run detail stays in it
+    card.extra["energy"] = ({k: energy[k] for k in keep if k in energy} if energy
+                            else "not measured (no energy.json with the model)")
     return card
 
 
