@@ -37,7 +37,8 @@ def build_wheel(dest: Path) -> Path:
     info = "my_unet_plugin-0.3.1.dist-info"
     files = {"my_unet_plugin.py": PLUGIN,
              f"{info}/METADATA": "Metadata-Version: 2.1\nName: my-unet-plugin\nVersion: 0.3.1\n",
-             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: medsight-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: medsight-test\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n",
              f"{info}/entry_points.txt": ENTRY_POINTS}
     record = []
     for name, text in files.items():
@@ -61,7 +62,7 @@ def test_builtins_are_registered_and_unknown_names_list_them():
 
 
 def _medsight(args: list[str], site: Path | None, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site)] if site else [])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(site)] if site else [])}
     return subprocess.run([sys.executable, "-m", "medsight.cli.main", "-q", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -80,7 +81,8 @@ def test_installed_plugin_network_trains_predicts_and_is_recorded(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads((root / "medsight_plan.json").read_text())["configurations"]["3d"]["network"] == "my_unet"
     model = tmp_path / "model"
-    r = _medsight(["train", str(root), "--model-dir", str(model), "--fold", "all", "--network", "my_unet"], site, tmp_path)
+    r = _medsight(["train", str(root), "--model-dir", str(model), "--fold", "all", "--network", "my_unet"], site,
+                  tmp_path)
     assert r.returncode == 0, r.stderr
     summary = json.loads((model / "fold_all/summary.json").read_text())
     assert summary["network_provenance"] == {"name": "my_unet", "distribution": "my-unet-plugin",
