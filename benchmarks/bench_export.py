@@ -142,6 +142,7 @@ def main() -> None:
         lines.append(f"| {name} | {'x'.join(map(str, r['input_shape']))} | {len(r['torch_ms'])} | {fmt(r['torch_ms'])} | "
                      f"{fmt(r['ort_ms'])} | {fmt(r['int8_ms'])} | {median(r['torch_ms']) / median(r['ort_ms']):.2f} | "
                      f"{r['fp32_diff']:.1e} | {r['int8_diff']:.2e} | {r['onnx_kb']} / {r['int8_kb']} |")
+    notes.append("int8 figures are for information: judge speed and agreement per machine before deploying one")
     lines += ["", *[f"- {n}" for n in notes]]
     text = "\n".join(lines)
     print(text)

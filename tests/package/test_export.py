@@ -51,6 +51,12 @@ def test_segmentation_export_matches_torch_on_a_real_volume(tmp_path: Path) -> N
     assert run_cli("-q", "plan", root, "--memory-gb", "0.05", "--filters", "4", "--epochs", "1",
                    "--iterations", "2") == 0
     assert run_cli("-q", "train", root, "--fold", "0", "--model-dir", tmp_path / "seg", "--name", "toyseg") == 0
+    from medsight.audit.log import AuditLog
+
+    pkg_id = json.loads((tmp_path / "seg" / "manifest.json").read_text())["id"]
+    train = [r for r in AuditLog().records() if r.event == "train"][-1].details
+    assert train["package_id"] == pkg_id and train["exit_status"] == 0 and train["inputs"][0]["files"] > 10
+    assert train["outputs"][0]["path"] == str(tmp_path / "seg") and train["energy"]["kwh"] > 0
     assert run_cli("export", "toyseg", tmp_path / "seg.onnx") == 0
     meta = json.loads((tmp_path / "seg.json").read_text())
     plan, cfg, nets = load_models(tmp_path / "seg")

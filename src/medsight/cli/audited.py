@@ -122,6 +122,8 @@ def audited(command: str, inputs: Iterable[str] = (), outputs: Iterable[str] = (
         def wrapper(*args: Any, actor: str | None = None, **kwargs: Any) -> Any:
             from medsight.engine.energy import EnergyMeter
 
+            if int(os.environ.get("RANK", "0") or 0) > 0:  # a data-parallel worker: rank 0 records the run
+                return fn(*args, **kwargs)
             log = _open_log()
             event = AuditEvent(command, actor or os.environ.get("MEDSIGHT_ACTOR") or getpass.getuser())
             event.inputs(_values(kwargs, inputs)).outputs(_values(kwargs, outputs))

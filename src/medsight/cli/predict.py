@@ -18,11 +18,13 @@ from medsight.cli.audited import audited, current_event
 @click.option("--no-mirror", is_flag=True, help="Skip mirroring test-time augmentation (faster).")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probability maps (4D NIfTI).")
 @click.option("--uncertainty", is_flag=True, help="Also write a per-voxel entropy map.")
+@click.option("--network", default=None, help="Build this registered network instead of the one the model "
+              "recorded (e.g. a plug-in renamed since training); the weights must fit it.")
 @click.option("--allow-retired", is_flag=True, help="Use the model even if the registry marks it retired.")
 @click.pass_context
 @audited("predict", inputs=("input_path",), outputs=("output",))
 def predict(ctx: click.Context, model_dir: str, input_path: Path, output: Path, folds: str | None,
-            no_mirror: bool, probabilities: bool, uncertainty: bool, allow_retired: bool) -> None:
+            no_mirror: bool, probabilities: bool, uncertainty: bool, network: str | None, allow_retired: bool) -> None:
     """Segment INPUT (a NIfTI/DICOM image, or a folder of {case}_0000.nii.gz files) into OUTPUT with MODEL.
 
     MODEL is a model package folder or a registered NAME[@VERSION]; it is verified (every file hash) first.
@@ -42,7 +44,8 @@ def predict(ctx: click.Context, model_dir: str, input_path: Path, output: Path, 
     if pkg.task != "segmentation":
         raise ConfigError(f"package {pkg.label} is a {pkg.task} model; `medsight predict` needs a segmentation model")
     current_event().package(pkg)
-    predictor = Predictor(pkg.path, folds=folds.split(",") if folds else None, mirror=not no_mirror)
+    predictor = Predictor(pkg.path, folds=folds.split(",") if folds else None, mirror=not no_mirror,
+                          network=network)
     n_channels = len(predictor.plan.channels)
     jobs: list[tuple[list[Path], Path]] = []
     if input_path.is_dir() and any(input_path.glob("*_0000.nii*")):

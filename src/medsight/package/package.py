@@ -12,7 +12,6 @@ whose manifest records the parent's id.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medsight.errors import ConfigError, InputNotFoundError
-from medsight.files import atomic_write_text
+from medsight.files import _fsync_dir, atomic_write_text
 from medsight.package.manifest import (MANIFEST, TASKS, PackageError, build_manifest, read_manifest,
                                        verify_folder)
 
@@ -91,19 +90,9 @@ class Package:
 def _fsync_tree(folder: Path) -> None:
     """Flush every file and folder under ``folder`` to disk, deepest first, so the rename publishes durable data."""
     for path in sorted(folder.rglob("*"), key=lambda p: -len(p.parts)):
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for directory in (folder, folder.parent):
-        with contextlib.suppress(OSError):
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _fsync_dir(path)  # an O_RDONLY fsync: works for files and folders alike
+    _fsync_dir(folder)
+    _fsync_dir(folder.parent)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -128,12 +117,7 @@ def _publish(staging: Path, dest: Path) -> None:
         os.rename(dest, old)
         os.rename(staging, dest)
         shutil.rmtree(old, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    _fsync_dir(dest.parent)
 
 
 def check_target(dest: Path) -> None:
