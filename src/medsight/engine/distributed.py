@@ -99,3 +99,20 @@ def to_device(batch: Any, dev: torch.device) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(to_device(b, dev) for b in batch)
     return batch.to(dev, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
+
+
+def shutdown() -> None:
+    """Leave the process group (torchrun expects every rank to exit cleanly)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(nproc: int, module_args: list[str]) -> int:
+    """Run ``python -m <module_args>`` in ``nproc`` processes on this machine through torch.distributed.run
+    (torchrun) and return its exit status. Several machines: run torchrun yourself (docs/segmentation.md)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", *module_args]
+    return subprocess.call(cmd)

@@ -82,7 +82,7 @@ class EngineConfig:
     epochs: int
     seed: int = 0
     fold: int | str = 0
-    max_seconds: float | None = None
+    max_seconds: float | None = None  # training seconds after Task.setup(); stops after the epoch crossing it
     lr_schedule: str = "constant"  # constant | poly (per epoch, nnU-Net) | onecycle (per step)
     lr: float | None = None  # base (poly) or peak (onecycle) rate; default: the optimiser's
     onecycle_pct: float = 0.3
