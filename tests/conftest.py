@@ -47,7 +47,7 @@ def dicom_test_file() -> Callable[[str], Path]:
 
 # segmentation-pipeline tests run tiny convolutions: on a small shared CI box, OpenMP threads waiting for a busy
 # core spin and make them many times slower, so these folders get one torch thread (restored afterwards)
-ONE_TORCH_THREAD_DIRS = {"data", "datasets", "infer", "plan", "train"}
+ONE_TORCH_THREAD_DIRS = {"data", "synthetic", "segmentation", "plan", "serve"}
 
 
 @pytest.fixture(autouse=True)
