@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("medsight.cli.models", "models", "List, show and verify registered models."),
     "audit": ("medsight.cli.audit", "audit", "Inspect and verify the tamper-evident audit log."),
     "validate": ("medsight.cli.validate", "validate", "External validation report (HTML + JSON)."),
+    "serve": ("medsight.cli.serve", "serve", "Triage service: DICOM in, SEG/SR out, an authenticated worklist."),
+    "users": ("medsight.cli.serve", "users", "Add, revoke and list users of the triage service."),
 }
 
 

@@ -74,10 +74,12 @@ def users_list(home: Path | None, db_url: str | None) -> None:
                    "non-retired package.")
 @click.option("--dicomweb", "dicomweb_url", default=None, help="DICOMweb root of the PACS to pull from / push to.")
 @click.option("--max-upload-mb", default=512, show_default=True, type=int)
+@click.option("--tta/--no-tta", default=True, show_default=True,
+              help="Mirrored test-time augmentation for segmentation (more robust, 8x the network time in 3D).")
 @_HOME
 @_DB
 def serve(host: str, port: int, workers: int, models: tuple[str, ...], dicomweb_url: str | None,
-          max_upload_mb: int, home: Path | None, db_url: str | None) -> None:
+          max_upload_mb: int, tta: bool, home: Path | None, db_url: str | None) -> None:
     """Run the triage service: HTTP API + worklist page, and WORKERS processes that run the models."""
     import multiprocessing as mp
 
@@ -95,7 +97,7 @@ def serve(host: str, port: int, workers: int, models: tuple[str, ...], dicomweb_
     from medsight.audit.log import default_url as audit_default
 
     settings = Settings(home=root, db_url=db_url or default_url(root), audit_url=audit_default(), models=served,
-                        max_upload_bytes=max_upload_mb * 1024 * 1024, dicomweb_url=dicomweb_url)
+                        max_upload_bytes=max_upload_mb * 1024 * 1024, dicomweb_url=dicomweb_url, tta=tta)
     app = create_app(settings)  # opens (and creates) the store before the workers start
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=worker_main, args=(settings.to_json(), f"worker-{i}"), daemon=True)

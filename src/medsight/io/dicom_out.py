@@ -8,13 +8,13 @@ result twice gives the same SOP Instance UIDs and a PACS stores it once.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from medsight.errors import MedsightError
 from medsight.image import Image
@@ -47,8 +47,10 @@ class Algorithm:
 
 
 def uid_for(seed: str, kind: str) -> str:
-    """A deterministic DICOM UID (2.25 root) for ``kind`` ("seg", "sr", "series-seg"...) of one result."""
-    return generate_uid(prefix=None, entropy_srcs=[seed, kind])
+    """A deterministic DICOM UID for ``kind`` ("seg", "sr", "series-seg"...) of one result: the 2.25 root with
+    128 bits of SHA-256 over (seed, kind) as a UUID-sized integer (PS3.5 B.2)."""
+    digest = hashlib.sha256(f"{seed}\0{kind}".encode()).digest()[:16]
+    return "2.25." + str(int.from_bytes(digest, "big"))
 
 
 def _code(t: tuple[str, str, str]):  # noqa: ANN202 - highdicom CodedConcept

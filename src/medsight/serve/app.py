@@ -39,12 +39,14 @@ class Settings:
     max_upload_bytes: int = 512 * 1024 * 1024
     dicomweb_url: str | None = None  # the PACS to pull from and push results to
     lease_s: float = 60.0
+    tta: bool = True  # mirrored test-time augmentation for segmentation (8x the network time in 3D)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         d = {"home": str(self.home), "db_url": self.db_url, "audit_url": self.audit_url,
              "models": [{**m.__dict__, "path": str(m.path)} for m in self.models],
-             "max_upload_bytes": self.max_upload_bytes, "dicomweb_url": self.dicomweb_url, "lease_s": self.lease_s}
+             "max_upload_bytes": self.max_upload_bytes, "dicomweb_url": self.dicomweb_url, "lease_s": self.lease_s,
+             "tta": self.tta}
         return json.dumps(d, indent=2)
 
     @classmethod

@@ -102,13 +102,13 @@ def _thumbnail(path: Path, image: np.ndarray, heat: np.ndarray) -> None:
     plt.close(fig)
 
 
-def run_segmentation(model: ModelRef, folder: Path, out: Path, uid_seed: str) -> dict[str, Any]:
+def run_segmentation(model: ModelRef, folder: Path, out: Path, uid_seed: str, tta: bool = True) -> dict[str, Any]:
     from medsight.image import Image
     from medsight.io.dicom_out import Algorithm, Segment, build_seg, build_sr
     from medsight.segmentation.predict import Predictor
 
     image, source = load_series(folder)
-    pred = Predictor(model.path).predict(image)
+    pred = Predictor(model.path, mirror=tta).predict(image)
     labels = np.asarray(pred.labels.array)
     names = pred.info.get("labels") or {}
     lesion_label = int(labels.max()) if labels.max() > 0 else int(pred.probabilities.shape[0] - 1)
@@ -131,7 +131,7 @@ def run_segmentation(model: ModelRef, folder: Path, out: Path, uid_seed: str) ->
             "files": ["seg.dcm", "sr.dcm", "thumbnail.png"]}
 
 
-def run_classification(model: ModelRef, folder: Path, out: Path, uid_seed: str) -> dict[str, Any]:
+def run_classification(model: ModelRef, folder: Path, out: Path, uid_seed: str, tta: bool = True) -> dict[str, Any]:
     import torch
 
     from medsight.classification.model_io import load_classifier
@@ -144,17 +144,13 @@ def run_classification(model: ModelRef, folder: Path, out: Path, uid_seed: str) 
     label = bundle.labels[-1]
     p = float(prob[-1])
     threshold = float(bundle.thresholds.get(label, 0.5))
-    referred, reason = False, ""
-    try:
-        from medsight.safety.assess import SafetyAssessor
+    from medsight.safety.assess import SafetyAssessor
 
-        assessor = SafetyAssessor.from_model_dir(model.path, bundle.config.get("activation"))
-        with torch.no_grad():
-            z, f = bundle.logits_and_features(x)
-        a = assessor.assess(image, z.double().numpy()[0], f.double().numpy()[0])
-        referred, reason = a["decision"] == "refer", "; ".join(a["reasons"])
-    except MedsightError:
-        raise
+    assessor = SafetyAssessor.from_model_dir(model.path, bundle.config.get("activation"))
+    with torch.no_grad():
+        z, f = bundle.logits_and_features(x)
+    a = assessor.assess(image, z.double().numpy()[0], f.double().numpy()[0])
+    referred, reason = a["decision"] == "refer", "; ".join(a["reasons"])
     algo = Algorithm(model.name, model.package_id[:64], parameters={"version": model.version})
     sr = build_sr(source, algo, uid_seed, probability=p, referred=referred, referral_reason=reason)
     sr.save_as(out / "sr.dcm", enforce_file_format=True)
@@ -163,13 +159,13 @@ def run_classification(model: ModelRef, folder: Path, out: Path, uid_seed: str) 
             "size": "", "sr_sop_uid": str(sr.SOPInstanceUID), "files": ["sr.dcm"]}
 
 
-def run_job(model: ModelRef, folder: Path, result_dir: Path, uid_seed: str) -> dict[str, Any]:
+def run_job(model: ModelRef, folder: Path, result_dir: Path, uid_seed: str, tta: bool = True) -> dict[str, Any]:
     """Run and write the result set atomically at ``result_dir``; returns the worklist summary."""
     result_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{result_dir.name}.", dir=result_dir.parent))
     try:
         fn = run_segmentation if model.task == "segmentation" else run_classification
-        summary = fn(model, folder, tmp, uid_seed)
+        summary = fn(model, folder, tmp, uid_seed, tta)
         summary.update({"model": model.name, "model_version": model.version, "package_id": model.package_id})
         (tmp / "result.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         for f in tmp.iterdir():

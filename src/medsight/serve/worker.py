@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from medsight.serve.models import verify_model
 from medsight.serve.runner import ModelRef, run_job
 from medsight.serve.store import Job, Store
 
@@ -79,12 +80,12 @@ def process_one(settings, store: Store, audit, worker: str) -> bool:  # noqa: AN
     beat = _Heartbeat(store, job.id, worker, settings.lease_s)
     beat.start()
     try:
-        model = _model_for(settings, job)
+        model = verify_model(_model_for(settings, job))
         inputs = settings.home / "inputs" / job.id
         if job.source == "dicomweb" and not inputs.exists():
             fetch_dicomweb(job.dicomweb_url, job.study_uid, inputs)
         result_dir = settings.home / "results" / job.id
-        summary = run_job(model, inputs, result_dir, uid_seed=f"{job.id}:{model.package_id}")
+        summary = run_job(model, inputs, result_dir, uid_seed=f"{job.id}:{model.package_id}", tta=settings.tta)
         if job.push and job.dicomweb_url:
             push_dicomweb(job.dicomweb_url, [result_dir / f for f in ("seg.dcm", "sr.dcm") if (result_dir / f).exists()])
             summary["pushed_to"] = job.dicomweb_url
