@@ -69,7 +69,9 @@ def test_a_job_runs_end_to_end(tmp_path, seg_package, ct_series):
 def _worker(settings: Settings, name: str) -> subprocess.Popen:
     code = ("import sys; from medsight.serve.worker import worker_main; "
             "worker_main(sys.stdin.read(), sys.argv[1], poll_s=0.1)")
-    p = subprocess.Popen([sys.executable, "-c", code, name], stdin=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = open(settings.home / f"worker-{name}.log", "w")
+    p = subprocess.Popen([sys.executable, "-c", code, name], stdin=subprocess.PIPE, stdout=log, stderr=log,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     p.stdin.write(settings.to_json().encode())
     p.stdin.close()
     return p
@@ -106,7 +108,7 @@ def test_a_killed_worker_s_job_is_finished_exactly_once(tmp_path, seg_package, c
         b.kill()
         b.wait(10)
     assert job.worker == "B" and job.attempts == 2
-    assert len(_done_events(settings, job_id)) == 1
+    assert len(_done_events(settings, job_id)) == 1, (settings.home / "worker-B.log").read_text()
     results = settings.home / "results"
     assert sorted(p.name for p in (results / job_id).iterdir()) == ["result.json", "seg.dcm", "sr.dcm",
                                                                      "thumbnail.png"]

@@ -72,6 +72,18 @@ class _Heartbeat(threading.Thread):
             store.renew(job_id, worker, lease_s)
 
 
+def _append(audit, event: str, actor: str, **details) -> None:  # noqa: ANN001, ANN003
+    """Append an audit event, retrying a busy database (SQLite under load) before giving up loudly."""
+    for attempt in range(5):
+        try:
+            audit.append(event, actor, **details)
+            return
+        except Exception:  # noqa: BLE001 - retried, then re-raised
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def process_one(settings, store: Store, audit, worker: str) -> bool:  # noqa: ANN001
     """Claim and finish one job; False when the queue is empty."""
     job = store.claim(worker, settings.lease_s)
@@ -90,14 +102,14 @@ def process_one(settings, store: Store, audit, worker: str) -> bool:  # noqa: AN
             push_dicomweb(job.dicomweb_url, [result_dir / f for f in ("seg.dcm", "sr.dcm") if (result_dir / f).exists()])
             summary["pushed_to"] = job.dicomweb_url
         if store.complete(job.id, worker, summary):
-            audit.append("job_done", job.submitted_by, job_id=job.id, study_uid=job.study_uid,
+            _append(audit, "job_done", job.submitted_by, job_id=job.id, study_uid=job.study_uid,
                          package_id=model.package_id, worker=worker, attempts=job.attempts,
                          outputs=summary.get("files", []), referred=summary.get("referred"))
         return True
     except Exception as e:  # noqa: BLE001 - a job's failure is recorded on the job, the worker goes on
         log.exception("job %s failed", job.id)
         if store.fail(job.id, worker, f"{e.__class__.__name__}: {e}"):
-            audit.append("job_failed", job.submitted_by, job_id=job.id, study_uid=job.study_uid, worker=worker,
+            _append(audit, "job_failed", job.submitted_by, job_id=job.id, study_uid=job.study_uid, worker=worker,
                          error=f"{e.__class__.__name__}: {str(e)[:300]}")
         return True
     finally:
@@ -110,6 +122,7 @@ def worker_main(settings_json: str, name: str | None = None, poll_s: float = 0.5
     from medsight.audit.log import AuditLog
     from medsight.serve.app import Settings
 
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {name or os.getpid()} %(levelname)s: %(message)s")
     settings = Settings.from_json(settings_json)
     store, audit = Store(settings.db_url), AuditLog(settings.audit_url)
     worker = name or f"{socket.gethostname()}:{os.getpid()}"
