@@ -34,10 +34,13 @@ def test_volume_heatmap_is_a_nifti_on_the_image_grid(tmp_path: Path) -> None:
                       cam_layer="net.layer1", val_fraction=0.25)
     res = train_classifier(tmp_path / "m.csv", tmp_path / "model", cfg, quiet=True)
     assert res["epochs"] == 2
-    table = predict_images(tmp_path / "model", [tmp_path / "v1.nii.gz"], tmp_path / "p.csv", quiet=True)
+    table = predict_images(tmp_path / "model", [tmp_path / "v1.nii.gz"], tmp_path / "p.csv", quiet=True,
+                           evidence=True)
     heat = read_nifti(table["gradcam_array_cube"][0])
     image = read_nifti(tmp_path / "v1.nii.gz")
     assert heat.shape == image.shape
     np.testing.assert_allclose(heat.geometry.affine, image.geometry.affine, atol=1e-5)
     assert Path(table["gradcam_png_cube"][0]).is_file()
+    evidence = Path(table["evidence_png_cube"][0])  # three orthogonal views, and an axial montage beside it
+    assert evidence.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and evidence.with_name("0000_v1_cube_montage.png").is_file()
     assert set(pd.read_csv(tmp_path / "p.csv").columns) >= {"p_cube", "decision_cube", "threshold_cube"}

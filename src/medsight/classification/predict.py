@@ -65,35 +65,36 @@ def _stem(p: Path) -> str:
     return name
 
 
-def predict_images(model_dir: str | Path, inputs: Sequence[str | Path], output_csv: str | Path,
-                   heatmap_dir: str | Path | None = None, gradcam: bool = True, quiet: bool = False) -> pd.DataFrame:
-    """Classify every input image and write ``output_csv`` (one row per image); returns the table."""
-    bundle = load_classifier(model_dir)
+def predict_images(model_dir: str | Path | ClassifierBundle, inputs: Sequence[str | Path], output_csv: str | Path,
+                   heatmap_dir: str | Path | None = None, gradcam: bool = True, quiet: bool = False,
+                   assessor: Any = None, evidence: bool = False) -> pd.DataFrame:
+    """Classify every input image and write ``output_csv`` (one row per image); returns the table.
+
+    ``assessor`` (the safety layer's ``SafetyAssessor``, built by the caller from the package's referral rule)
+    adds the accept/refer decision per image; classification itself does not depend on the safety layer.
+    """
+    bundle = model_dir if isinstance(model_dir, ClassifierBundle) else load_classifier(model_dir)
     paths = expand_inputs(inputs, bundle.config["spatial_dims"])
     output_csv = Path(output_csv)
     heat_root = Path(heatmap_dir) if heatmap_dir else output_csv.with_name(_stem(output_csv) + "_gradcam")
-    assessor = _assessor(bundle)
     rows = []
     for i, path in enumerate(tqdm(paths, desc="predict", disable=quiet, unit="img")):
         image = read_image(path)
-        row = _predict_one(bundle, image, path, heat_root, f"{i:04d}_{_stem(path)}", gradcam)
+        heats: dict[str, np.ndarray] | None = {} if evidence else None
+        row = _predict_one(bundle, image, path, heat_root, f"{i:04d}_{_stem(path)}", gradcam, heats)
         if assessor is not None:
             row.update(_referral(bundle, assessor, image))
+        if heats is not None:
+            from medsight.explain.predictions import write_classification_evidence
+
+            row.update(write_classification_evidence(image, heats, row, bundle.config["activation"], _calibrated(bundle),
+                                                     heat_root, f"{i:04d}_{_stem(path)}"))
         rows.append(row)
     table = pd.DataFrame(rows)
     buf = io.StringIO()
     table.to_csv(buf, index=False, lineterminator="\n")
     atomic_write_text(output_csv, buf.getvalue())
     return table
-
-
-def _assessor(bundle: ClassifierBundle):  # noqa: ANN202 - SafetyAssessor | None (optional layer above us)
-    """The safety layer's referral rule when the model directory carries one (``referral.json``)."""
-    if bundle.model_dir is None or not (Path(bundle.model_dir) / "referral.json").is_file():
-        return None
-    from medsight.safety.assess import SafetyAssessor
-
-    return SafetyAssessor.from_model_dir(bundle.model_dir, bundle.config.get("activation"))
 
 
 def _referral(bundle: ClassifierBundle, assessor, image: Image) -> dict[str, Any]:  # noqa: ANN001
@@ -105,7 +106,7 @@ def _referral(bundle: ClassifierBundle, assessor, image: Image) -> dict[str, Any
 
 
 def _predict_one(bundle: ClassifierBundle, image: Image, path: Path, heat_root: Path, stem: str,
-                 gradcam: bool) -> dict[str, Any]:
+                 gradcam: bool, heats: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     x = bundle.preprocess(image)[None]
     prob = bundle.probabilities(bundle.predict_logits(x))[0]
     labels = bundle.labels
@@ -123,17 +124,19 @@ def _predict_one(bundle: ClassifierBundle, image: Image, path: Path, heat_root: 
             row[f"threshold_{name}"] = thresholds.get(name, 0.5)
             row[f"decision_{name}"] = int(p >= thresholds.get(name, 0.5))
         targets = list(enumerate(labels))
-    if gradcam:
-        for index, name in targets:
-            png, arr = _save_heatmap(bundle, image, x, index, heat_root / f"{stem}_{name}")
+    for index, name in targets if gradcam or heats is not None else []:
+        cam = gradcam_maps(bundle.model, x, bundle.config["cam_layer"], class_index=index)[0]
+        heat = to_image_grid(cam, spatial_array(image).shape)
+        if heats is not None:
+            heats[name] = heat
+        if gradcam:
+            png, arr = _save_heatmap(image, heat, heat_root / f"{stem}_{name}")
             row[f"gradcam_png_{name}"], row[f"gradcam_array_{name}"] = str(png), str(arr)
     return row
 
 
-def _save_heatmap(bundle: ClassifierBundle, image: Image, x: torch.Tensor, index: int, base: Path) -> tuple[Path, Path]:
-    cam = gradcam_maps(bundle.model, x, bundle.config["cam_layer"], class_index=index)[0]
+def _save_heatmap(image: Image, heat: np.ndarray, base: Path) -> tuple[Path, Path]:
     grey = spatial_array(image)
-    heat = to_image_grid(cam, grey.shape)
     base.parent.mkdir(parents=True, exist_ok=True)
     if grey.ndim == 2:
         arr = base.with_suffix(".npy")
@@ -148,3 +151,8 @@ def _save_heatmap(bundle: ClassifierBundle, image: Image, x: torch.Tensor, index
     k = int(np.unravel_index(int(np.argmax(heat)), heat.shape)[2])  # the axial slice through the maximum
     png = save_overlay(base.with_suffix(".png"), grey[:, :, k], heat[:, :, k], image.geometry)
     return png, arr
+
+
+def _calibrated(bundle: ClassifierBundle) -> bool:
+    """Whether ``predict_logits`` applied a calibration (the caption says so)."""
+    return bundle.model_dir is not None and (Path(bundle.model_dir) / "calibration.json").is_file()

@@ -76,10 +76,10 @@ class AuditEvent:
 
     def details(self, status: int, energy: dict[str, Any] | None) -> dict[str, Any]:
         outputs = [hash_path(p) for p in self._outputs]
-        return {"command": self.command, "exit_status": status, "inputs": list(self._inputs.values()),
+        return {**self.notes, "command": self.command, "exit_status": status, "inputs": list(self._inputs.values()),
                 "outputs": [o for o in outputs if not o.get("missing")],
                 "package_id": self.package_ids[-1] if self.package_ids else None, "package_ids": self.package_ids,
-                "energy": energy, **({"notes": self.notes} if self.notes else {})}
+                "energy": energy}
 
 
 _CURRENT: contextvars.ContextVar[AuditEvent | None] = contextvars.ContextVar("medsight_audit_event", default=None)
@@ -122,6 +122,8 @@ def audited(command: str, inputs: Iterable[str] = (), outputs: Iterable[str] = (
         def wrapper(*args: Any, actor: str | None = None, **kwargs: Any) -> Any:
             from medsight.engine.energy import EnergyMeter
 
+            if int(os.environ.get("RANK", "0") or 0) > 0:  # a data-parallel worker: rank 0 records the run
+                return fn(*args, **kwargs)
             log = _open_log()
             event = AuditEvent(command, actor or os.environ.get("MEDSIGHT_ACTOR") or getpass.getuser())
             event.inputs(_values(kwargs, inputs)).outputs(_values(kwargs, outputs))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
 import logging
 from pathlib import Path
 
 import click
+
+from medsight.cli.audited import audited, current_event
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +25,31 @@ log = logging.getLogger(__name__)
               help="Also write files flagged as possibly showing burned-in text (the report still names them).")
 @click.option("--drop-safe-private", is_flag=True,
               help="Remove even the private attributes on the PS3.15 safe list (diffusion b-values...).")
+@click.option("--redact-pixels", is_flag=True,
+              help="For files that may show burned-in text: blank known text regions, OCR every frame (Tesseract), "
+                   "fill every word found, OCR again, and write the file (BurnedInAnnotation NO, pixels as "
+                   "Explicit VR Little Endian) only if no word of --min-text-chars is still read; else hold it back.")
+@click.option("--min-text-chars", type=int, default=3, show_default=True,
+              help="Verification rule for --redact-pixels: a file is held back while OCR still reads a word with "
+                   "this many letters/digits (at confidence >= 60).")
+@click.option("--text-regions", type=click.Path(path_type=Path), default=None,
+              help="JSON or CSV table of known text regions per manufacturer/model, blanked before OCR (added to "
+                   "the built-in table; format in docs/privacy.md).")
+@click.option("--regions-only", is_flag=True,
+              help="With --redact-pixels: blank only the known regions (no OCR-driven filling); OCR still verifies.")
 @click.option("-j", "--workers", type=int, default=None, help="Worker processes (default: all CPU cores).")
 @click.pass_context
+@audited("deid.run", inputs=("input_dir",), outputs=("output_dir",))
 def deid(ctx: click.Context, input_dir: Path, output_dir: Path, key_file: Path | None, keep_dates_shifted: bool,
-         allow_burned_in: bool, drop_safe_private: bool, workers: int | None) -> None:
+         allow_burned_in: bool, drop_safe_private: bool, redact_pixels: bool, min_text_chars: int,
+         text_regions: Path | None, regions_only: bool, workers: int | None) -> None:
     """De-identify every DICOM file under INPUT_DIR into OUTPUT_DIR.
 
     Applies the DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile recursively (sequences
     included), removes private tags, replaces UIDs and PatientID with keyed HMAC pseudonyms, removes dates (or
     shifts them with --keep-dates-shifted), and sets PatientIdentityRemoved. Pixel data is left untouched;
-    files that may show burned-in text are held back unless --allow-burned-in. Writes
+    files that may show burned-in text are held back unless --allow-burned-in, or, with --redact-pixels, written
+    once their text is redacted and OCR verifies that none is left. Writes
     OUTPUT_DIR/deid_report.csv (one row per file); run again with the same key to resume.
     """
     from medsight.deid.pseudonym import Pseudonymizer
@@ -45,22 +61,16 @@ def deid(ctx: click.Context, input_dir: Path, output_dir: Path, key_file: Path |
     else:
         log.warning("no --key-file: using a random key; pseudonyms will not match any other run")
         pseudo = Pseudonymizer.random()
+    if (text_regions is not None or regions_only) and not redact_pixels:
+        raise click.UsageError("--text-regions and --regions-only need --redact-pixels")
     options = RunOptions(shift_dates=keep_dates_shifted, write_flagged=allow_burned_in,
-                         keep_safe_private=not drop_safe_private)
+                         keep_safe_private=not drop_safe_private, redact_pixels=redact_pixels,
+                         min_text_chars=min_text_chars, text_regions=str(text_regions.resolve()) if text_regions else "",
+                         regions_only=regions_only)
     summary = deidentify_folder(input_dir, output_dir, pseudo, options, workers=workers, quiet=quiet)
-    _audit(summary, pseudo.fingerprint)
+    current_event().note(counts=dict(summary.counts), key_fingerprint=pseudo.fingerprint)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing new"
     resumed = f" ({summary.resumed_skipped} already done)" if summary.resumed_skipped else ""
     click.echo(f"de-identified {summary.n_files} files{resumed}: {counts}")
     click.echo(f"report: {summary.report}")
 
-
-def _audit(summary, key_fingerprint: str) -> None:
-    """Record the run in the audit log; a broken log must not lose the finished de-identification."""
-    try:
-        from medsight.audit import default_audit_log
-
-        default_audit_log().append("deid.run", getpass.getuser(), output=str(summary.output_dir),
-                                   counts=dict(summary.counts), key_fingerprint=key_fingerprint)
-    except Exception as err:  # noqa: BLE001 - report, do not fail the run
-        log.warning("could not write the audit record: %s", err)

@@ -23,19 +23,19 @@ def info(ctx: click.Context, path: Path, series_uid: str | None, as_json: bool) 
     with --series UID to read it and see its full geometry and provenance. Nothing is written.
     """
     from medsight.io import read_image
-    from medsight.io.dicom import list_series, read_dicom
+    from medsight.io.dicom import scan_dicom
 
     progress = not (ctx.obj or {}).get("quiet", False)
     report: dict[str, Any] = {"path": str(path), "series": [], "image": None}
     if _is_dicom_input(path):
-        series = list_series(path)
+        scan = scan_dicom(path, series_uid=series_uid, progress=progress)  # each file read and parsed once
+        series = scan.series()
         report["series"] = [s.to_dict() for s in series]
         images = [s for s in series if s.has_pixels]
         if series_uid is not None or len(images) == 1:
-            chosen = series_uid or images[0].series_uid
-            report["image"] = _describe(read_dicom(path, series_uid=chosen, progress=progress))
+            report["image"] = _describe(scan.image(series_uid or images[0].series_uid))
         elif not images:
-            read_dicom(path)  # raises MissingPixelDataError with the file's name
+            scan.image()  # raises MissingPixelDataError with the file's name
     else:
         report["image"] = _describe(read_image(path))
     if as_json:

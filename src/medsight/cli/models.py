@@ -69,9 +69,23 @@ def show(model: str, registry_url: str | None, as_json: bool) -> None:
         click.echo("extra: " + json.dumps(manifest["extra"], sort_keys=True, default=str))
 
 
+def _superseded(rec, reg) -> str | None:  # noqa: ANN001 - ModelRecord, Registry
+    """'NAME@V' when rec's folder now holds a later registered version of the same name (a derived package)."""
+    from medsight.package.manifest import read_manifest
+    from medsight.errors import MedsightError
+
+    try:
+        now = reg.find_id(read_manifest(Path(rec.path))["id"])
+    except MedsightError:
+        return None
+    return now.ref if now is not None and now.name == rec.name and now.version > rec.version else None
+
+
 @models.command()
 @click.argument("model", required=False)
-@click.option("--all", "all_", is_flag=True, help="Verify every registered version still on disk.")
+@click.option("--all", "all_", is_flag=True,
+              help="Verify every registered version (versions replaced in their folder by a later one are listed "
+                   "as superseded).")
 @_REGISTRY
 def verify(model: str | None, all_: bool, registry_url: str | None) -> None:
     """Re-hash every file of MODEL (NAME[@VERSION] or a package folder); exit 2 naming the first bad file."""
@@ -80,7 +94,14 @@ def verify(model: str | None, all_: bool, registry_url: str | None) -> None:
     from medsight.package.registry import Registry
 
     if all_:
-        refs = [r.ref for r in Registry(registry_url, create=False).list()]
+        reg = Registry(registry_url, create=False)
+        refs = []
+        for rec in reg.list():
+            later = _superseded(rec, reg)
+            if later:
+                click.echo(f"--  {rec.ref}  superseded in {rec.path} by {later}")
+            else:
+                refs.append(rec.ref)
     elif model:
         refs = [model]
     else:

@@ -7,19 +7,30 @@ from pathlib import Path
 
 import click
 
+from medsight.cli.audited import audited, current_event
+
 
 @click.command()
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir", metavar="MODEL")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
+@click.option("--evidence", is_flag=True, help="Also write a display-size evidence figure per case "
+              "(<case>_evidence.png: three views through the largest lesion, outlines with lesion ids, volumes).")
 @click.option("--folds", default=None, help="Comma-separated folds to ensemble (default: every trained fold).")
 @click.option("--no-mirror", is_flag=True, help="Skip mirroring test-time augmentation (faster).")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probability maps (4D NIfTI).")
 @click.option("--uncertainty", is_flag=True, help="Also write a per-voxel entropy map.")
+@click.option("--network", default=None, help="Build this registered network instead of the one the model "
+              "recorded (e.g. a plug-in renamed since training); the weights must fit it.")
+@click.option("--allow-retired", is_flag=True, help="Use the model even if the registry marks it retired.")
 @click.pass_context
-def predict(ctx: click.Context, model_dir: Path, input_path: Path, output: Path, folds: str | None,
-            no_mirror: bool, probabilities: bool, uncertainty: bool) -> None:
-    """Segment INPUT (a NIfTI/DICOM image, or a folder of {case}_0000.nii.gz files) into OUTPUT.
+@audited("predict", inputs=("input_path",), outputs=("output",))
+def predict(ctx: click.Context, model_dir: str, input_path: Path, output: Path, folds: str | None,
+            no_mirror: bool, probabilities: bool, uncertainty: bool, network: str | None, allow_retired: bool,
+            evidence: bool) -> None:
+    """Segment INPUT (a NIfTI/DICOM image, or a folder of {case}_0000.nii.gz files) into OUTPUT with MODEL.
+
+    MODEL is a model package folder or a registered NAME[@VERSION]; it is verified (every file hash) first.
 
     OUTPUT is a .nii.gz file for one image or a folder for many. Label maps keep the input's geometry exactly,
     so they open aligned over the image in 3D Slicer or ITK-SNAP.
@@ -28,8 +39,16 @@ def predict(ctx: click.Context, model_dir: Path, input_path: Path, output: Path,
     from medsight.segmentation.predict import Predictor, write_prediction
     from medsight.io import read_image
 
+    from medsight.errors import ConfigError
+    from medsight.package.package import load_package
+
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
-    predictor = Predictor(model_dir, folds=folds.split(",") if folds else None, mirror=not no_mirror)
+    pkg = load_package(model_dir, allow_retired=allow_retired)
+    if pkg.task != "segmentation":
+        raise ConfigError(f"package {pkg.label} is a {pkg.task} model; `medsight predict` needs a segmentation model")
+    current_event().package(pkg)
+    predictor = Predictor(pkg.path, folds=folds.split(",") if folds else None, mirror=not no_mirror,
+                          network=network)
     n_channels = len(predictor.plan.channels)
     jobs: list[tuple[list[Path], Path]] = []
     if input_path.is_dir() and any(input_path.glob("*_0000.nii*")):
@@ -53,5 +72,11 @@ def predict(ctx: click.Context, model_dir: Path, input_path: Path, output: Path,
     for chans, out in items:
         images = [read_image(p) for p in chans]
         pred = predictor.predict(images if len(images) > 1 else images[0])
-        write_prediction(pred, out, probabilities=probabilities, uncertainty=uncertainty)
+        written = write_prediction(pred, out, probabilities=probabilities, uncertainty=uncertainty)
+        if evidence:
+            from medsight.explain.predictions import evidence_path, lesion_table_beside, write_segmentation_evidence
+
+            names = {v: k for k, v in predictor.plan.labels.items()}
+            write_segmentation_evidence(images[0], pred.labels.array, pred.probabilities, names,
+                                        evidence_path(out), lesion_table_beside(written), montage=True)
     click.echo(f"{len(jobs)} prediction(s) written to {output}")

@@ -4,7 +4,8 @@ We flag from the header (no OCR): BurnedInAnnotation = YES, SOP classes that are
 documents by nature (secondary capture, encapsulated documents), ultrasound and other video-like modalities
 unless the header explicitly states ``BurnedInAnnotation = NO``. (Overlay planes, which may draw text, are
 removed whole by the profile.)
-Flagged files are held back by default; a person must review them (or mask the pixels) before release.
+Flagged files are held back by default; a person must review them before release, or ``--redact-pixels`` has
+``redact.py`` remove the text and verify by OCR that none is left.
 """
 
 from __future__ import annotations

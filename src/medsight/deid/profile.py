@@ -14,7 +14,11 @@ X/Z, X/D, Z/D, X/Z/D, X/Z/U*   "the first unless the second is needed to keep th
 
 Without a per-IOD type table we resolve the compound codes toward validity (``resolve``): ``X/Z`` -> empty,
 ``X/D`` and ``Z/D`` and ``X/Z/D`` -> dummy, ``X/Z/U*`` -> recurse into the sequence and replace its UIDs.
-Emptying a Type 3 attribute is permitted, so this never makes an object less valid than removal would.
+Emptying a Type 3 attribute is permitted, so this never makes an object less valid than removal would, with one
+exception: a *sequence* that is present must hold at least one item unless it is Type 2, so a compound code that
+allows X on a sequence resolves to remove (``action_table``). ``IOD_REQUIRED`` lists the attributes whose plain
+X would break IODs that make them Type 1/2 (checked with dicom3tools' ``dciodvfy``); PS3.15 E.1.1 lets us empty
+(Z) or dummy (D) those instead, and an empty value discloses nothing.
 Entries transcribed from the 2024 edition of PS3.15 (the Basic Profile column); retired curve/overlay groups
 (50xx, 60xx) are removed by group (``REPEATING_GROUP_ACTIONS``).
 """
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 
 class Action(str, Enum):
@@ -302,6 +306,14 @@ SAFE_PRIVATE: frozenset[tuple[str, int, int]] = frozenset({
     ("GEMS_PARM_01", 0x0043, 0x39),  # slop_int_6..9 (b-value on GE diffusion)
 })
 
+# keyword -> (code used instead of the Basic Profile's, why): attributes the profile removes (X) but an IOD makes
+# Type 1 or 2, where removal would turn a valid object into an invalid one (PS3.15 E.1.1 allows Z/D for them).
+IOD_REQUIRED: dict[str, tuple[str, str]] = {
+    "AcquisitionContextSequence": ("Z", "Type 2 in the Acquisition Context module (DX, MG, IO, XA, US...)"),
+    "ResponsiblePerson": ("Z", "Type 2C in the Patient module when the patient is an animal"),
+    "ResponsibleOrganization": ("Z", "Type 2C in the Patient module when the patient is an animal"),
+}
+
 _RESOLVE = {
     "D": Action.DUMMY, "Z": Action.EMPTY, "X": Action.REMOVE, "K": Action.KEEP, "C": Action.CLEAN, "U": Action.UID,
     "X/Z": Action.EMPTY, "X/D": Action.DUMMY, "Z/D": Action.DUMMY, "X/Z/D": Action.DUMMY, "X/Z/U*": Action.UID,
@@ -323,7 +335,13 @@ def action_table(profile: dict[str, str] | None = None) -> dict[int, Action]:
         tag = tag_for_keyword(keyword)
         if tag is None:
             raise ValueError(f"{keyword!r} is not a DICOM keyword known to pydicom")
-        table[int(tag)] = resolve(code)
+        if profile is None and keyword in IOD_REQUIRED:
+            code = IOD_REQUIRED[keyword][0]
+        action = resolve(code)
+        if "/" in code and code.startswith("X") and action in (Action.EMPTY, Action.DUMMY) \
+                and dictionary_VR(tag) == "SQ":
+            action = Action.REMOVE  # an empty sequence is valid only where Type 2 (those are in IOD_REQUIRED)
+        table[int(tag)] = action
     return table
 
 

@@ -63,6 +63,11 @@ class Pseudonymizer:
         """A 16-hex-digit tag identifying the key without revealing it."""
         return self._digest("fingerprint", "medsight-deid").hex()[:16]
 
+    def text_hash(self, text: str) -> str:
+        """A keyed 16-hex-digit hash of text read in the pixels: the report can say "the same word again"
+        without naming it, and without the key nobody can test a guessed name against it."""
+        return self._digest("ocr-text", text).hex()[:16]
+
     def uid(self, uid: str) -> str:
         """A new UID under the 2.25 (UUID-derived) root: "2.25." + a 128-bit integer from the HMAC (<= 44 chars)."""
         out = self._uid_cache.get(uid)

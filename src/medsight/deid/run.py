@@ -3,7 +3,8 @@
 Layout written under OUTPUT_DIR::
 
     <pseudo patient id>/<study uid>/<series uid>/<sop instance uid>.dcm   (all pseudonyms; no input names leak)
-    deid_report.csv        one row per input file: status, reason, action counts, pixel-data hash
+    deid_report.csv        one row per input file: status, reason, action counts, pixel-data hash, and (with
+                           --redact-pixels) the redaction record: boxes, keyed hashes of the words read, method
     .medsight-deid.json    run settings and the key *fingerprint* (never the key), checked when resuming
 
 The parent appends report rows in batches, each after one ``syncfs`` has made that batch's files durable; a
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -34,6 +36,8 @@ from medsight.deid.apply import DeidOptions, deidentify_dataset
 from medsight.deid.fast import Unsupported, deidentify_bytes
 from medsight.deid.pixels import burned_in_reason
 from medsight.deid.pseudonym import Pseudonymizer
+from medsight.deid.redact import RedactOptions, redact_dataset
+from medsight.deid.regions import DEFAULT_REGIONS, load_regions
 from medsight.errors import ConfigError, InputNotFoundError
 from medsight.files import atomic_write_text
 
@@ -41,7 +45,7 @@ log = logging.getLogger(__name__)
 
 REPORT_NAME = "deid_report.csv"
 STATE_NAME = ".medsight-deid.json"
-REPORT_FIELDS = ["input", "output", "status", "reason", "actions", "pixel_sha256"]
+REPORT_FIELDS = ["input", "output", "status", "reason", "actions", "pixel_sha256", "pixels"]
 DONE_STATUSES = {"written", "flagged", "skipped"}
 
 
@@ -52,6 +56,15 @@ class RunOptions:
     shift_dates: bool = False
     write_flagged: bool = False
     keep_safe_private: bool = True
+    redact_pixels: bool = False  # OCR + redact + verify flagged files instead of holding them back
+    min_text_chars: int = 3  # verification: no word of this many letters/digits may remain readable
+    text_regions: str = ""  # a user's table of known text regions (added to the built-in one)
+    regions_only: bool = False  # blank only known regions (OCR still verifies)
+
+    def redact_options(self) -> RedactOptions:
+        """The pixel redaction settings these run options stand for (the region table is read here)."""
+        regions = DEFAULT_REGIONS + (load_regions(self.text_regions) if self.text_regions else ())
+        return RedactOptions(min_chars=self.min_text_chars, use_ocr=not self.regions_only, regions=regions)
 
 
 @dataclass
@@ -84,7 +97,8 @@ _WORKER: dict = {}
 
 
 def _init_worker(pseudo: Pseudonymizer, options: RunOptions, input_dir: str, output_dir: str) -> None:
-    _WORKER.update(pseudo=pseudo, options=options, input_dir=Path(input_dir), output_dir=Path(output_dir))
+    _WORKER.update(pseudo=pseudo, options=options, input_dir=Path(input_dir), output_dir=Path(output_dir),
+                   redact=options.redact_options() if options.redact_pixels else None)
 
 
 def _init_pool_worker(*args) -> None:
@@ -180,7 +194,7 @@ def _process_file(path_str: str) -> dict:
     options: RunOptions = _WORKER["options"]
     deid_options = DeidOptions(shift_dates=options.shift_dates, keep_safe_private=options.keep_safe_private)
     rel = path.relative_to(_WORKER["input_dir"]).as_posix()
-    row = {"input": rel, "output": "", "status": "", "reason": "", "actions": "", "pixel_sha256": ""}
+    row = {"input": rel, "output": "", "status": "", "reason": "", "actions": "", "pixel_sha256": "", "pixels": ""}
     try:
         data = path.read_bytes()
         try:
@@ -198,6 +212,17 @@ def _process_file(path_str: str) -> dict:
             out_rel = _output_path(ds, rel, pseudo)
             out_bytes, writer = None, ds
         row.update(actions=summary.short(), pixel_sha256=pixel_sha)
+        if reason and _WORKER.get("redact") is not None:
+            ds = writer if writer is not None else pydicom.dcmread(io.BytesIO(b"".join(out_bytes)))
+            result = redact_dataset(ds, _WORKER["redact"], pseudo.text_hash)
+            row["pixels"] = result.to_json()
+            if not result.clean:
+                row.update(status="flagged", reason=f"not written: {result.reason}; it may show burned-in text "
+                                                    f"({reason})")
+                return row
+            writer, reason = ds, ""
+            row.update(pixel_sha256=hashlib.sha256(ds.PixelData).hexdigest(),
+                       reason=f"burned-in text redacted and verified; pixels rewritten as {result.transfer_syntax}")
         if reason and not options.write_flagged:
             row.update(status="flagged", reason=f"not written: possible burned-in text ({reason})")
             return row
@@ -207,7 +232,7 @@ def _process_file(path_str: str) -> dict:
         else:
             _write(writer, target)
         row.update(output=out_rel.as_posix(), status="written",
-                   reason=f"written although flagged: {reason}" if reason else "")
+                   reason=f"written although flagged: {reason}" if reason else row["reason"])
     except Exception as err:  # one broken file must not stop a batch of thousands
         row.update(status="error", reason=f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
     return row
@@ -219,6 +244,19 @@ def _path_from(top: dict[int, str], rel: str, pseudo: Pseudonymizer) -> Path:
 
 
 # --- parent side -------------------------------------------------------------------------------------------------
+def _check_redaction(options: RunOptions) -> None:
+    """Fail before any file is read: tesseract missing, a bad region table, contradictory options."""
+    from medsight.deid.ocr import tesseract_version
+
+    if options.write_flagged:
+        raise ConfigError("--allow-burned-in and --redact-pixels contradict each other: with --redact-pixels a "
+                          "file whose text cannot be removed is held back; choose one")
+    if options.min_text_chars < 1:
+        raise ConfigError(f"--min-text-chars must be >= 1 (got {options.min_text_chars})")
+    tesseract_version()
+    options.redact_options()
+
+
 def _check_state(output_dir: Path, pseudo: Pseudonymizer, options: RunOptions) -> None:
     state_path = output_dir / STATE_NAME
     state = {"key_fingerprint": pseudo.fingerprint, "options": asdict(options), "profile": "PS3.15 E.1-1 Basic"}
@@ -290,6 +328,8 @@ def deidentify_folder(input_dir: str | Path, output_dir: str | Path, pseudo: Pse
     """De-identify every DICOM file under ``input_dir`` into ``output_dir`` (see the module docstring)."""
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     options = options or RunOptions()
+    if options.redact_pixels:
+        _check_redaction(options)
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise ConfigError(f"output folder {output_dir} must not be inside the input folder {input_dir}")
     files = find_files(input_dir)

@@ -129,7 +129,7 @@ class EnergyMeter:
             joules += sum(a - b for a, b in zip(end["nvml_mj"], self._start["nvml_mj"])) / 1e3
             parts.append(f"NVML energy counter ({len(self._gpus)} GPU)")
         measured = bool(parts)
-        rec: dict[str, Any] = {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "pue": pue,
+        rec: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu, "pue": pue,
                                "carbon_intensity_kg_per_kwh": intensity}
         if measured:
             method = "measured: " + " + ".join(parts) + f", x PUE {pue}"
@@ -139,7 +139,7 @@ class EnergyMeter:
             joules = cpu * watts + mem_gb * MEMORY_WATTS_PER_GB * seconds
             method = (f"estimated: {cpu:.1f} CPU-s x {watts:g} W/core + {mem_gb:.2f} GB peak memory x "
                       f"{MEMORY_WATTS_PER_GB} W/GB x {seconds:.1f} s, x PUE {pue} (no readable RAPL/NVML counter)")
-            rec.update(watts_per_core=watts, memory_gb=round(mem_gb, 3))
+            rec.update(watts_per_core=watts, memory_gb=mem_gb)
         kwh = joules * pue / 3.6e6
         rec.update(kwh=kwh, co2_kg=kwh * intensity, method=method, measured=measured)
         return rec

@@ -25,7 +25,7 @@ def display_view(a: np.ndarray, geometry: Geometry | None = None) -> np.ndarray:
     return np.ascontiguousarray(v)
 
 
-def overlay_rgb(grey: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+def overlay_rgb(grey: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "viridis") -> np.ndarray:
     """uint8 RGB: the grey image (1st-99th percentile window) blended with the coloured heatmap."""
     g = np.asarray(grey, dtype=np.float32)
     lo, hi = np.percentile(g, [1, 99]) if g.size else (0.0, 1.0)

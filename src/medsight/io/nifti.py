@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from medsight.errors import CorruptFileError, InputNotFoundError, UnsupportedFormatError
@@ -35,6 +34,8 @@ def read_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> Image:
     if not path.is_file():
         raise InputNotFoundError("no such NIfTI file; check the path", path)
     try:
+        import nibabel as nib  # imported here: `medsight info` on DICOM never needs it
+
         img = nib.load(str(path))
         affine = img.affine
         data = np.asanyarray(img.dataobj)
@@ -84,6 +85,8 @@ def write_nifti(image: Image, path: str | Path, dtype: np.dtype | type | None = 
         array = array.astype(np.uint8)
     if array.dtype == np.float64:
         array = array.astype(np.float32)
+    import nibabel as nib
+
     nii = nib.Nifti1Image(array, geometry.ras_affine())
     nii.set_qform(geometry.ras_affine(), code=1)
     nii.set_sform(geometry.ras_affine(), code=1)

@@ -12,7 +12,6 @@ whose manifest records the parent's id.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medsight.errors import ConfigError, InputNotFoundError
-from medsight.files import atomic_write_text
+from medsight.files import _fsync_dir, atomic_write_text
 from medsight.package.manifest import (MANIFEST, TASKS, PackageError, build_manifest, read_manifest,
                                        verify_folder)
 
@@ -91,19 +90,9 @@ class Package:
 def _fsync_tree(folder: Path) -> None:
     """Flush every file and folder under ``folder`` to disk, deepest first, so the rename publishes durable data."""
     for path in sorted(folder.rglob("*"), key=lambda p: -len(p.parts)):
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for directory in (folder, folder.parent):
-        with contextlib.suppress(OSError):
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _fsync_dir(path)  # an O_RDONLY fsync: works for files and folders alike
+    _fsync_dir(folder)
+    _fsync_dir(folder.parent)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -128,15 +117,11 @@ def _publish(staging: Path, dest: Path) -> None:
         os.rename(dest, old)
         os.rename(staging, dest)
         shutil.rmtree(old, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    _fsync_dir(dest.parent)
 
 
-def _check_target(dest: Path) -> None:
+def check_target(dest: Path) -> None:
+    """Refuse to replace a folder that holds something other than a model package."""
     if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / MANIFEST).is_file())):
         raise ConfigError("exists and is not a model package; choose another output folder or remove it", dest)
 
@@ -157,9 +142,12 @@ def save_package(src_dir: str | Path, dest_dir: str | Path, *, task: str, name: 
         raise ConfigError(f"invalid package name {name!r}: letters, digits, '-', '_' or '.', no '@' or '/'")
     if not src.is_dir() or not any(src.iterdir()):
         raise InputNotFoundError("model folder not found or empty", src)
-    _check_target(dest)
+    check_target(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make the published package private to its writer
     try:
         shutil.copytree(src, staging, dirs_exist_ok=True, ignore=_SKIP, symlinks=False)
         manifest = build_manifest(staging, task=task, name=name, parent_id=parent_id, extra=extra)
@@ -225,8 +213,8 @@ def load_package(path_or_name: str | Path, *, allow_retired: bool = False, regis
     ref = Path(path_or_name)
     registry = Registry(registry_url, create=False)
     record = None
-    if not ref.exists() and isinstance(path_or_name, str) and "/" not in path_or_name:
-        record = registry.get(*parse_ref(path_or_name))
+    if not ref.exists() and "/" not in str(path_or_name):
+        record = registry.get(*parse_ref(str(path_or_name)))
         folder = Path(record.path)
     else:
         folder = ref

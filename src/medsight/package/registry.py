@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, create_engine, select, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, create_engine, exc, select, update
 from sqlalchemy.engine import Engine
 
 from medsight.audit.log import _normalise_url
@@ -126,16 +126,22 @@ class Registry:
             return self.get(pkg.name, existing[-1].version)
         assert self.engine is not None
         extra = pkg.extra
-        with self.engine.begin() as conn:
-            last = conn.execute(select(models_table.c.version).where(models_table.c.name == pkg.name)
-                                .order_by(models_table.c.version.desc()).limit(1)).scalar()
-            now = _now()
-            conn.execute(models_table.insert().values(
-                name=pkg.name, version=(last or 0) + 1, id=pkg.id, task=pkg.task, parent_id=pkg.parent_id,
-                data_fingerprint=extra.get("data_fingerprint"),
-                metrics=json.dumps(extra.get("metrics") or {}, sort_keys=True, default=str), path=str(pkg.path),
-                status="candidate", registered_at=now, status_changed_at=now))
-        return self.get(pkg.name, (last or 0) + 1)
+        for attempt in range(5):  # two writers may pick the same next version: the primary key refuses one
+            try:
+                with self.engine.begin() as conn:
+                    last = conn.execute(select(models_table.c.version).where(models_table.c.name == pkg.name)
+                                        .order_by(models_table.c.version.desc()).limit(1)).scalar()
+                    now = _now()
+                    conn.execute(models_table.insert().values(
+                        name=pkg.name, version=(last or 0) + 1, id=pkg.id, task=pkg.task, parent_id=pkg.parent_id,
+                        data_fingerprint=extra.get("data_fingerprint"),
+                        metrics=json.dumps(extra.get("metrics") or {}, sort_keys=True, default=str),
+                        path=str(pkg.path), status="candidate", registered_at=now, status_changed_at=now))
+                return self.get(pkg.name, (last or 0) + 1)
+            except exc.IntegrityError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
 
     def list(self, name: str | None = None) -> list[ModelRecord]:
         q = select(models_table).order_by(models_table.c.name, models_table.c.version)
