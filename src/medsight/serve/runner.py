@@ -19,10 +19,6 @@ import numpy as np
 from medsight.errors import MedsightError
 from medsight.files import _fsync_dir
 
-# a lesion whose mean predictive entropy (nats) is above this is referred to a human reader (stated in docs/service.md)
-REFER_ENTROPY = 0.4
-
-
 class RunError(MedsightError):
     """The study could not be processed by the model (wrong modality, no image series, model refused it)."""
 
@@ -57,72 +53,44 @@ def load_series(folder: Path) -> tuple[Any, list[Any]]:
     return image, source
 
 
-def _lesion_rows(labels: np.ndarray, probs: np.ndarray, spacing: tuple[float, ...], label: int) -> list[dict]:
-    """Connected components of ``label`` with volume (ml), longest extent (mm) and mean probability/entropy."""
-    from scipy import ndimage
+def _write_thumbnail(path: Path, image: Any, heat: np.ndarray, mask: np.ndarray) -> None:
+    """The evidence panel (explain.evidence: heat over the image, the finding outlined) as a small PNG."""
+    import base64
 
-    comp, n = ndimage.label(labels == label)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    eps = 1e-12
-    ent = -(probs * np.log(probs + eps)).sum(axis=0)
-    rows = []
-    for i in range(1, n + 1):
-        idx = np.argwhere(comp == i)
-        mm = idx * np.asarray(spacing)
-        # longest diameter over the component's corner points of its bounding voxels (exact for convex blobs'
-        # extremes along the sampled directions is not needed: brute force over at most 2000 voxels)
-        pts = mm if len(mm) <= 2000 else mm[np.linspace(0, len(mm) - 1, 2000).astype(int)]
-        d = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).max() if len(pts) > 1 else 0.0
-        sel = comp == i
-        rows.append({"lesion_id": i, "segment_number": 1, "voxels": int(len(idx)),
-                     "volume_ml": round(len(idx) * voxel_ml, 4), "longest_diameter_mm": round(float(d), 2),
-                     "mean_probability": round(float(probs[label][sel].mean()), 4),
-                     "mean_entropy": round(float(ent[sel].mean()), 4)})
-    rows.sort(key=lambda r: -r["volume_ml"])
-    return rows
+    from medsight.explain.evidence import evidence_thumbnail
 
-
-def _thumbnail(path: Path, image: np.ndarray, heat: np.ndarray) -> None:
-    """A small PNG of the slice with the most heat, the heat (probability) over the image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = int(np.argmax(heat.reshape(-1, heat.shape[-1]).sum(0))) if heat.ndim == 3 else 0
-    img = image[:, :, k].T if image.ndim == 3 else image.T
-    h = heat[:, :, k].T if heat.ndim == 3 else heat.T
-    lo, hi = np.percentile(img, [1, 99])
-    fig = plt.figure(figsize=(2.56, 2.56), dpi=100)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
-    ax.imshow(np.ma.masked_less(h, 0.1), cmap="inferno", vmin=0, vmax=1, alpha=0.6)
-    ax.axis("off")
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
+    uri = evidence_thumbnail(image, heat=heat, finding_mask=mask, long_side=256)
+    path.write_bytes(base64.b64decode(uri.split(",", 1)[1]))
 
 
 def run_segmentation(model: ModelRef, folder: Path, out: Path, uid_seed: str, tta: bool = True) -> dict[str, Any]:
     from medsight.image import Image
     from medsight.io.dicom_out import Algorithm, Segment, build_seg, build_sr
+    from medsight.segmentation.lesions import measure_lesions
     from medsight.segmentation.predict import Predictor
 
     image, source = load_series(folder)
-    pred = Predictor(model.path, mirror=tta).predict(image)
+    predictor = Predictor(model.path, mirror=tta)
+    pred = predictor.predict(image)
     labels = np.asarray(pred.labels.array)
-    names = pred.info.get("labels") or {}
-    lesion_label = int(labels.max()) if labels.max() > 0 else int(pred.probabilities.shape[0] - 1)
-    rows = _lesion_rows(labels, pred.probabilities, image.spacing, lesion_label)
-    referred = [r for r in rows if r["mean_entropy"] > REFER_ENTROPY]
-    reason = (f"{len(referred)} finding(s) with mean entropy > {REFER_ENTROPY} nats" if referred else "")
+    names = {int(v): k for k, v in predictor.plan.labels.items()}
+    lesion_labels = {int(k): v for k, v in (predictor.plan.postprocess.get("lesion_labels") or {}).items()}
+    lesion_label = min(lesion_labels) if lesion_labels else max(names)  # plans without lesion labels: last class
+    table = pred.lesions
+    if table is None:  # the plan names no lesion class: measure the last one with the same rules
+        _, table = measure_lesions(labels, pred.probabilities, image.geometry, {lesion_label: names[lesion_label]},
+                                   policy=predictor.lesion_policy)
+    rows = [dict(r, segment_number=1) for r in table.rows if r["label"] == names.get(lesion_label, r["label"])]
+    referred = [r for r in rows if r["decision"] == "refer"]
+    reason = "; ".join(f"lesion {r['lesion_id']}: {r['reasons']}" for r in referred)
     algo = Algorithm(model.name, model.package_id[:64], parameters={"version": model.version})
     seg_img = Image((labels == lesion_label).astype(np.uint8), image.geometry, image.provenance)
     seg = build_seg(source, seg_img, [Segment(1, str(names.get(lesion_label, "lesion")))], algo, uid_seed)
     sr = build_sr(source, algo, uid_seed, findings=rows, referred=bool(referred), referral_reason=reason, seg=seg)
     seg.save_as(out / "seg.dcm", enforce_file_format=True)
     sr.save_as(out / "sr.dcm", enforce_file_format=True)
-    _thumbnail(out / "thumbnail.png", np.asarray(image.array, dtype=np.float32), pred.probabilities[lesion_label])
-    largest = rows[0] if rows else None
+    _write_thumbnail(out / "thumbnail.png", image, pred.probabilities[lesion_label], labels == lesion_label)
+    largest = max(rows, key=lambda r: r["volume_ml"]) if rows else None
     return {"task": "segmentation", "positive": bool(rows), "referred": bool(referred), "referral_reason": reason,
             "probability": max((r["mean_probability"] for r in rows), default=0.0),
             "finding": f"{len(rows)} lesion(s)" if rows else "no lesion",
@@ -137,20 +105,25 @@ def run_classification(model: ModelRef, folder: Path, out: Path, uid_seed: str, 
     from medsight.classification.model_io import load_classifier
     from medsight.io.dicom_out import Algorithm, build_sr
 
+    from medsight.package import load_package
+
     image, source = load_series(folder)
-    bundle = load_classifier(model.path)
+    pkg = load_package(model.path)
+    bundle = load_classifier(pkg)
     x = bundle.preprocess(image)[None]
     prob = bundle.probabilities(bundle.predict_logits(x))[0]
     label = bundle.labels[-1]
     p = float(prob[-1])
     threshold = float(bundle.thresholds.get(label, 0.5))
-    from medsight.safety.assess import SafetyAssessor
+    referred, reason = False, ""
+    if pkg.has("referral.json"):  # the package's calibrated referral rule (safety layer)
+        from medsight.safety.assess import SafetyAssessor
 
-    assessor = SafetyAssessor.from_model_dir(model.path, bundle.config.get("activation"))
-    with torch.no_grad():
-        z, f = bundle.logits_and_features(x)
-    a = assessor.assess(image, z.double().numpy()[0], f.double().numpy()[0])
-    referred, reason = a["decision"] == "refer", "; ".join(a["reasons"])
+        assessor = SafetyAssessor.from_model_dir(pkg, bundle.config.get("activation"))
+        with torch.no_grad():
+            z, f = bundle.logits_and_features(x)
+        a = assessor.assess(image, z.double().numpy()[0], f.double().numpy()[0])
+        referred, reason = a["decision"] == "refer", "; ".join(a["reasons"])
     algo = Algorithm(model.name, model.package_id[:64], parameters={"version": model.version})
     sr = build_sr(source, algo, uid_seed, probability=p, referred=referred, referral_reason=reason)
     sr.save_as(out / "sr.dcm", enforce_file_format=True)
