@@ -101,8 +101,8 @@ def test_a_killed_worker_s_job_is_finished_exactly_once(tmp_path, seg_package, c
     assert store.job(job_id).status == "running"
     b = _worker(settings, "B")
     try:
-        job = _wait(lambda: (j := store.job(job_id)) and j.status == "done" and j, 180,
-                    f"worker B to finish (B exit code {b.poll()}, job {store.job(job_id)})")
+        job = _wait(lambda: (j := store.job(job_id)) and j.status == "done" and _done_events(settings, job_id) and j,
+                    300, "worker B to finish and audit the job")
     finally:
         b.kill()
         b.wait(10)
