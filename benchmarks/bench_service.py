@@ -93,7 +93,7 @@ def service(package: Path, studies: list[Path], work: Path, clients: int, worker
     import httpx
 
     home, port = work / "home", _port()
-    home.mkdir()
+    home.mkdir(parents=True)
     env = {**os.environ, "MEDSIGHT_AUDIT_URL": f"sqlite:///{work / 'audit.sqlite'}"}
     token = subprocess.run([sys.executable, "-m", "medsight.cli.main", "users", "add", "bench", "--role", "admin",
                             "--home", str(home)], capture_output=True, text=True, check=True, env=env).stdout.strip()
