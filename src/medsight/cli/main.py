@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("medsight.cli.export", "export", "Export a model package to ONNX (+ preprocessing JSON) for the edge."),
     "audit": ("medsight.cli.audit", "audit", "Inspect and verify the tamper-evident audit log."),
     "validate": ("medsight.cli.validate", "validate", "External validation report (HTML + JSON)."),
+    "serve": ("medsight.cli.serve", "serve", "Triage service: DICOM in, SEG/SR out, an authenticated worklist."),
+    "users": ("medsight.cli.serve", "users", "Add, revoke and list users of the triage service."),
 }
 
 

@@ -1,0 +1,198 @@
+"""Load test of the triage service on loopback: concurrent clients submit small real CT studies to a small model.
+
+Measures jobs lost / duplicated (must be 0), submit latency (p50/p95), end-to-end throughput (studies/s, from the
+first submit to the last job done), and compares it with the same model run in one process over the same studies
+(`Predictor` + the same DICOM SEG/SR writing, and plain `medsight predict`-style NIfTI output). Bounded: N studies,
+C clients, one server on 127.0.0.1, stopped at the end.
+
+    python benchmarks/bench_service.py --studies 200 --clients 8 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import machine_line, record_section  # noqa: E402
+
+
+def _series(src_file: Path, out: Path, n_slices: int, tag: str) -> Path:
+    import pydicom
+
+    src = pydicom.dcmread(src_file)
+    out.mkdir(parents=True)
+    study, series = (pydicom.uid.generate_uid(entropy_srcs=[tag, k]) for k in ("study", "series"))
+    for i in range(n_slices):
+        ds = copy.deepcopy(src)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[tag, str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ipp = [float(v) for v in src.ImagePositionPatient]
+        ipp[2] += 5.0 * i
+        ds.ImagePositionPatient, ds.InstanceNumber = ipp, i + 1
+        ds.save_as(out / f"{i:02d}.dcm", enforce_file_format=True)
+    return out
+
+
+def _toy_package(work: Path) -> Path:
+    from click.testing import CliRunner
+
+    from medsight.cli.main import cli
+    from medsight.package import save_package
+    from medsight.synthetic.toy import make_toy_dataset
+
+    root = make_toy_dataset(work / "Dataset001_Toy", n_cases=10, shape=(24, 20, 16), channels=1)
+    r = CliRunner()
+    assert r.invoke(cli, ["-q", "plan", str(root), "--memory-gb", "0.05", "--filters", "8", "--epochs", "2",
+                          "--iterations", "4"]).exit_code == 0
+    assert r.invoke(cli, ["-q", "train", str(root), "--fold", "0", "--model-dir", str(work / "model")]).exit_code == 0
+    if (work / "model" / "manifest.json").exists():
+        return work / "model"
+    return save_package(work / "model", work / "package", task="segmentation", name="bench-seg").path
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def in_process(package: Path, studies: list[Path], out: Path, dicom: bool) -> float:
+    """Seconds to run every study through the model in one process (model loaded once)."""
+    from medsight.serve.models import resolve_models
+    from medsight.serve.runner import run_job
+
+    model = resolve_models([str(package)])[0]
+    t0 = time.perf_counter()
+    if dicom:
+        for i, s in enumerate(studies):
+            run_job(model, s, out / f"r{i}", uid_seed=f"bench{i}", tta=False)
+    else:
+        from medsight.io.dicom import read_dicom
+        from medsight.segmentation.predict import Predictor, write_prediction
+
+        pred = Predictor(package, mirror=False)
+        for i, s in enumerate(studies):
+            write_prediction(pred.predict(read_dicom(s)), out / f"p{i}.nii.gz")
+    return time.perf_counter() - t0
+
+
+def service(package: Path, studies: list[Path], work: Path, clients: int, workers: int) -> dict:
+    import httpx
+
+    home, port = work / "home", _port()
+    home.mkdir(parents=True)
+    env = {**os.environ, "MEDSIGHT_AUDIT_URL": f"sqlite:///{work / 'audit.sqlite'}"}
+    token = subprocess.run([sys.executable, "-m", "medsight.cli.main", "users", "add", "bench", "--role", "admin",
+                            "--home", str(home)], capture_output=True, text=True, check=True, env=env).stdout.strip()
+    server = subprocess.Popen([sys.executable, "-m", "medsight.cli.main", "serve", "--home", str(home), "--port",
+                               str(port), "--model", str(package), "--workers", str(workers), "--no-tta"], env=env,
+                              start_new_session=True)
+    url, h = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        payloads = [[("files", (p.name, p.read_bytes(), "application/dicom")) for p in sorted(s.iterdir())]
+                    for s in studies]
+
+        def submit(files):  # noqa: ANN001, ANN202
+            t = time.perf_counter()
+            r = httpx.post(f"{url}/api/v1/studies", files=files, headers=h, timeout=120)
+            r.raise_for_status()
+            return r.json()["job_id"], time.perf_counter() - t
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            submitted = list(pool.map(submit, payloads))
+        ids = [i for i, _ in submitted]
+        deadline = time.time() + 3600
+        while time.time() < deadline:
+            rows = httpx.get(f"{url}/api/v1/worklist", headers=h, timeout=60).json()
+            if sum(r["status"] in ("done", "failed") for r in rows) >= len(ids):
+                break
+            time.sleep(0.5)
+        total = time.perf_counter() - t0
+        rows = httpx.get(f"{url}/api/v1/worklist", headers=h, timeout=60).json()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+    from medsight.audit.log import AuditLog
+
+    done_events = [r.details["job_id"] for r in AuditLog(env["MEDSIGHT_AUDIT_URL"]).records()
+                   if r.event == "job_done"]
+    lat = sorted(x for _, x in submitted)
+    return {"seconds": total, "lost": len(set(ids) - {r["job_id"] for r in rows if r["status"] == "done"}),
+            "failed": sum(r["status"] == "failed" for r in rows),
+            "duplicated": len(done_events) - len(set(done_events)),
+            "p50": statistics.median(lat), "p95": lat[int(0.95 * (len(lat) - 1))]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--studies", type=int, default=200)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--slices", type=int, default=8)
+    ap.add_argument("--record", action="store_true", help="write the section of docs/benchmarks.md")
+    args = ap.parse_args()
+    from pydicom.data import data_manager
+
+    src = Path(data_manager.DATA_ROOT) / "test_files" / "CT_small.dcm"
+    work = Path(tempfile.mkdtemp(prefix="medsight-bench-service-"))
+    try:
+        package = _toy_package(work / "model")
+        studies = [_series(src, work / "studies" / f"s{i:04d}", args.slices, f"bench-{i}") for i in range(args.studies)]
+        (work / "inproc").mkdir()
+        (work / "inproc_nii").mkdir()
+        t_nii = in_process(package, studies, work / "inproc_nii", dicom=False)
+        t_dcm = in_process(package, studies, work / "inproc", dicom=True)
+        svc = service(package, studies, work / "svc", args.clients, args.workers)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    n = args.studies
+    rate = n / svc["seconds"]
+    lines = [
+        "## Triage service load test (loopback)",
+        "",
+        machine_line() + " Shared, loaded machine (other jobs running): absolute rates are pessimistic; the "
+        "ratios compare runs made back to back in one invocation.",
+        "",
+        f"Command: `python benchmarks/bench_service.py --studies {n} --clients {args.clients} --workers "
+        f"{args.workers} --record`. Studies: {n} CT studies of {args.slices} slices (128x128, built from pydicom's "
+        "real CT_small.dcm, distinct UIDs); model: a toy 3D DynUNet package (8 filters), no test-time mirroring on "
+        "either side; unit: study.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| jobs lost / failed / duplicated | {svc['lost']} / {svc['failed']} / {svc['duplicated']} (n = {n}) |",
+        f"| submit latency p50 / p95 ({args.clients} concurrent clients) | {svc['p50']:.3f} s / {svc['p95']:.3f} s |",
+        f"| service throughput, first submit to last job done ({args.workers} worker) | {rate:.2f} studies/s |",
+        f"| one process, same model + same SEG/SR/thumbnail output | {n / t_dcm:.2f} studies/s |",
+        f"| one process, `medsight predict`-style NIfTI output | {n / t_nii:.2f} studies/s |",
+        f"| service throughput vs one process (same output) | {rate / (n / t_dcm):.2f}x |",
+        f"| service throughput vs one process (NIfTI output) | {rate / (n / t_nii):.2f}x |",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.record:
+        record_section("service-load", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""``medsight serve`` (the triage service) and ``medsight users`` (its accounts)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from medsight.errors import ConfigError
+
+
+def _home(home: Path | None) -> Path:
+    root = Path(home or os.environ.get("MEDSIGHT_HOME") or Path.home() / ".medsight")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+_HOME = click.option("--home", type=click.Path(path_type=Path), default=None,
+                     help="Service folder (default: $MEDSIGHT_HOME or ~/.medsight): job store, inputs, results.")
+_DB = click.option("--db", "db_url", default=None,
+                   help="Job store URL (default: SQLite file in the home folder; postgresql+psycopg://... works).")
+
+
+def _store(home: Path | None, db_url: str | None):  # noqa: ANN202
+    from medsight.serve.store import Store, default_url
+
+    return Store(db_url or default_url(_home(home)))
+
+
+@click.group()
+def users() -> None:
+    """Accounts of the triage service: submitter (sends studies), reader (worklist), admin (both)."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["submitter", "reader", "admin"]), required=True)
+@_HOME
+@_DB
+def users_add(name: str, role: str, home: Path | None, db_url: str | None) -> None:
+    """Add a user and print its access token ONCE (only its SHA-256 is stored)."""
+    from medsight.serve.auth import add_user
+
+    token = add_user(_store(home, db_url), name, role)
+    click.echo(token)
+
+
+@users.command("revoke")
+@click.argument("name")
+@_HOME
+@_DB
+def users_revoke(name: str, home: Path | None, db_url: str | None) -> None:
+    """Revoke a user's token and end its sessions."""
+    _store(home, db_url).revoke_user(name)
+    click.echo(f"revoked {name}")
+
+
+@users.command("list")
+@_HOME
+@_DB
+def users_list(home: Path | None, db_url: str | None) -> None:
+    """List users, roles and whether they are revoked (never tokens)."""
+    click.echo(json.dumps(_store(home, db_url).list_users(), indent=2))
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="Job worker processes.")
+@click.option("--model", "models", multiple=True,
+              help="Model package folder or registered NAME[@VERSION] (repeatable). Default: every registered, "
+                   "non-retired package.")
+@click.option("--dicomweb", "dicomweb_url", default=None, help="DICOMweb root of the PACS to pull from / push to.")
+@click.option("--max-upload-mb", default=512, show_default=True, type=int)
+@click.option("--tta/--no-tta", default=True, show_default=True,
+              help="Mirrored test-time augmentation for segmentation (more robust, 8x the network time in 3D).")
+@_HOME
+@_DB
+def serve(host: str, port: int, workers: int, models: tuple[str, ...], dicomweb_url: str | None,
+          max_upload_mb: int, tta: bool, home: Path | None, db_url: str | None) -> None:
+    """Run the triage service: HTTP API + worklist page, and WORKERS processes that run the models."""
+    import multiprocessing as mp
+
+    import uvicorn
+
+    from medsight.serve.app import Settings, create_app
+    from medsight.serve.models import resolve_models
+    from medsight.serve.store import default_url
+    from medsight.serve.worker import worker_main
+
+    if workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    root = _home(home)
+    served = resolve_models(list(models))
+    from medsight.audit.log import default_url as audit_default
+
+    settings = Settings(home=root, db_url=db_url or default_url(root), audit_url=audit_default(), models=served,
+                        max_upload_bytes=max_upload_mb * 1024 * 1024, dicomweb_url=dicomweb_url, tta=tta)
+    app = create_app(settings)  # opens (and creates) the store before the workers start
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=worker_main, args=(settings.to_json(), f"worker-{i}"), daemon=True)
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    click.echo(f"medsight serve: http://{host}:{port}  models: "
+               f"{', '.join(m.name + '@' + m.version for m in served) or 'none'}  workers: {workers}", err=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(5)

@@ -1,0 +1,42 @@
+"""Which verified model packages the service runs: the ones named on the command line, or every registered,
+non-retired package of the registry ($MEDSIGHT_HOME)."""
+
+from __future__ import annotations
+
+from medsight.errors import ConfigError
+from medsight.serve.runner import ModelRef
+
+SERVABLE_TASKS = ("segmentation", "classification")
+
+
+def _ref(pkg) -> ModelRef:  # noqa: ANN001 - medsight.package.Package
+    if pkg.task not in SERVABLE_TASKS:
+        raise ConfigError(f"package {pkg.label} is a {pkg.task} model; the service runs {' and '.join(SERVABLE_TASKS)}"
+                          " models")
+    version = str(pkg.version) if pkg.version is not None else pkg.id[:12]
+    return ModelRef(pkg.name, version, pkg.id, pkg.task, pkg.path)
+
+
+def resolve_models(refs: list[str]) -> list[ModelRef]:
+    """Verify every package (each file re-hashed) and describe it; refuses retired ones."""
+    from medsight.package import load_package
+    from medsight.package.registry import Registry
+
+    if refs:
+        return [_ref(load_package(r)) for r in refs]
+    out = []
+    for rec in Registry().list():
+        if rec.status != "retired" and rec.task in SERVABLE_TASKS:
+            out.append(_ref(load_package(rec.ref)))
+    return out
+
+
+def verify_model(ref: ModelRef) -> ModelRef:
+    """Re-verify a served package before a job runs it (a file changed since start-up stops the job)."""
+    from medsight.package import load_package
+
+    pkg = load_package(ref.path)
+    if pkg.id != ref.package_id:
+        raise ConfigError(f"served package {ref.name}@{ref.version} changed on disk since the service started; "
+                          "restart the service")
+    return ref

@@ -1,0 +1,90 @@
+"""DICOM SEG and Comprehensive 3D SR from highdicom: valid for dciodvfy, referencing the source series, values kept."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+
+from medsight.image import Image
+from medsight.io import read_image
+from medsight.io.dicom_out import Algorithm, DicomOutError, Segment, build_seg, build_sr
+
+from .conftest import require_tool
+
+
+def _errors(path) -> list[str]:
+    r = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
+
+
+def _objects(ct_series, tmp_path):
+    image = read_image(ct_series)
+    source = [pydicom.dcmread(p) for p in sorted(ct_series.glob("*.dcm"))]
+    lab = np.zeros(image.array.shape, np.uint8)
+    lab[40:60, 30:50, 2:5] = 1  # i (columns), j (rows), k (slices)
+    algo = Algorithm("toy-seg", "a" * 64, parameters={"version": "3"})
+    seg = build_seg(source, Image(lab, image.geometry, image.provenance), [Segment(1, "lesion")], algo, "job-1")
+    rows = [{"lesion_id": 1, "segment_number": 1, "volume_ml": 0.872, "longest_diameter_mm": 21.5,
+             "mean_probability": 0.81}]
+    sr = build_sr(source, algo, "job-1", findings=rows, probability=0.93, referred=True,
+                  referral_reason="entropy high", seg=seg)
+    seg.save_as(tmp_path / "seg.dcm", enforce_file_format=True)
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    return image, source, lab, seg, sr
+
+
+def test_seg_and_sr_pass_dciodvfy(ct_series, tmp_path):
+    _objects(ct_series, tmp_path)
+    assert _errors(ct_series / "slice_00.dcm") == []  # the input is clean, so any error would be ours
+    assert _errors(tmp_path / "seg.dcm") == []
+    assert _errors(tmp_path / "sr.dcm") == []
+
+
+def test_seg_frames_match_the_label_map_on_the_source_slices(ct_series, tmp_path):
+    image, source, lab, seg, _ = _objects(ct_series, tmp_path)
+    back = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert back.ReferencedSeriesSequence[0].SeriesInstanceUID == source[0].SeriesInstanceUID
+    assert back.SegmentSequence[0].SegmentAlgorithmName == "toy-seg"
+    frames = back.pixel_array  # (frames, rows, cols), one frame per source slice
+    pos = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in back.PerFrameFunctionalGroupsSequence]
+    for f, z in enumerate(pos):
+        k = int(round(image.geometry.world_to_index(np.array([*image.geometry.origin[:2], z]))[2]))
+        np.testing.assert_array_equal(frames[f].astype(bool), lab[:, :, k].T.astype(bool))
+    assert frames.sum() == lab.sum()
+
+
+def test_sr_carries_measurements_and_referral(ct_series, tmp_path):
+    _, source, _, seg, _ = _objects(ct_series, tmp_path)
+    sr = pydicom.dcmread(tmp_path / "sr.dcm")
+    values = {}
+
+    def walk(items):
+        for it in items:
+            name = it.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in it else ""
+            if it.ValueType == "NUM":
+                values.setdefault(name, []).append(float(it.MeasuredValueSequence[0].NumericValue))
+            if it.ValueType == "CODE":
+                values.setdefault(name, []).append(it.ConceptCodeSequence[0].CodeMeaning)
+            if "ContentSequence" in it:
+                walk(it.ContentSequence)
+
+    walk(sr.ContentSequence)
+    assert values["Volume"] == [pytest.approx(0.872)]
+    assert values["Diameter"] == [pytest.approx(21.5)]
+    assert sorted(values["Probability"]) == [pytest.approx(0.81), pytest.approx(0.93)]
+    assert values["Recommended Follow-up"] == ["Yes"]
+    refs = {r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+            for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
+    assert {d.SOPInstanceUID for d in source} | {seg.SOPInstanceUID} <= refs
+
+
+def test_uids_are_deterministic_and_wrong_grid_is_refused(ct_series, tmp_path):
+    _, source, lab, seg, sr = _objects(ct_series, tmp_path)
+    _, _, _, seg2, sr2 = _objects(ct_series, tmp_path)
+    assert (seg.SOPInstanceUID, sr.SOPInstanceUID) == (seg2.SOPInstanceUID, sr2.SOPInstanceUID)
+    other = Image(lab, read_image(ct_series).geometry.__class__.identity(3), read_image(ct_series).provenance)
+    with pytest.raises(DicomOutError, match="grid"):
+        build_seg(source, other, [Segment(1, "lesion")], Algorithm("x", "y"), "job-2")

@@ -1,0 +1,163 @@
+"""Jobs run end to end, survive a killed worker (finished exactly once) and a restarted server (real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+
+from medsight.audit.log import AuditLog
+from medsight.serve.app import Settings, create_app
+from medsight.serve.auth import add_user
+from medsight.serve.models import resolve_models
+from medsight.serve.store import Store
+from medsight.serve.worker import process_one
+
+pytestmark = pytest.mark.slow
+
+
+def _settings(tmp_path, seg_package, lease_s=60.0) -> Settings:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return Settings(home=home, db_url=f"sqlite:///{home / 'serve.sqlite'}",
+                    audit_url=f"sqlite:///{tmp_path / 'audit.sqlite'}", models=resolve_models([str(seg_package)]),
+                    lease_s=lease_s, tta=False)
+
+
+def _upload(ct_series):
+    return [("files", (p.name, p.read_bytes(), "application/dicom")) for p in sorted(ct_series.glob("*.dcm"))]
+
+
+def _done_events(settings, job_id):
+    return [r for r in AuditLog(settings.audit_url).records() if r.event == "job_done" and r.details["job_id"] == job_id]
+
+
+def test_a_job_runs_end_to_end(tmp_path, seg_package, ct_series):
+    settings = _settings(tmp_path, seg_package)
+    client = TestClient(create_app(settings))
+    store = Store(settings.db_url)
+    token = add_user(store, "ward", "admin")
+    h = {"Authorization": f"Bearer {token}"}
+    job_id = client.post("/api/v1/studies", files=_upload(ct_series), headers=h).json()["job_id"]
+    assert process_one(settings, store, AuditLog(settings.audit_url), "w1") is True
+    job = client.get(f"/api/v1/jobs/{job_id}", headers=h).json()
+    assert job["status"] == "done", job["error"]
+    res = job["result"]
+    assert res["package_id"] == settings.models[0].package_id and res["task"] == "segmentation"
+    seg = pydicom.dcmread(settings.home / "results" / job_id / "seg.dcm")
+    series = pydicom.dcmread(next(ct_series.glob("*.dcm"))).SeriesInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == settings.models[0].name
+    assert client.get(f"/api/v1/jobs/{job_id}/files/sr.dcm", headers=h).status_code == 200
+    assert client.get(f"/api/v1/jobs/{job_id}/files/../../serve.sqlite", headers=h).status_code == 404
+    row = client.get("/api/v1/worklist", headers=h).json()[0]
+    assert row["job_id"] == job_id and row["thumbnail"].endswith("thumbnail.png")
+    assert len(_done_events(settings, job_id)) == 1
+    assert process_one(settings, store, AuditLog(settings.audit_url), "w1") is False  # queue empty
+
+
+def _worker(settings: Settings, name: str) -> subprocess.Popen:
+    code = ("import sys; from medsight.serve.worker import worker_main; "
+            "worker_main(sys.stdin.read(), sys.argv[1], poll_s=0.1)")
+    log = open(settings.home / f"worker-{name}.log", "w")
+    p = subprocess.Popen([sys.executable, "-c", code, name], stdin=subprocess.PIPE, stdout=log, stderr=log,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p.stdin.write(settings.to_json().encode())
+    p.stdin.close()
+    return p
+
+
+def _wait(pred, timeout_s: float, what: str):
+    t0 = time.time()
+    while time.time() - t0 < timeout_s:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} ({got})")
+
+
+def test_a_killed_worker_s_job_is_finished_exactly_once(tmp_path, seg_package, ct_series):
+    settings = _settings(tmp_path, seg_package, lease_s=4.0)
+    client = TestClient(create_app(settings))
+    store = Store(settings.db_url)
+    h = {"Authorization": f"Bearer {add_user(store, 'ward', 'admin')}"}
+    job_id = client.post("/api/v1/studies", files=_upload(ct_series), headers=h).json()["job_id"]
+    a = _worker(settings, "A")
+    try:
+        _wait(lambda: (j := store.job(job_id)) and j.status == "running" and j.worker == "A", 120, "worker A")
+        os.kill(a.pid, signal.SIGKILL)  # mid-run: A holds the claim, has written nothing final
+    finally:
+        a.wait(10)
+    assert store.job(job_id).status == "running"
+    b = _worker(settings, "B")
+    try:
+        job = _wait(lambda: (j := store.job(job_id)) and j.status == "done" and _done_events(settings, job_id) and j,
+                    300, "worker B to finish and audit the job")
+    finally:
+        b.kill()
+        b.wait(10)
+    assert job.worker == "B" and job.attempts == 2
+    assert len(_done_events(settings, job_id)) == 1, (settings.home / "worker-B.log").read_text()
+    results = settings.home / "results"
+    assert sorted(p.name for p in (results / job_id).iterdir()) == ["result.json", "seg.dcm", "sr.dcm",
+                                                                     "thumbnail.png"]
+    assert [p.name for p in results.iterdir()] == [job_id]  # no half-written temporary folder left
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(home: Path, port: int, seg_package: Path, tmp_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDSIGHT_AUDIT_URL": f"sqlite:///{tmp_path / 'audit.sqlite'}"}
+    return subprocess.Popen([sys.executable, "-m", "medsight.cli.main", "serve", "--home", str(home), "--port",
+                             str(port), "--model", str(seg_package), "--workers", "1", "--no-tta"], env=env,
+                            start_new_session=True)
+
+
+def test_a_restarted_server_loses_no_job(tmp_path, seg_package, ct_series):
+    home, port = tmp_path / "home", _free_port()
+    home.mkdir()
+    token = subprocess.run([sys.executable, "-m", "medsight.cli.main", "users", "add", "ward", "--role", "admin",
+                            "--home", str(home)], capture_output=True, text=True, check=True).stdout.strip()
+    h = {"Authorization": f"Bearer {token}"}
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(home, port, seg_package, tmp_path)
+    try:
+        _wait(lambda: _up(url), 120, "the server to start")
+        ids = [httpx.post(f"{url}/api/v1/studies", files=_upload(ct_series), headers=h, timeout=60).json()["job_id"]
+               for _ in range(2)]
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its worker, before the jobs are done
+        server.wait(10)
+    store = Store(f"sqlite:///{home / 'serve.sqlite'}")
+    assert {store.job(i).status for i in ids} <= {"queued", "running"}
+    server = _serve(home, port, seg_package, tmp_path)
+    try:
+        _wait(lambda: all(store.job(i).status == "done" for i in ids), 240, "both jobs after the restart")
+        rows = httpx.get(f"{url}/api/v1/worklist", headers=h, timeout=30).json()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
+    assert sorted(r["job_id"] for r in rows) == sorted(ids)
+    done = [r for r in AuditLog(f"sqlite:///{tmp_path / 'audit.sqlite'}").records() if r.event == "job_done"]
+    assert sorted(r.details["job_id"] for r in done) == sorted(ids)
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
