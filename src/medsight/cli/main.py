@@ -30,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("medsight.cli.models", "models", "List, show and verify registered models."),
     "audit": ("medsight.cli.audit", "audit", "Inspect and verify the tamper-evident audit log."),
     "validate": ("medsight.cli.validate", "validate", "External validation report (HTML + JSON)."),
+    "wsi": ("medsight.cli.wsi", "wsi", "Whole-slide images: tile into a hashed manifest, extract tile features."),
+    "train-mil": ("medsight.cli.mil", "train_mil_cmd", "Train a slide-level MIL model on tile features."),
+    "predict-mil": ("medsight.cli.mil", "predict_mil_cmd", "Slide predictions with attention heatmaps and GeoJSON."),
 }
 
 

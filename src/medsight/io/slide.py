@@ -167,16 +167,23 @@ def _to_rgb(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3], dtype=np.uint8)
 
 
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
+
+
 def is_dicom_slide(path: Path) -> bool:
-    """A DICOM WSI file, or a folder of them."""
-    files = sorted(p for p in path.iterdir() if p.is_file())[:4] if path.is_dir() else [path]
+    """A DICOM WSI file, or a folder holding one (read from the SOP Class UID in the header only)."""
+    import pydicom
+
+    files = sorted(p for p in path.iterdir() if p.is_file())[:8] if path.is_dir() else [path]
     for f in files:
         try:
             with open(f, "rb") as fh:
-                head = fh.read(132)
-        except OSError:
+                if fh.read(132)[128:132] != b"DICM":
+                    continue
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        except Exception:  # noqa: BLE001 - unreadable file: not a slide
             continue
-        if head[128:132] == b"DICM":
+        if str(ds.get("SOPClassUID", "")) == WSI_SOP_CLASS:
             return True
     return False
 
