@@ -22,8 +22,8 @@ from medsight.io.slide import Slide
 
 log = logging.getLogger(__name__)
 
-MASK_MPP = 8.0  # microns per mask pixel (16x below a 0.5 um/px 20x scan)
-MAX_MASK_SIDE = 4096  # the mask never exceeds this many pixels on its longer side
+MASK_MPP = 4.0  # microns per mask pixel (8x below a 0.5 um/px 20x scan)
+MAX_MASK_SIDE = 2048  # the mask never exceeds this many pixels on its longer side (bounded memory)
 MIN_SATURATION = 0.05  # Otsu thresholds below this split glass noise, not tissue from glass
 
 
@@ -37,8 +37,8 @@ class TissueMask:
     threshold: float  # the saturation threshold used
 
     def __post_init__(self) -> None:
-        m = self.mask.astype(np.int64)
-        self._integral = np.pad(m.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        m = self.mask.astype(np.int32)  # counts up to 2048^2 fit
+        self._integral = np.pad(m.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32), ((1, 0), (1, 0)))
 
     @property
     def fraction_total(self) -> float:

@@ -205,3 +205,54 @@ def build_slide_set(out_dir: str | Path, n_patients: int = 12, slides_per_patien
             w.writerows(rows)
     atomic_write_with(out_dir / SLIDES_CSV, write_csv, suffix=".csv")
     return made
+
+
+def write_sparse_pyramid(path: str | Path, side: int, src: np.ndarray, mpp: float = SOURCE_MPP, block: int = 1024,
+                         density: float = 0.05, seed: int = 0, tile: int = TILE) -> Path:
+    """A ``side`` x ``side`` pyramid (factor 4 per level) streamed tile by tile: glass with ``density`` of its
+    ``block``-pixel cells holding real tissue. Memory stays at a few tiles whatever ``side`` is (the check that
+    tiling is streaming needs a 50,000-pixel slide without holding 7.5 GB of pixels)."""
+    import tifffile
+
+    nb = -(-side // block)
+    occupied = np.random.default_rng(seed).random((nb, nb)) < density
+    crops = [np.ascontiguousarray(np.rot90(src, k)[:block, :block]) for k in range(4)]
+    white = np.full((tile, tile, 3), 242, np.uint8)
+
+    def tiles(d: int):  # noqa: ANN202 - generator of (tile, tile, 3) arrays in row-major order
+        lw = -(-side // d)
+        cache = {k: np.asarray(Image.fromarray(c).resize((max(1, block // d),) * 2, Image.Resampling.BOX))
+                 for k, c in enumerate(crops)}
+        bl = max(1, block // d)  # block side at this level
+        for ty in range(-(-lw // tile)):
+            for tx in range(-(-lw // tile)):
+                y0, x0 = ty * tile, tx * tile
+                by = range(y0 // bl, min(nb, (y0 + tile - 1) // bl + 1))
+                bx = range(x0 // bl, min(nb, (x0 + tile - 1) // bl + 1))
+                hits = [(j, i) for j in by for i in bx if occupied[j, i]]
+                if not hits:
+                    yield white
+                    continue
+                out = white.copy()
+                for j, i in hits:
+                    img = cache[(i + j) % 4]
+                    ys, xs = j * bl - y0, i * bl - x0
+                    sy, sx = max(0, -ys), max(0, -xs)
+                    ey, ex = min(bl, tile - ys), min(bl, tile - xs)
+                    out[ys + sy:ys + ey, xs + sx:xs + ex] = img[sy:ey, sx:ex]
+                yield out
+
+    def write(tmp: Path) -> None:
+        with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+            d = 1
+            while True:
+                lw = -(-side // d)
+                tif.write(tiles(d), shape=(lw, lw, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
+                          compression="jpeg", compressionargs={"level": 85},
+                          resolution=(1e4 / (mpp * d), 1e4 / (mpp * d)), resolutionunit="CENTIMETER",
+                          subfiletype=0 if d == 1 else 1, metadata=None)
+                if lw <= 2 * tile:
+                    break
+                d *= 4
+    atomic_write_with(path, write, suffix=".tif")
+    return Path(path)
