@@ -42,6 +42,7 @@ class Encoder:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     provenance: dict[str, Any] = field(default_factory=dict)
+    fixed_size: bool = False  # True: tiles are resized to input_size (a ViT's position grid); CNNs take any size
 
     def preprocess(self, tiles: np.ndarray) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> normalised (N, 3, H, W) float32."""
@@ -161,7 +162,7 @@ def vit_checkpoint(weights: str | Path | None = None, heads: int | None = None, 
         raise ConfigError(f"ViT checkpoint does not match a plain ViT: missing {missing[:3]}, unexpected "
                           f"{unexpected[:3]}", path)
     model.load_state_dict(state)
-    return Encoder(model.eval(), name or f"vit-{path.stem}", int(dim), int(side * patch), provenance={
+    return Encoder(model.eval(), name or f"vit-{path.stem}", int(dim), int(side * patch), fixed_size=True, provenance={
         "encoder": "vit", "weights": path.name, "weights_sha256": sha256_file(path),
         "architecture": {"dim": int(dim), "depth": depth, "heads": heads or max(1, dim // 64), "patch": int(patch),
                          "tokens": int(n_tokens), "layer_scale": "blocks.0.ls1.gamma" in state}})

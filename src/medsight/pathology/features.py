@@ -98,11 +98,11 @@ def _prefetch(it: Iterator[np.ndarray], depth: int) -> Iterator[np.ndarray]:
 
 
 def encode_batches(encoder: Encoder, batches: Iterator[np.ndarray]) -> np.ndarray:
-    """Features of every tile of ``batches`` (resized to the encoder's input size when they differ)."""
+    """Features of every tile of ``batches`` (resized to the encoder's input size if it has a fixed one)."""
     out = []
     for tiles in batches:
         x = encoder.preprocess(tiles)
-        if x.shape[-1] != encoder.input_size:
+        if encoder.fixed_size and x.shape[-1] != encoder.input_size:
             x = torch.nn.functional.interpolate(x, size=(encoder.input_size,) * 2, mode="bilinear",
                                                 antialias=True, align_corners=False)
         out.append(encoder(x).float().numpy())
