@@ -49,7 +49,7 @@ def test_missing_mpp_exits_2_and_given_mpp_is_recorded(capsys, no_mpp_tiff: Path
 def test_tile_features_train_predict(capsys, tmp_path: Path) -> None:  # noqa: ANN001
     from medsight.synthetic.slides import build_slide_set
 
-    made = build_slide_set(tmp_path / "data", n_patients=5, slides_per_patient=2, seed=3, piece=900,
+    made = build_slide_set(tmp_path / "data", n_patients=4, slides_per_patient=2, seed=3, piece=760,
                            progress=False)
     tiles = tmp_path / "tiles"
     _run(capsys, "-q", "wsi", "tile", *[str(m.path) for m in made], "--out", str(tiles), "--tile-mpp", "2",
