@@ -61,7 +61,7 @@ def _bags(n: int, rng: np.random.Generator) -> list[Bag]:
         label = i % 2
         x = rng.normal(size=(int(rng.integers(20, 40)), 16)).astype(np.float32)
         if label:
-            x[:3, 0] += 4.0
+            x[:3, 0] += 5.0
         boxes = np.stack([np.arange(len(x)) * 100, np.zeros(len(x)), np.full(len(x), 100), np.full(len(x), 100)], 1)
         bags.append(Bag(f"s{i}", f"p{i // 2}", label, torch.from_numpy(x), boxes.astype(np.int64), "h",
                         {"encoder": "test", "weights_sha256": "x"}))
@@ -78,7 +78,7 @@ def test_patient_split_keeps_patients_whole() -> None:
 @pytest.mark.parametrize("model", ["abmil", "clam-sb"])
 def test_attention_mil_learns_and_points_at_the_positive_tiles(model: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    config = train_mil(None, None, tmp_path / model, model, epochs=15, seed=0, bags=_bags(40, rng))
+    config = train_mil(None, None, tmp_path / model, model, epochs=20, seed=0, bags=_bags(60, rng))
     assert {"model.pt", "calibration.json", "referral.json", "config.json"} <= {p.name for p in tmp_path.joinpath(
         model).iterdir()}
     assert config["split"]["unit"] == "patient"

@@ -168,20 +168,11 @@ def vit_checkpoint(weights: str | Path | None = None, heads: int | None = None, 
                          "tokens": int(n_tokens), "layer_scale": "blocks.0.ls1.gamma" in state}})
 
 
-BUILTIN = {"efficientnet-lite0": efficientnet_lite0, "vit": vit_checkpoint}
-
-
 def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
-    """The encoder ``name`` from the ``medsight.encoders`` plug-in registry (built-ins if it is not there yet)."""
-    factory = None
-    try:
-        from medsight.nets import registry  # h14's plug-in registry
+    """The encoder ``name`` from the ``medsight.encoders`` plug-in registry; its distribution is recorded."""
+    from medsight.nets import registry
 
-        factory = registry.load("encoders", name)
-    except ImportError:
-        factory = BUILTIN.get(name)
-        if factory is None:
-            raise ConfigError(f"unknown encoder {name!r}; available: {', '.join(BUILTIN)}") from None
+    factory = registry.load("medsight.encoders", name)
     enc = factory(weights=weights) if weights is not None else factory()
-    enc.provenance.setdefault("factory", name)
+    enc.provenance["plugin"] = registry.provenance("medsight.encoders", name)
     return enc

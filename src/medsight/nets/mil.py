@@ -147,18 +147,8 @@ def clam_sb(in_dim: int, **kw: Any) -> nn.Module:
     return CLAMSB(in_dim, **kw)
 
 
-BUILTIN = {"mean": mean_pool, "max": max_pool, "abmil": abmil, "clam-sb": clam_sb}
-
-
 def load_mil(name: str) -> Any:
-    """The MIL factory ``name`` from the ``medsight.mil`` registry (the built-ins before the registry exists)."""
-    from medsight.errors import ConfigError
+    """The MIL factory ``name`` from the ``medsight.mil`` plug-in registry (ConfigError listing what exists)."""
+    from medsight.nets import registry
 
-    try:
-        from medsight.nets import registry  # h14's plug-in registry
-
-        return registry.load("mil", name)
-    except ImportError:
-        if name not in BUILTIN:
-            raise ConfigError(f"unknown MIL model {name!r}; available: {', '.join(BUILTIN)}") from None
-        return BUILTIN[name]
+    return registry.load("medsight.mil", name)

@@ -4,8 +4,8 @@ Labels come from a CSV (``slide_id``, ``label`` 0/1, optional ``patient_id``); f
 ``<features dir>/<slide_id>/features.npz``. The validation patients are held out from training (no patient's
 slides on both sides), pick the best epoch (validation AUC, then loss), fit the temperature that calibrates the
 slide probability (safety/temperature.py), and fit the referral threshold on confidence (safety/referral.py).
-The training itself is a ``MILTask`` with the engine's Task interface (build_model / configure_optimizer /
-epoch_batches / loss / validate / selection); until the shared engine is merged a small local loop runs it.
+The training itself is a ``MILTask`` on the shared engine (engine/loop.py ``fit``): one bag per step, the best
+epoch restored at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsight.engine.loop import fit
+from medsight.engine.task import EngineConfig, Task
 from medsight.errors import DatasetError
 from medsight.files import atomic_write_text, atomic_write_with
 from medsight.metrics.classification import roc_auc
@@ -105,10 +107,20 @@ def patient_split(bags: list[Bag], val_share: float, seed: int) -> tuple[list[Ba
     return train, held
 
 
-class MILTask:
+class MILTask(Task):
     """The engine Task for slide-level MIL: one bag per step, binary cross-entropy (+ CLAM's instance loss)."""
 
     selection = ("auc", "max")
+
+    def selection_key(self, record: dict[str, Any]) -> float | None:
+        """Validation AUC, ties (frequent on a few slides) broken by the lower validation loss."""
+        auc, loss = record.get("auc"), record.get("loss_val")
+        if auc is None or not np.isfinite(auc):
+            return None
+        return -float(auc) + 1e-6 * float(loss)
+
+    def batch_size(self, batch: Bag) -> int:
+        return 1
 
     def __init__(self, model_name: str, in_dim: int, train: list[Bag], val: list[Bag], lr: float = 1e-3,
                  weight_decay: float = 1e-4, model_kwargs: dict[str, Any] | None = None) -> None:
@@ -141,49 +153,22 @@ class MILTask:
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module) -> dict[str, float]:
-        model.eval()
         z = np.array([float(model(b.features)["logit"]) for b in self.val])
         y = np.array([b.label for b in self.val])
-        model.train()
         loss = float(np.mean(np.logaddexp(0, z) - y * z))
-        return {"auc": roc_auc(y, z) if len(set(y)) == 2 else float("nan"), "loss": loss}
+        return {"auc": roc_auc(y, z) if len(set(y)) == 2 else float("nan"), "loss_val": loss}
 
 
-def fit_local(task: MILTask, epochs: int, seed: int) -> tuple[torch.nn.Module, list[dict[str, float]], int]:
-    """The engine's loop in miniature: train, validate each epoch, keep the best weights by ``task.selection``."""
-    torch.manual_seed(seed)
+def fit_mil(task: MILTask, epochs: int, seed: int, quiet: bool = True) -> tuple[torch.nn.Module, list[dict], int]:
+    """Train through the engine with one torch thread (a bag of a few hundred rows: threads only add overhead)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one bag of a few hundred rows: threads only add overhead
+    torch.set_num_threads(1)
     try:
-        return _fit(task, epochs, seed)
+        res = fit(task, EngineConfig(epochs=epochs, seed=seed, quiet=quiet, name="train-mil", tensorboard=False))
     finally:
         torch.set_num_threads(threads)
-
-
-def _fit(task: MILTask, epochs: int, seed: int) -> tuple[torch.nn.Module, list[dict[str, float]], int]:
-    model = task.build_model()
-    opt = task.configure_optimizer(model)
-    metric, mode = task.selection
-    best, best_state, best_epoch, history = None, None, -1, []
-    for epoch in range(epochs):
-        rng = np.random.default_rng([seed, epoch])
-        model.train()
-        losses = []
-        for batch in task.epoch_batches(epoch, rng):
-            opt.zero_grad()
-            loss = task.loss(model, batch)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        val = task.validate(model)
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), **val})
-        key = (val[metric] if mode == "max" else -val[metric], -val["loss"])
-        if best is None or key > best:
-            best, best_epoch = key, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    model.eval()
-    return model, history, best_epoch
+    best = res.best_epoch if res.best_epoch is not None else len(res.history) - 1
+    return res.model, res.history, best
 
 
 @torch.no_grad()
@@ -207,7 +192,7 @@ def train_mil(labels_csv: str | Path, features_dir: str | Path, out_dir: str | P
     train, val = patient_split(bags, val_share, seed)
     task = MILTask(model_name, int(bags[0].features.shape[1]), train, val, lr)
     t0 = time.perf_counter()
-    model, history, best_epoch = fit_local(task, epochs, seed)
+    model, history, best_epoch = fit_mil(task, epochs, seed)
     seconds = time.perf_counter() - t0
     z, _ = bag_logits(model, val)
     y = np.array([b.label for b in val])
@@ -224,7 +209,8 @@ def train_mil(labels_csv: str | Path, features_dir: str | Path, out_dir: str | P
               "split": {"train": sorted(b.slide_id for b in train), "val": sorted(b.slide_id for b in val),
                         "unit": "patient"},
               "tiling_hashes": {b.slide_id: b.tiling_hash for b in bags},
-              "validation": {"auc": history[best_epoch]["auc"], "loss": history[best_epoch]["loss"],
+              "engine": {"best_epoch": best_epoch, "history": "history.json"},
+              "validation": {"auc": history[best_epoch]["auc"], "loss": history[best_epoch]["loss_val"],
                              **{k: v for k, v in cal.fit.items() if k.startswith(("ece", "nll"))}}}
     atomic_write_text(out_dir / "config.json", json.dumps(config, indent=1))
     atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
