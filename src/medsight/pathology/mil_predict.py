@@ -49,7 +49,10 @@ def predict_slides(model_dir: str | Path, features_dir: str | Path, out_dir: str
     from medsight.safety.referral import ReferralPolicy
     from medsight.safety.temperature import load_calibration
 
-    model_dir, features_dir, out_dir = Path(model_dir), Path(features_dir), Path(out_dir)
+    from medsight.pathology.packaging import verified_model_dir
+
+    features_dir, out_dir = Path(features_dir), Path(out_dir)
+    model_dir = verified_model_dir(Path(model_dir))
     model, config = load_mil_model(model_dir)
     cal = load_calibration(model_dir)
     policy = ReferralPolicy.load(model_dir / "referral.json") if (model_dir / "referral.json").exists() else None
