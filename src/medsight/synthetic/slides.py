@@ -95,8 +95,10 @@ def ellipse_ring(cx: float, cy: float, rx: float, ry: float, angle: float, n: in
     return ring + [ring[0]]
 
 
-def _augment(src: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    a = np.rot90(src, int(rng.integers(4)))
+def _augmented_crop(src: np.ndarray, rng: np.random.Generator, piece: int) -> np.ndarray:
+    """A random ``piece`` x ``piece`` crop of the source, rotated by a multiple of 90 degrees and maybe flipped."""
+    y, x = int(rng.integers(0, src.shape[0] - piece + 1)), int(rng.integers(0, src.shape[1] - piece + 1))
+    a = np.rot90(src[y:y + piece, x:x + piece], int(rng.integers(4)))
     if rng.random() < 0.5:
         a = a[:, ::-1]
     return np.ascontiguousarray(a)
@@ -123,14 +125,12 @@ def make_slide(src: np.ndarray, rng: np.random.Generator, positive: bool, piece:
                dilate: int = 2, h_boost: float = 1.4) -> tuple[np.ndarray, list[list[float]] | None]:
     """One simulated slide (RGB) from the real region; returns the image and the tumour ring (or None)."""
     margin = 96
-    canvas = np.full((piece + 2 * margin, 2 * piece + 3 * margin, 3), 0, np.uint8)
-    canvas[:] = (rng.integers(238, 247, size=3)).astype(np.uint8)
-    canvas = np.clip(canvas.astype(np.int16) + rng.integers(-3, 4, size=canvas.shape[:2])[..., None],
-                     0, 255).astype(np.uint8)
+    glass = rng.integers(238, 247, size=3).astype(np.uint8)  # with +-3 of noise: stays inside 0..255
+    noise = rng.integers(-3, 4, size=(piece + 2 * margin, 2 * piece + 3 * margin, 1), dtype=np.int8)
+    canvas = (glass + noise).astype(np.uint8)
     for k in range(2):
-        a = _augment(src, rng)
-        y, x = int(rng.integers(0, a.shape[0] - piece + 1)), int(rng.integers(0, a.shape[1] - piece + 1))
-        crop = _stain_jitter(a[y:y + piece, x:x + piece], float(rng.uniform(0.8, 1.2)), float(rng.uniform(0.8, 1.2)))
+        crop = _stain_jitter(_augmented_crop(src, rng, piece), float(rng.uniform(0.8, 1.2)),
+                             float(rng.uniform(0.8, 1.2)))
         ox, oy = margin + k * (piece + margin), margin
         tissue = crop.min(2) < 215  # paste tissue only, so the glass stays the slide's own
         canvas[oy:oy + piece, ox:ox + piece][tissue] = crop[tissue]
