@@ -106,7 +106,7 @@ def bench_features(slides: list[Path], repeats: int, batch: int = 32) -> dict:
 
 
 PEAK_CHILD = """
-import resource, sys
+import sys
 from medsight.io.slide import open_slide
 from medsight.pathology.tiling import TilingParams, tile_slide
 p = TilingParams(mpp=1.0, size=224, min_tissue=0.5)
@@ -114,8 +114,9 @@ with open_slide(sys.argv[1]) as s:
     t, _ = tile_slide(s, p, sha="-")
     for x, y, _, _ in t.boxes:
         s.read_region_mpp(int(x), int(y), p.mpp, p.size, p.size)
-print(len(t.boxes), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-"""
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(len(t.boxes), int(hwm) / 1024)
+"""  # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the parent's size at fork
 
 
 def bench_memory(work: Path) -> dict:
@@ -251,18 +252,18 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("medsight-out/bench-pathology"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--only", choices=("mil", "tiling", "features", "memory"), action="append",
+                    help="Rerun only these parts; the others are taken from the last run's results.json.")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    mil = bench_mil(args.work, args.patients, args.folds, args.epochs, 0)
-    print(json.dumps(mil, indent=1))
+    last = json.loads((args.work / "results.json").read_text()) if args.only else {}
+    todo = set(args.only or ("mil", "tiling", "features", "memory"))
+    mil = bench_mil(args.work, args.patients, args.folds, args.epochs, 0) if "mil" in todo else last["mil"]
     slides = sorted((args.work / "mil" / "slides").glob("*.tif"))[:3]
-    tiling = bench_tiling(slides, args.repeats)
-    print(json.dumps(tiling, indent=1))
-    feats = bench_features(slides[:2], args.repeats)
-    print(json.dumps(feats, indent=1))
-    mem = bench_memory(args.work)
-    print(json.dumps(mem, indent=1))
+    tiling = bench_tiling(slides, args.repeats) if "tiling" in todo else last["tiling"]
+    feats = bench_features(slides, args.repeats) if "features" in todo else last["features"]
+    mem = bench_memory(args.work) if "memory" in todo else {int(k): v for k, v in last["memory"].items()}
     (args.work / "results.json").write_text(json.dumps({"tiling": tiling, "features": feats, "memory": mem,
                                                          "mil": mil}, indent=1))
     md = markdown(args, tiling, feats, mem, mil)
