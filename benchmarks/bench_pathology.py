@@ -249,13 +249,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--work", type=Path, default=Path("medsight-out/bench-pathology"))
+    ap.add_argument("--work", type=Path, default=None, help="Cache folder (default medsight-out/bench-pathology-pN)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--only", choices=("mil", "tiling", "features", "memory"), action="append",
                     help="Rerun only these parts; the others are taken from the last run's results.json.")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    args.work = args.work or Path(f"medsight-out/bench-pathology-p{args.patients}")  # slides are cached per size
     args.work.mkdir(parents=True, exist_ok=True)
     last = json.loads((args.work / "results.json").read_text()) if args.only else {}
     todo = set(args.only or ("mil", "tiling", "features", "memory"))

@@ -5,7 +5,7 @@ the same tile size then covers the same tissue whatever the scanner's pyramid lo
 states no pixel size is refused with a clear error unless the caller states one (``mpp=``); that choice is kept in
 ``Slide.mpp_source`` and in every manifest made from the slide.
 
-Backend choice: OpenSlide for the TIFF family (tiling + tile reads ran 1.8x faster than with tiffslide on our
+Backend choice: OpenSlide for the TIFF family (tiling + tile reads ran 1.7-1.8x faster than with tiffslide on our
 simulated JPEG pyramids, docs/benchmarks.md "pathology"; tiffslide stays available as ``backend="tiffslide"``),
 wsidicom for DICOM files and folders. Every read returns an RGB ``uint8`` array (alpha composited on white), so backends compare pixel by pixel.
 """
