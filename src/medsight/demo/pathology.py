@@ -31,7 +31,7 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
     t0 = time.perf_counter()
     out = Path(ctx.out_dir) / "pathology"
     quiet = ctx.quiet
-    n_train, n_test, piece = (4, 3, 900) if ctx.fast else (10, 4, 1200)
+    n_train, n_test, piece = (4, 3, 900) if ctx.fast else (12, 4, 1200)
     params = TilingParams(mpp=1.0, size=112, min_tissue=0.5)
     encoder = efficientnet_lite0(input_size=params.size)
     sets = {}
