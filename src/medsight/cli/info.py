@@ -25,6 +25,12 @@ def info(ctx: click.Context, path: Path, series_uid: str | None, as_json: bool) 
     from medsight.io import read_image
     from medsight.io.dicom import scan_dicom
 
+    from medsight.io.slide import is_slide_path
+
+    if is_slide_path(path):  # whole-slide images have their own reader and description (cli/wsi.py)
+        from medsight.cli.wsi import print_slide
+
+        return print_slide(path, as_json)
     progress = not (ctx.obj or {}).get("quiet", False)
     report: dict[str, Any] = {"path": str(path), "series": [], "image": None}
     if _is_dicom_input(path):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 # module names under medsight.demo, in the order they run
-STAGES: tuple[str, ...] = ("segmentation", "classification", "safety", "report")
+STAGES: tuple[str, ...] = ("segmentation", "classification", "safety", "pathology", "report")
 
 
 @dataclass
