@@ -18,7 +18,6 @@ import pandas as pd
 from medsight.errors import DatasetError, InputNotFoundError, MedsightError
 from medsight.files import sha256_file
 from medsight.metrics.tables import reference_present
-from medsight.report.plots import overlay
 from medsight.report.results import ValidationResults, clean
 from medsight.report.validate import classification_cohort, classification_section, segmentation_section
 
