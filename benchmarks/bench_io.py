@@ -172,9 +172,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--child", nargs=2, metavar=("READER", "FOLDER"), help=argparse.SUPPRESS)
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--only-startup", action="store_true", help="re-record only the start-up table")
     args = ap.parse_args()
     if args.child:
         child(*args.child)
+        return
+    if args.only_startup:
+        rerecord_startup(args.repeats)
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,13 +195,7 @@ def main() -> None:
                                                                   for r in READERS), flush=True)
                 for p in folder.iterdir():
                     p.unlink()
-        files = {"one CT slice, DICOM": write_series(Path(tmp) / "one", 1)[0]}
-        from medsight.image import Geometry, Image
-        from medsight.io.nifti import write_nifti
-
-        files["NIfTI"] = write_nifti(Image(np.zeros((64, 64, 32), np.int16), Geometry.identity(3)),
-                                     Path(tmp) / "a.nii.gz")
-        start = startup(files, args.repeats)
+        start = startup(_startup_files(Path(tmp)), args.repeats)
         for c, w, b, i in start:
             print(f"{c}: {w:.3f} s wall (bare interpreter {b:.3f} s), imports {i:.0f} ms", flush=True)
     if not args.no_record:
@@ -240,14 +238,40 @@ def _markdown(rows: list, args: argparse.Namespace, start: list) -> str:
     for syntax, n, _, res in rows:
         lines.append(f"- runs {syntax} {n} (s): " + "; ".join(
             f"{r} " + ", ".join(f"{t:.3f}" for t in res["times"][r]) for r in READERS))
-    lines += ["", "### Start-up (`medsight --help`, `medsight info FILE`)", "",
-              f"Each command in a fresh interpreter, median of n={args.repeats}; 'imports' is the sum of the "
-              "top-level entries of `python -X importtime` (everything the command imports, medsight included), "
-              "'overhead' the wall time minus a bare `python -c pass`. No command here imports torch, MONAI, "
-              "SimpleITK, pandas or matplotlib (tests/cli/test_startup.py).", "",
-              "| command | wall (s) | overhead over a bare interpreter (s) | imports (ms) |", "|---|---|---|---|"]
+    return "\n".join(lines) + "\n\n" + _startup_markdown(start, args.repeats)
+
+
+def _startup_markdown(start: list, repeats: int) -> str:
+    lines = ["### Start-up (`medsight --help`, `medsight info FILE`)", "",
+             f"Each command in a fresh interpreter, median of n={repeats}; 'imports' is the sum of the "
+             "top-level entries of `python -X importtime` (everything the command imports, medsight included), "
+             "'overhead' the wall time minus a bare `python -c pass`. No command here imports torch, MONAI, "
+             "SimpleITK, pandas or matplotlib (tests/cli/test_startup.py). `--only-startup` re-records this table "
+             f"alone (`nice -n 10 .venv/bin/python benchmarks/bench_io.py --only-startup --repeats {repeats}`).", "",
+             "| command | wall (s) | overhead over a bare interpreter (s) | imports (ms) |", "|---|---|---|---|"]
     lines += [f"| `{c}` | {w:.3f} | {w - b:.3f} | {i:.0f} |" for c, w, b, i in start]
     return "\n".join(lines)
+
+
+def _startup_files(tmp: Path) -> dict[str, Path]:
+    from medsight.image import Geometry, Image
+    from medsight.io.nifti import write_nifti
+
+    files = {"one CT slice, DICOM": write_series(tmp / "one", 1)[0]}
+    files["NIfTI"] = write_nifti(Image(np.zeros((64, 64, 32), np.int16), Geometry.identity(3)), tmp / "a.nii.gz")
+    return files
+
+
+def rerecord_startup(repeats: int) -> None:
+    """Measure start-up only and replace the start-up table inside the recorded io section."""
+    from _record import DOC
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = startup(_startup_files(Path(tmp)), repeats)
+    text = DOC.read_text()
+    section = text.split("<!-- BEGIN io -->", 1)[1].split("<!-- END io -->", 1)[0]
+    head = section.split("### Start-up", 1)[0].rstrip()
+    record_section("io", head + "\n\n" + _startup_markdown(start, repeats))
 
 
 if __name__ == "__main__":

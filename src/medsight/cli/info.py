@@ -23,7 +23,6 @@ def info(ctx: click.Context, path: Path, series_uid: str | None, as_json: bool) 
     with --series UID to read it and see its full geometry and provenance. Nothing is written.
     """
     from medsight.io import read_image
-    from medsight.io.dicom import scan_dicom
 
     from medsight.io.slide import is_slide_path
 
@@ -34,6 +33,8 @@ def info(ctx: click.Context, path: Path, series_uid: str | None, as_json: bool) 
     progress = not (ctx.obj or {}).get("quiet", False)
     report: dict[str, Any] = {"path": str(path), "series": [], "image": None}
     if _is_dicom_input(path):
+        from medsight.io.dicom import scan_dicom  # pydicom is imported only for DICOM input
+
         scan = scan_dicom(path, series_uid=series_uid, progress=progress)  # each file read and parsed once
         series = scan.series()
         report["series"] = [s.to_dict() for s in series]
