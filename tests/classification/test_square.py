@@ -59,7 +59,8 @@ def test_multilabel_outputs_and_thresholds_round_trip(trained: Path, square_data
     cfg = json.loads((trained / "config.json").read_text())
     assert bundle.labels == ["square", "left_half"] and cfg["activation"] == "sigmoid"
     th = cfg["thresholds"]
-    assert set(th) == {"square", "left_half"} and all(0.0 < v < 1.0 for v in th.values())
+    # <= 1: on this easy task a confident model's float32 sigmoid reaches exactly 1.0 for some positives
+    assert set(th) == {"square", "left_half"} and all(0.0 < v <= 1.0 for v in th.values())
     # the stored threshold is the one that gives the target sensitivity on the validation patients
     manifest, _ = square_data
     table = pd.read_csv(manifest)

@@ -16,9 +16,11 @@ import click
 @click.option("--no-mirror", is_flag=True, help="Skip mirroring test-time augmentation (faster).")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probability maps (4D NIfTI).")
 @click.option("--uncertainty", is_flag=True, help="Also write a per-voxel entropy map.")
+@click.option("--network", default=None, help="Build this registered network instead of the one the model "
+              "recorded (e.g. a plug-in renamed since training); the weights must fit it.")
 @click.pass_context
 def predict(ctx: click.Context, model_dir: Path, input_path: Path, output: Path, folds: str | None,
-            no_mirror: bool, probabilities: bool, uncertainty: bool) -> None:
+            no_mirror: bool, probabilities: bool, uncertainty: bool, network: str | None) -> None:
     """Segment INPUT (a NIfTI/DICOM image, or a folder of {case}_0000.nii.gz files) into OUTPUT.
 
     OUTPUT is a .nii.gz file for one image or a folder for many. Label maps keep the input's geometry exactly,
@@ -29,7 +31,8 @@ def predict(ctx: click.Context, model_dir: Path, input_path: Path, output: Path,
     from medsight.io import read_image
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
-    predictor = Predictor(model_dir, folds=folds.split(",") if folds else None, mirror=not no_mirror)
+    predictor = Predictor(model_dir, folds=folds.split(",") if folds else None, mirror=not no_mirror,
+                          network=network)
     n_channels = len(predictor.plan.channels)
     jobs: list[tuple[list[Path], Path]] = []
     if input_path.is_dir() and any(input_path.glob("*_0000.nii*")):

@@ -21,31 +21,53 @@ import click
 @click.option("--seed", default=0, show_default=True)
 @click.option("--sites", default=None, help="Comma-separated sites to train on (manifest 'site'); default all.")
 @click.option("--max-minutes", type=float, default=None, help="Stop after the epoch that passes this time.")
+@click.option("--network", default=None, help="Train this registered network (built-in or from an installed "
+              "plug-in) instead of the plan's; recorded in the model folder's plan.json.")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Data-parallel processes on this machine "
+              "(PyTorch DDP: gloo on CPU, NCCL on GPU). For several machines use torchrun (docs/segmentation.md).")
 @click.pass_context
 def train(ctx: click.Context, dataset: Path, config: str, fold: str, plan_path: Path | None, model_dir: Path | None,
-          epochs: int | None, seed: int, sites: str | None, max_minutes: float | None) -> None:
+          epochs: int | None, seed: int, sites: str | None, max_minutes: float | None, network: str | None,
+          nproc: int) -> None:
     """Train a segmentation network on DATASET with a patient-level 5-fold split.
 
     Writes a checkpoint after every epoch (atomically); run the same command again after a kill and it resumes,
     ending with the same weights as an uninterrupted run. Logs are TensorBoard-compatible (MODEL_DIR/fold_K/tensorboard).
     """
+    from dataclasses import replace
+
     from medsight.data.dataset import load_dataset, validate
     from medsight.data.splits import dataset_folds, save_folds
+    from medsight.engine import distributed as dd
     from medsight.errors import ConfigError
+    from medsight.nets.segmentation import available_networks
     from medsight.plan.plan import Plan
     from medsight.segmentation.train import train_fold
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    if nproc > 1 and dd.env_world_size() == 1:
+        ctx.exit(dd.launch(nproc, ["medsight.cli.main", *(["-q"] if quiet else []), "train",
+                                   *_forward(ctx.params)]))
+    dd.init_from_env()
     ds = load_dataset(dataset)
     validate(ds)
     p = Plan.load(plan_path or Path(dataset) / "medsight_plan.json")
+    if network is not None:
+        if network not in available_networks():
+            raise ConfigError(f"unknown network {network!r}; available: {', '.join(available_networks())}. If it "
+                              "comes from a plug-in, install the package that registers it")
+        p = replace(p, configurations={k: replace(c, network=network) for k, c in p.configurations.items()})
     model_dir = model_dir or Path(dataset) / "medsight_models" / config
-    model_dir.mkdir(parents=True, exist_ok=True)
-    p.save(model_dir / "plan.json")
-    shutil.copyfile(Path(dataset) / "dataset.json", model_dir / "dataset.json")
     site_list = tuple(s.strip() for s in sites.split(",")) if sites else None
     folds = dataset_folds(ds, 5, seed, sites=site_list)
-    save_folds(folds, model_dir / "splits.json")
+    if dd.is_main():
+        model_dir.mkdir(parents=True, exist_ok=True)
+        p.save(model_dir / "plan.json")
+        shutil.copyfile(Path(dataset) / "dataset.json", model_dir / "dataset.json")
+        save_folds(folds, model_dir / "splits.json")
+    dd.barrier()
     if fold == "all":
         todo = [("all", sorted(folds[0]["train"] + folds[0]["val"]), [])]
     elif fold == "cv":
@@ -58,6 +80,20 @@ def train(ctx: click.Context, dataset: Path, config: str, fold: str, plan_path: 
     for k, tr, va in todo:
         s = train_fold(ds, p, config, k, model_dir, tr, va, seed=seed, epochs=epochs,
                        max_seconds=None if max_minutes is None else max_minutes * 60, quiet=quiet)
-        click.echo(f"fold {k}: {s['epochs_done']}/{s['epochs_planned']} epochs, loss {s['final_loss']:.4f}, "
-                   f"val Dice {s['final_val_dice']}")
-    click.echo(f"model written to {model_dir}")
+        if dd.is_main():
+            click.echo(f"fold {k}: {s['epochs_done']}/{s['epochs_planned']} epochs, loss {s['final_loss']:.4f}, "
+                       f"val Dice {s['final_val_dice']}")
+    if dd.is_main():
+        click.echo(f"model written to {model_dir}")
+    dd.shutdown()
+
+
+def _forward(params: dict) -> list[str]:
+    """The command line for the worker processes: the same options, less --nproc."""
+    args = [str(params["dataset"])]
+    for name, value in params.items():
+        if name in ("dataset", "nproc") or value is None:
+            continue
+        flag = {"plan_path": "--plan"}.get(name, "--" + name.replace("_", "-"))
+        args += [flag, str(value)]
+    return args

@@ -36,9 +36,9 @@ class Predictor:
     """Holds the loaded models so that many images are predicted without reloading."""
 
     def __init__(self, model_dir: str | Path, folds: list[str] | None = None, mirror: bool = True,
-                 mirror_axes: list[int] | None = None, overlap: float = 0.5) -> None:
+                 mirror_axes: list[int] | None = None, overlap: float = 0.5, network: str | None = None) -> None:
         self.model_dir = Path(model_dir)
-        self.plan, self.cfg, self.models = load_models(model_dir, folds)
+        self.plan, self.cfg, self.models = load_models(model_dir, folds, network=network)
         axes = self.cfg.mirror_axes if mirror_axes is None else mirror_axes
         self.mirror_axes = list(axes) if mirror else []
         self.overlap = overlap
