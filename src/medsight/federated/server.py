@@ -9,46 +9,23 @@ model is kept and the round is recorded as skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from medsight.engine.seeding import seed_everything
+from medsight.federated.aggregate import aggregate_hash, fedavg
 from medsight.federated.site import small_classifier
 from medsight.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 app = ServerApp()
-
-
-def aggregate_hash(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the aggregate's tensors in key order (name, dtype, shape, little-endian bytes)."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        a = np.ascontiguousarray(state[k].detach().cpu().numpy())
-        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
-    """Example-weighted mean of the sites' weights (integer buffers: taken from the largest site)."""
-    total = float(sum(weights))
-    out = {}
-    for k, v in states[0].items():
-        if v.is_floating_point():
-            out[k] = sum(s[k].double() * (w / total) for s, w in zip(states, weights)).to(v.dtype)
-        else:
-            out[k] = states[int(np.argmax(weights))][k].clone()
-    return out
 
 
 def _wait_for_sites(grid: Grid, n: int, timeout: float) -> list[int]:
