@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("medsight.cli.models", "models", "List, show and verify registered models."),
     "audit": ("medsight.cli.audit", "audit", "Inspect and verify the tamper-evident audit log."),
     "validate": ("medsight.cli.validate", "validate", "External validation report (HTML + JSON)."),
+    "federated": ("medsight.cli.federated", "federated", "Federated training across sites on Flower (with DP)."),
 }
 
 

@@ -87,6 +87,20 @@ clientapp = "medsight.federated.client:app"
     return folder
 
 
+def site_node_config(site: str, manifest: Path, audit: str | None = None, epsilon_budget: float | None = None
+                     ) -> str:
+    """The SuperNode's --node-config: the site's name and manifest, its privacy ledger (kept beside the manifest,
+    so the budget holds across runs), its audit log and its own eps budget."""
+    manifest = Path(manifest).resolve()
+    nc: dict[str, Any] = {"site": site, "manifest": str(manifest),
+                          "ledger": str(manifest.parent / f".medsight-privacy-{site}.json")}
+    if audit:
+        nc["audit"] = audit
+    if epsilon_budget is not None:
+        nc["epsilon-budget"] = float(epsilon_budget)
+    return " ".join(f"{k}={_toml(v)}" for k, v in nc.items())
+
+
 @dataclass
 class Federation:
     """Processes of a local federation; use as a context manager (everything is stopped on exit)."""
@@ -123,19 +137,11 @@ class Federation:
             self.start_site(site, manifest)
         return self
 
-    def node_config(self, site: str, manifest: Path) -> str:
-        nc = {"site": site, "manifest": str(Path(manifest).resolve()),
-              "ledger": str(Path(manifest).resolve().parent / f".medsight-privacy-{site}.json")}
-        if self.audit:
-            nc["audit"] = self.audit
-        if self.epsilon_budget is not None:
-            nc["epsilon-budget"] = float(self.epsilon_budget)
-        return " ".join(f"{k}={_toml(v)}" for k, v in nc.items())
-
     def start_site(self, site: str, manifest: Path) -> None:
         self._start(f"site-{site}", [_bin("flower-supernode"), "--insecure", "--superlink",
                                      f"127.0.0.1:{self.port}", "--port", str(free_port()),
-                                     "--node-config", self.node_config(site, manifest)])
+                                     "--node-config",
+                                     site_node_config(site, manifest, self.audit, self.epsilon_budget)])
 
     def _start(self, name: str, cmd: list[str]) -> None:
         logf = open(self.logs / f"{name}.log", "ab")
