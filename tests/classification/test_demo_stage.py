@@ -59,8 +59,12 @@ def test_safety_stage_uses_the_project_classifier_and_feeds_report_and_predict_c
     table = pd.read_csv(ctx.paths["cls_manifest"])
     scan = per_scan.iloc[0]
     slices = table[table["case_id"] == scan["case_id"]]
+    from medsight.package import load_package
+    from medsight.safety.assess import SafetyAssessor
+
+    assessor = SafetyAssessor.from_model_dir(load_package(model))  # the package's referral rule, as predict-cls does
     out = predict_images(model, [Path(ctx.paths["cls_manifest"]).parent / p for p in slices["image"]],
-                         tmp_path / "p.csv", gradcam=False, quiet=True)
+                         tmp_path / "p.csv", gradcam=False, quiet=True, assessor=assessor)
     assert set(out["referral"]) <= {"accept", "refer"}
     bundle = load_classifier(model)
     x = torch.stack([bundle.preprocess(read_image(Path(ctx.paths["cls_manifest"]).parent / p))

@@ -29,7 +29,8 @@ REL_TOL = 0.01
 def _losses(model: Path) -> list[float]:
     import json
 
-    return [json.loads(x)["loss"] for x in (model / "fold_0/log.jsonl").read_text().splitlines()]
+    training = model.with_name(model.name + ".training")  # training state lives beside the model package
+    return [json.loads(x)["loss"] for x in (training / "fold_0/log.jsonl").read_text().splitlines()]
 
 
 def _ddp(root: Path, model: Path) -> subprocess.Popen:
@@ -83,13 +84,14 @@ def test_two_gloo_processes_match_one_and_resume_after_kill(tmp_path):
     killed = tmp_path / "killed"
     p = _ddp(root, killed)
     deadline = time.time() + 600
-    while not (killed / "fold_0/checkpoint.pt").exists() and p.poll() is None and time.time() < deadline:
+    state = killed.with_name(killed.name + ".training")  # training state beside the package
+    while not (state / "fold_0/checkpoint.pt").exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     for pid in [p.pid, *_descendants(p.pid)]:  # torchrun starts each worker in its own session
         os.kill(pid, signal.SIGKILL)
     p.communicate()
-    assert not (killed / "fold_0/model_final.pt").exists(), "the run ended before it could be killed"
-    assert load_checkpoint(killed / "fold_0/checkpoint.pt")["epoch"] < 2
+    assert not (state / "fold_0/model_final.pt").exists(), "the run ended before it could be killed"
+    assert load_checkpoint(state / "fold_0/checkpoint.pt")["epoch"] < 2
     p = _ddp(root, killed)
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err

@@ -88,7 +88,7 @@ def test_installed_plugin_network_trains_predicts_and_is_recorded(tmp_path):
     assert summary["network_provenance"] == {"name": "my_unet", "distribution": "my-unet-plugin",
                                              "version": "0.3.1"}
     assert summary["parameters"] == (2 * 8 * 27 + 8) + (8 * 3 + 3)  # the plug-in's two convolutions
-    log = [json.loads(x) for x in (model / "fold_all/log.jsonl").read_text().splitlines()]
+    log = [json.loads(x) for x in (tmp_path / "model.training" / "fold_all/log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and log[-1]["loss"] < log[0]["loss"]
 
     out = tmp_path / "pred"

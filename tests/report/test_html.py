@@ -120,7 +120,7 @@ def _chromium(html: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
+@pytest.mark.requires_tool("chromium", "chromium-browser", why="apt-get install chromium (.ci/run does)")
 def test_opens_in_headless_chromium(report: tuple[Path, Path], tmp_path: Path) -> None:
     html, _ = report
     dom = _chromium(html, tmp_path, "--dump-dom")

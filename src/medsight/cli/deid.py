@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
 import logging
 from pathlib import Path
 
 import click
+
+from medsight.cli.audited import audited, current_event
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
               help="Remove even the private attributes on the PS3.15 safe list (diffusion b-values...).")
 @click.option("-j", "--workers", type=int, default=None, help="Worker processes (default: all CPU cores).")
 @click.pass_context
+@audited("deid.run", inputs=("input_dir",), outputs=("output_dir",))
 def deid(ctx: click.Context, input_dir: Path, output_dir: Path, key_file: Path | None, keep_dates_shifted: bool,
          allow_burned_in: bool, drop_safe_private: bool, workers: int | None) -> None:
     """De-identify every DICOM file under INPUT_DIR into OUTPUT_DIR.
@@ -48,19 +50,9 @@ def deid(ctx: click.Context, input_dir: Path, output_dir: Path, key_file: Path |
     options = RunOptions(shift_dates=keep_dates_shifted, write_flagged=allow_burned_in,
                          keep_safe_private=not drop_safe_private)
     summary = deidentify_folder(input_dir, output_dir, pseudo, options, workers=workers, quiet=quiet)
-    _audit(summary, pseudo.fingerprint)
+    current_event().note(counts=dict(summary.counts), key_fingerprint=pseudo.fingerprint)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing new"
     resumed = f" ({summary.resumed_skipped} already done)" if summary.resumed_skipped else ""
     click.echo(f"de-identified {summary.n_files} files{resumed}: {counts}")
     click.echo(f"report: {summary.report}")
 
-
-def _audit(summary, key_fingerprint: str) -> None:
-    """Record the run in the audit log; a broken log must not lose the finished de-identification."""
-    try:
-        from medsight.audit import default_audit_log
-
-        default_audit_log().append("deid.run", getpass.getuser(), output=str(summary.output_dir),
-                                   counts=dict(summary.counts), key_fingerprint=key_fingerprint)
-    except Exception as err:  # noqa: BLE001 - report, do not fail the run
-        log.warning("could not write the audit record: %s", err)

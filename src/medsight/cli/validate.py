@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from medsight.cli.audited import audited, current_event
+
 
 @click.command("validate")
-@click.argument("model_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("model_dir", metavar="MODEL")
 @click.argument("dataset", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--external-site", "external_sites", multiple=True,
               help="Manifest site held out as external validation; repeat for several sites.")
@@ -24,8 +26,11 @@ import click
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for the CIs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def validate(model_dir: Path, dataset: Path, external_sites: tuple[str, ...], report_path: Path,
-             predictions: Path | None, threshold: float, min_cases: int, n_boot: int, seed: int, quiet: bool) -> None:
+@click.option("--allow-retired", is_flag=True, help="Validate a model the registry marks retired.")
+@audited("validate", inputs=("dataset", "predictions"), outputs=("report_path",))
+def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], report_path: Path,
+             predictions: Path | None, threshold: float, min_cases: int, n_boot: int, seed: int, quiet: bool,
+             allow_retired: bool) -> None:
     """Run MODEL_DIR on the internal test folds of DATASET and on each --external-site, and write the report.
 
     The report holds metrics with bootstrap 95% CIs per cohort and per subgroup (site, scanner, sex, age band),
@@ -35,8 +40,12 @@ def validate(model_dir: Path, dataset: Path, external_sites: tuple[str, ...], re
     import pandas as pd
 
     from medsight.report import assemble, run_model
+    from medsight.package.package import load_package
     from medsight.report.html import write_report
 
+    pkg = load_package(model_dir, allow_retired=allow_retired)  # MODEL: package folder or NAME[@VERSION], verified
+    current_event().package(pkg)
+    model_dir = pkg.path
     card = assemble.model_card_of(model_dir)
     if predictions is not None:
         res = assemble.classification_results(
@@ -57,4 +66,5 @@ def validate(model_dir: Path, dataset: Path, external_sites: tuple[str, ...], re
         raise ConfigError(f"{model_dir} has no plan.json (segmentation model); for a classifier pass its per-case "
                           "predictions with --predictions CSV")
     html, js = write_report(res, report_path)
+    current_event().outputs([js])
     click.echo(f"report: {html}\nresults: {js}")

@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     from medsight.segmentation.predict import Predictor, write_prediction
     from medsight.io.nifti import read_nifti
     from medsight.plan.planner import make_plan
+    from medsight.engine.energy import EnergyMeter
+    from medsight.segmentation.package import package_segmentation, training_dir
     from medsight.segmentation.train import train_fold
 
     timings: dict[str, float] = {}
@@ -74,7 +77,10 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     fp = compute_fingerprint(ds.subset([c.case_id for c in ds.cases if c.site in TRAINING_SITES]), seed=ctx.seed)
     plan = make_plan(fp, memory_gb=MEMORY_GB, base_filters=BASE_FILTERS, epochs=EPOCHS if not ctx.fast else 2,
                      iterations_per_epoch=ITERATIONS if not ctx.fast else 3)
-    model_dir = out / "segmentation" / "model"
+    package_dir = out / "segmentation" / "model"  # the registered package; training state beside it
+    if package_dir.is_dir() and not (package_dir / "manifest.json").exists():
+        shutil.rmtree(package_dir)  # a model folder from before packages: this demo's own output, rebuilt
+    model_dir = training_dir(package_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     plan.save(model_dir / "plan.json")
     (model_dir / "dataset.json").write_bytes((data / "dataset.json").read_bytes())
@@ -83,12 +89,14 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     fold = folds[0]
     timings["plan_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    summary = train_fold(ds, plan, "3d", 0, model_dir, fold["train"], fold["val"], seed=ctx.seed,
-                         max_seconds=TRAIN_SECONDS_FAST if ctx.fast else TRAIN_SECONDS, quiet=ctx.quiet)
+    with EnergyMeter() as meter:
+        summary = train_fold(ds, plan, "3d", 0, model_dir, fold["train"], fold["val"], seed=ctx.seed,
+                             max_seconds=TRAIN_SECONDS_FAST if ctx.fast else TRAIN_SECONDS, quiet=ctx.quiet)
     timings["train_s"] = time.perf_counter() - t
+    pkg = package_segmentation(model_dir, package_dir, name="demo-segmentation", energy=meter.record())
     t = time.perf_counter()
 
-    predictor = Predictor(model_dir, mirror_axes=[0], overlap=OVERLAP)  # left-right mirroring: the anatomical symmetry
+    predictor = Predictor(pkg.path, mirror_axes=[0], overlap=OVERLAP)  # left-right mirroring: the anatomical symmetry
     pred_dir = out / "segmentation" / "predictions"
     unseen = [c.case_id for c in ds.cases if c.site == UNSEEN_SITE]
     targets = [(cid, "held_out") for cid in fold["val"]] + [(cid, "unseen_site") for cid in unseen]
@@ -112,8 +120,8 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     table = out / "segmentation" / "metrics.csv"
     _write_csv(table, rows)
     ctx.paths["seg_data"] = data
-    ctx.paths["seg_model"] = model_dir
-    ctx.paths["seg_plan"] = model_dir / "plan.json"
+    ctx.paths["seg_model"] = package_dir
+    ctx.paths["seg_plan"] = package_dir / "plan.json"
     ctx.paths["seg_predictions"] = pred_dir
     ctx.paths["seg_metrics"] = table
     ctx.paths["seg_tensorboard"] = model_dir / "fold_0" / "tensorboard"
