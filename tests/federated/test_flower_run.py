@@ -18,7 +18,9 @@ import torch
 
 from medsight.audit.log import AuditLog
 from medsight.federated.aggregate import aggregate_hash
+from medsight.federated.package import package_federation
 from medsight.federated.privacy import GaussianAccountant
+from medsight.package.package import load_package
 from tests.federated.data import make_sites
 from tests.federated.test_federated_units import zcdp_epsilon
 
@@ -81,3 +83,9 @@ def test_three_sites_one_killed_dp_ledger(tmp_path) -> None:
             assert zcdp_epsilon(sigma, k, delta) <= d["epsilon"] <= 1.01 * zcdp_epsilon(sigma, k, delta)
         assert result["rounds"][1]["train"][site]["epsilon"] == pytest.approx(mine[-1]["epsilon"])
     assert len([r for r in spends if r.details["site"] == "C"]) <= 1
+
+    pkg = package_federation(out, tmp_path / "pkg", "fed-demo", register=False)
+    fed_rec = load_package(pkg.path).manifest["extra"]["federated"]  # load_package verifies every file's hash
+    assert fed_rec["sites"] == ["A", "B", "C"] and fed_rec["rounds"] == 2
+    assert fed_rec["aggregate_sha256"] == [r1["aggregate_sha256"], r2["aggregate_sha256"]]
+    assert fed_rec["per_round"][1]["sites"]["A"]["ece"] == r2["evaluate"]["A"]["ece"]
