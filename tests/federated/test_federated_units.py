@@ -70,7 +70,7 @@ def test_fedavg_weighted_mean_and_hash() -> None:
 
 
 def test_fedprox_adds_the_proximal_term(tmp_path) -> None:
-    from tests.federated.data import make_sites
+    from medsight.federated.toy import make_sites
 
     manifest = make_sites(tmp_path, n=20, sites=("A",))["A"]
     task = SiteTask(manifest, "A")

@@ -21,7 +21,7 @@ from medsight.federated.aggregate import aggregate_hash
 from medsight.federated.package import package_federation
 from medsight.federated.privacy import GaussianAccountant
 from medsight.package.package import load_package
-from tests.federated.data import make_sites
+from medsight.federated.toy import make_sites
 from tests.federated.test_federated_units import zcdp_epsilon
 
 
@@ -62,6 +62,7 @@ def test_three_sites_one_killed_dp_ledger(tmp_path) -> None:
     r1, r2 = result["rounds"]
     assert r1["sites_asked"] == 3 and r1["contributors"] == ["A", "B"] and r2["contributors"] == ["A", "B"]
     assert r1["aggregated"] and r2["aggregated"]
+    assert len(r1["no_reply"]) == 1 and r1["no_reply"][0].startswith("node-") and r2["sites_asked"] == 2
     for rec in (r1, r2):
         assert set(rec["evaluate"]) == {"A", "B"}
         for m in rec["evaluate"].values():
@@ -86,6 +87,6 @@ def test_three_sites_one_killed_dp_ledger(tmp_path) -> None:
 
     pkg = package_federation(out, tmp_path / "pkg", "fed-demo", register=False)
     fed_rec = load_package(pkg.path).manifest["extra"]["federated"]  # load_package verifies every file's hash
-    assert fed_rec["sites"] == ["A", "B", "C"] and fed_rec["rounds"] == 2
+    assert fed_rec["sites"] == ["A", "B", *r1["no_reply"]] and fed_rec["rounds"] == 2
     assert fed_rec["aggregate_sha256"] == [r1["aggregate_sha256"], r2["aggregate_sha256"]]
     assert fed_rec["per_round"][1]["sites"]["A"]["ece"] == r2["evaluate"]["A"]["ece"]

@@ -14,7 +14,7 @@ from medsight.package.package import Package, save_package
 def federation_summary(result: dict[str, Any]) -> dict[str, Any]:
     """What the package manifest records: sites, rounds, per-round per-site metrics, every aggregate's SHA-256."""
     rounds = result["rounds"]
-    sites = sorted({s for r in rounds for s in (*r["train"], *r["evaluate"])})
+    sites = sorted({s for r in rounds for s in (*r["train"], *r["evaluate"], *r.get("no_reply", []))})
     return {"strategy": result["strategy"], "sites": sites, "rounds": len(rounds),
             "per_round": [{"round": r["round"], "contributors": r["contributors"], "global": r.get("global", {}),
                            "sites": r["evaluate"], "aggregate_sha256": r["aggregate_sha256"]} for r in rounds],

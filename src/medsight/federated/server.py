@@ -61,6 +61,7 @@ def main(grid: Grid, context: Context) -> None:
                  "dp-noise": float(rc["dp-noise"]), "dp-clip": float(rc["dp-clip"]),
                  "dp-delta": float(rc["dp-delta"]), "dp-epsilon": float(rc["dp-epsilon"])}
     history: list[dict[str, Any]] = []
+    names: dict[int, str] = {}  # node id -> site name, learnt from replies
     progress = out / "progress.jsonl"
     for rnd in range(1, rounds + 1):
         t0 = time.perf_counter()
@@ -72,8 +73,11 @@ def main(grid: Grid, context: Context) -> None:
         sent_bytes = ArrayRecord(glob).count_bytes() * len(nodes)
         recv_bytes = sum(r.content["arrays"].count_bytes() for r in contrib)
         train_sites = {_site(r): {k: float(v) for k, v in r.content["metrics"].items()} for r in replies}
+        names.update({r.metadata.src_node_id: _site(r) for r in replies})
+        replied = {r.metadata.src_node_id for r in replies}
         record: dict[str, Any] = {"round": rnd, "sites_asked": len(nodes), "train": train_sites,
-                                  "contributors": sorted(_site(r) for r in contrib)}
+                                  "contributors": sorted(_site(r) for r in contrib),
+                                  "no_reply": sorted(names.get(n, f"node-{n}") for n in nodes if n not in replied)}
         if len(contrib) >= min_sites:
             glob = fedavg([r.content["arrays"].to_torch_state_dict() for r in contrib],
                           [int(r.content["metrics"]["num-examples"]) for r in contrib])

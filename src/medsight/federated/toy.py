@@ -1,4 +1,5 @@
-"""Three small synthetic sites: 2D images with a bright disc (label 1) or none (label 0), site-specific contrast."""
+"""Small synthetic sites for tests and the benchmark: 2D images with a bright disc (label 1) or none (label 0);
+the background level differs per site (a scanner shift), so sites are not identically distributed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 from PIL import Image
 
 
-def make_sites(root: Path, n: int = 40, sites: tuple[str, ...] = ("A", "B", "C"), seed: int = 0) -> dict[str, Path]:
+def make_sites(root: Path, n: int = 40, sites: tuple[str, ...] = ("A", "B", "C"), seed: int = 0,
+               contrast: float = 60.0) -> dict[str, Path]:
     """One folder and manifest.csv per site (rows of that site only), 30% of patients marked split=test."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:32, :32]
@@ -22,7 +24,7 @@ def make_sites(root: Path, n: int = 40, sites: tuple[str, ...] = ("A", "B", "C")
             img = rng.normal(80 + 20 * s_i, 12, (32, 32))
             if y:
                 cy, cx = rng.integers(8, 24, 2)
-                img += 60 * (((yy - cy) ** 2 + (xx - cx) ** 2) < 16)
+                img += contrast * (((yy - cy) ** 2 + (xx - cx) ** 2) < 16)
             name = f"img{i:03d}.png"
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / name)
             split = "test" if i >= int(n * 0.7) else "train"
