@@ -48,9 +48,12 @@ def federated() -> None:
               help="Each site's privacy budget; a site stops contributing when a round would exceed it.")
 @click.option("--audit", default=None, help="Audit log URL or SQLite file for the sites' privacy spends.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--package", "package_dir", type=click.Path(path_type=Path), default=None,
+              help="Also write the final model as a verified, registered package here.")
+@click.option("--name", default="federated-classifier", show_default=True, help="Package name (with --package).")
 def run(site_args: tuple[str, ...], out_dir: Path, rounds: int, local_steps: int, strategy: str, mu: float,
         min_sites: int, round_timeout: float, dp_noise: float, dp_clip: float, dp_delta: float, epsilon: float,
-        audit: str | None, seed: int) -> None:
+        audit: str | None, seed: int, package_dir: Path | None, name: str) -> None:
     """Run a whole federation on this machine (127.0.0.1): for a trial or a demo of the multi-machine setup."""
     from medsight.errors import ConfigError
     from medsight.federated.launch import run_federation
@@ -69,6 +72,11 @@ def run(site_args: tuple[str, ...], out_dir: Path, rounds: int, local_steps: int
         click.echo(f"round {r['round']}: {len(r['contributors'])}/{r['sites_asked']} sites contributed, "
                    f"global auc {g.get('auc', float('nan')):.3f} ece {g.get('ece', float('nan')):.3f} | {per}")
     click.echo(f"wrote {out_dir / 'federation.json'} and {out_dir / 'model.pt'}")
+    if package_dir is not None:
+        from medsight.federated.package import package_federation
+
+        pkg = package_federation(out_dir, package_dir, name)
+        click.echo(f"package {pkg.id} at {pkg.path}")
 
 
 @federated.command()

@@ -178,8 +178,10 @@ class Federation:
         cfg = {**config, "out-dir": str(Path(out_dir).resolve())}
         over = " ".join(f"{k}={_toml(v)}" for k, v in cfg.items())
         logf = open(self.logs / "flwr-run.log", "ab")
-        return subprocess.Popen([_bin("flwr"), "run", str(app), "medsight", "--stream", "--run-config", over],
-                                env=self.env, stdout=logf, stderr=subprocess.STDOUT, cwd=self.work)
+        self.procs["flwr-run"] = subprocess.Popen(
+            [_bin("flwr"), "run", str(app), "medsight", "--stream", "--run-config", over], env=self.env, stdout=logf,
+            stderr=subprocess.STDOUT, cwd=self.work, start_new_session=True)  # stopped with the rest on exit
+        return self.procs["flwr-run"]
 
     def __exit__(self, *exc: Any) -> None:
         for name in reversed(list(self.procs)):
@@ -200,6 +202,12 @@ def wait_result(out_dir: Path, run: subprocess.Popen, timeout: float) -> dict[st
     while time.monotonic() < end:
         if path.exists():
             return json.loads(path.read_text())
+        if run.poll() is not None:  # `flwr run --stream` returns when the run ends; give the file a moment
+            time.sleep(2.0)
+            if path.exists():
+                return json.loads(path.read_text())
+            raise FederationError(f"the federated run ended without a result (flwr run exit {run.returncode}); "
+                                  "see flwr-run.log and superlink.log in the logs folder")
         time.sleep(0.5)
     raise FederationError(f"the federated run did not finish within {timeout:.0f} s; see the logs beside it")
 
@@ -212,8 +220,4 @@ def run_federation(sites: dict[str, Path], out_dir: Path, config: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="medsight-flwr-") as tmp, \
             Federation(sites, Path(tmp), audit, epsilon_budget, logs=out_dir / "logs") as fed:
         run = fed.submit(config, out_dir)
-        try:
-            return wait_result(out_dir, run, timeout)
-        finally:
-            if run.poll() is None:
-                run.terminate()
+        return wait_result(out_dir, run, timeout)
