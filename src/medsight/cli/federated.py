@@ -1,0 +1,100 @@
+"""``medsight federated run|app|node-config``: federated training on Flower (SuperLink + one SuperNode per site)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _sites(values: tuple[str, ...]) -> dict[str, Path]:
+    from medsight.errors import ConfigError
+
+    out: dict[str, Path] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--site takes NAME=MANIFEST.csv, got {v!r}")
+        if not Path(path).is_file():
+            raise ConfigError(f"site {name}: manifest {path} does not exist")
+        out[name] = Path(path)
+    if len(out) < 2:
+        raise ConfigError("a federation needs at least two --site NAME=MANIFEST.csv")
+    return out
+
+
+@click.group()
+def federated() -> None:
+    """Federated training across sites on Flower; images never leave a site."""
+
+
+@federated.command()
+@click.option("--site", "site_args", multiple=True, required=True,
+              help="NAME=MANIFEST.csv, once per site; each site's process reads only its rows of that manifest.")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder for the server's record (federation.json), the final model and the process logs.")
+@click.option("--rounds", type=int, default=3, show_default=True)
+@click.option("--local-steps", type=int, default=10, show_default=True, help="Optimiser steps per site per round.")
+@click.option("--strategy", type=click.Choice(["fedavg", "fedprox"]), default="fedavg", show_default=True)
+@click.option("--mu", type=float, default=0.01, show_default=True, help="FedProx proximal weight.")
+@click.option("--min-sites", type=int, default=2, show_default=True,
+              help="Fewer contributing sites in a round: the global model is kept for that round.")
+@click.option("--round-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for sites.")
+@click.option("--dp-noise", type=float, default=0.0, show_default=True,
+              help="Noise multiplier of client-level DP (0: off).")
+@click.option("--dp-clip", type=float, default=1.0, show_default=True, help="L2 clip of each site's update.")
+@click.option("--dp-delta", type=float, default=1e-5, show_default=True)
+@click.option("--epsilon", type=float, default=10.0, show_default=True,
+              help="Each site's privacy budget; a site stops contributing when a round would exceed it.")
+@click.option("--audit", default=None, help="Audit log URL or SQLite file for the sites' privacy spends.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--package", "package_dir", type=click.Path(path_type=Path), default=None,
+              help="Also write the final model as a verified, registered package here.")
+@click.option("--name", default="federated-classifier", show_default=True, help="Package name (with --package).")
+def run(site_args: tuple[str, ...], out_dir: Path, rounds: int, local_steps: int, strategy: str, mu: float,
+        min_sites: int, round_timeout: float, dp_noise: float, dp_clip: float, dp_delta: float, epsilon: float,
+        audit: str | None, seed: int, package_dir: Path | None, name: str) -> None:
+    """Run a whole federation on this machine (127.0.0.1): for a trial or a demo of the multi-machine setup."""
+    from medsight.errors import ConfigError
+    from medsight.federated.launch import run_federation
+
+    sites = _sites(site_args)
+    if min_sites > len(sites) or min_sites < 1:
+        raise ConfigError(f"--min-sites must be between 1 and the number of sites ({len(sites)}), got {min_sites}")
+    config = {"rounds": rounds, "local-steps": local_steps, "strategy": strategy, "proximal-mu": mu,
+              "min-sites": min_sites, "round-timeout": round_timeout, "dp-noise": dp_noise, "dp-clip": dp_clip,
+              "dp-delta": dp_delta, "dp-epsilon": epsilon, "seed": seed}
+    result = run_federation(sites, out_dir, config, audit=audit, epsilon_budget=epsilon if dp_noise > 0 else None,
+                            timeout=rounds * round_timeout * 2 + 300)
+    for r in result["rounds"]:
+        per = "  ".join(f"{s}: auc {m['auc']:.3f} ece {m['ece']:.3f}" for s, m in sorted(r["evaluate"].items()))
+        g = r.get("global", {})
+        click.echo(f"round {r['round']}: {len(r['contributors'])}/{r['sites_asked']} sites contributed, "
+                   f"global auc {g.get('auc', float('nan')):.3f} ece {g.get('ece', float('nan')):.3f} | {per}")
+    click.echo(f"wrote {out_dir / 'federation.json'} and {out_dir / 'model.pt'}")
+    if package_dir is not None:
+        from medsight.federated.package import package_federation
+
+        pkg = package_federation(out_dir, package_dir, name)
+        click.echo(f"package {pkg.id} at {pkg.path}")
+
+
+@federated.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+def app(folder: Path) -> None:
+    """Write the Flower app folder to submit with `flwr run FOLDER <superlink>` (multi-machine setup)."""
+    from medsight.federated.launch import write_app
+
+    click.echo(str(write_app(folder) / "pyproject.toml"))
+
+
+@federated.command("node-config")
+@click.option("--site", required=True, help="This site's name (its value in the manifest's site column).")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--audit", default=None, help="This site's audit log URL or SQLite file.")
+@click.option("--epsilon", type=float, default=None, help="This site's own privacy budget (overrides the run's).")
+def node_config(site: str, manifest: Path, audit: str | None, epsilon: float | None) -> None:
+    """Print the --node-config value for this site's `flower-supernode`."""
+    from medsight.federated.launch import site_node_config
+
+    click.echo(site_node_config(site, manifest, audit, epsilon))

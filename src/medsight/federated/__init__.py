@@ -1,0 +1,1 @@
+"""Federated training across sites on Flower's deployment engine (SuperLink + one SuperNode per site)."""

@@ -1,0 +1,93 @@
+"""The site's ClientApp: local training through the engine, optional client-level DP, held-out evaluation.
+
+Runs inside the site's SuperNode; reads only the node config's manifest rows of its own site. What leaves the
+site: the (clipped, noised when DP is on) model weights after local steps, the number of training examples,
+the mean local loss and the held-out metrics (AUC, ECE, accuracy, log loss, n). Never images, labels or rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from medsight.audit.log import AuditLog
+from medsight.engine.loop import local_update
+from medsight.federated.privacy import GaussianAccountant, apply_delta, clip_and_noise, weights_delta
+from medsight.federated.site import ProxTask, SiteTask
+
+log = logging.getLogger(__name__)
+app = ClientApp()
+_TASKS: dict[tuple[str, str], SiteTask] = {}  # the site's data stay loaded between rounds of a run
+
+
+def _task(context: Context) -> SiteTask:
+    nc = context.node_config
+    key = (str(nc["manifest"]), str(nc["site"]))
+    if key not in _TASKS:
+        _TASKS[key] = SiteTask(key[0], key[1], seed=int(context.run_config.get("seed", 0)))
+    return _TASKS[key]
+
+
+def _site_seed(site: str, seed: int) -> int:
+    return (seed * 1_000_003 + zlib.crc32(site.encode())) % (2**31)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    nc, cfg = context.node_config, msg.content["config"]
+    site, rnd = str(nc["site"]), int(cfg["server-round"])
+    task = _task(context)
+    task.setup()
+    glob = msg.content["arrays"].to_torch_state_dict()
+    glob = {k: v.clone() for k, v in glob.items()}
+    mu = float(cfg.get("proximal-mu", 0.0))
+    run_task = ProxTask(task, glob, mu) if mu > 0 else task
+    seed = _site_seed(site, int(cfg.get("seed", 0)))
+    sigma, clip = float(cfg.get("dp-noise", 0.0)), float(cfg.get("dp-clip", 0.0))
+    info = ConfigRecord({"site": site})
+    if sigma > 0:
+        ledger = Path(str(nc["ledger"]))
+        acc = GaussianAccountant.load(ledger, float(cfg["dp-delta"]))
+        budget = float(nc.get("epsilon-budget", cfg.get("dp-epsilon", 1e9)))
+        if acc.would_exceed(sigma, budget):
+            log.warning("site %s: round %d would exceed eps %.3f; not contributing", site, rnd, budget)
+            _audit(nc).append("federated.dp_refused", f"site:{site}", site=site, round=rnd, sigma=sigma,
+                              epsilon=acc.epsilon(), epsilon_if_spent=acc.epsilon([sigma]), budget=budget,
+                              delta=acc.delta, run_id=context.run_id)
+            return Message(RecordDict({"metrics": MetricRecord({"num-examples": 0, "dp-refused": 1}),
+                                       "info": info}), reply_to=msg)
+    new, n, metrics = local_update(run_task, glob, int(cfg["local-steps"]), seed, rnd)
+    out: dict[str, Any] = {"num-examples": int(n), "loss": float(metrics["loss"]), "dp-refused": 0}
+    if sigma > 0:
+        noised, norm = clip_and_noise(weights_delta(new, glob), clip, sigma, seed + 7919 * rnd)
+        new = apply_delta(glob, noised)
+        eps = acc.spend(sigma)
+        acc.save(ledger)
+        _audit(nc).append("federated.dp_spend", f"site:{site}", site=site, round=rnd, sigma=sigma, clip=clip,
+                          delta=acc.delta, epsilon=eps, budget=budget, releases=len(acc.sigmas),
+                          update_norm=norm, run_id=context.run_id)
+        out.update({"epsilon": eps, "update-norm": norm})
+    content = RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord(out), "info": info})
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    task = _task(context)
+    model = task.build_model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    metrics = task.validate(model)
+    rec = MetricRecord({k: float(v) for k, v in metrics.items()})
+    return Message(RecordDict({"metrics": rec, "info": ConfigRecord({"site": str(context.node_config["site"])})}),
+                   reply_to=msg)
+
+
+def _audit(nc: Any) -> AuditLog:
+    url = nc.get("audit")
+    return AuditLog(str(url) if url else None)
+

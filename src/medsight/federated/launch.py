@@ -1,0 +1,223 @@
+"""Start a federation on this machine: SuperLink, one SuperNode per site, then ``flwr run`` of medsight's app.
+
+Every piece is a separate process speaking Flower's protocol over 127.0.0.1, exactly the processes that run on
+separate machines in production (docs/federated.md): the SuperLink (server side, no data), one SuperNode per
+site (reads only its node config's manifest rows) and the ``flwr run`` client that submits the app. Nothing is
+downloaded: runtime dependency installation is off and the app's code is medsight's installed package.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medsight.errors import ConfigError, MedsightError
+
+log = logging.getLogger(__name__)
+
+RUN_DEFAULTS: dict[str, Any] = {"rounds": 2, "min-sites": 2, "local-steps": 5, "strategy": "fedavg",
+                                "proximal-mu": 0.01, "round-timeout": 120.0, "seed": 0, "dp-noise": 0.0,
+                                "dp-clip": 1.0, "dp-delta": 1e-5, "dp-epsilon": 10.0, "out-dir": ""}
+STRATEGIES = ("fedavg", "fedprox")
+
+
+class FederationError(MedsightError):
+    """A federation process failed to start or the run did not finish."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        raise ConfigError(f"{name} is not installed; install Flower with: pip install 'medsight[federated]'")
+    return found
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def write_app(folder: Path) -> Path:
+    """A Flower app folder whose components are medsight's installed ServerApp and ClientApp."""
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = "\n".join(f"{k} = {_toml(v)}" for k, v in RUN_DEFAULTS.items())
+    (folder / "pyproject.toml").write_text(f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "medsight-federated"
+version = "1.0.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "medsight"
+
+[tool.flwr.app.components]
+serverapp = "medsight.federated.server:app"
+clientapp = "medsight.federated.client:app"
+
+[tool.flwr.app.config]
+{conf}
+""")
+    return folder
+
+
+def site_node_config(site: str, manifest: Path, audit: str | None = None, epsilon_budget: float | None = None
+                     ) -> str:
+    """The SuperNode's --node-config: the site's name and manifest, its privacy ledger (kept beside the manifest,
+    so the budget holds across runs), its audit log and its own eps budget."""
+    manifest = Path(manifest).resolve()
+    nc: dict[str, Any] = {"site": site, "manifest": str(manifest),
+                          "ledger": str(manifest.parent / f".medsight-privacy-{site}.json")}
+    if audit:
+        nc["audit"] = audit
+    if epsilon_budget is not None:
+        nc["epsilon-budget"] = float(epsilon_budget)
+    return " ".join(f"{k}={_toml(v)}" for k, v in nc.items())
+
+
+@dataclass
+class Federation:
+    """Processes of a local federation; use as a context manager (everything is stopped on exit)."""
+
+    sites: dict[str, Path]  # site name -> manifest
+    work: Path
+    audit: str | None = None
+    epsilon_budget: float | None = None
+    port: int = 0
+    logs: Path | None = None  # where the processes' logs go (default: work)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.work = Path(self.work)
+        self.logs = Path(self.logs or self.work)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.home = self.work / "flwr-home"
+        self.env = {**os.environ, "FLWR_HOME": str(self.home), "FLWR_DISABLE_UPDATE_CHECK": "1",
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1",
+                    # the SuperLink and SuperNodes start flower-superexec / the apps by name
+                    "PATH": os.pathsep.join([str(Path(_bin("flower-superlink")).parent), os.environ.get("PATH", "")])}
+
+    def __enter__(self) -> Federation:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "medsight"\n\n[superlink.medsight]\naddress = "127.0.0.1:{self.port}"\n'
+            "insecure = true\n")
+        self._start("superlink", [_bin("flower-superlink"), "--insecure", "--isolation", "subprocess",
+                                  "--host", "127.0.0.1", "--port", str(self.port),
+                                  "--disable-runtime-dependency-installation"])
+        self._wait_port(self.port)
+        for site, manifest in self.sites.items():
+            self.start_site(site, manifest)
+        return self
+
+    def start_site(self, site: str, manifest: Path) -> None:
+        self._start(f"site-{site}", [_bin("flower-supernode"), "--insecure", "--superlink",
+                                     f"127.0.0.1:{self.port}", "--port", str(free_port()),
+                                     "--node-config",
+                                     site_node_config(site, manifest, self.audit, self.epsilon_budget)])
+
+    def _start(self, name: str, cmd: list[str]) -> None:
+        logf = open(self.logs / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=logf, stderr=subprocess.STDOUT,
+                                            start_new_session=True, cwd=self.work)
+        log.info("started %s (pid %d)", name, self.procs[name].pid)
+
+    def _wait_port(self, port: int, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.procs["superlink"].poll() is not None:
+                raise FederationError(f"the SuperLink exited; see {self.logs / 'superlink.log'}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise FederationError(f"the SuperLink did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+
+    def kill(self, name: str) -> None:
+        """Kill one process group at once (SIGKILL), as a crashed site would vanish."""
+        p = self.procs[name]
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+    def submit(self, config: dict[str, Any], out_dir: Path) -> subprocess.Popen:
+        """Start ``flwr run`` (streaming the run's logs until it ends); returns the process."""
+        unknown = set(config) - set(RUN_DEFAULTS)
+        if unknown:
+            raise ConfigError(f"unknown federated setting(s): {', '.join(sorted(unknown))}")
+        if config.get("strategy", "fedavg") not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {config['strategy']!r}")
+        app = write_app(self.work / "app")
+        cfg = {**config, "out-dir": str(Path(out_dir).resolve())}
+        over = " ".join(f"{k}={_toml(v)}" for k, v in cfg.items())
+        logf = open(self.logs / "flwr-run.log", "ab")
+        self.procs["flwr-run"] = subprocess.Popen(
+            [_bin("flwr"), "run", str(app), "medsight", "--stream", "--run-config", over], env=self.env, stdout=logf,
+            stderr=subprocess.STDOUT, cwd=self.work, start_new_session=True)  # stopped with the rest on exit
+        return self.procs["flwr-run"]
+
+    def __exit__(self, *exc: Any) -> None:
+        for name in reversed(list(self.procs)):
+            p = self.procs[name]
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def wait_result(out_dir: Path, run: subprocess.Popen, timeout: float) -> dict[str, Any]:
+    """Wait for the server's federation.json (the run's end) or fail after ``timeout`` seconds."""
+    path = Path(out_dir) / "federation.json"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists():
+            return json.loads(path.read_text())
+        if run.poll() is not None:  # `flwr run --stream` returns when the run ends; give the file a moment
+            time.sleep(2.0)
+            if path.exists():
+                return json.loads(path.read_text())
+            raise FederationError(f"the federated run ended without a result (flwr run exit {run.returncode}); "
+                                  "see flwr-run.log and superlink.log in the logs folder")
+        time.sleep(0.5)
+    raise FederationError(f"the federated run did not finish within {timeout:.0f} s; see the logs beside it")
+
+
+def run_federation(sites: dict[str, Path], out_dir: Path, config: dict[str, Any], audit: str | None = None,
+                   epsilon_budget: float | None = None, timeout: float = 1800.0) -> dict[str, Any]:
+    """Start everything, run, stop everything; returns the server's record of the run."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="medsight-flwr-") as tmp, \
+            Federation(sites, Path(tmp), audit, epsilon_budget, logs=out_dir / "logs") as fed:
+        run = fed.submit(config, out_dir)
+        return wait_result(out_dir, run, timeout)

@@ -1,0 +1,94 @@
+"""Client-level differential privacy at a site: clip the round's update, add Gaussian noise, account (eps, delta).
+
+Each site clips its model update to L2 norm ``clip`` and adds N(0, (sigma * clip)^2) noise to every coordinate
+before it leaves the site, so the release is a Gaussian mechanism with sensitivity ``clip`` and noise multiplier
+``sigma`` regardless of what the server does. Releases compose by Renyi DP: a Gaussian mechanism has
+RDP(alpha) = alpha / (2 sigma^2) per release, and (eps, delta) follows as
+min over alpha of RDP_total(alpha) + log(1/delta) / (alpha - 1) (Mironov 2017, Proposition 3). The site refuses
+a release that would take its eps past the budget, so the budget is enforced where the data are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsight.errors import ConfigError
+from medsight.files import atomic_write_text
+
+ORDERS = tuple([1.0 + x / 10.0 for x in range(1, 100)] + list(range(12, 257)))
+
+
+@dataclass
+class GaussianAccountant:
+    """RDP accountant of a sequence of Gaussian releases (noise multipliers ``sigmas``) at one site."""
+
+    delta: float
+    sigmas: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.delta < 1.0:
+            raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
+
+    def epsilon(self, extra: list[float] | None = None) -> float:
+        """eps at ``delta`` after the releases so far (plus ``extra`` ones); 0 before any release."""
+        sigmas = self.sigmas + list(extra or [])
+        if not sigmas:
+            return 0.0
+        rho = sum(1.0 / (2.0 * s * s) for s in sigmas)  # RDP(alpha) = alpha * rho
+        return min(a * rho + math.log(1.0 / self.delta) / (a - 1.0) for a in ORDERS)
+
+    def would_exceed(self, sigma: float, budget: float) -> bool:
+        return self.epsilon([sigma]) > budget
+
+    def spend(self, sigma: float) -> float:
+        if sigma <= 0:
+            raise ConfigError(f"the noise multiplier must be > 0 for an accounted release, got {sigma}")
+        self.sigmas.append(float(sigma))
+        return self.epsilon()
+
+    # the ledger lives at the site, so the budget holds across runs of the federation
+    @classmethod
+    def load(cls, path: Path, delta: float) -> GaussianAccountant:
+        if not path.exists():
+            return cls(delta)
+        state = json.loads(path.read_text())
+        if float(state["delta"]) != delta:
+            raise ConfigError(f"the privacy ledger {path} was kept at delta={state['delta']}, not {delta}; "
+                              "keep delta fixed for a site or start a new ledger")
+        return cls(float(state["delta"]), [float(s) for s in state["sigmas"]])
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps({"delta": self.delta, "sigmas": self.sigmas}))
+
+
+def clip_and_noise(update: dict[str, torch.Tensor], clip: float, sigma: float, seed: int
+                   ) -> tuple[dict[str, torch.Tensor], float]:
+    """The update clipped to L2 norm ``clip`` over all float tensors, plus N(0, (sigma*clip)^2); returns the
+    noised update and the norm before clipping."""
+    keys = [k for k, v in update.items() if v.is_floating_point()]
+    norm = float(torch.sqrt(sum((update[k].double() ** 2).sum() for k in keys))) if keys else 0.0
+    scale = min(1.0, clip / max(norm, 1e-12))
+    gen = torch.Generator().manual_seed(int(seed))
+    out = dict(update)
+    for k in keys:
+        noise = torch.randn(update[k].shape, generator=gen, dtype=torch.float64) * (sigma * clip)
+        out[k] = (update[k].double() * scale + noise).to(update[k].dtype)
+    return out, norm
+
+
+def weights_delta(new: dict[str, torch.Tensor], old: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: (new[k] - old[k]) if new[k].is_floating_point() else new[k] for k in new}
+
+
+def apply_delta(old: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: (old[k] + delta[k]) if old[k].is_floating_point() else delta[k] for k in old}
+
+
+def as_numpy(sd: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in sd.items()}

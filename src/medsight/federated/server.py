@@ -1,0 +1,117 @@
+"""The ServerApp: FedAvg / FedProx rounds over Flower's Grid, per-site evidence, an aggregate hash per round.
+
+The server holds weights and metrics only. Each round it sends the global model to every connected site,
+aggregates the replies that came back in time (weighted by training examples), hashes the aggregate and then
+asks every site to evaluate the new global model on its held-out cases. A site that drops (process killed,
+network lost) simply has no reply: the round goes on when at least ``min-sites`` replied, else the global
+model is kept and the round is recorded as skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from medsight.engine.seeding import seed_everything
+from medsight.federated.aggregate import aggregate_hash, fedavg
+from medsight.federated.site import small_classifier
+from medsight.files import atomic_write_text
+
+log = logging.getLogger(__name__)
+app = ServerApp()
+
+
+def _wait_for_sites(grid: Grid, n: int, timeout: float) -> list[int]:
+    end = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= n or time.monotonic() > end:
+            return nodes
+        time.sleep(0.5)
+
+
+def _send(grid: Grid, nodes: list[int], content: RecordDict, kind: str, timeout: float) -> list[Message]:
+    msgs = [Message(content=content, dst_node_id=n, message_type=kind) for n in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    ok = [r for r in replies if not r.has_error()]
+    for r in replies:
+        if r.has_error():
+            log.warning("site reply error (%s): %s", r.metadata.src_node_id, r.error.reason)
+    return ok
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    rc = context.run_config
+    out = Path(str(rc["out-dir"]))
+    out.mkdir(parents=True, exist_ok=True)
+    rounds, min_sites, timeout = int(rc["rounds"]), int(rc["min-sites"]), float(rc["round-timeout"])
+    strategy = str(rc["strategy"])
+    seed_everything(int(rc["seed"]))
+    glob = {k: v.detach().clone() for k, v in small_classifier().state_dict().items()}
+    train_cfg = {"local-steps": int(rc["local-steps"]), "seed": int(rc["seed"]),
+                 "proximal-mu": float(rc["proximal-mu"]) if strategy == "fedprox" else 0.0,
+                 "dp-noise": float(rc["dp-noise"]), "dp-clip": float(rc["dp-clip"]),
+                 "dp-delta": float(rc["dp-delta"]), "dp-epsilon": float(rc["dp-epsilon"])}
+    history: list[dict[str, Any]] = []
+    names: dict[int, str] = {}  # node id -> site name, learnt from replies
+    progress = out / "progress.jsonl"
+    for rnd in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        nodes = _wait_for_sites(grid, min_sites, timeout)
+        _note(progress, {"round": rnd, "phase": "train", "sites": len(nodes)})
+        content = RecordDict({"arrays": ArrayRecord(glob), "config": ConfigRecord({**train_cfg, "server-round": rnd})})
+        replies = _send(grid, nodes, content, MessageType.TRAIN, timeout)
+        contrib = [r for r in replies if "arrays" in r.content and int(r.content["metrics"]["num-examples"]) > 0]
+        sent_bytes = ArrayRecord(glob).count_bytes() * len(nodes)
+        recv_bytes = sum(r.content["arrays"].count_bytes() for r in contrib)
+        train_sites = {_site(r): {k: float(v) for k, v in r.content["metrics"].items()} for r in replies}
+        names.update({r.metadata.src_node_id: _site(r) for r in replies})
+        replied = {r.metadata.src_node_id for r in replies}
+        record: dict[str, Any] = {"round": rnd, "sites_asked": len(nodes), "train": train_sites,
+                                  "contributors": sorted(_site(r) for r in contrib),
+                                  "no_reply": sorted(names.get(n, f"node-{n}") for n in nodes if n not in replied)}
+        if len(contrib) >= min_sites:
+            glob = fedavg([r.content["arrays"].to_torch_state_dict() for r in contrib],
+                          [int(r.content["metrics"]["num-examples"]) for r in contrib])
+            record.update({"aggregated": True, "aggregate_sha256": aggregate_hash(glob)})
+        else:
+            log.warning("round %d: %d of %d required sites contributed; global model kept", rnd, len(contrib),
+                        min_sites)
+            record.update({"aggregated": False, "aggregate_sha256": None})
+        _note(progress, {"round": rnd, "phase": "evaluate"})
+        ev = _send(grid, list(grid.get_node_ids()), RecordDict({"arrays": ArrayRecord(glob),
+                   "config": ConfigRecord({"server-round": rnd})}), MessageType.EVALUATE, timeout)
+        record["evaluate"] = {_site(r): {k: float(v) for k, v in r.content["metrics"].items()} for r in ev}
+        record["global"] = _pooled(record["evaluate"])
+        record.update({"seconds": time.perf_counter() - t0, "bytes_sent": sent_bytes, "bytes_received": recv_bytes})
+        history.append(record)
+        _note(progress, {"round": rnd, "phase": "done"})
+    torch.save(glob, out / "model.pt")
+    atomic_write_text(out / "federation.json", json.dumps({"strategy": strategy, "rounds": history,
+                                                            "config": {k: rc[k] for k in rc}}, indent=1))
+
+
+def _site(r: Message) -> str:
+    return str(r.content["info"]["site"]) if "info" in r.content else str(r.metadata.src_node_id)
+
+
+def _pooled(per_site: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Case-weighted mean over sites of each held-out metric (the global model's federated evaluation)."""
+    n = sum(m.get("n", 0.0) for m in per_site.values())
+    if not n:
+        return {}
+    keys = [k for k in next(iter(per_site.values())) if k != "n"]
+    return {k: float(sum(m[k] * m["n"] for m in per_site.values()) / n) for k in keys} | {"n": n}
+
+
+def _note(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
