@@ -18,7 +18,7 @@ from medsight.pathology.mil_train import Bag, bag_logits, patient_split, train_m
 
 def test_gated_attention_matches_the_equation() -> None:
     torch.manual_seed(0)
-    m = ABMIL(8, hidden=6, attn_dim=4, dropout=0.0).eval()
+    m = ABMIL(8, hidden=6, attn_dim=4, dropout=0.0).eval().requires_grad_(False)
     x = torch.randn(5, 8)
     out = m(x)
     h = torch.relu(m.proj.net[0](x))
