@@ -123,6 +123,7 @@ def worker_main(settings_json: str, name: str | None = None, poll_s: float = 0.5
     from medsight.serve.app import Settings
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {name or os.getpid()} %(levelname)s: %(message)s")
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # it narrates every attribute it copies at INFO
     settings = Settings.from_json(settings_json)
     store, audit = Store(settings.db_url), AuditLog(settings.audit_url)
     worker = name or f"{socket.gethostname()}:{os.getpid()}"
