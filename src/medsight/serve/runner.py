@@ -82,7 +82,8 @@ def run_segmentation(model: ModelRef, folder: Path, out: Path, uid_seed: str, tt
                                    policy=predictor.lesion_policy)
     rows = [dict(r, segment_number=1) for r in table.rows if r["label"] == names.get(lesion_label, r["label"])]
     referred = [r for r in rows if r["decision"] == "refer"]
-    reason = "; ".join(f"lesion {r['lesion_id']}: {r['reasons']}" for r in referred)
+    kinds = sorted({part.split(" (")[0].strip() for r in referred for part in str(r["reasons"]).split(";") if part.strip()})
+    reason = f"{len(referred)} of {len(rows)} lesion(s): {', '.join(kinds)}" if referred else ""  # per lesion: "lesions"
     algo = Algorithm(model.name, model.package_id[:64], parameters={"version": model.version})
     seg_img = Image((labels == lesion_label).astype(np.uint8), image.geometry, image.provenance)
     seg = build_seg(source, seg_img, [Segment(1, str(names.get(lesion_label, "lesion")))], algo, uid_seed)
@@ -94,7 +95,7 @@ def run_segmentation(model: ModelRef, folder: Path, out: Path, uid_seed: str, tt
     return {"task": "segmentation", "positive": bool(rows), "referred": bool(referred), "referral_reason": reason,
             "probability": max((r["mean_probability"] for r in rows), default=0.0),
             "finding": f"{len(rows)} lesion(s)" if rows else "no lesion",
-            "size": f"{largest['volume_ml']} ml, {largest['longest_diameter_mm']} mm" if largest else "",
+            "size": f"{largest['volume_ml']:.2f} ml, {largest['longest_diameter_mm']:.1f} mm" if largest else "",
             "lesions": rows, "seg_sop_uid": str(seg.SOPInstanceUID), "sr_sop_uid": str(sr.SOPInstanceUID),
             "files": ["seg.dcm", "sr.dcm", "thumbnail.png"]}
 

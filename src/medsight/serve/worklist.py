@@ -16,7 +16,8 @@ _PAGE = """<!doctype html>
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ddd;padding:6px 8px;text-align:left;
 vertical-align:middle}th{background:#f4f4f4}tr.urgent td{background:#fff4e5}.refer{color:#b00;font-weight:600}
-img{width:96px;height:96px;object-fit:contain;background:#000}form.login{max-width:28em}
+img{width:96px;height:96px;object-fit:contain;background:#000}
+td.uid{max-width:12em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}td.why{max-width:22em}form.login{max-width:28em}
 input{width:100%;padding:6px;margin:4px 0 12px}.err{color:#b00}
 </style></head><body>
 {% if rows is none %}
@@ -34,9 +35,9 @@ finding, then calibrated probability. <form method="post" action="/logout" style
 <th>Probability</th><th>Referral</th><th>Evidence</th></tr></thead><tbody>
 {% for r in rows %}
 <tr class="{{ 'urgent' if r.urgent else '' }}" data-job="{{ r.job_id }}">
-<td>{{ loop.index }}</td><td>{{ r.study_uid }}</td><td>{{ r.status }}</td><td>{{ r.finding }}</td>
+<td>{{ loop.index }}</td><td class="uid" title="{{ r.study_uid }}">{{ r.study_uid }}</td><td>{{ r.status }}</td><td>{{ r.finding }}</td>
 <td>{{ r.size }}</td><td>{{ '%.3f'|format(r.probability) if r.probability is not none else '' }}</td>
-<td>{% if r.referred %}<span class="refer">refer</span>: {{ r.referral_reason }}{% elif r.status == 'done' %}accept{% endif %}</td>
+<td class="why">{% if r.referred %}<span class="refer">refer</span>: {{ r.referral_reason }}{% elif r.status == 'done' %}accept{% endif %}</td>
 <td>{% if r.thumbnail %}<img alt="evidence for {{ r.job_id }}" src="{{ r.thumbnail }}">{% endif %}</td></tr>
 {% endfor %}
 </tbody></table>
