@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-_ROOT = click.option("--root", type=click.Path(path_type=Path), default=None,
+_ROOT = click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None,
                      help="Registry folder (default: $MEDSIGHT_HOME/models or ~/.medsight/models).")
 
 

@@ -32,15 +32,14 @@ def validate(model_dir: Path, dataset: Path, external_sites: tuple[str, ...], re
     calibration, decision curves (classifiers), Dice distributions (segmentation), the worst cases with images,
     the model card and the hashes/versions of model and data, mapped to CLAIM / TRIPOD+AI items.
     """
-    import pandas as pd
-
+    from medsight.files import read_csv
     from medsight.report import assemble, run_model
     from medsight.report.html import write_report
 
     card = assemble.model_card_of(model_dir)
     if predictions is not None:
         res = assemble.classification_results(
-            pd.read_csv(predictions, dtype={"case_id": str}), dataset,
+            read_csv(predictions, "predictions CSV", dtype={"case_id": str}), dataset,
             assemble.model_provenance(model_dir, model_dir.name, "classification"), external_sites,
             min_cases=min_cases, n_boot=n_boot, seed=seed, threshold=threshold, model_card=card,
             classifier_dir=model_dir, base=predictions.parent)
