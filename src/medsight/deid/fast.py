@@ -16,11 +16,12 @@ import struct
 from collections import Counter
 from functools import lru_cache
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 
 from medsight.deid.apply import METHOD, DeidOptions, DeidSummary, _DUMMY, _is_standard_uid
 from medsight.deid.pixels import burned_in_reason
-from medsight.deid.profile import SAFE_PRIVATE, Action, action_table, repeating_group_action
+from medsight.deid.profile import (SAFE_PRIVATE, Action, action_table, damaged_code_value,
+                                   repeating_group_action)
 from medsight.deid.pseudonym import Pseudonymizer, shift_date, shift_datetime
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -50,6 +51,11 @@ def _dict_vr(tag: int) -> str:
     except KeyError:
         return "UN"
     return vr.split(" or ")[0]
+
+
+@lru_cache(maxsize=4096)
+def _known(tag: int) -> bool:
+    return dictionary_has_tag(tag)
 
 
 class _Elem:
@@ -272,6 +278,8 @@ class _Fast:
         vr = el.vr
         if vr == "SQ":
             self.recurse(el, out, depth)
+        elif not _known(el.tag):  # a public tag no dictionary knows (a corrupt tag, a retired draft): no one
+            self.counts["removed"] += 1  # can say its value is safe, so it goes
         elif vr == "UI":
             self.uids(el, out, only_nonstandard=True, depth=depth)
         elif vr in ("DA", "DT"):
@@ -279,6 +287,8 @@ class _Fast:
         elif vr == "PN":
             out.append((el.tag, _element(el.tag, "PN", None, self.explicit)))
             self.counts["emptied"] += 1
+        elif damaged_code_value(vr, self.buf[el.vstart:el.vend]):
+            self.counts["removed"] += 1
         else:
             out.append((el.tag, self.buf[el.start:el.end]))
 
@@ -287,6 +297,8 @@ class _Fast:
         if action is Action.KEEP:
             if vr == "SQ":
                 self.recurse(el, out, depth)
+            elif damaged_code_value(vr, self.buf[el.vstart:el.vend]):
+                self.counts["removed"] += 1
             else:
                 out.append((el.tag, self.buf[el.start:el.end]))
         elif action is Action.REMOVE:

@@ -351,3 +351,13 @@ def repeating_group_action(tag: int) -> Action | None:
     if group & 1 == 0 and group & 0xFF00 in REPEATING_GROUP_ACTIONS and (group & 0x00FF) <= 0x1E:
         return resolve(REPEATING_GROUP_ACTIONS[group & 0xFF00])
     return None
+
+
+# value representations whose values are plain codes, numbers, dates or UIDs (PS3.5 6.2): never control bytes
+CODE_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+
+
+def damaged_code_value(vr: str, raw: bytes) -> bool:
+    """A kept code-like value holding control or non-ASCII bytes: its length field is corrupt and it swallowed
+    the elements after it (names and IDs among them), so it must go, not be copied. Both paths use this rule."""
+    return vr in CODE_VRS and any(b < 0x20 or b > 0x7E for b in raw.rstrip(b"\x00 "))
