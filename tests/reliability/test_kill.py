@@ -22,7 +22,7 @@ import pytest
 from pydicom.data import data_manager
 
 TABLES = ("per_case.csv", "summary.csv", "summary.json")
-KILL_POINTS_S = (0.4, 1.5, 2.5)  # after start; imports take ~1 s, so some land in start-up, some in work
+KILL_AT = (0.15, 0.5, 0.85)  # shares of an uninterrupted run's wall time: in start-up, mid-work, near the end
 
 
 def _medsight(*argv: str) -> subprocess.Popen[bytes]:
@@ -30,10 +30,13 @@ def _medsight(*argv: str) -> subprocess.Popen[bytes]:
                             stderr=subprocess.PIPE)
 
 
-def _run(*argv: str) -> None:
+def _run(*argv: str) -> float:
+    """Run medsight to the end; its wall time in seconds."""
+    t = time.perf_counter()
     p = _medsight(*argv)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err.decode()
+    return time.perf_counter() - t
 
 
 def _kill_after(seconds: float, *argv: str) -> bool:
@@ -70,9 +73,9 @@ def test_deid_killed_then_rerun_equals_uninterrupted(dicom_folder: Path, tmp_pat
     key = tmp_path / "key"
     key.write_bytes(b"fault injection key, 32 bytes.." * 2)
     ref = tmp_path / "ref"
-    _run("deid", str(dicom_folder), str(ref), "--key-file", str(key), "-j", "1")
+    whole = _run("deid", str(dicom_folder), str(ref), "--key-file", str(key), "-j", "1")
     landed = 0
-    for i, t in enumerate(KILL_POINTS_S):
+    for i, t in enumerate(share * whole for share in KILL_AT):
         out = tmp_path / f"out{i}"
         landed += _kill_after(t, "deid", str(dicom_folder), str(out), "--key-file", str(key), "-j", "1")
         report = out / "deid_report.csv"
@@ -117,9 +120,9 @@ def test_evaluate_killed_leaves_old_or_new_never_a_mix(tmp_path: Path) -> None:
                         "".join(f"c{i},{y[i]},{s[i]:.4f},{site[i]}\n" for i in range(400)))
     argv = ("evaluate", "cls", str(csv_path), "--n-boot", "400", "--group-by", "site", "--min-cases", "5")
     ref = tmp_path / "ref"
-    _run(*argv, "--out", str(ref))
+    whole = _run(*argv, "--out", str(ref))
     landed = 0
-    for i, t in enumerate(KILL_POINTS_S):
+    for i, t in enumerate(share * whole for share in KILL_AT):
         out = tmp_path / f"eval{i}"
         landed += _kill_after(t, *argv, "--out", str(out))
         if out.exists():  # after a kill the folder is complete or absent
