@@ -161,9 +161,9 @@ class _Walker:
     def _beyond_table(self, ds: Dataset, tag: int, vr: str) -> None:
         if vr == "SQ":
             self._recurse(ds, tag)
-        elif not dictionary_has_tag(tag):  # a public tag no dictionary knows (a corrupt tag, a retired draft):
-            del ds[tag]  # no one can say its value is safe, so it goes
-            self.counts["removed"] += 1
+        elif not dictionary_has_tag(tag) or vr not in ("UN", *dictionary_VR(tag).split(" or ")):
+            del ds[tag]  # a tag no dictionary knows, or a known one with a foreign VR (a corrupt tag): no one can
+            self.counts["removed"] += 1  # say its value is safe, so it goes
         elif vr == "UI":
             self._replace_uids(ds, tag, only_nonstandard=True)
         elif vr in ("DA", "DT"):

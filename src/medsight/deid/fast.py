@@ -54,8 +54,8 @@ def _dict_vr(tag: int) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _known(tag: int) -> bool:
-    return dictionary_has_tag(tag)
+def _known(tag: int, vr: str) -> bool:
+    return dictionary_has_tag(tag) and vr in ("UN", *dictionary_VR(tag).split(" or "))
 
 
 class _Elem:
@@ -278,8 +278,8 @@ class _Fast:
         vr = el.vr
         if vr == "SQ":
             self.recurse(el, out, depth)
-        elif not _known(el.tag):  # a public tag no dictionary knows (a corrupt tag, a retired draft): no one
-            self.counts["removed"] += 1  # can say its value is safe, so it goes
+        elif not _known(el.tag, vr):  # a tag no dictionary knows, or a known one with a foreign VR (a corrupt
+            self.counts["removed"] += 1  # tag): no one can say its value is safe, so it goes
         elif vr == "UI":
             self.uids(el, out, only_nonstandard=True, depth=depth)
         elif vr in ("DA", "DT"):
