@@ -94,7 +94,7 @@ def run_once(work: Path, seed: int, n_cases: int, volumes: Path | None, profile:
 
     torch.set_num_threads(2)
     cnn = run_experiment(work, demo_config(seed, False), n_cases, seed=0, quiet=True, volumes=volumes,
-                         lesion_profile=profile)
+                         lesion_profile=profile, register=False)
     # data and split come from seed 0 in every run; the run's seed changes initialisation and sampling only
     base = baseline(work / "data" / "manifest_split.csv")
     for group in ("held_out", "site_C"):

@@ -1,13 +1,17 @@
-"""Claim: on the demo split, medsight's segmentation is within 0.01 Dice of nnU-Net v2 (or better) at no more
-wall time, both on CPU with the same training wall-clock budget.
+"""medsight vs nnU-Net v2 on the demo split, on equal terms (CPU).
 
-Run with the benchmark venv (nnunetv2 + medsight):
-    .venv-bench/bin/python benchmarks/bench_nnunet.py --train-seconds 240
-Steps: build the demo data; medsight = the demo stage's configuration (plan 0.5 GB / 8 filters, fold 0 of the
-training sites, same time budget); nnU-Net v2 = its own fingerprint/plan/preprocess of the same training-site
-cases (3d_fullres), ``splits_final.json`` set to the same fold 0, its stock trainer with 10 iterations per epoch on
-the CPU stopped after the epoch that passes the budget, then its predictor (Gaussian sliding window, no mirroring:
-CPU time) on the same held-out and unseen-site cases. Dice per label is computed with one function for both.
+Equal terms: the same training cases and fold (fold 0 of the training sites), the same number of training
+iterations (``--epochs`` x ``--iterations``, the demo's 20 x 10 by default; ``--equal-seconds`` instead stops both
+after the epoch that passes ``--train-seconds``), the same test-time mirroring (left-right only: medsight's
+``mirror_axes=[0]``, nnU-Net's ``inference_allowed_mirroring_axes`` set to the same anatomical axis after its
+transpose) and the same cases scored by one Dice function. nnU-Net is given a CPU-sized plan through its own
+planner option (``nnUNetv2_plan_and_preprocess -gpu_memory_target GB -overwrite_plans_name nnUNetPlans_cpu``),
+not a hand-edited network. Versions are read from the installed distributions (importlib.metadata).
+
+Needs nnunetv2 in the running environment (not in medsight's: ``pip install -c constraints.txt nnunetv2`` into a
+separate venv). Status this round: NOT re-run (see docs/benchmarks.md "nnunet"); the design above is what a rerun
+does. Example:
+    nice -n 10 .venv-bench/bin/python benchmarks/bench_nnunet.py --seeds 0 1 2 --threads 2
 """
 
 from __future__ import annotations
@@ -47,9 +51,19 @@ def _score(pred_dir: Path, ds, cases: list[str], name_of: dict[int, str]) -> dic
     return {n: float(np.mean(v)) if v else float("nan") for n, v in out.items()}
 
 
-def run_medsight(ds, data: Path, work: Path, fold: dict, seed: int, budget: float) -> tuple[float, float, Path]:
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "absent"
+
+
+def run_medsight(ds, data: Path, work: Path, fold: dict, seed: int, budget: float | None, epochs: int,
+                 iterations: int) -> tuple[float, float, Path]:
     from medsight.data.fingerprint import compute_fingerprint
-    from medsight.demo.segmentation import BASE_FILTERS, EPOCHS, ITERATIONS, MEMORY_GB, OVERLAP
+    from medsight.demo.segmentation import BASE_FILTERS, MEMORY_GB, OVERLAP
     from medsight.segmentation.predict import Predictor, write_prediction
     from medsight.io.nifti import read_nifti
     from medsight.plan.planner import make_plan
@@ -57,11 +71,12 @@ def run_medsight(ds, data: Path, work: Path, fold: dict, seed: int, budget: floa
 
     t = time.perf_counter()
     fp = compute_fingerprint(ds.subset(fold["train"] + fold["val"]), seed=seed)
-    plan = make_plan(fp, memory_gb=MEMORY_GB, base_filters=BASE_FILTERS, epochs=EPOCHS, iterations_per_epoch=ITERATIONS)
+    plan = make_plan(fp, memory_gb=MEMORY_GB, base_filters=BASE_FILTERS, epochs=epochs, iterations_per_epoch=iterations)
     md = work / "medsight_model"
     md.mkdir(parents=True, exist_ok=True)
     plan.save(md / "plan.json")
-    train_fold(ds, plan, "3d", 0, md, fold["train"], fold["val"], seed=seed, max_seconds=budget, quiet=True)
+    train_fold(ds, plan, "3d", 0, md, fold["train"], fold["val"], seed=seed, max_seconds=budget, quiet=True,
+               epochs=epochs)
     t_train = time.perf_counter() - t
     t = time.perf_counter()
     pred = Predictor(md, mirror_axes=[0], overlap=OVERLAP)
@@ -71,7 +86,8 @@ def run_medsight(ds, data: Path, work: Path, fold: dict, seed: int, budget: floa
     return t_train, time.perf_counter() - t, out
 
 
-def run_nnunet(ds, work: Path, fold: dict, budget: float, threads: int) -> tuple[float, float, Path]:
+def run_nnunet(ds, work: Path, fold: dict, budget: float | None, threads: int, epochs: int, iterations: int,
+               memory_gb: float, seed: int) -> tuple[float, float, Path]:
     raw, pre, res = work / "nnUNet_raw", work / "nnUNet_preprocessed", work / "nnUNet_results"
     for p in (raw, pre, res):
         p.mkdir(parents=True, exist_ok=True)
@@ -94,6 +110,7 @@ def run_nnunet(ds, work: Path, fold: dict, budget: float, threads: int) -> tuple
     t = time.perf_counter()
     bindir = Path(sys.executable).parent
     subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", "3d_fullres", "-np", "1",
+                    "-gpu_memory_target", f"{memory_gb:g}", "-overwrite_plans_name", PLANS,
                     "--verify_dataset_integrity"], check=True, stdout=subprocess.DEVNULL)
     (pre / name / "splits_final.json").write_text(json.dumps([{"train": fold["train"], "val": fold["val"]}]))
 
@@ -111,16 +128,17 @@ def run_nnunet(ds, work: Path, fold: dict, budget: float, threads: int) -> tuple
         def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                      device: torch.device = torch.device("cpu")):
             super().__init__(plans, configuration, fold, dataset_json, device)
-            self.num_iterations_per_epoch = 10
+            self.num_iterations_per_epoch = iterations
             self.num_val_iterations_per_epoch = 2
-            self.num_epochs = 1000
+            self.num_epochs = epochs if budget is None else 1000
 
         def on_epoch_end(self):
             super().on_epoch_end()
-            if time.perf_counter() - self._t0 > budget:
+            if budget is not None and time.perf_counter() - self._t0 > budget:
                 raise _Budget()
 
-    plans = load_json(str(pre / name / "nnUNetPlans.json"))
+    torch.manual_seed(seed)
+    plans = load_json(str(pre / name / f"{PLANS}.json"))
     plans["continue_training"] = False  # nnunetv2 2.8 pops this key in the trainer's constructor
     trainer = BudgetTrainer(plans, "3d_fullres", 0, load_json(str(pre / name / "dataset.json")),
                             device=torch.device("cpu"))
@@ -132,13 +150,16 @@ def run_nnunet(ds, work: Path, fold: dict, budget: float, threads: int) -> tuple
     trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))
     ck = torch.load(str(Path(trainer.output_folder) / "checkpoint_final.pth"), weights_only=False)
     ck["trainer_name"] = "nnUNetTrainer"
+    # the same test-time mirroring as medsight: left-right only. SimpleITK arrays are (z, y, x), so the image's
+    # first (left-right) axis is array axis 2 before nnU-Net's transpose_forward
+    ck["inference_allowed_mirroring_axes"] = (list(plans["transpose_forward"]).index(2),)
     torch.save(ck, str(Path(trainer.output_folder) / "checkpoint_final.pth"))
     epochs_done = trainer.current_epoch
     t_train = time.perf_counter() - t
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     t = time.perf_counter()
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                 perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(Path(trainer.output_folder).parent), use_folds=(0,))
     out = work / "nnunet_pred"
@@ -148,14 +169,22 @@ def run_nnunet(ds, work: Path, fold: dict, budget: float, threads: int) -> tuple
     return t_train, time.perf_counter() - t, out
 
 
+PLANS = "nnUNetPlans_cpu"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--equal-seconds", action="store_true",
+                    help="Stop both after the epoch that passes --train-seconds instead of equal iterations.")
     ap.add_argument("--train-seconds", type=float, default=240.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--nnunet-memory-gb", type=float, default=2.0,
+                    help="nnU-Net's own -gpu_memory_target for its plan (its default, 8, is GPU-sized).")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--no-record", action="store_true")
-    ap.add_argument("--reuse-medsight", action="store_true", help="Reuse medsight's run already in --work.")
     args = ap.parse_args()
     import torch
 
@@ -164,40 +193,38 @@ def main() -> None:
     from medsight.synthetic.demo import TRAINING_SITES, UNSEEN_SITE, build_demo_dataset
 
     torch.set_num_threads(args.threads)
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench_nnunet_"))
-    data = build_demo_dataset(work / "data", seed=args.seed, quiet=True)
+    root = args.work or Path(tempfile.mkdtemp(prefix="bench_nnunet_"))
+    data = build_demo_dataset(root / "data", seed=0, quiet=True)
     ds = load_dataset(data)
-    fold = dict(dataset_folds(ds, 5, args.seed, sites=TRAINING_SITES)[0])
+    fold = dict(dataset_folds(ds, 5, 0, sites=TRAINING_SITES)[0])
     fold["test"] = [c.case_id for c in ds.cases if c.site == UNSEEN_SITE]
     names = ds.foreground
-    times = work / "medsight_times.json"
-    if args.reuse_medsight and times.is_file():
-        ms_train, ms_pred = json.loads(times.read_text())
-        ms_out = work / "medsight_pred"
-    else:
-        ms_train, ms_pred, ms_out = run_medsight(ds, data, work, fold, args.seed, args.train_seconds)
-        times.write_text(json.dumps([ms_train, ms_pred]))
-    nn_train, nn_pred, nn_out = run_nnunet(ds, work, fold, args.train_seconds, args.threads)
+    budget = args.train_seconds if args.equal_seconds else None
+    versions = {d: _version(d) for d in ("medsight", "nnunetv2", "torch", "monai")}
     rows = []
-    for tool, tr, pr, out in (("medsight", ms_train, ms_pred, ms_out), ("nnU-Net v2 2.8.1", nn_train, nn_pred, nn_out)):
-        held = _score(out, ds, fold["val"], names)
-        unseen = _score(out, ds, fold["test"], names)
-        rows.append((tool, tr, pr, held, unseen))
-    lines = [f"| {t} | {tr:.0f} | {pr:.0f} | " + " | ".join(f"{h[n]:.3f}" for n in names.values()) + " | "
-             + " | ".join(f"{u[n]:.3f}" for n in names.values()) + " |" for t, tr, pr, h, u in rows]
+    for seed in args.seeds:
+        work = root / f"seed{seed}"
+        ms = run_medsight(ds, data, work, fold, seed, budget, args.epochs, args.iterations)
+        nn = run_nnunet(ds, work, fold, budget, args.threads, args.epochs, args.iterations, args.nnunet_memory_gb,
+                        seed)
+        for tool, (tr, pr, out) in ((f"medsight {versions['medsight']}", ms), (f"nnU-Net v2 {versions['nnunetv2']}", nn)):
+            rows.append((tool, seed, tr, pr, _score(out, ds, fold["val"], names), _score(out, ds, fold["test"], names)))
+    lines = [f"| {t} | {sd} | {tr:.0f} | {pr:.0f} | " + " | ".join(f"{h[n]:.3f}" for n in names.values()) + " | "
+             + " | ".join(f"{u[n]:.3f}" for n in names.values()) + " |" for t, sd, tr, pr, h, u in rows]
     hdr = " | ".join(f"held-out {n}" for n in names.values()) + " | " + " | ".join(f"site_C {n}" for n in names.values())
-    md = f"""## medsight vs nnU-Net v2 on the demo split (CPU, same training budget)
+    terms = (f"equal wall time: each stopped after the epoch passing {args.train_seconds:.0f} s" if args.equal_seconds
+             else f"equal iterations: {args.epochs} epochs x {args.iterations} iterations each")
+    md = f"""## medsight vs nnU-Net v2 on the demo split (CPU, equal terms)
 
-{machine_line()} torch threads: {args.threads}.
-Command: `.venv-bench/bin/python benchmarks/bench_nnunet.py --train-seconds {args.train_seconds:.0f} --threads {args.threads}`
+{machine_line()} torch threads: {args.threads}. Versions (importlib.metadata): {versions}.
+Command: `benchmarks/bench_nnunet.py --epochs {args.epochs} --iterations {args.iterations} --seeds {' '.join(map(str, args.seeds))} --threads {args.threads}{' --equal-seconds --train-seconds %.0f' % args.train_seconds if args.equal_seconds else ''} --nnunet-memory-gb {args.nnunet_memory_gb:g}`
 
 Same cases: fold 0 of the training sites ({len(fold['train'])} train / {len(fold['val'])} held-out), {len(fold['test'])} site_C
-cases. Training wall-clock budget {args.train_seconds:.0f} s for each (stopped after the epoch that passes it; nnU-Net at
-10 iterations per epoch). medsight: the demo configuration; nnU-Net: its own 3d_fullres plan, no mirroring at
-prediction (CPU time). Dice (lesion: cases with a lesion only). One run each (minutes per run on this machine).
+cases; {terms}; both mirror left-right only at prediction; nnU-Net plans with its own `-gpu_memory_target
+{args.nnunet_memory_gb:g}`. Dice (lesion: cases with a lesion only).
 
-| tool | train+plan s | predict s | {hdr} |
-|---|---|---|{'---|' * (2 * len(names))}
+| tool | seed | train+plan s | predict s | {hdr} |
+|---|---|---|---|{'---|' * (2 * len(names))}
 {chr(10).join(lines)}
 """
     print(md)

@@ -2,11 +2,15 @@
 
 ``pydicom.data.get_testdata_file`` would try to download a file that is missing; tests must never touch the
 network, so we look in the installed packages' folders and skip (with the reason) when a file is absent.
+``require_tool`` / ``require_service`` / ``@pytest.mark.requires_tool``: tests needing an external program or
+server skip without it locally and FAIL without it when $CI is set.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,3 +65,56 @@ def _one_torch_thread(request: pytest.FixtureRequest):  # noqa: ANN202 - generat
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_medsight_home(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN202 - generator fixture
+    """Commands audit and register into $MEDSIGHT_HOME: tests use a throwaway one, never the user's ~/.medsight."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDSIGHT_HOME", str(tmp_path_factory.mktemp("medsight_home")))
+    mp.delenv("MEDSIGHT_AUDIT_URL", raising=False)
+    mp.delenv("MEDSIGHT_REGISTRY_URL", raising=False)
+    yield
+    mp.undo()
+
+
+# --- external tools and services: skip locally, FAIL under CI (a broken apt-get must not turn checks off unseen) ---
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test with ``reason``; when $CI is set, fail it instead (the CI image must provide the tool)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"required in CI but unavailable: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_tool(*names: str, why: str = "") -> str:
+    """The path of the first executable of ``names`` on PATH; otherwise ``unavailable`` (skip, or fail in CI)."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    unavailable(f"{' / '.join(names)} not found on PATH" + (f": {why}" if why else ""))
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(name="require_tool", scope="session")
+def _require_tool_fixture() -> Callable[..., str]:
+    """``require_tool("chromium", "chromium-browser")`` inside a test or fixture."""
+    return require_tool
+
+
+@pytest.fixture(name="require_service", scope="session")
+def _require_service_fixture() -> Callable[[str], None]:
+    """``require_service("PostgreSQL did not start: ...")``: skip, or fail when $CI is set."""
+    return unavailable
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires_tool(*names): needs one of these executables; skipped without "
+                                       "it, failed without it when $CI is set")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires_tool"):
+        require_tool(*mark.args, why=mark.kwargs.get("why", ""))

@@ -69,7 +69,7 @@ def test_validation_pointing_reads_the_evidence_maximum() -> None:
     finding only (label 1 and a non-empty mask)."""
     from torch import nn
 
-    from medsight.classification.train import _val_pointing
+    from medsight.classification.localisation import val_pointing as _val_pointing
 
     model = nn.Module()
     model.net = nn.Identity()

@@ -44,23 +44,29 @@ def test_safety_stage_uses_the_project_classifier_and_feeds_report_and_predict_c
     # the evidence slice of a scan with a lesion is one of its lesion slices
     slices_of = pd.read_csv(ctx.paths["cls_manifest"])
     root = Path(ctx.paths["cls_manifest"]).parent
+    table_dir = Path(ctx.paths["cls_predictions"]).parent  # evidence-slice paths are relative to the table
     for row in per_scan.itertuples():
         mine = slices_of[slices_of["case_id"] == row.case_id]
-        shown = mine[[str(root / p) == row.image for p in mine["image"]]]
+        shown = mine[[(root / p).resolve() == (table_dir / row.image).resolve() for p in mine["image"]]]
         assert len(shown) == 1 and (row.y_true == 0 or shown["lesion"].iloc[0] == 1)
     summary = safety.run(ctx)
     assert summary["classifier"].startswith("project classifier")
     model = Path(ctx.paths["cls_model"])
     assert (model / "calibration.json").is_file() and (model / "referral.json").is_file()
     per_scan = pd.read_csv(ctx.paths["cls_predictions"])
-    assert {"prob", "prob_uncalibrated", "referred", "image", "mask"} <= set(per_scan.columns)
+    assert {"prob", "prob_uncalibrated", "referred", "image", "mask", "split", "patient_id"} <= set(per_scan.columns)
+    assert (model / "scan_level.json").is_file() and summary["scan_level"]["unit"] == "scan"
     assert per_scan["case_id"].is_unique and per_scan["referred"].isin([0, 1]).all()
     # the uncalibrated scan probability is the highest slice probability of the plain model
     table = pd.read_csv(ctx.paths["cls_manifest"])
     scan = per_scan.iloc[0]
     slices = table[table["case_id"] == scan["case_id"]]
+    from medsight.package import load_package
+    from medsight.safety.assess import SafetyAssessor
+
+    assessor = SafetyAssessor.from_model_dir(load_package(model))  # the package's referral rule, as predict-cls does
     out = predict_images(model, [Path(ctx.paths["cls_manifest"]).parent / p for p in slices["image"]],
-                         tmp_path / "p.csv", gradcam=False, quiet=True)
+                         tmp_path / "p.csv", gradcam=False, quiet=True, assessor=assessor)
     assert set(out["referral"]) <= {"accept", "refer"}
     bundle = load_classifier(model)
     x = torch.stack([bundle.preprocess(read_image(Path(ctx.paths["cls_manifest"]).parent / p))

@@ -59,7 +59,8 @@ def test_multilabel_outputs_and_thresholds_round_trip(trained: Path, square_data
     cfg = json.loads((trained / "config.json").read_text())
     assert bundle.labels == ["square", "left_half"] and cfg["activation"] == "sigmoid"
     th = cfg["thresholds"]
-    assert set(th) == {"square", "left_half"} and all(0.0 < v < 1.0 for v in th.values())
+    # <= 1: on this easy task a confident model's float32 sigmoid reaches exactly 1.0 for some positives
+    assert set(th) == {"square", "left_half"} and all(0.0 < v <= 1.0 for v in th.values())
     # the stored threshold is the one that gives the target sensitivity on the validation patients
     manifest, _ = square_data
     table = pd.read_csv(manifest)
@@ -82,10 +83,13 @@ def test_predict_cls_writes_decisions_and_heatmaps(trained: Path, square_data: t
                                                    tmp_path: Path) -> None:
     from medsight.cli.main import main
 
+    from medsight.package import save_package
+
     manifest, _ = square_data
     images = [str(manifest.parent / f"img{i:03d}.nii.gz") for i in range(4)]
     out = tmp_path / "pred.csv"
-    main(["-q", "predict-cls", str(trained), *images, str(out)])  # returns normally on success
+    package = save_package(trained, tmp_path / "package", task="classification", name="squares")  # predict-cls
+    main(["-q", "predict-cls", str(package.path), *images, str(out)])  # loads packages only; returns on success
     table = pd.read_csv(out)
     assert len(table) == 4
     th = load_classifier(trained).thresholds

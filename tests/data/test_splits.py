@@ -56,3 +56,17 @@ def test_site_stratification_puts_each_site_in_every_fold():
 def test_too_few_patients():
     with pytest.raises(DatasetError, match="cannot fill 5 folds"):
         patient_kfold(["a", "b", "c"], ["p", "p", "q"], 5)
+
+
+def test_patient_holdout_is_the_first_stratified_group_fold():
+    """The classification hold-out is fold 0 of scikit-learn's StratifiedGroupKFold run side by side."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from medsight.data.splits import patient_holdout
+
+    patients = np.array([f"p{i // 2}" for i in range(60)])
+    strata = np.array([int(i // 2 % 3 == 0) for i in range(60)])
+    held = patient_holdout(patients, strata, 0.2, seed=5)
+    _, ref = next(StratifiedGroupKFold(5, shuffle=True, random_state=5).split(np.zeros(60), strata, patients))
+    assert np.flatnonzero(held).tolist() == sorted(ref.tolist())
+    assert not set(patients[held]) & set(patients[~held])

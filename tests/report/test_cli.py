@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
 from medsight.cli.validate import validate
+from medsight.package import save_package
 
 
 def _dataset(tmp_path, n: int = 90):
@@ -30,9 +31,10 @@ def _dataset(tmp_path, n: int = 90):
 
 def test_validate_from_predictions(tmp_path) -> None:
     ds, m, pred = _dataset(tmp_path)
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    src = tmp_path / "model_src"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    model = save_package(src, tmp_path / "model", task="classification", name="toy").path  # validate loads packages
     r = CliRunner().invoke(validate, [str(model), str(ds), "--external-site", "site_C", "--predictions",
                                       str(tmp_path / "pred.csv"), "--report", str(tmp_path / "r.html"),
                                       "--n-boot", "100", "--quiet"])
@@ -51,8 +53,11 @@ def test_validate_missing_columns_is_a_one_line_error(tmp_path, capsys) -> None:
     pred.drop(columns="y_true").to_csv(tmp_path / "bad.csv", index=False)
     from medsight.cli.main import main
 
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "config.json").write_text("{}")
+    model = save_package(tmp_path / "src", tmp_path / "model", task="classification", name="toy").path
     with pytest.raises(SystemExit) as exit_:
-        main(["validate", str(tmp_path), str(ds), "--predictions", str(tmp_path / "bad.csv"),
+        main(["validate", str(model), str(ds), "--predictions", str(tmp_path / "bad.csv"),
               "--report", str(tmp_path / "r.html")])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "y_true" in err and len(err.splitlines()) == 1

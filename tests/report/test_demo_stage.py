@@ -76,7 +76,7 @@ def test_stage_writes_report(demo_report: tuple[DemoContext, dict]) -> None:
     assert "plan.json" in doc["model"]["hashes"] and doc["data"]["manifest_sha256"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
+@pytest.mark.requires_tool("chromium", "chromium-browser", why="apt-get install chromium (.ci/run does)")
 def test_demo_report_opens_in_chromium(demo_report: tuple[DemoContext, dict], tmp_path: Path) -> None:
     ctx, _ = demo_report
     dom = _chromium(Path(ctx.paths["report"]), tmp_path, "--dump-dom")

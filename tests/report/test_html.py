@@ -83,7 +83,7 @@ def test_every_number_equals_the_json(report: tuple[Path, Path]) -> None:
     # no unlabelled decimals in the tables' cells: every 0.xxx in the body text sits in a tagged span
     body = re.sub(r'src="data:[^"]*"', "", html.read_text())
     body = re.sub(r"<script>.*?</script>", "", body, flags=re.S)
-    untagged = re.findall(r">[^<]*?\b\d\.\d{3}\b[^<]*<", re.sub(r'<span class="num"[^>]*>[^<]*</span>', "", body))
+    untagged = re.findall(r">[^<]*?\b\d\.\d{3}\b[^<]*<", re.sub(r'<span class="(num|txt)"[^>]*>[^<]*</span>', "", body))
     assert not untagged
 
 
@@ -120,7 +120,7 @@ def _chromium(html: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
+@pytest.mark.requires_tool("chromium", "chromium-browser", why="apt-get install chromium (.ci/run does)")
 def test_opens_in_headless_chromium(report: tuple[Path, Path], tmp_path: Path) -> None:
     html, _ = report
     dom = _chromium(html, tmp_path, "--dump-dom")

@@ -25,8 +25,9 @@ def test_plan_train_predict_on_msd_dataset(tmp_path):
     assert r.exit_code == 0, r.output
     splits = json.loads((model / "splits.json").read_text())
     assert len(splits) == 5 and (model / "fold_0/model_final.pt").is_file()
-    assert list((model / "fold_0/tensorboard").glob("events.out.tfevents.*"))
-    log = [json.loads(x) for x in (model / "fold_0/log.jsonl").read_text().splitlines()]
+    training = tmp_path / "model.training"  # training state beside the package
+    assert list((training / "fold_0/tensorboard").glob("events.out.tfevents.*"))
+    log = [json.loads(x) for x in (training / "fold_0/log.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in log] == [0, 1, 2, 3] and log[-1]["loss"] < log[0]["loss"]
 
     out = tmp_path / "pred"

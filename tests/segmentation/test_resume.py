@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import medsight.engine.loop as engine_loop
 import medsight.segmentation.train as loop
 from medsight.data.dataset import load_dataset
 from medsight.data.fingerprint import compute_fingerprint
@@ -36,7 +37,7 @@ def test_resume_after_kill_gives_identical_weights(setup, tmp_path, monkeypatch)
     _train(ds, plan, tmp_path / "straight")
     ref = load_checkpoint(tmp_path / "straight/fold_0/model_final.pt")["model"]
 
-    real_save = loop.save_checkpoint
+    real_save = engine_loop.save_checkpoint
     saves = {"n": 0}
 
     def dying_save(path, state):
@@ -45,12 +46,12 @@ def test_resume_after_kill_gives_identical_weights(setup, tmp_path, monkeypatch)
         if saves["n"] == 2:  # killed right after the epoch-1 checkpoint reached the disk
             raise Killed()
 
-    monkeypatch.setattr(loop, "save_checkpoint", dying_save)
+    monkeypatch.setattr(engine_loop, "save_checkpoint", dying_save)
     with pytest.raises(Killed):
         _train(ds, plan, tmp_path / "killed")
     assert load_checkpoint(tmp_path / "killed/fold_0/checkpoint.pt")["epoch"] == 1
     assert not (tmp_path / "killed/fold_0/model_final.pt").exists()
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    monkeypatch.setattr(engine_loop, "save_checkpoint", real_save)
     summary = _train(ds, plan, tmp_path / "killed")
     assert summary["epochs_done"] == 3
     got = load_checkpoint(tmp_path / "killed/fold_0/model_final.pt")["model"]

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
-from medsight.errors import ConfigError, DatasetError
+from medsight.data.splits import patient_holdout
+from medsight.errors import ConfigError
 from medsight.image import Image
 from medsight.io import read_image
 
@@ -81,17 +81,4 @@ def load_masks(paths: Sequence[Path | None], input_size: Sequence[int], quiet: b
     return torch.stack(out)
 
 
-def patient_split(patients: np.ndarray, strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of the held-out rows: about ``fraction`` of patients, class balance kept, no patient split."""
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"the validation fraction must be between 0 and 1, got {fraction}")
-    n_splits = max(2, int(round(1.0 / fraction)))
-    n_groups = len(set(patients))
-    if n_groups < n_splits:
-        raise DatasetError(f"only {n_groups} patients: too few for a {fraction:.0%} patient-level split; "
-                           "add patients or give a split column")
-    sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held = next(iter(sgkf.split(np.zeros(len(patients)), strata, groups=patients)))
-    mask = np.zeros(len(patients), dtype=bool)
-    mask[held] = True
-    return mask
+patient_split = patient_holdout  # the one patient splitter lives in medsight.data.splits

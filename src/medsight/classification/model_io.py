@@ -3,7 +3,10 @@
 ``config.json`` holds labels, task, activation, thresholds (chosen on validation data), input size,
 normalisation, backbone, Grad-CAM layer, and what made the model (manifest hash, seed, versions, metrics).
 ``load_classifier`` rebuilds the network from the config, so a directory is usable without the training code's
-arguments; the safety layer may add ``calibration.json`` beside them, which ``predict_logits`` applies.
+arguments. A trained classifier is a model package (``medsight.package``): ``load_classifier`` verifies it and
+reads only the files its manifest lists; a ``calibration.json`` there (written as a new package version by
+``medsight.classification.package.calibrate_package``) is applied by ``predict_logits``. A plain training folder
+(no manifest) loads weights and config only: no side file is ever picked up.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from medsight.classification.dataset import preprocess_array, spatial_array
 from medsight.errors import ConfigError, InputNotFoundError, IntegrityError
 from medsight.files import atomic_write_bytes, atomic_write_text, sha256_file
 from medsight.image import Image
+from medsight.package.calibration import Calibration, load_calibration
+from medsight.package.package import Package, load_package
 
 FORMAT = "medsight-classifier"
 VERSION = 1
@@ -37,6 +42,8 @@ class ClassifierBundle:
     config: dict[str, Any]
     model_dir: Path | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    package: Package | None = None
+    calibration: Calibration | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -56,13 +63,11 @@ class ClassifierBundle:
 
     @torch.no_grad()
     def predict_logits(self, x: torch.Tensor, calibrated: bool = True) -> np.ndarray:
-        """Logits for a batch, with the model dir's calibration.json applied when present."""
+        """Logits for a batch, with the package's calibration applied when it lists one."""
         self.model.eval()
         z = self.model(x).numpy()
-        if calibrated and self.model_dir is not None and (self.model_dir / "calibration.json").is_file():
-            from medsight.safety.temperature import apply_calibration  # optional layer above us
-
-            z = np.asarray(apply_calibration(z, self.model_dir))
+        if calibrated and self.calibration is not None:
+            z = np.asarray(self.calibration.apply(z))
         return z
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
@@ -92,10 +97,22 @@ def _json(value: Any) -> Any:
     return str(value)
 
 
-def load_classifier(model_dir: str | Path) -> ClassifierBundle:
-    """Rebuild the network from ``config.json`` and load ``model.pt`` (hash checked) in eval mode."""
-    model_dir = Path(model_dir)
-    cfg_path, w_path = model_dir / CONFIG, model_dir / WEIGHTS
+def load_classifier(model: str | Path | Package, allow_retired: bool = False) -> ClassifierBundle:
+    """Rebuild the network from ``config.json`` and load ``model.pt`` (hash checked) in eval mode.
+
+    ``model``: a ``Package``, a package folder or registered NAME[@VERSION] (verified by ``load_package``), or a
+    plain training folder without manifest (weights and config only: for library code before packaging).
+    """
+    pkg = model if isinstance(model, Package) else None
+    if pkg is None and (not Path(model).exists() or (Path(model) / "manifest.json").exists()):
+        pkg = load_package(model, allow_retired=allow_retired)
+    if pkg is not None:
+        if pkg.task != "classification":
+            raise ConfigError(f"package {pkg.label} is a {pkg.task} model, not a classifier", pkg.path)
+        cfg_path, w_path, model_dir = pkg.file(CONFIG), pkg.file(WEIGHTS), pkg.path
+    else:
+        model_dir = Path(model)
+        cfg_path, w_path = model_dir / CONFIG, model_dir / WEIGHTS
     if not cfg_path.is_file() or not w_path.is_file():
         raise InputNotFoundError(f"not a classifier model directory (needs {CONFIG} and {WEIGHTS}); "
                                  "train one with `medsight train-cls`", model_dir)
@@ -118,4 +135,5 @@ def load_classifier(model_dir: str | Path) -> ClassifierBundle:
     state = torch.load(w_path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()
-    return ClassifierBundle(model, config, model_dir)
+    calibration = load_calibration(pkg) if pkg is not None else None
+    return ClassifierBundle(model, config, model_dir, package=pkg, calibration=calibration)

@@ -65,15 +65,18 @@ def _stem(p: Path) -> str:
     return name
 
 
-def predict_images(model_dir: str | Path, inputs: Sequence[str | Path], output_csv: str | Path,
+def predict_images(model_dir: str | Path | ClassifierBundle, inputs: Sequence[str | Path], output_csv: str | Path,
                    heatmap_dir: str | Path | None = None, gradcam: bool = True, quiet: bool = False,
-                   evidence: bool = False) -> pd.DataFrame:
-    """Classify every input image and write ``output_csv`` (one row per image); returns the table."""
-    bundle = load_classifier(model_dir)
+                   assessor: Any = None, evidence: bool = False) -> pd.DataFrame:
+    """Classify every input image and write ``output_csv`` (one row per image); returns the table.
+
+    ``assessor`` (the safety layer's ``SafetyAssessor``, built by the caller from the package's referral rule)
+    adds the accept/refer decision per image; classification itself does not depend on the safety layer.
+    """
+    bundle = model_dir if isinstance(model_dir, ClassifierBundle) else load_classifier(model_dir)
     paths = expand_inputs(inputs, bundle.config["spatial_dims"])
     output_csv = Path(output_csv)
     heat_root = Path(heatmap_dir) if heatmap_dir else output_csv.with_name(_stem(output_csv) + "_gradcam")
-    assessor = _assessor(bundle)
     rows = []
     for i, path in enumerate(tqdm(paths, desc="predict", disable=quiet, unit="img")):
         image = read_image(path)
@@ -92,15 +95,6 @@ def predict_images(model_dir: str | Path, inputs: Sequence[str | Path], output_c
     table.to_csv(buf, index=False, lineterminator="\n")
     atomic_write_text(output_csv, buf.getvalue())
     return table
-
-
-def _assessor(bundle: ClassifierBundle):  # noqa: ANN202 - SafetyAssessor | None (optional layer above us)
-    """The safety layer's referral rule when the model directory carries one (``referral.json``)."""
-    if bundle.model_dir is None or not (Path(bundle.model_dir) / "referral.json").is_file():
-        return None
-    from medsight.safety.assess import SafetyAssessor
-
-    return SafetyAssessor.from_model_dir(bundle.model_dir, bundle.config.get("activation"))
 
 
 def _referral(bundle: ClassifierBundle, assessor, image: Image) -> dict[str, Any]:  # noqa: ANN001

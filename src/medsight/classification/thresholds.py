@@ -13,9 +13,12 @@ log = logging.getLogger(__name__)
 
 
 def choose_thresholds(y_val: np.ndarray, prob_val: np.ndarray, labels: Sequence[str],
-                      target_sensitivity: float) -> dict[str, dict[str, float | str]]:
+                      target_sensitivity: float, calibrated: bool = False) -> dict[str, dict[str, float | str]]:
     """Per label: the highest threshold whose validation sensitivity reaches the target.
 
+    The record per label holds the target, the threshold and the validation sensitivity/specificity it gave, and
+    whether the probabilities were calibrated: thresholds must be chosen on the same probabilities predict-cls
+    compares them with, so fitting a calibration re-runs this on the calibrated validation probabilities.
     A label with only one class in the validation set cannot be tuned; it keeps 0.5 and says so (``method``),
     so the stored model never hides an untuned threshold.
     """
@@ -31,7 +34,9 @@ def choose_thresholds(y_val: np.ndarray, prob_val: np.ndarray, labels: Sequence[
         t = float(threshold_for_sensitivity(yj, pj, target_sensitivity))
         pos = yj == 1
         out[name] = {"threshold": t, "method": f"validation sensitivity >= {target_sensitivity}",
-                     "val_sensitivity": float(np.mean(pj[pos] >= t)), "val_specificity": float(np.mean(pj[~pos] < t))}
+                     "target_sensitivity": float(target_sensitivity), "calibrated": calibrated,
+                     "val_sensitivity": float(np.mean(pj[pos] >= t)), "val_specificity": float(np.mean(pj[~pos] < t)),
+                     "n_val_positive": int(pos.sum()), "n_val_negative": int((~pos).sum())}
     return out
 
 

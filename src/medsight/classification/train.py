@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,21 +20,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.losses import FocalLoss
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
-from tqdm import tqdm
 
 from medsight import __version__
-from medsight.nets.backbones import build_classifier, check_backbone
+from medsight.classification.augment import augment, carvemix
 from medsight.classification.dataset import load_masks, load_tensors, patient_split, spatial_dims_of
+from medsight.classification.localisation import Localisation, attach_localisation, val_pointing
 from medsight.classification.manifest import ClsManifest, read_manifest
 from medsight.classification.model_io import save_model
 from medsight.classification.thresholds import choose_thresholds
-from medsight.nets.weights import load_backbone_weights, set_trainable
+from medsight.engine.loop import fit
+from medsight.engine.seeding import seed_everything
+from medsight.engine.task import EngineConfig, Task
 from medsight.errors import ConfigError, DatasetError
 from medsight.files import sha256_file
 from medsight.io import read_image
+from medsight.nets import registry
+from medsight.nets.backbones import GROUP, build_classifier, check_backbone
+from medsight.nets.weights import load_backbone_weights, set_trainable
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +71,16 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainConfig, quiet: bool = False,
+                     work_dir: str | Path | None = None) -> dict[str, Any]:
+    """Validate, split, train, pick thresholds and write the model directory; returns a summary dict.
 
-
-def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainConfig,
-                     quiet: bool = False) -> dict[str, Any]:
-    """Validate, split, train, pick thresholds and write the model directory; returns a summary dict."""
+    ``work_dir`` (optional) keeps the engine's checkpoint and logs there, so a killed run resumes; the model
+    directory itself receives only the model files.
+    """
     t0 = time.perf_counter()
     check_backbone(cfg.backbone)  # a typo should not cost the minutes of loading the images first
+    loss_factory = registry.load("medsight.losses", cfg.loss)
     manifest = read_manifest(manifest_path, cfg.labels, cfg.task)
     train_idx, val_idx = _split(manifest, cfg)
     seed_everything(cfg.seed)
@@ -88,65 +89,20 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
     if len(size) != dims:
         raise ConfigError(f"input size {list(size)} has {len(size)} axes but the images are {dims}D")
     x = load_tensors(manifest.image_paths, size, quiet=quiet)
-    y = torch.as_tensor(manifest.y)
-    n_out = len(manifest.classes) if manifest.task == "multiclass" else len(manifest.labels)
-    model, cam_layer = build_classifier(cfg.backbone, dims, 1, n_out, size, cfg.dropout)
-    cam_layer = cfg.cam_layer or cam_layer
-    loaded = load_backbone_weights(model, cfg.weights) if cfg.weights else None
     use_masks = (cfg.mask_weight > 0 or cfg.carvemix > 0) and any(p is not None for p in manifest.mask_paths)
     masks = load_masks(manifest.mask_paths, size, quiet=quiet) if use_masks else torch.zeros(len(x), 1)
-    localisation = _attach_localisation(model, cam_layer, size, dims) if use_masks and cfg.mask_weight > 0 else None
-    n_trainable = set_trainable(model, cfg.mode)
-    loss_fn = _loss(manifest.task, cfg)
-    loader = _loader(x[train_idx], y[train_idx], masks[train_idx], manifest.stratify_key()[train_idx], cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(loader),
-                                                pct_start=0.2)
-    # a model that localises (evidence map) and masks to check it on: log how well it points, epoch by epoch.
-    # (Selecting the epoch on AUC + this score did not help: seed 2 of the demo kept epoch 21, validation
-    # pointing 0.83, and scored 0.60 on the test patients against 0.63 when selected on AUC alone.)
-    points = bool(getattr(model, "evidence_map", False)) and use_masks and manifest.task != "multiclass"
-    history: list[dict[str, float]] = []
-    best: tuple[float, dict[str, torch.Tensor], int] | None = None
-    bar = tqdm(range(cfg.epochs), desc=f"train {cfg.backbone}", disable=quiet, unit="epoch")
-    for epoch in bar:
-        model.train()
-        if cfg.mode == "frozen":
-            model.net.eval()  # a frozen feature extractor keeps its normalisation statistics too
-        total = 0.0
-        for xb, yb, mb in loader:
-            if use_masks and cfg.carvemix > 0 and manifest.task != "multiclass":
-                xb, yb, mb = _carvemix(xb, yb, mb, x[train_idx], y[train_idx], masks[train_idx], cfg.carvemix)
-            if cfg.augment:
-                xb, mb = _augment(xb, mb if use_masks else None)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            if localisation is not None:
-                loss = loss + cfg.mask_weight * localisation.loss(mb)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(xb)
-        val_loss, val_logits = _evaluate(model, x[val_idx], y[val_idx], loss_fn)
-        score = _selection_score(manifest, val_idx, val_logits)
-        row = {"epoch": epoch + 1, "train_loss": total / len(train_idx), "val_loss": val_loss,
-               "val_auc_mean": score, "seconds": round(time.perf_counter() - t0, 1)}
-        pointing = _val_pointing(model, x[val_idx], y[val_idx], masks[val_idx]) if points else float("nan")
-        if points:
-            row["val_pointing"] = pointing
-        history.append(row)
-        bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}",
-                        **({"pointing": f"{pointing:.2f}"} if points else {}))
-        key = -score if np.isfinite(score) else val_loss  # lower is better
-        if best is None or key < best[0]:
-            best = (key, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch + 1)
-        if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
-            log.info("time budget of %.0f s reached after epoch %d", cfg.time_budget_s, epoch + 1)
-            break
-    assert best is not None
-    model.load_state_dict(best[1])
-    _, val_logits = _evaluate(model, x[val_idx], y[val_idx], loss_fn)
+    loss_fn = loss_factory(task=manifest.task, gamma=cfg.focal_gamma)
+    task = ClsTask(manifest, cfg, x, masks, train_idx, val_idx, size, dims, use_masks, loss_fn)
+    budget = None if cfg.time_budget_s is None else max(0.0, cfg.time_budget_s - (time.perf_counter() - t0))
+    result = fit(task, EngineConfig(epochs=cfg.epochs, seed=cfg.seed, max_seconds=budget, lr_schedule="onecycle",
+                                    lr=cfg.lr, onecycle_pct=0.2, out_dir=Path(work_dir) if work_dir else None,
+                                    quiet=quiet, name=f"train {cfg.backbone}",
+                                    identity={"training": asdict(cfg), "manifest": sha256_file(manifest.path)}))
+    model = result.model
+    history = [{"epoch": r["epoch"] + 1, "train_loss": r["loss"],
+                **{k: v for k, v in r.items() if k not in ("epoch", "loss", "lr")}} for r in result.history]
+    best_epoch = (result.best_epoch if result.best_epoch is not None else len(history) - 1) + 1
+    _, val_logits = _evaluate(model, x[val_idx], task.y[val_idx], loss_fn)
     activation = "softmax" if manifest.task == "multiclass" else "sigmoid"
     val_prob = (torch.softmax(val_logits, 1) if activation == "softmax" else torch.sigmoid(val_logits)).numpy()
     thresholds, threshold_info = {}, {}
@@ -158,28 +114,115 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
     config = {
         "labels": manifest.labels if manifest.task != "multiclass" else manifest.classes,
         "label_columns": manifest.labels, "task": manifest.task, "activation": activation,
-        "multi_label": manifest.task == "multilabel", "n_outputs": n_out,
+        "multi_label": manifest.task == "multilabel", "n_outputs": task.n_out,
         "thresholds": thresholds, "threshold_selection": threshold_info,
-        "backbone": cfg.backbone, "spatial_dims": dims, "in_channels": 1, "input_size": list(size),
+        "backbone": cfg.backbone, "backbone_provenance": registry.provenance(GROUP, cfg.backbone),
+        "spatial_dims": dims, "in_channels": 1, "input_size": list(size),
         "normalisation": "resize to input_size, then (x - median) / (IQR / 1.349) per image", "dropout": cfg.dropout,
-        "cam_layer": cam_layer,
+        "cam_layer": task.cam_layer,
         "evidence_sharpness": model.evidence_sharpness if model.evidence_map else None,
-        "localisation": localisation.describe(cfg.mask_weight) if localisation is not None else None,
+        "localisation": task.localisation.describe(cfg.mask_weight) if task.localisation is not None else None,
         "training": {**asdict(cfg), "input_size": list(size)},
-        "initial_weights": {"path": cfg.weights, "sha256": sha256_file(cfg.weights), **(loaded or {})}
+        "initial_weights": {"path": cfg.weights, "sha256": sha256_file(cfg.weights), **(task.loaded or {})}
         if cfg.weights else None,
-        "trainable_parameters": n_trainable,
+        "trainable_parameters": task.n_trainable,
         "data": {"manifest": str(manifest.path), "manifest_sha256": sha256_file(manifest.path),
                  "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                  "val_patients": sorted(set(manifest.patients[val_idx].tolist()))},
-        "validation": {"auc": val_auc, "best_epoch": best[2], "selected_by": "mean validation AUC"},
+        "validation": {"auc": val_auc, "best_epoch": best_epoch, "selected_by": "mean validation AUC"},
         "history": history, "train_seconds": round(seconds, 1),
         "versions": {"medsight": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
+    if result.energy:
+        config["energy"] = result.energy
     save_model(out_dir, model, config)
     return {"model_dir": str(out_dir), "train_seconds": round(seconds, 1), "epochs": len(history),
             "val_auc": val_auc, "thresholds": thresholds, "n_train": int(len(train_idx)),
             "n_val": int(len(val_idx))}
+
+
+class ClsTask(Task):
+    """Whole-image classification on tensors held in memory (see the module docstring for the choices)."""
+
+    def __init__(self, manifest: ClsManifest, cfg: TrainConfig, x: torch.Tensor, masks: torch.Tensor,
+                 train_idx: np.ndarray, val_idx: np.ndarray, size: tuple[int, ...], dims: int, use_masks: bool,
+                 loss_fn: nn.Module) -> None:
+        self.manifest, self.cfg, self.x, self.masks, self.size, self.dims = manifest, cfg, x, masks, size, dims
+        self.y = torch.as_tensor(manifest.y)
+        self.train_idx, self.val_idx, self.use_masks, self.loss_fn = train_idx, val_idx, use_masks, loss_fn
+        self.n_out = len(manifest.classes) if manifest.task == "multiclass" else len(manifest.labels)
+        self.strata = manifest.stratify_key()[train_idx]
+        # a model that localises (evidence map) and masks to check it on: log how well it points, epoch by epoch.
+        # (Selecting the epoch on AUC + this score did not help: seed 2 of the demo kept epoch 21, validation
+        # pointing 0.83, and scored 0.60 on the test patients against 0.63 when selected on AUC alone.)
+        self.points = False
+        self.localisation: Localisation | None = None
+        self.cam_layer, self.loaded, self.n_trainable = "", None, 0
+
+    def build_model(self) -> nn.Module:
+        cfg = self.cfg
+        model, cam_layer = build_classifier(cfg.backbone, self.dims, 1, self.n_out, self.size, cfg.dropout)
+        self.cam_layer = cfg.cam_layer or cam_layer
+        self.loaded = load_backbone_weights(model, cfg.weights) if cfg.weights else None
+        if self.use_masks and cfg.mask_weight > 0:
+            self.localisation = attach_localisation(model, self.cam_layer, self.size, self.dims)
+        self.n_trainable = set_trainable(model, cfg.mode)
+        self.points = bool(model.evidence_map) and self.use_masks and self.manifest.task != "multiclass"
+        return model
+
+    def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+        if self.cfg.mode == "frozen":
+            model.net.eval()  # a frozen feature extractor keeps its normalisation statistics too
+
+    def steps_per_epoch(self) -> int:
+        n, bs = len(self.train_idx), self.cfg.batch_size
+        return n // bs if n > bs else 1
+
+    def epoch_batches(self, epoch: int, rng: np.random.Generator):
+        """Shuffled batches; with weighted sampling each class (first label for multi-label) is drawn equally
+        often (with replacement)."""
+        g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        n, bs = len(self.train_idx), self.cfg.batch_size
+        if self.cfg.weighted_sampling:
+            w = 1.0 / np.bincount(self.strata)[self.strata]
+            order = torch.multinomial(torch.as_tensor(w, dtype=torch.double), n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(n, generator=g)
+        tr = torch.as_tensor(self.train_idx)
+        for i in range(self.steps_per_epoch()):
+            idx = tr[order[i * bs:(i + 1) * bs]]
+            xb, yb, mb = self.x[idx], self.y[idx], self.masks[idx]
+            if self.use_masks and self.cfg.carvemix > 0 and self.manifest.task != "multiclass":
+                xb, yb, mb = carvemix(xb, yb, mb, self.x[tr], self.y[tr], self.masks[tr], self.cfg.carvemix)
+            if self.cfg.augment:
+                xb, aug_masks = augment(xb, mb if self.use_masks else None)
+                mb = aug_masks if aug_masks is not None else mb
+            yield xb, yb, mb
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        xb, yb, mb = batch
+        loss = self.loss_fn(model(xb), yb)
+        if self.localisation is not None:
+            loss = loss + self.cfg.mask_weight * self.localisation.loss(mb)
+        return loss
+
+    def validate(self, model: nn.Module) -> dict[str, Any]:
+        vi = self.val_idx
+        val_loss, logits = _evaluate(model, self.x[vi], self.y[vi], self.loss_fn)
+        row = {"val_loss": val_loss, "val_auc_mean": _selection_score(self.manifest, vi, logits)}
+        if self.points:
+            row["val_pointing"] = val_pointing(model, self.x[vi], self.y[vi], self.masks[vi])
+        return row
+
+    def selection_key(self, record: dict[str, Any]) -> float:
+        """Mean validation AUC (larger is better); the validation loss when no label has both classes."""
+        score = record["val_auc_mean"]
+        return -score if np.isfinite(score) else record["val_loss"]
 
 
 def _split(manifest: ClsManifest, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -196,154 +239,12 @@ def _split(manifest: ClsManifest, cfg: TrainConfig) -> tuple[np.ndarray, np.ndar
     return train, val
 
 
-def _loss(task: str, cfg: TrainConfig) -> nn.Module:
-    if cfg.loss not in ("bce", "focal"):
-        raise ConfigError(f"loss must be 'bce' or 'focal', got {cfg.loss!r}")
-    if task == "multiclass":
-        if cfg.loss == "focal":
-            focal = FocalLoss(gamma=cfg.focal_gamma, use_softmax=True, to_onehot_y=True)
-            return _Wrapped(lambda z, y: focal(z, y[:, None]))
-        return nn.CrossEntropyLoss()
-    if cfg.loss == "focal":
-        return FocalLoss(gamma=cfg.focal_gamma)  # sigmoid focal loss on logits
-    return nn.BCEWithLogitsLoss()
-
-
-class _Wrapped(nn.Module):
-    def __init__(self, fn: Any) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.fn(z, y)
-
-
-def _loader(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, strata: np.ndarray,
-            cfg: TrainConfig) -> DataLoader:
-    """Shuffled batches; with weighted sampling each class (first label for multi-label) is drawn equally often."""
-    ds = TensorDataset(x, y, masks)
-    g = torch.Generator().manual_seed(cfg.seed)
-    if cfg.weighted_sampling:
-        counts = np.bincount(strata)
-        w = 1.0 / counts[strata]
-        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(w), replacement=True,
-                                        generator=g)
-        return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(ds) > cfg.batch_size)
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=len(ds) > cfg.batch_size)
-
-
-def _augment(x: torch.Tensor, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Label-preserving variety for small datasets, where a network otherwise memorises the few findings it has:
-    random flips on every axis (and a transpose when the grid is square), a shift of up to 1/8 of the field of
-    view, and a mild contrast/offset jitter (inputs are normalised, so a gain is a contrast change). Masks get
-    the same geometric changes."""
-    n, dims = x.shape[0], x.ndim - 2
-    both = torch.cat([x, masks], 1) if masks is not None else x.clone()
-    for axis in range(2, 2 + dims):
-        flip = torch.rand(n) < 0.5
-        both[flip] = torch.flip(both[flip], dims=(axis,))
-    if dims == 2 and both.shape[2] == both.shape[3]:
-        swap = torch.rand(n) < 0.5
-        both[swap] = both[swap].transpose(2, 3)
-    for i in range(n):
-        shifts = [int(torch.randint(-s // 8, s // 8 + 1, ())) for s in both.shape[2:]]
-        both[i] = torch.roll(both[i], shifts=shifts, dims=tuple(range(1, 1 + dims)))
-    x = both[:, :1]
-    scale = 1.0 + 0.1 * torch.randn(n, *([1] * (x.ndim - 1)))
-    shift = 0.1 * torch.randn(n, *([1] * (x.ndim - 1)))
-    return x * scale + shift, (both[:, 1:] if masks is not None else None)
-
-
-def _carvemix(xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-              masks: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CarveMix-style copy-paste (Zhang et al., MICCAI 2021, simplified): a negative image receives the outlined
-    finding of a random positive one, at the same place, and takes over its labels and mask. With few patients
-    with findings, this shows each finding on many backgrounds, so the network learns the finding and not the
-    patient it came from. Assumes roughly aligned images (true of registered or same-protocol scans)."""
-    donors = torch.nonzero(masks.flatten(1).amax(1) > 0.5).flatten()
-    targets = torch.nonzero((yb.reshape(len(yb), -1).amax(1) == 0) & (torch.rand(len(yb)) < p)).flatten()
-    if len(donors) == 0 or len(targets) == 0:
-        return xb, yb, mb
-    xb, yb, mb = xb.clone(), yb.clone(), mb.clone()
-    pick = donors[torch.randint(len(donors), (len(targets),))]
-    m = masks[pick]
-    xb[targets] = xb[targets] * (1 - m) + x[pick] * m
-    yb[targets] = y[pick]
-    mb[targets] = m
-    return xb, yb, mb
-
-
-class _Localisation:
-    """Scores the model's lesion-mask prediction during training (mask supervision where masks are known).
-
-    For an evidence-map model the supervised map is the evidence map of the first output itself (captured at
-    ``head``): the map whose maximum is the logit learns where the finding is, not only that it is there. For
-    other models a 1x1 auxiliary head on ``layer`` predicts the mask from that layer's features."""
-
-    def __init__(self, model: nn.Module, layer: str) -> None:
-        self.model, self.features = model, None
-        self.direct = bool(getattr(model, "evidence_map", False))
-        self.layer = "head" if self.direct else layer
-        dict(model.named_modules())[self.layer].register_forward_hook(self._keep)
-
-    def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        self.features = output
-
-    def loss(self, masks: torch.Tensor) -> torch.Tensor:
-        logits = self.features[:, :1] if self.direct else self.model.aux_head(self.features)
-        pool = nn.functional.adaptive_avg_pool2d if logits.ndim == 4 else nn.functional.adaptive_avg_pool3d
-        return nn.functional.binary_cross_entropy_with_logits(logits, pool(masks, logits.shape[2:]))
-
-    def describe(self, weight: float) -> dict[str, Any]:
-        if self.direct:
-            return {"layer": "head", "evidence_map_output": 0, "weight": weight}
-        return {"layer": self.layer, "channels": int(self.model.aux_head.in_channels), "weight": weight}
-
-
-def _attach_localisation(model: nn.Module, layer: str, size: tuple[int, ...], dims: int) -> _Localisation:
-    """Mask supervision: on the evidence map itself, or through a new 1x1 mask head on ``layer`` (its channel
-    count found by one probe pass)."""
-    from medsight.nets.backbones import get_layer
-
-    if getattr(model, "evidence_map", False):
-        return _Localisation(model, layer)
-    seen: list[torch.Tensor] = []
-    handle = get_layer(model, layer).register_forward_hook(lambda m, i, o: seen.append(o))
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, 1, *size))
-    handle.remove()
-    model.add_localisation_head(layer, int(seen[0].shape[1]), dims)
-    return _Localisation(model, layer)
-
-
 @torch.no_grad()
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
               batch_size: int = 64) -> tuple[float, torch.Tensor]:
     model.eval()
     logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     return float(loss_fn(logits, y)), logits
-
-
-@torch.no_grad()
-def _val_pointing(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor,
-                  batch_size: int = 64) -> float:
-    """Share of validation images with a finding (first label, non-empty mask) whose evidence-map maximum, on
-    the input grid, lies in the finding: the pointing game of the model's own heatmap (Grad-CAM of an
-    evidence-map model is that map). NaN when there are none."""
-    pos = torch.nonzero((y.reshape(len(y), -1)[:, 0] > 0.5) & (masks.flatten(1).amax(1) > 0)).flatten()
-    if len(pos) == 0:
-        return float("nan")
-    model.eval()
-    hits = 0
-    for i in range(0, len(pos), batch_size):
-        sel = pos[i:i + batch_size]
-        evidence = model.head(model.net(x[sel]))[:, :1]
-        mode = "bilinear" if evidence.ndim == 4 else "trilinear"
-        up = nn.functional.interpolate(evidence, size=tuple(x.shape[2:]), mode=mode, align_corners=False)
-        peak = up.flatten(1).argmax(1)
-        hits += int((masks[sel].flatten(1).gather(1, peak[:, None])[:, 0] > 0.25).sum())
-    return hits / len(pos)
 
 
 def _selection_score(manifest: ClsManifest, val_idx: np.ndarray, logits: torch.Tensor) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from medsight.cli.audited import audited, current_event
 from medsight.errors import ConfigError
 
 
@@ -52,19 +53,27 @@ def _size(value: str | None) -> tuple[int, ...] | None:
               help="With a mask column: share of negative images given another image's outlined finding.")
 @click.option("--time-budget", type=float, help="Stop after the epoch that passes this many seconds.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--name", default=None, help="Registry name of the model package (default: the --out folder's name).")
 @click.pass_context
+@audited("train-cls", inputs=("manifest",), outputs=("out_dir",))
 def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[str, ...], task: str | None,
               backbone: str, input_size: str | None, epochs: int, batch_size: int, lr: float, loss: str,
               focal_gamma: float, weighted_sampling: bool, target_sensitivity: float, val_fraction: float,
               weights: Path | None, freeze: bool, mask_weight: float, carvemix: float, time_budget: float | None,
-              seed: int) -> None:
+              seed: int, name: str | None) -> None:
     """Train an image classifier from MANIFEST.csv (columns image, patient_id, site, label columns[, split]).
 
     The whole manifest is checked first (missing files, label values, a patient in two splits); the split is
     by patient, and the decision threshold per label is chosen on the validation patients for
-    --target-sensitivity and stored in the model directory.
+    --target-sensitivity. --out becomes a verified, registered model package (replaced as a unit).
     """
+    import shutil
+    import tempfile
+
+    from medsight.classification.package import package_classifier
     from medsight.classification.train import TrainConfig, train_classifier
+    from medsight.engine.energy import EnergyMeter
+    from medsight.package.package import check_target
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     cfg = TrainConfig(backbone=backbone, input_size=_size(input_size), epochs=epochs, batch_size=batch_size, lr=lr,
@@ -73,12 +82,23 @@ def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[s
                       weights=str(weights) if weights else None, mode="frozen" if freeze else "finetune",
                       time_budget_s=time_budget, labels=list(labels) or None, task=task, mask_weight=mask_weight,
                       carvemix=carvemix)
-    result = train_classifier(manifest, out_dir, cfg, quiet=quiet)
+    check_target(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.train-", dir=out_dir.parent))
+    try:
+        with EnergyMeter() as meter:
+            result = train_classifier(manifest, work / "model", cfg, quiet=quiet)
+        pkg = package_classifier(work / "model", out_dir, name=name or out_dir.resolve().name, energy=meter.record())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    current_event().package(pkg)
+    result.update(model_dir=str(out_dir), package={"name": pkg.name, "version": pkg.version, "id": pkg.id,
+                                                   "status": pkg.status})
     click.echo(json.dumps(result, indent=2))
 
 
 @click.command("predict-cls")
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir", metavar="MODEL")
 @click.argument("inputs", nargs=-1, required=True)
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--evidence", is_flag=True, help="Also write display-size evidence figures (image, heatmap with colour "
@@ -86,17 +106,35 @@ def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[s
 @click.option("--heatmaps", type=click.Path(path_type=Path),
               help="Folder for Grad-CAM PNG overlays and arrays. Default: OUTPUT's name + _gradcam.")
 @click.option("--no-gradcam", is_flag=True, help="Probabilities and decisions only.")
+@click.option("--allow-retired", is_flag=True, help="Use the model even if the registry marks it retired.")
 @click.pass_context
-def predict_cls(ctx: click.Context, model_dir: Path, inputs: tuple[str, ...], output: Path,
-                heatmaps: Path | None, no_gradcam: bool, evidence: bool) -> None:
-    """Classify INPUTS (image files, folders, or a CSV with an image column) with MODEL_DIR; write OUTPUT.csv.
+@audited("predict-cls", inputs=("inputs",), outputs=("output", "heatmaps"))
+def predict_cls(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], output: Path,
+                heatmaps: Path | None, no_gradcam: bool, allow_retired: bool, evidence: bool) -> None:
+    """Classify INPUTS (image files, folders, or a CSV with an image column) with MODEL; write OUTPUT.csv.
+
+    MODEL is a classifier package folder or a registered NAME[@VERSION]; every file hash is verified first, and
+    only files its manifest lists (calibration, referral rule) are used.
 
     Per image: the probability of each label, the decision at the stored threshold, and a Grad-CAM heatmap as
     a PNG overlay and as an array on the image grid (.npy for 2D, NIfTI aligned to the image for 3D).
     """
-    from medsight.classification.predict import predict_images
+    from medsight.classification.model_io import load_classifier
+    from medsight.classification.predict import _stem, predict_images
+    from medsight.package.package import load_package
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
-    table = predict_images(model_dir, inputs, output, heatmaps, gradcam=not no_gradcam, quiet=quiet,
+    pkg = load_package(model_dir, allow_retired=allow_retired)
+    bundle = load_classifier(pkg)
+    current_event().package(pkg)
+    assessor = None
+    if pkg.has("referral.json"):
+        from medsight.safety.assess import SafetyAssessor
+
+        assessor = SafetyAssessor.from_model_dir(pkg, bundle.config.get("activation"))
+    heatmaps = heatmaps or output.with_name(_stem(output) + "_gradcam")
+    table = predict_images(bundle, inputs, output, heatmaps, gradcam=not no_gradcam, quiet=quiet, assessor=assessor,
                            evidence=evidence)
+    if not no_gradcam:
+        current_event().outputs([heatmaps])
     click.echo(f"{len(table)} image(s) classified -> {output}")

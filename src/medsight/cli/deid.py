@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
 import logging
 from pathlib import Path
 
 import click
+
+from medsight.cli.audited import audited, current_event
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
               help="With --redact-pixels: blank only the known regions (no OCR-driven filling); OCR still verifies.")
 @click.option("-j", "--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: all CPU cores).")
 @click.pass_context
+@audited("deid.run", inputs=("input_dir",), outputs=("output_dir",))
 def deid(ctx: click.Context, input_dir: Path, output_dir: Path, key_file: Path | None, keep_dates_shifted: bool,
          allow_burned_in: bool, drop_safe_private: bool, redact_pixels: bool, min_text_chars: int,
          text_regions: Path | None, regions_only: bool, workers: int | None) -> None:
@@ -66,19 +68,9 @@ def deid(ctx: click.Context, input_dir: Path, output_dir: Path, key_file: Path |
                          min_text_chars=min_text_chars, text_regions=str(text_regions.resolve()) if text_regions else "",
                          regions_only=regions_only)
     summary = deidentify_folder(input_dir, output_dir, pseudo, options, workers=workers, quiet=quiet)
-    _audit(summary, pseudo.fingerprint)
+    current_event().note(counts=dict(summary.counts), key_fingerprint=pseudo.fingerprint)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing new"
     resumed = f" ({summary.resumed_skipped} already done)" if summary.resumed_skipped else ""
     click.echo(f"de-identified {summary.n_files} files{resumed}: {counts}")
     click.echo(f"report: {summary.report}")
 
-
-def _audit(summary, key_fingerprint: str) -> None:
-    """Record the run in the audit log; a broken log must not lose the finished de-identification."""
-    try:
-        from medsight.audit import default_audit_log
-
-        default_audit_log().append("deid.run", getpass.getuser(), output=str(summary.output_dir),
-                                   counts=dict(summary.counts), key_fingerprint=key_fingerprint)
-    except Exception as err:  # noqa: BLE001 - report, do not fail the run
-        log.warning("could not write the audit record: %s", err)

@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from medsight import __version__
+from medsight.cli.evaluate_lesions import lesion_options
 from medsight.files import atomic_dir
-
 
 # the files one evaluation writes; an earlier run's copies are replaced as a set, anything else in --out is kept
 TABLES = ("per_case.csv", "summary.csv", "subgroups.csv", "summary.json")
@@ -72,6 +72,7 @@ def evaluate() -> None:
 @click.option("--alpha", default=0.05, show_default=True, help="1 - confidence level of the intervals.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.pass_context
+@lesion_options
 def seg(ctx: click.Context, pred_dir: Path, ref_dir: Path, labels_text: str | None, tol: float,
         manifest: Path | None, group_by: tuple[str, ...], min_cases: int, out_dir: Path | None, n_boot: int,
         alpha: float, seed: int) -> None:
@@ -144,8 +145,9 @@ def _print_seg(summary: Any, out: Path, quiet: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="segmentation: mean [95% bootstrap CI] over cases (medians in summary.csv)")
-    for col in ("label", "dice", "hd95 mm", "assd mm", "nsd"):
+    table = Table(title="segmentation: mean [95% bootstrap CI] over the cases whose reference holds the label "
+                        "(medians in summary.csv)")
+    for col in ("label", "n", "dice", "hd95 mm", "assd mm", "nsd", "empty ref: n, FP rate"):
         table.add_column(col)
     for name, grp in summary.groupby("name", sort=False):
         cells = []
@@ -153,7 +155,9 @@ def _print_seg(summary: Any, out: Path, quiet: bool) -> None:
             r = grp[grp["metric"] == metric].iloc[0]
             extra = f" ({r['n_not_finite']} inf)" if r["n_not_finite"] else ""
             cells.append(f"{r['mean']:.3f} [{r['lo']:.3f}-{r['hi']:.3f}]{extra}")
-        table.add_row(str(name), *cells)
+        fp = grp[grp["metric"] == "fp_rate"]
+        empty = f"{int(fp.iloc[0]['n'])}, {fp.iloc[0]['mean']:.3f}" if len(fp) else "0"
+        table.add_row(str(name), str(int(grp[grp["metric"] == "dice"].iloc[0]["n"])), *cells, empty)
     console = Console()
     console.print(table)
     console.print(f"tables written to {out}")

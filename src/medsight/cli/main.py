@@ -29,7 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-cls": ("medsight.cli.classify", "train_cls", "Train an image classifier from a manifest CSV."),
     "predict-cls": ("medsight.cli.classify", "predict_cls", "Classify images and save Grad-CAM evidence."),
     "deid": ("medsight.cli.deid", "deid", "De-identify DICOM files (PS3.15 Basic Profile)."),
-    "models": ("medsight.cli.models", "models", "List, show and verify registered models."),
+    "models": ("medsight.cli.models", "models", "List, show, verify and promote registered model packages."),
+    "export": ("medsight.cli.export", "export", "Export a model package to ONNX (+ preprocessing JSON) for the edge."),
     "audit": ("medsight.cli.audit", "audit", "Inspect and verify the tamper-evident audit log."),
     "validate": ("medsight.cli.validate", "validate", "External validation report (HTML + JSON)."),
 }

@@ -13,8 +13,8 @@ import click
 @click.option("--filters", "base_filters", type=int, default=None, help="Base filter count (default: from memory).")
 @click.option("--epochs", default=100, show_default=True, help="Epochs written into the plan.")
 @click.option("--iterations", default=50, show_default=True, help="Iterations per epoch written into the plan.")
-@click.option("--network", type=click.Choice(["dynunet", "attention_unet", "swinunetr"]), default="dynunet",
-              show_default=True, help="Network family for every configuration.")
+@click.option("--network", default="dynunet", show_default=True, help="Network for every configuration: "
+              "dynunet, attention_unet, swinunetr or one registered by an installed plug-in ('medsight.networks').")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Where to write the plan (default: DATASET/medsight_plan.json).")
 @click.pass_context
@@ -29,7 +29,10 @@ def plan(ctx: click.Context, dataset: Path, memory_gb: float, base_filters: int 
     from medsight.files import atomic_write_text
     from medsight.plan.planner import make_plan
 
+    from medsight.nets.segmentation import network_provenance
+
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
+    network_provenance(network)  # an unknown network stops here, with the list of installed ones
     ds = load_dataset(dataset)
     validate(ds, require_labels=True)
     fp = compute_fingerprint(ds, quiet=quiet)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
+from medsight.cli.audited import audited, current_event
+
 
 @click.command()
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir", metavar="MODEL")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--evidence", is_flag=True, help="Also write a display-size evidence figure per case "
@@ -18,10 +20,17 @@ import click
 @click.option("--no-mirror", is_flag=True, help="Skip mirroring test-time augmentation (faster).")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probability maps (4D NIfTI).")
 @click.option("--uncertainty", is_flag=True, help="Also write a per-voxel entropy map.")
+@click.option("--network", default=None, help="Build this registered network instead of the one the model "
+              "recorded (e.g. a plug-in renamed since training); the weights must fit it.")
+@click.option("--allow-retired", is_flag=True, help="Use the model even if the registry marks it retired.")
 @click.pass_context
-def predict(ctx: click.Context, model_dir: Path, input_path: Path, output: Path, folds: str | None,
-            no_mirror: bool, probabilities: bool, uncertainty: bool, evidence: bool) -> None:
-    """Segment INPUT (a NIfTI/DICOM image, or a folder of {case}_0000.nii.gz files) into OUTPUT.
+@audited("predict", inputs=("input_path",), outputs=("output",))
+def predict(ctx: click.Context, model_dir: str, input_path: Path, output: Path, folds: str | None,
+            no_mirror: bool, probabilities: bool, uncertainty: bool, network: str | None, allow_retired: bool,
+            evidence: bool) -> None:
+    """Segment INPUT (a NIfTI/DICOM image, or a folder of {case}_0000.nii.gz files) into OUTPUT with MODEL.
+
+    MODEL is a model package folder or a registered NAME[@VERSION]; it is verified (every file hash) first.
 
     OUTPUT is a .nii.gz file for one image or a folder for many. Label maps keep the input's geometry exactly,
     so they open aligned over the image in 3D Slicer or ITK-SNAP.
@@ -30,8 +39,16 @@ def predict(ctx: click.Context, model_dir: Path, input_path: Path, output: Path,
     from medsight.segmentation.predict import Predictor, write_prediction
     from medsight.io import read_image
 
+    from medsight.errors import ConfigError
+    from medsight.package.package import load_package
+
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
-    predictor = Predictor(model_dir, folds=folds.split(",") if folds else None, mirror=not no_mirror)
+    pkg = load_package(model_dir, allow_retired=allow_retired)
+    if pkg.task != "segmentation":
+        raise ConfigError(f"package {pkg.label} is a {pkg.task} model; `medsight predict` needs a segmentation model")
+    current_event().package(pkg)
+    predictor = Predictor(pkg.path, folds=folds.split(",") if folds else None, mirror=not no_mirror,
+                          network=network)
     n_channels = len(predictor.plan.channels)
     jobs: list[tuple[list[Path], Path]] = []
     if input_path.is_dir() and any(input_path.glob("*_0000.nii*")):

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from medsight.cli.audited import audited, current_event
+
 
 @click.command("validate")
-@click.argument("model_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("model_dir", metavar="MODEL")
 @click.argument("dataset", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--external-site", "external_sites", multiple=True,
               help="Manifest site held out as external validation; repeat for several sites.")
@@ -18,42 +20,60 @@ import click
               help="Classifier per-case predictions CSV (case_id,y_true,prob[,prob_uncalibrated,referred,image,"
                    "mask]) instead of running a segmentation model; with image (and mask) columns the worst cases "
                    "show the image with MODEL_DIR's Grad-CAM map (and the finding's outline).")
-@click.option("--threshold", type=float, default=0.5, show_default=True, help="Classifier operating threshold.")
+@click.option("--threshold", type=float, default=None,
+              help="Classifier operating threshold; default: the one MODEL_DIR stores (scan_level.json for "
+                   "--unit scan, else thresholds.json / config.json), with its target and validation result.")
+@click.option("--unit", type=click.Choice(["case", "slice", "scan", "patient"]), default="case", show_default=True,
+              help="What one row of --predictions counts; every classification number is at this unit.")
 @click.option("--min-cases", type=int, default=10, show_default=True,
               help="Subgroups smaller than this are shown as 'too few cases' instead of a number.")
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for the CIs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def validate(model_dir: Path, dataset: Path, external_sites: tuple[str, ...], report_path: Path,
-             predictions: Path | None, threshold: float, min_cases: int, n_boot: int, seed: int, quiet: bool) -> None:
+@click.option("--allow-retired", is_flag=True, help="Validate a model the registry marks retired.")
+@audited("validate", inputs=("dataset", "predictions"), outputs=("report_path",))
+def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], report_path: Path,
+             predictions: Path | None, threshold: float | None, unit: str, min_cases: int, n_boot: int, seed: int,
+             quiet: bool, allow_retired: bool) -> None:
     """Run MODEL_DIR on the internal test folds of DATASET and on each --external-site, and write the report.
 
     The report holds metrics with bootstrap 95% CIs per cohort and per subgroup (site, scanner, sex, age band),
     calibration, decision curves (classifiers), Dice distributions (segmentation), the worst cases with images,
-    the model card and the hashes/versions of model and data, mapped to CLAIM / TRIPOD+AI items.
+    the model card (generated, also written as MODEL_DIR/model_card.md) and the hashes/versions of model and data,
+    mapped to CLAIM / TRIPOD+AI items.
     """
     from medsight.files import read_csv
     from medsight.report import assemble, run_model
+    from medsight.package.package import load_package
+    from medsight.report.cards import card_for
     from medsight.report.html import write_report
 
-    card = assemble.model_card_of(model_dir)
+    pkg = load_package(model_dir, allow_retired=allow_retired)  # MODEL: package folder or NAME[@VERSION], verified
+    current_event().package(pkg)
+    model_dir = pkg.path
     if predictions is not None:
+        op = None if threshold is not None else assemble.operating_point(model_dir, unit)
         res = assemble.classification_results(
             read_csv(predictions, "predictions CSV", dtype={"case_id": str}), dataset,
             assemble.model_provenance(model_dir, model_dir.name, "classification"), external_sites,
-            min_cases=min_cases, n_boot=n_boot, seed=seed, threshold=threshold, model_card=card,
-            classifier_dir=model_dir, base=predictions.parent)
+            min_cases=min_cases, n_boot=n_boot, seed=seed, threshold=threshold, classifier_dir=model_dir,
+            base=predictions.parent, unit=unit, op=op)
     elif run_model.is_segmentation_model(model_dir):
         pred_dir = report_path.parent / f"{report_path.stem}_predictions"
         table = run_model.segmentation_table(model_dir, dataset, external_sites, pred_dir, quiet=quiet)
         res = assemble.segmentation_results(
             table, dataset, run_model.labels_of(dataset),
             assemble.model_provenance(model_dir, model_dir.name, "segmentation"), external_sites,
-            min_cases=min_cases, n_boot=n_boot, seed=seed, pred_dir=pred_dir, model_card=card)
+            min_cases=min_cases, n_boot=n_boot, seed=seed, pred_dir=pred_dir)
     else:
         from medsight.errors import ConfigError
 
         raise ConfigError(f"{model_dir} has no plan.json (segmentation model); for a classifier pass its per-case "
                           "predictions with --predictions CSV")
+    task = "classification" if predictions is not None else "segmentation"
+    res.model_card = card_for(res.to_dict(), task, model_dir, model_dir.name, dataset, None, res.worst_cases,
+                              res.model.get("hashes"))
+    res.model_cards = [res.model_card]
     html, js = write_report(res, report_path)
+    current_event().outputs([js])
     click.echo(f"report: {html}\nresults: {js}")

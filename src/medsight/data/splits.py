@@ -1,19 +1,22 @@
-"""Patient-level K-fold cross-validation: every scan of one patient lands in the same fold, never two.
+"""The one patient splitter: every scan of one patient lands on the same side, never two.
 
-Folds are stratified by site where possible (scikit-learn's StratifiedGroupKFold) and fixed by the seed, so the
-same dataset and seed always give the same split; the split is written to JSON beside the model.
+``patient_kfold`` gives K cross-validation folds (segmentation), ``patient_holdout`` one validation share
+(classification without a split column): both are folds of scikit-learn's StratifiedGroupKFold (GroupKFold where
+a stratum has too few patients for the fold count) fixed by the seed, so the same data and seed always give the
+same split; the split is written to JSON beside the model.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from medsight.data.dataset import SegDataset
-from medsight.errors import DatasetError
+from medsight.errors import ConfigError, DatasetError
 from medsight.files import atomic_write_text
 
 
@@ -28,19 +31,40 @@ def patient_kfold(case_ids: list[str], patient_ids: list[str], n_folds: int = 5,
     order = np.argsort(case_ids, kind="stable")  # independent of input order
     ids = [case_ids[i] for i in order]
     groups = [patient_ids[i] for i in order]
-    x = np.zeros((len(ids), 1))
-    if strata is not None and len(set(strata)) > 1:
-        y = [strata[i] for i in order]
-        smallest = min(len({g for g, s in zip(groups, y) if s == v}) for v in set(y))
-        splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed) if smallest >= n_folds else None
-    else:
-        y, splitter = None, None
-    if splitter is not None:
-        parts = splitter.split(x, y, groups)
-    else:
-        parts = GroupKFold(n_folds, shuffle=True, random_state=seed).split(x, None, groups)
+    y = [strata[i] for i in order] if strata is not None else None
+    parts = group_folds(groups, y, n_folds, seed)
     folds = [{"train": sorted(ids[i] for i in tr), "val": sorted(ids[i] for i in va)} for tr, va in parts]
     return folds
+
+
+def group_folds(groups: Sequence[str], strata: Sequence | None, n_folds: int, seed: int, *,
+                force_stratified: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, held-out) row indices per fold, no group on both sides; stratified when every stratum has at least
+    ``n_folds`` groups (or ``force_stratified``), else grouped only."""
+    x = np.zeros((len(groups), 1))
+    splitter = None
+    if strata is not None and (force_stratified or len(set(strata)) > 1):
+        smallest = min(len({g for g, s in zip(groups, strata) if s == v}) for v in set(strata))
+        if force_stratified or smallest >= n_folds:
+            splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+    if splitter is not None:
+        return list(splitter.split(x, strata, groups))
+    return list(GroupKFold(n_folds, shuffle=True, random_state=seed).split(x, None, groups))
+
+
+def patient_holdout(patients: np.ndarray, strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the held-out rows: about ``fraction`` of patients, class balance kept, no patient split."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"the validation fraction must be between 0 and 1, got {fraction}")
+    n_splits = max(2, int(round(1.0 / fraction)))
+    n_groups = len(set(patients))
+    if n_groups < n_splits:
+        raise DatasetError(f"only {n_groups} patients: too few for a {fraction:.0%} patient-level split; "
+                           "add patients or give a split column")
+    _, held = group_folds(list(patients), list(strata), n_splits, seed, force_stratified=True)[0]
+    mask = np.zeros(len(patients), dtype=bool)
+    mask[held] = True
+    return mask
 
 
 def dataset_folds(ds: SegDataset, n_folds: int = 5, seed: int = 0, sites: tuple[str, ...] | None = None

@@ -10,6 +10,8 @@ several seeds, beside a handcrafted-feature baseline.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ import pandas as pd
 import torch
 
 from medsight.classification import load_classifier
+from medsight.classification.package import package_classifier
+from medsight.engine.energy import EnergyMeter
 from medsight.classification.evaluate import auc_report, explanation_checks, predict_paths
 from medsight.classification.predict import predict_images
 from medsight.classification.train import TrainConfig, train_classifier
@@ -50,15 +54,23 @@ def demo_config(seed: int, fast: bool) -> TrainConfig:
 
 def run_experiment(work: Path, cfg: TrainConfig, n_cases: int, seed: int = 0, quiet: bool = True,
                    volumes: Path | None = None, n_heatmaps: int = 4, lesion_share: float = CLS_LESION_SHARE,
-                   lesion_profile: str = CLS_LESION_PROFILE) -> dict[str, Any]:
-    """Data -> split -> train -> evaluate on held-out training-site patients and the unseen site."""
+                   lesion_profile: str = CLS_LESION_PROFILE, package_name: str = "demo-classification",
+                   register: bool = True) -> dict[str, Any]:
+    """Data -> split -> train -> package (``work/model``) -> evaluate on held-out training-site patients and the
+    unseen site."""
     work = Path(work)
     manifest = build_demo_cls_dataset(work / "data", n_cases=n_cases, seed=seed, quiet=quiet, volumes=volumes,
                                       lesion_share=lesion_share, lesion_profile=lesion_profile)
     split_manifest = with_splits(manifest, work / "data" / "manifest_split.csv", seed=seed)
     t0 = time.perf_counter()
-    trained = train_classifier(split_manifest, work / "model", cfg, quiet=quiet)
+    if (work / "model").is_dir() and not (work / "model" / "manifest.json").exists():
+        shutil.rmtree(work / "model")  # a model folder from before packages: this experiment's own output
+    with EnergyMeter() as meter:
+        trained = train_classifier(split_manifest, work / "model.training", cfg, quiet=quiet)
     train_seconds = time.perf_counter() - t0
+    package_classifier(work / "model.training", work / "model", name=package_name, energy=meter.record(),
+                       register=register)
+    shutil.rmtree(work / "model.training", ignore_errors=True)
     bundle = load_classifier(work / "model")
     table = pd.read_csv(split_manifest)
     root = split_manifest.parent
@@ -114,6 +126,10 @@ def write_scan_predictions(res: dict[str, Any], path: Path) -> Path:
     table = slices.groupby("case_id", as_index=False).agg(y_true=("y_true", "max"), prob=("prob", "max"))
     evidence = slices.sort_values(["y_true", "prob"], ascending=False).drop_duplicates("case_id")
     table = table.merge(evidence[["case_id", "image", "mask"]], on="case_id", how="left")
+    # paths relative to the table's folder: the report resolves them there, whatever the working directory
+    folder = Path(path).resolve().parent
+    for col in ("image", "mask"):
+        table[col] = [os.path.relpath(Path(p).resolve(), folder) for p in table[col]]
     atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
     return path
 

@@ -35,8 +35,11 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
                               QualitySpec.fit(task.train[0]))
     assessor.save(task.model_dir)
     examples = _examples(task, assessor)
+    scan_level: dict[str, Any] = {"skipped": "no per-scan predictions (the reference task has no scans)"}
     if task.case_ids and ctx.paths.get("cls_predictions"):
-        ctx.paths["cls_predictions"] = _scan_predictions(task, assessor, Path(ctx.paths["cls_predictions"]))
+        ctx.paths["cls_predictions"], scan_level = _scan_predictions(
+            task, assessor, Path(ctx.paths["cls_predictions"]), ctx.paths.get("cls_manifest"))
+        ctx.paths["cls_scan_level"] = task.model_dir / "scan_level.json"
     ctx.paths["safety_calibration"] = task.model_dir / "calibration.json"
     ctx.paths["safety_referral"] = task.model_dir / "referral.json"
 
@@ -55,9 +58,12 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
     return {
         "classifier": task.source,
         "temperature": res["temperature"],
-        "ece": {name: {"before": round(c["ece_before"], 4), "after": round(c["ece_after"], 4)} for name, c in cal.items()},
+        # slice-level figures say so in their names; the scan-level ones (the report's unit) are under "scan_level"
+        "ece_slices": {name: {"before": round(c["ece_before"], 4), "after": round(c["ece_after"], 4)}
+                       for name, c in cal.items()},
         "ood_auroc": {s: {d: round(m["auroc"], 3) for d, m in dets.items()} for s, dets in res["ood"].items()},
-        "referral_kept": {s: round(v["kept"], 3) for s, v in res["referral"].items() if s != "thresholds"},
+        "referral_kept_slices": {s: round(v["kept"], 3) for s, v in res["referral"].items() if s != "thresholds"},
+        "scan_level": scan_level,
         f"{task.unseen}_error_at_100pct_coverage": round(rc["error_at_100"], 4),
         f"{task.unseen}_error_at_80pct_coverage": round(rc["error_at_80"], 4),
         "example_decisions": examples,
@@ -106,30 +112,55 @@ def _num(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), 4)
 
 
-def _scan_predictions(task, assessor, path: Path) -> Path:  # noqa: ANN001
-    """Rewrite the classification stage's per-scan table with calibrated probabilities and referral: per scan,
-    the highest calibrated and uncalibrated slice probability, and referred when any of its slices is (the
-    evidence-slice columns ``image`` and ``mask`` are carried over)."""
+def _scan_predictions(task, assessor, path: Path, manifest: Path | None) -> tuple[Path, dict[str, Any]]:  # noqa: ANN001
+    """Rewrite the classification stage's per-scan table at the unit of decision, the scan: each scan's score is
+    its highest slice logit, calibrated and thresholded by a scan-level fit on the validation scans (stored as
+    ``scan_level.json`` beside the model), and it is referred when any of its slices is. Validation scans are
+    kept (``split`` = val) so the report can show what the fit gave there; the evidence-slice columns ``image``
+    and ``mask`` and the scan's patient and site are carried over."""
     import numpy as np
     import pandas as pd
 
+    from medsight.classification.scan_level import aggregate_slices, fit_scan_level
     from medsight.safety.evaluate import run_model
 
     rows = []
-    for name, (images, targets) in task.tests.items():
+    sets = {"validation": task.validation, **task.tests}
+    for name, (images, targets) in sets.items():
+        ids = task.case_ids.get(name, [])
+        if len(ids) != len(images):
+            continue
         o = run_model(task.bundle, images)
-        for cid, img, z, f, y in zip(task.case_ids.get(name, []), images, o.logits, o.features, targets):
+        for cid, img, z, f, y in zip(ids, images, o.logits, o.features, targets):
             a = assessor.assess(img, z, f)
-            rows.append({"case_id": cid, "y_true": int(np.ravel(y)[0]), "prob": float(a["probabilities"][0]),
-                         "prob_uncalibrated": float(1 / (1 + np.exp(-np.ravel(z)[0]))),
+            rows.append({"case_id": cid, "split": "val" if name == "validation" else "test",
+                         "y_true": int(np.ravel(y)[0]), "logit": float(np.ravel(z)[0]),
                          "referred": int(a["decision"] == "refer")})
-    table = pd.DataFrame(rows).groupby("case_id", as_index=False).max()
+    slices = pd.DataFrame(rows)
+    if manifest is not None and Path(manifest).is_file():
+        m = pd.read_csv(manifest, dtype=str).drop_duplicates("case_id")
+        slices = slices.merge(m[["case_id", *[c for c in ("patient_id", "site") if c in m.columns]]],
+                              on="case_id", how="left")
+    scans = aggregate_slices(slices)
+    val = scans[scans["split"] == "val"]
+    label = str(task.bundle.labels[0])
+    target = float((task.bundle.config.get("training") or {}).get("target_sensitivity", 0.9))
+    level = fit_scan_level(val["y_true"].to_numpy(), val["logit"].to_numpy(), label, target)
+    level.save(task.model_dir)
+    scans["prob_uncalibrated"] = 1 / (1 + np.exp(-scans["logit"]))
+    scans["prob"] = level.probabilities(scans["logit"].to_numpy())
     before = pd.read_csv(path, dtype={"case_id": str}) if path.is_file() else None
     if before is not None and "image" in before.columns:  # keep the evidence slice the classification stage chose
-        table = table.merge(before[["case_id", *[c for c in ("image", "mask") if c in before.columns]]],
+        scans = scans.merge(before[["case_id", *[c for c in ("image", "mask") if c in before.columns]]],
                             on="case_id", how="left")
-    atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
-    return path
+    atomic_write_text(path, scans.to_csv(index=False, lineterminator="\n"))
+    test = scans[scans["split"] == "test"]
+    return path, {"unit": "scan", "temperature": round(level.temperature, 4), "bias": round(level.bias, 4),
+                  "threshold": round(level.threshold, 4), "target": level.target,
+                  "validation_scans": level.validation["n"],
+                  "validation_ece": {"before": round(level.validation["ece_before"], 4),
+                                     "after": round(level.validation["ece_after"], 4)},
+                  "referral_rate_test_scans": round(float(test["referred"].mean()), 3) if len(test) else None}
 
 
 def _examples(task, assessor) -> dict[str, dict[str, Any]]:  # noqa: ANN001

@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     from medsight.segmentation.predict import Predictor, write_prediction
     from medsight.io.nifti import read_nifti
     from medsight.plan.planner import make_plan
+    from medsight.engine.energy import EnergyMeter
+    from medsight.segmentation.package import package_segmentation, training_dir
     from medsight.segmentation.train import train_fold
 
     timings: dict[str, float] = {}
@@ -75,7 +78,10 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     fp = compute_fingerprint(ds.subset([c.case_id for c in ds.cases if c.site in TRAINING_SITES]), seed=ctx.seed)
     plan = make_plan(fp, memory_gb=MEMORY_GB, base_filters=BASE_FILTERS, epochs=EPOCHS if not ctx.fast else 2,
                      iterations_per_epoch=ITERATIONS if not ctx.fast else 3)
-    model_dir = out / "segmentation" / "model"
+    package_dir = out / "segmentation" / "model"  # the registered package; training state beside it
+    if package_dir.is_dir() and not (package_dir / "manifest.json").exists():
+        shutil.rmtree(package_dir)  # a model folder from before packages: this demo's own output, rebuilt
+    model_dir = training_dir(package_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     plan.save(model_dir / "plan.json")
     (model_dir / "dataset.json").write_bytes((data / "dataset.json").read_bytes())
@@ -84,16 +90,19 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     fold = folds[0]
     timings["plan_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    summary = train_fold(ds, plan, "3d", 0, model_dir, fold["train"], fold["val"], seed=ctx.seed,
-                         max_seconds=TRAIN_SECONDS_FAST if ctx.fast else TRAIN_SECONDS, quiet=ctx.quiet)
+    with EnergyMeter() as meter:
+        summary = train_fold(ds, plan, "3d", 0, model_dir, fold["train"], fold["val"], seed=ctx.seed,
+                             max_seconds=TRAIN_SECONDS_FAST if ctx.fast else TRAIN_SECONDS, quiet=ctx.quiet)
     timings["train_s"] = time.perf_counter() - t
+    pkg = package_segmentation(model_dir, package_dir, name="demo-segmentation", energy=meter.record())
     t = time.perf_counter()
 
-    predictor = Predictor(model_dir, mirror_axes=[0], overlap=OVERLAP)  # left-right mirroring: the anatomical symmetry
+    predictor = Predictor(pkg.path, mirror_axes=[0], overlap=OVERLAP)  # left-right mirroring: the anatomical symmetry
     pred_dir = out / "segmentation" / "predictions"
     unseen = [c.case_id for c in ds.cases if c.site == UNSEEN_SITE]
     targets = [(cid, "held_out") for cid in fold["val"]] + [(cid, "unseen_site") for cid in unseen]
     rows: list[dict[str, Any]] = []
+    lesion_cases: dict[str, list[Any]] = {"held_out": [], "unseen_site": []}
     seconds = []
     items = targets
     if not ctx.quiet:
@@ -111,12 +120,13 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
         evidence += _evidence(image, pred, ref, ds.labels, written, pred_dir / f"{cid}_evidence.png", evidence)
         for m in _metrics(pred.labels.array, ref, image.spacing, ds.foreground):
             rows.append({"case_id": cid, "group": group, "site": case.site, **m})
+        lesion_cases[group] += _lesion_cases(pred, ref, image.spacing, ds.foreground, cid, case.patient_id)
     timings["predict_evaluate_s"] = time.perf_counter() - t
     table = out / "segmentation" / "metrics.csv"
     _write_csv(table, rows)
     ctx.paths["seg_data"] = data
-    ctx.paths["seg_model"] = model_dir
-    ctx.paths["seg_plan"] = model_dir / "plan.json"
+    ctx.paths["seg_model"] = package_dir
+    ctx.paths["seg_plan"] = package_dir / "plan.json"
     ctx.paths["seg_predictions"] = pred_dir
     ctx.paths["seg_metrics"] = table
     ctx.paths["seg_tensorboard"] = model_dir / "fold_0" / "tensorboard"
@@ -138,7 +148,38 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
             result[f"{group}_dice_{name}"] = round(float(np.mean(vals)), 4) if vals else None
     result["held_out_dice_gm_wm_mean"] = round(float(np.mean([result["held_out_dice_grey_matter"],
                                                               result["held_out_dice_white_matter"]])), 4)
+    result.update(_lesion_summary(lesion_cases, out / "segmentation", ctx.seed))
+    ctx.paths["seg_lesions"] = out / "segmentation" / "lesion_summary.json"
     return result
+
+
+def _lesion_cases(pred: Any, ref: np.ndarray, spacing: tuple[float, ...], labels: dict[int, str], cid: str,
+                  patient: str) -> list[Any]:
+    """Lesion-wise matching of one case for each lesion label, scored by the lesion probability (for FROC)."""
+    from medsight.metrics.lesions import case_lesions, is_lesion_name
+
+    return [case_lesions(pred.labels.array == k, ref == k, spacing, cid, patient, pred.probabilities[k])
+            for k, name in labels.items() if is_lesion_name(name)]
+
+
+def _lesion_summary(cases: dict[str, list[Any]], out: Path, seed: int) -> dict[str, Any]:
+    """Lesion-wise sensitivity and FPs per case for the demo table; everything else in lesion_summary.json."""
+    import json
+
+    from medsight.metrics.lesions import summarise_lesions
+
+    full, short = {}, {}
+    for group, cs in cases.items():
+        if not cs:
+            continue
+        s = summarise_lesions(cs, n_boot=200, seed=seed)
+        full[group] = s
+        m = s["metrics"]
+        for key in ("sensitivity", "fp_per_case"):  # NaN (no lesion in the group) is shown as "-"
+            v = m[key]["value"]
+            short[f"{group}_lesion_{key}"] = round(v, 4) if np.isfinite(v) else None
+    atomic_write_text(out / "lesion_summary.json", json.dumps(full, indent=2, default=float))
+    return short
 
 
 def _metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], labels: dict[int, str]) -> list[dict]:

@@ -113,33 +113,110 @@ def evaluate_segmentation_folders(pred_dir: Path, ref_dir: Path, labels: Mapping
         if pred.array.ndim != 3 or ref.array.ndim != 3:
             raise MetricError(f"case {case_id}: label maps must be 3D, got {pred.array.ndim}D", p_path)
         for row in segmentation_metrics(pred.array, ref.array, ref.geometry.spacing, labels, nsd_tolerance_mm):
+            if row["ref_empty"]:  # a false-positive case: how many separate findings did the model invent?
+                row["n_pred_components"] = false_positive_components(pred.array == row["label"])
             rows.append({"case_id": case_id, **row, "pred_sha256": pred.provenance.source_files[-1].sha256,
                          "ref_sha256": ref.provenance.source_files[-1].sha256})
     return pd.DataFrame(rows)
+
+
+# overlap and distance metrics are about a structure the reference holds: with an empty reference they say
+# nothing (Dice 1 for an empty prediction, 0 otherwise), so they are averaged over reference-present cases only
+REFERENCE_PRESENT_METRICS = ("dice", "iou", "sensitivity", "precision", "hd", "hd95", "assd", "nsd")
+
+
+def reference_present(per_case: pd.DataFrame) -> np.ndarray:
+    """Per row: does the reference contain the structure? From ``ref_empty``, else ``n_ref_voxels`` or
+    ``volume_ref_ml``; a table with none of them is taken as all present (and logged)."""
+    if "ref_empty" in per_case.columns:
+        return ~per_case["ref_empty"].astype(str).str.lower().isin(("true", "1", "1.0")).to_numpy()
+    for col in ("n_ref_voxels", "volume_ref_ml"):
+        if col in per_case.columns:
+            return pd.to_numeric(per_case[col], errors="coerce").fillna(0).to_numpy() > 0
+    log.warning("the per-case table has no ref_empty/n_ref_voxels/volume_ref_ml column: every case is taken "
+                "to contain every structure")
+    return np.ones(len(per_case), dtype=bool)
+
+
+def prediction_present(per_case: pd.DataFrame) -> np.ndarray:
+    """Per row: did the prediction contain the structure (``pred_empty``, ``n_pred_voxels`` or volume)?"""
+    if "pred_empty" in per_case.columns:
+        return ~per_case["pred_empty"].astype(str).str.lower().isin(("true", "1", "1.0")).to_numpy()
+    for col in ("n_pred_voxels", "volume_pred_ml"):
+        if col in per_case.columns:
+            return pd.to_numeric(per_case[col], errors="coerce").fillna(0).to_numpy() > 0
+    return pd.to_numeric(per_case["dice"], errors="coerce").to_numpy() < 1  # empty ref: Dice 1 iff nothing predicted
+
+
+def false_positive_stats(per_case: pd.DataFrame) -> dict[str, Any]:
+    """Reference-empty cases of one structure: n, how many have a prediction anyway (false-positive cases), the
+    false-positive rate, and the mean false-positive volume (ml) and component count when the table has them."""
+    empty = per_case[~reference_present(per_case)]
+    fp = prediction_present(empty)
+    out: dict[str, Any] = {"n": int(len(empty)), "n_fp": int(fp.sum()),
+                           "fp_rate": float(fp.mean()) if len(empty) else math.nan,
+                           "fp_volume_ml": math.nan, "fp_components": math.nan}
+    if len(empty) and "volume_pred_ml" in empty.columns:
+        out["fp_volume_ml"] = float(pd.to_numeric(empty["volume_pred_ml"], errors="coerce").mean())
+    if len(empty) and "n_pred_components" in empty.columns:
+        out["fp_components"] = float(pd.to_numeric(empty["n_pred_components"], errors="coerce").mean())
+    return out
+
+
+def _summary_row(label: int, name: str, metric: str, v: np.ndarray, cases: str, n_ref_empty: int, n_boot: int,
+                 alpha: float, seed: int) -> dict[str, Any]:
+    finite = v[np.isfinite(v)]
+    row: dict[str, Any] = {"label": int(label), "name": name, "metric": metric, "cases": cases, "n": int(v.size),
+                           "n_not_finite": int(v.size - finite.size), "n_ref_empty": n_ref_empty}
+    if finite.size:
+        point, lo, hi = bootstrap_ci(np.mean, finite, n_boot=n_boot, alpha=alpha, seed=seed)
+        row.update(mean=point, lo=lo, hi=hi, median=float(np.median(finite)),
+                   std=float(finite.std(ddof=1)) if finite.size > 1 else math.nan)
+    else:
+        row.update(mean=math.nan, lo=math.nan, hi=math.nan, median=math.nan, std=math.nan)
+    return row
+
+
+def false_positive_components(mask: np.ndarray) -> int:
+    """Connected components (26-connectivity in 3D) of a predicted structure; 0 for an empty mask."""
+    from scipy import ndimage
+
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return 0
+    return int(ndimage.label(m, structure=np.ones((3,) * m.ndim, dtype=bool))[1])
 
 
 def summarise_segmentation(per_case: pd.DataFrame, metrics: Sequence[str] = SEG_SUMMARY_METRICS,
                            n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
     """Per label and metric: n, mean with bootstrap CI, median, std, and how many cases were not finite.
 
-    Infinite distances (a class missing from exactly one mask) and NaN ratios are left out of mean/median and
-    counted in ``n_not_finite`` so that they are visible rather than silently averaged.
+    Overlap and distance metrics (``REFERENCE_PRESENT_METRICS``) are over the cases whose reference contains
+    the label (``cases`` = "reference present", Metrics Reloaded's rule); other metrics (volume difference) over
+    all cases. Cases whose reference is empty get their own rows (``cases`` = "reference empty"):
+    ``fp_rate`` (share with any predicted voxel), ``fp_volume_ml`` and, when the table has ``n_pred_components``,
+    ``fp_components``. Infinite distances and NaN ratios are left out of mean/median and counted in
+    ``n_not_finite`` so that they are visible rather than silently averaged.
     """
     rows = []
     for (label, name), grp in per_case.groupby(["label", "name"], sort=True):
+        present = reference_present(grp)
+        n_empty = int((~present).sum())
         for metric in metrics:
-            v = grp[metric].to_numpy(dtype=float)
-            finite = v[np.isfinite(v)]
-            row: dict[str, Any] = {"label": int(label), "name": name, "metric": metric, "n": int(v.size),
-                                   "n_not_finite": int(v.size - finite.size),
-                                   "n_ref_empty": int(grp["ref_empty"].sum())}
-            if finite.size:
-                point, lo, hi = bootstrap_ci(np.mean, finite, n_boot=n_boot, alpha=alpha, seed=seed)
-                row.update(mean=point, lo=lo, hi=hi, median=float(np.median(finite)),
-                           std=float(finite.std(ddof=1)) if finite.size > 1 else math.nan)
-            else:
-                row.update(mean=math.nan, lo=math.nan, hi=math.nan, median=math.nan, std=math.nan)
-            rows.append(row)
+            sel = grp[present] if metric in REFERENCE_PRESENT_METRICS else grp
+            cases = "reference present" if metric in REFERENCE_PRESENT_METRICS else "all"
+            rows.append(_summary_row(label, name, metric, sel[metric].to_numpy(dtype=float), cases, n_empty,
+                                     n_boot, alpha, seed))
+        if n_empty:
+            empty = grp[~present]
+            fp = prediction_present(empty).astype(float)
+            extra = {"fp_rate": fp}
+            if "volume_pred_ml" in empty.columns:
+                extra["fp_volume_ml"] = pd.to_numeric(empty["volume_pred_ml"], errors="coerce").to_numpy(float)
+            if "n_pred_components" in empty.columns:
+                extra["fp_components"] = pd.to_numeric(empty["n_pred_components"], errors="coerce").to_numpy(float)
+            for metric, v in extra.items():
+                rows.append(_summary_row(label, name, metric, v, "reference empty", n_empty, n_boot, alpha, seed))
     return pd.DataFrame(rows)
 
 

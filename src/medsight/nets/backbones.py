@@ -16,6 +16,7 @@ from monai.networks import nets
 from torch import nn
 
 from medsight.errors import ConfigError
+from medsight.nets import registry
 
 # EfficientNet-Lite0 (no squeeze-excitation, ReLU6, fixed stem/head): b0's blocks without "se0.25"
 LITE0_BLOCKS = ["r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40", "r3_k3_s22_e6_i40_o80",
@@ -188,10 +189,14 @@ BACKBONES: dict[str, Callable[..., tuple[nn.Module, str]]] = {
 }
 
 
+# module-level names for the entry points in pyproject.toml ("resnet10-slim" -> resnet10_slim)
+globals().update({name.replace("-", "_"): factory for name, factory in BACKBONES.items()})
+GROUP = "medsight.backbones"
+
+
 def check_backbone(backbone: str) -> None:
     """ConfigError listing the known names when ``backbone`` is not one (cheap: call it before loading data)."""
-    if backbone not in BACKBONES:
-        raise ConfigError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    registry.load(GROUP, backbone)
 
 
 def build_classifier(backbone: str, spatial_dims: int, in_channels: int, n_outputs: int,
@@ -200,7 +205,7 @@ def build_classifier(backbone: str, spatial_dims: int, in_channels: int, n_outpu
     check_backbone(backbone)
     if spatial_dims not in (2, 3):
         raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-    net, cam_layer = BACKBONES[backbone](spatial_dims, in_channels, tuple(int(s) for s in input_size))
+    net, cam_layer = registry.load(GROUP, backbone)(spatial_dims, in_channels, tuple(int(s) for s in input_size))
     net.eval()
     with torch.no_grad():
         probe = net(torch.zeros(1, in_channels, *input_size))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from medsight.errors import ConfigError
@@ -97,6 +98,8 @@ class ModelCard:
                                ("Caveats and recommendations", self.caveats), ("References", self.references)):
             if items:
                 out += [f"## {heading}", ""] + [f"- {s}" for s in items] + [""]
+        if self.extra:
+            out += ["## Package and energy", ""] + [f"- **{k}:** {_fmt(v)}" for k, v in self.extra.items()] + [""]
         return "\n".join(out).rstrip() + "\n"
 
 
@@ -130,3 +133,113 @@ def _performance_block(section: str, value: Any) -> list[str]:
     else:
         lines.append(_fmt(value))
     return lines + [""]
+
+
+# ---------------------------------------------------------------- generated cards
+CARD_MD = "model_card.md"
+AUTHORED_JSON = "model_card.json"  # facts only the authors know (intended use...); the measured rest is generated
+
+
+def _ci_text(c: dict[str, Any] | None) -> str:
+    if not c or c.get("value") is None:
+        return "n/a"
+    s = f"{c['value']:.3f}"
+    return s + (f" ({c['lo']:.3f}-{c['hi']:.3f})" if c.get("lo") is not None and c.get("hi") is not None else "")
+
+
+def _performance(section: dict[str, Any], task: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(by cohort, by subgroup, calibration) as short strings, from a results document's section."""
+    unit = section.get("unit", "case")
+    cohorts: dict[str, Any] = {}
+    calibration: dict[str, Any] = {}
+    for c in section.get("cohorts", []):
+        if task == "classification":
+            cohorts[c["name"]] = {f"n ({unit}s)": c["n"], "AUC (95% CI)": _ci_text(c.get("auc")),
+                                  "sensitivity": _ci_text(c.get("sensitivity")),
+                                  "specificity": _ci_text(c.get("specificity")),
+                                  "referred": _ci_text(c.get("referral_rate"))}
+            calibration[c["name"]] = (f"ECE {_ci_text(c.get('ece_before'))} before, {_ci_text(c.get('ece_after'))} "
+                                      f"after calibration ({unit}s)")
+        else:
+            row: dict[str, Any] = {f"n ({unit}s)": c["n"]}
+            for lab, d in c.get("dice", {}).items():
+                row[f"Dice {lab}"] = f"{_ci_text(d)}, n={(c.get('dice_n') or {}).get(lab, c['n'])}"
+            for lab, e in (c.get("empty_reference") or {}).items():
+                row[f"{lab}: false-positive rate on empty references"] = f"{_ci_text(e.get('fp_rate'))}, n={e['n']}"
+            cohorts[c["name"]] = row
+    subgroups: dict[str, Any] = {}
+    metric = "AUC" if task == "classification" else "mean Dice"
+    for r in section.get("subgroups", []):
+        text = "too few cases" if r.get("too_few") else _ci_text(r.get("metric"))
+        subgroups.setdefault(r["attribute"], {})[r["group"]] = {"n": r["n"], metric: text}
+    return cohorts, subgroups, calibration
+
+
+def build_model_card(doc: dict[str, Any], task: str, *, name: str, authored: dict[str, Any] | None = None,
+                     training_data: dict[str, Any] | None = None, package: dict[str, Any] | None = None,
+                     energy: dict[str, Any] | None = None, worst_cases: list[dict[str, Any]] | None = None
+                     ) -> ModelCard:
+    """A card for one model from a validation results document (``doc``, a dict) and what its folder holds.
+
+    ``authored`` (the folder's ``model_card.json``) supplies intended and out-of-scope use and any other written
+    field; everything measured (metrics with CIs per cohort and subgroup, calibration, operating point, known
+    failure modes from the worst cases, energy, package id) comes from ``doc`` and the folder, so a card cannot
+    claim more than the report shows.
+    """
+    card = ModelCard.from_dict(dict(authored or {}))
+    section = doc.get(task) or {}
+    card.name = card.name or name
+    card.task = card.task or task
+    pkg = package or {}
+    card.version = card.version or str(pkg.get("version", "unregistered"))
+    card.intended_use = card.intended_use or "Not stated by the model's authors (add model_card.json to the model)."
+    card.out_of_scope_use = card.out_of_scope_use or (
+        "Any use outside the intended use above; any population, site or scanner not covered by the cohorts below; "
+        "clinical decisions without a qualified reader.")
+    data = doc.get("data") or {}
+    card.data = {**card.data, **(training_data or {}),
+                 "evaluation manifest sha256": data.get("manifest_sha256"),
+                 "evaluated sites": data.get("sites"), "external sites": data.get("external_sites")}
+    cohorts, subgroups, calibration = _performance(section, task)
+    card.performance = {"unit": section.get("unit", "case"), "by_cohort": cohorts, "by_subgroup": subgroups}
+    if section.get("rule"):
+        card.performance["rule"] = section["rule"]
+    card.calibration = calibration
+    op = section.get("operating_point")
+    if op:
+        card.thresholds = {str(op.get("label", "threshold")): float(op["threshold"])}
+        card.extra["operating_point"] = {k: op.get(k) for k in ("unit", "target", "source", "validation")}
+    failures = [f"{w['case_id']} ({w['cohort']}): {w['metric']} = {w['value']:.3f}" for w in (worst_cases or [])]
+    card.limitations = list(card.limitations) + [f"worst case {f}" for f in failures]
+    few = sorted({f"{r['attribute']}={r['group']} (n={r['n']})" for r in section.get("subgroups", [])
+                  if r.get("too_few")})
+    if few:
+        card.limitations.append("subgroups too small to estimate: " + ", ".join(few))
+    card.extra["package_id"] = pkg.get("id")
+    keep = ("kwh", "co2_kg", "seconds", "method", "measured")  # the record's headline; per-run detail stays in it
+    card.extra["energy"] = ({k: energy[k] for k in keep if k in energy} if energy
+                            else "not measured (no energy.json with the model)")
+    return card
+
+
+def write_model_file(model_dir: str | Path, name: str, text: str) -> Path:
+    """Store a generated file in a model folder. In a model package (a ``manifest.json`` beside it) the file
+    becomes part of a new package version (``derive_package``: hashed, listed, parent recorded), since a file
+    dropped beside a package's listed files would make it fail verification; a plain folder gets an atomic write."""
+    from medsight.files import atomic_write_text
+
+    folder = Path(model_dir)
+    if (folder / "manifest.json").is_file():
+        try:
+            from medsight.package.package import derive_package, load_package
+        except ImportError:  # a folder from a newer medsight: write beside it as a plain file
+            pass
+        else:
+            return derive_package(load_package(folder), files={name: text.encode()}).path / name
+    atomic_write_text(folder / name, text)
+    return folder / name
+
+
+def write_model_card(card: ModelCard, model_dir: str | Path) -> Path:
+    """Write the card as ``model_card.md`` in the model folder (a new package version for a package)."""
+    return write_model_file(model_dir, CARD_MD, card.to_markdown())

@@ -1,208 +1,184 @@
-"""Versioned model store: each model version is a folder whose manifest hashes every file it holds.
+"""The model registry: which packages exist, under which name and version, and whether they may be used.
 
-Layout under the registry root (``$MEDSIGHT_HOME/models``, default ``~/.medsight/models``)::
-
-    <name>/<version>/            version = metadata["version"] or the first 12 hex digits of the id
-        weights, plan / config JSONs, calibration.json ...   (copied from the source folder)
-        model_card.json          the ModelCard
-        manifest.json            {files: {relative path: sha256}, library versions, git commit,
-                                  data manifest hash, metadata, id}
-
-``id`` = SHA-256 of the canonical JSON of the manifest without ``id`` and ``registered_at``, so the same content
-always gets the same id and any change to a file, the card or the manifest changes it. ``verify_model`` recomputes
-every hash and raises ``IntegrityError`` naming the first file that no longer matches.
+One row per registered package (SQLite file ``$MEDSIGHT_HOME/registry.db`` by default, PostgreSQL or any
+SQLAlchemy URL through ``$MEDSIGHT_REGISTRY_URL`` or ``--registry``): name, version (1, 2, ... per name), package
+id, task, parent id, data fingerprint, headline metrics, folder, status and times. The package folder itself
+holds the truth (its manifest); the registry is the index clinics query and the place where a model's status
+moves ``candidate`` -> ``approved`` -> ``retired``. Registering the same package id twice returns the existing row.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medsight.errors import ConfigError, InputNotFoundError, IntegrityError
-from medsight.files import atomic_write_text, sha256_file
-from medsight.package.model_card import ModelCard
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, create_engine, exc, select, update
+from sqlalchemy.engine import Engine
 
-MANIFEST = "manifest.json"
-CARD = "model_card.json"
-TRACKED_LIBRARIES = ("medsight", "torch", "monai", "numpy", "scipy", "scikit-learn", "pydicom", "SimpleITK",
-                     "nibabel")
-_UNHASHED = ("id", "registered_at")
+from medsight.audit.log import _normalise_url
+from medsight.errors import ConfigError, InputNotFoundError
+
+if TYPE_CHECKING:
+    from medsight.package.package import Package
+
+STATUSES = ("candidate", "approved", "retired")
+_NEXT = {"candidate": ("approved", "retired"), "approved": ("retired",), "retired": ()}
+
+metadata = MetaData()
+models_table = Table(
+    "models", metadata,
+    Column("name", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("id", String(64), nullable=False, index=True),
+    Column("task", String(40), nullable=False),
+    Column("parent_id", String(64)),
+    Column("data_fingerprint", String(200)),
+    Column("metrics", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("registered_at", String(40), nullable=False),
+    Column("status_changed_at", String(40), nullable=False),
+)
 
 
 @dataclass(frozen=True)
 class ModelRecord:
-    """One registered model version."""
+    """One registered package version."""
 
     name: str
-    version: str
+    version: int
     id: str
-    path: Path
-    manifest: dict[str, Any]
+    task: str
+    parent_id: str | None
+    data_fingerprint: str | None
+    metrics: dict[str, Any]
+    path: str
+    status: str
+    registered_at: str
+    status_changed_at: str
 
     @property
-    def card(self) -> ModelCard:
-        return ModelCard.from_json((self.path / CARD).read_text())
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
 
-    @property
-    def files(self) -> dict[str, str]:
-        return dict(self.manifest.get("files", {}))
-
-
-def default_root() -> Path:
-    """$MEDSIGHT_HOME/models, default ~/.medsight/models."""
-    return Path(os.environ.get("MEDSIGHT_HOME") or Path.home() / ".medsight") / "models"
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "ref": self.ref, "id": self.id, "task": self.task,
+                "parent_id": self.parent_id, "data_fingerprint": self.data_fingerprint, "metrics": self.metrics,
+                "path": self.path, "status": self.status, "registered_at": self.registered_at,
+                "status_changed_at": self.status_changed_at}
 
 
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries a model's behaviour depends on (no imports: fast)."""
-    out = {"python": platform.python_version()}
-    for name in TRACKED_LIBRARIES:
+def medsight_home() -> Path:
+    return Path(os.environ.get("MEDSIGHT_HOME") or Path.home() / ".medsight")
+
+
+def default_url() -> str:
+    """$MEDSIGHT_REGISTRY_URL, else the SQLite file $MEDSIGHT_HOME/registry.db."""
+    return os.environ.get("MEDSIGHT_REGISTRY_URL") or f"sqlite:///{medsight_home() / 'registry.db'}"
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Registry:
+    """The registry at ``url`` (None -> ``default_url()``). ``create=False`` reads without creating a file."""
+
+    def __init__(self, url: str | None = None, create: bool = True) -> None:
+        self.url = _normalise_url(url or default_url())
+        self.engine: Engine | None = None
+        if self.url.startswith("sqlite:///") and not create and not Path(self.url[len("sqlite:///"):]).exists():
+            return  # nothing registered yet: every lookup finds nothing
+        if self.url.startswith("sqlite:///"):
+            Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        key = f"{os.getpid()}:{self.url}"
         try:
-            out[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return out
+            if key not in _ENGINES:
+                _ENGINES[key] = create_engine(self.url, **({"connect_args": {"timeout": 60}}
+                                                           if self.url.startswith("sqlite") else {}))
+            self.engine = _ENGINES[key]
+            metadata.create_all(self.engine, checkfirst=True)
+        except ImportError as err:
+            raise ConfigError(f"model registry {self.url}: database driver missing ({err})") from err
+        except Exception as err:
+            raise ConfigError(f"cannot open the model registry at {self.url.split('@')[-1]}: {err}") from err
+
+    def _rows(self, query) -> list[ModelRecord]:  # noqa: ANN001 - a SQLAlchemy select
+        if self.engine is None:
+            return []
+        with self.engine.connect() as conn:
+            return [_record(r) for r in conn.execute(query)]
+
+    def register(self, pkg: Package) -> ModelRecord:
+        """Add ``pkg`` as the next version of its name (status candidate); an already registered id is returned."""
+        existing = [r for r in self._rows(select(models_table).where(models_table.c.id == pkg.id))
+                    if r.name == pkg.name]
+        if existing:
+            if existing[-1].path != str(pkg.path):  # same content saved elsewhere: follow it
+                self._update(existing[-1], path=str(pkg.path))
+            return self.get(pkg.name, existing[-1].version)
+        assert self.engine is not None
+        extra = pkg.extra
+        for attempt in range(5):  # two writers may pick the same next version: the primary key refuses one
+            try:
+                with self.engine.begin() as conn:
+                    last = conn.execute(select(models_table.c.version).where(models_table.c.name == pkg.name)
+                                        .order_by(models_table.c.version.desc()).limit(1)).scalar()
+                    now = _now()
+                    conn.execute(models_table.insert().values(
+                        name=pkg.name, version=(last or 0) + 1, id=pkg.id, task=pkg.task, parent_id=pkg.parent_id,
+                        data_fingerprint=extra.get("data_fingerprint"),
+                        metrics=json.dumps(extra.get("metrics") or {}, sort_keys=True, default=str),
+                        path=str(pkg.path), status="candidate", registered_at=now, status_changed_at=now))
+                return self.get(pkg.name, (last or 0) + 1)
+            except exc.IntegrityError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def list(self, name: str | None = None) -> list[ModelRecord]:
+        q = select(models_table).order_by(models_table.c.name, models_table.c.version)
+        return self._rows(q if name is None else q.where(models_table.c.name == name))
+
+    def get(self, name: str, version: int | None = None) -> ModelRecord:
+        """One version (the latest when ``version`` is None); InputNotFoundError listing what is registered."""
+        rows = [r for r in self.list(name) if version is None or r.version == version]
+        if not rows:
+            known = ", ".join(r.ref for r in self.list()) or "none"
+            wanted = f"{name}@{version}" if version is not None else name
+            raise InputNotFoundError(f"no registered model {wanted} (registered: {known}); see `medsight models list` "
+                                     "or give the package folder")
+        return rows[-1]
+
+    def find_id(self, package_id: str) -> ModelRecord | None:
+        rows = self._rows(select(models_table).where(models_table.c.id == package_id))
+        return rows[-1] if rows else None
+
+    def set_status(self, name: str, version: int, status: str) -> ModelRecord:
+        """Move a version forward (candidate -> approved -> retired; candidate -> retired); never backwards."""
+        rec = self.get(name, version)
+        if status not in STATUSES:
+            raise ConfigError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+        if status not in _NEXT[rec.status]:
+            raise ConfigError(f"{rec.ref} is {rec.status}; it can move to "
+                              f"{' or '.join(_NEXT[rec.status]) or 'nothing (retired is final)'}, not {status}")
+        self._update(rec, status=status, status_changed_at=_now())
+        return self.get(name, version)
+
+    def _update(self, rec: ModelRecord, **values: Any) -> None:
+        assert self.engine is not None
+        with self.engine.begin() as conn:
+            conn.execute(update(models_table).where(models_table.c.name == rec.name)
+                         .where(models_table.c.version == rec.version).values(**values))
 
 
-def git_commit(path: Path | None = None) -> str | None:
-    """The commit of the medsight checkout (or ``path``), with "-dirty" when it has uncommitted changes."""
-    where = path or Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("-dirty" if dirty else "") if sha else None
-
-
-def manifest_id(manifest: dict[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k not in _UNHASHED}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
-
-
-def _hash_tree(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): sha256_file(p)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
-
-
-def _check_name(value: str, what: str) -> str:
-    if not value or value in (".", "..") or "/" in value or "\\" in value or value.startswith("."):
-        raise ConfigError(f"invalid model {what} {value!r}: use letters, digits, '-', '_' or '.'")
-    return value
-
-
-def register_model(src_dir: str | Path, name: str, card: ModelCard, metadata: dict[str, Any] | None = None,
-                   root: str | Path | None = None) -> ModelRecord:
-    """Copy ``src_dir`` into the registry as a new version of ``name`` with its card and a hashed manifest.
-
-    ``metadata`` may hold ``version`` (else the content hash names the version), ``data_manifest_hash``,
-    ``git_commit`` (else detected), metrics, thresholds... anything JSON-serialisable. Registering identical
-    content twice returns the existing record.
-    """
-    src = Path(src_dir)
-    if not src.is_dir() or not any(src.iterdir()):
-        raise InputNotFoundError("model folder not found or empty", src)
-    _check_name(name, "name")
-    meta = dict(metadata or {})
-    root = Path(root) if root else default_root()
-    (root / name).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root / name))
-    try:
-        shutil.copytree(src, staging, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(MANIFEST, CARD, "__pycache__", ".*"))
-        card_dict = card.to_dict() if isinstance(card, ModelCard) else ModelCard.from_dict(card).to_dict()
-        atomic_write_text(staging / CARD, json.dumps(card_dict, indent=2, sort_keys=True, default=str))
-        manifest: dict[str, Any] = {
-            "name": name,
-            "files": _hash_tree(staging),
-            "library_versions": meta.pop("library_versions", None) or library_versions(),
-            "git_commit": meta.pop("git_commit", None) or git_commit(),
-            "data_manifest_hash": meta.pop("data_manifest_hash", None),
-            "metadata": meta,
-        }
-        model_id = manifest_id(manifest)
-        version = _check_name(str(meta.get("version") or model_id[:12]), "version")
-        manifest.update(version=version)
-        model_id = manifest_id(manifest)
-        manifest.update(id=model_id, registered_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        target = root / name / version
-        if target.exists():
-            existing = get_model(name, version, root=root)
-            if existing.id == model_id:
-                return existing
-            raise ConfigError(f"model {name} version {version} already exists with different content "
-                              f"(id {existing.id[:12]}); choose another version")
-        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return ModelRecord(name, version, model_id, target, manifest)
-
-
-def _load(path: Path) -> ModelRecord:
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise IntegrityError("manifest.json is missing: not a registered model version", path) from None
-    except json.JSONDecodeError as err:
-        raise IntegrityError(f"manifest.json is not valid JSON ({err.msg})", path) from err
-    return ModelRecord(manifest.get("name", path.parent.name), manifest.get("version", path.name),
-                       manifest.get("id", ""), path, manifest)
-
-
-def list_models(root: str | Path | None = None) -> list[ModelRecord]:
-    """Every registered version, sorted by name then registration time."""
-    root = Path(root) if root else default_root()
-    out = []
-    if root.is_dir():
-        for path in sorted(root.glob("*/*/" + MANIFEST)):
-            if not path.parent.name.startswith("."):
-                out.append(_load(path.parent))
-    return sorted(out, key=lambda r: (r.name, r.manifest.get("registered_at", ""), r.version))
-
-
-def get_model(name: str, version: str | None = None, root: str | Path | None = None) -> ModelRecord:
-    """One version of ``name`` (the latest registered when ``version`` is None); ``name`` may also be an id prefix."""
-    records = list_models(root)
-    matches = [r for r in records if r.name == name and (version is None or r.version == version)]
-    if not matches and version is None and len(name) >= 6:
-        matches = [r for r in records if r.id.startswith(name)]
-    if not matches:
-        known = ", ".join(sorted({f"{r.name}/{r.version}" for r in records})) or "none"
-        wanted = f"{name}/{version}" if version else name
-        raise InputNotFoundError(f"no registered model {wanted} (registered: {known}); see `medsight models list`")
-    return matches[-1]
-
-
-def verify_model(name_or_record: str | ModelRecord, version: str | None = None,
-                 root: str | Path | None = None) -> ModelRecord:
-    """Recompute every hash; raise IntegrityError naming the altered, missing or unexpected file."""
-    rec = name_or_record if isinstance(name_or_record, ModelRecord) else get_model(name_or_record, version, root)
-    label = f"model {rec.name}/{rec.version}"
-    recorded: dict[str, str] = rec.manifest.get("files", {})
-    if manifest_id(rec.manifest) != rec.id:
-        raise IntegrityError(f"{label}: manifest.json was edited (its hash no longer matches id {rec.id[:12]})",
-                             rec.path / MANIFEST)
-    for rel, digest in sorted(recorded.items()):
-        path = rec.path / rel
-        if not path.is_file():
-            raise IntegrityError(f"{label}: file {rel} is missing", path)
-        if sha256_file(path) != digest:
-            raise IntegrityError(f"{label}: file {rel} was altered (sha256 differs from the manifest)", path)
-    extra = sorted(set(_hash_tree(rec.path)) - set(recorded))
-    if extra:
-        raise IntegrityError(f"{label}: unexpected file {extra[0]} not in the manifest", rec.path / extra[0])
-    return rec
+def _record(r: Any) -> ModelRecord:
+    return ModelRecord(r.name, int(r.version), r.id, r.task, r.parent_id, r.data_fingerprint,
+                       json.loads(r.metrics or "{}"), r.path, r.status, r.registered_at, r.status_changed_at)

@@ -39,6 +39,8 @@ class ConfigPlan:
     learning_rate: float = 3e-3
     weight_decay: float = 3e-5
     foreground_oversample: float = 0.33
+    class_sampling: dict[str, float] = field(default_factory=dict)  # label -> share of foreground-forced patches
+    context_slices: int = 0  # 2.5D: this many neighbouring slices on each side become extra input channels
     mirror_axes: list[int] = field(default_factory=list)
     estimated_memory_gb: float = 0.0
     reasons: list[str] = field(default_factory=list)
@@ -56,6 +58,9 @@ class Plan:
     memory_gb: float
     reasons: list[str] = field(default_factory=list)
     version: int = PLAN_VERSION
+    # lesion post-processing and measurement: lesion_labels {value: name}, min_lesion_volume_ml, referral defaults
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    default_configuration: str = "3d"
 
     def config(self, name: str) -> ConfigPlan:
         if name not in self.configurations:

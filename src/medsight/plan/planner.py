@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,12 @@ from medsight.plan.plan import ConfigPlan, Plan
 BYTES_PER_ACTIVATION = 4 * 12  # float32 x (conv, norm, activation, their gradients and the decoder's share)
 MAX_POOLS = 5
 MIN_FEATURE = 4
+CONTEXT_SLICES = 2  # 2.5D: five slices in, the middle one's labels out
+ANISOTROPY_2D = 3.0
+MIN_SLICES_3D = 16
+LESION_PATCH_SHARE = 0.5  # of the foreground-centred patches, the share centred on a lesion class
+LESION_OVERSAMPLE = 0.5  # foreground-centred share of all patches when lesion labels exist (nnU-Net: 0.33)
+MIN_LESION_VOXELS = 2  # a one-voxel component is more often noise than a lesion the network can resolve
 
 
 def make_plan(fp: dict[str, Any], memory_gb: float = 8.0, base_filters: int | None = None,
@@ -65,9 +72,65 @@ def make_plan(fp: dict[str, Any], memory_gb: float = 8.0, base_filters: int | No
         "2d": _config("2d", target[:2], median_shape[:2], memory_gb, base_filters, 512, 2, epochs,
                       iterations_per_epoch, network),
     }
+    why_25d = f"2.5D: the 2D network sees {CONTEXT_SLICES} neighbouring slices on each side as extra channels"
+    configs["2.5d"] = replace(configs["2d"], name="2.5d", context_slices=CONTEXT_SLICES,
+                              reasons=configs["2d"].reasons + [why_25d])
+    default, why = choose_configuration(target, median_shape)
+    reasons.append(f"default configuration {default}: {why}")
+    post = lesion_postprocess(fp, target, reasons)
+    if post:
+        for cfg in configs.values():
+            lesion_sampling(cfg, fp, post)
     return Plan(dataset=fp["dataset"], fingerprint_sha256=fingerprint_hash(fp), channels=dict(fp["channels"]),
                 labels=dict(fp["labels"]), normalisation=norm, target_spacing=[float(v) for v in target],
-                configurations=configs, memory_gb=float(memory_gb), reasons=reasons)
+                configurations=configs, memory_gb=float(memory_gb), reasons=reasons, postprocess=post,
+                default_configuration=default)
+
+
+def choose_configuration(target: np.ndarray, median_shape: list[int]) -> tuple[str, str]:
+    """3D for roughly isotropic volumes; 2.5D when slices are thick (> 3x the in-plane spacing) or few (< 16): a
+    3D kernel then mixes tissue far apart along z, while neighbouring slices as channels keep that context cheaply
+    (nnU-Net picks 2D vs 3D from cross-validation; without that budget the choice follows the geometry)."""
+    ratio = float(target[2] / min(target[0], target[1]))
+    if ratio > ANISOTROPY_2D or median_shape[2] < MIN_SLICES_3D:
+        return "2.5d", (f"slice spacing {ratio:.2g}x the in-plane spacing, {median_shape[2]} slices (2.5D above "
+                        f"{ANISOTROPY_2D:g}x or under {MIN_SLICES_3D} slices)")
+    return "3d", (f"slice spacing {ratio:.2g}x the in-plane spacing and {median_shape[2]} slices: 3D context is "
+                  f"worth its cost (2.5D above {ANISOTROPY_2D:g}x or under {MIN_SLICES_3D} slices)")
+
+
+def lesion_sampling(cfg: ConfigPlan, fp: dict[str, Any], post: dict[str, Any]) -> None:
+    """Small rare lesions need their own share of patches: half of the patches are foreground-centred, and half of
+    those go to the lesion classes (class drawn first, then a case holding it), the rest split over the others."""
+    lesions = set(post["lesion_labels"])
+    others = [str(v) for v in fp["labels"].values() if int(v) != 0 and str(v) not in lesions]
+    share = {c: LESION_PATCH_SHARE / len(lesions) for c in lesions}
+    share.update({c: (1.0 - LESION_PATCH_SHARE) / len(others) for c in others} if others else {})
+    cfg.class_sampling = {c: round(v, 4) for c, v in sorted(share.items())}
+    cfg.foreground_oversample = max(cfg.foreground_oversample, LESION_OVERSAMPLE)
+    cfg.reasons.append(f"lesion labels present: {cfg.foreground_oversample:g} of patches foreground-centred, class "
+                       f"drawn first with shares {cfg.class_sampling} (a lesion in few cases and voxels is otherwise "
+                       "almost never at a patch centre)")
+
+
+def lesion_postprocess(fp: dict[str, Any], target: np.ndarray, reasons: list[str]) -> dict[str, Any]:
+    """Which labels are lesions (measured in lesions.csv) and the smallest component kept: MIN_LESION_VOXELS voxels
+    at the target spacing, or half the smallest training lesion when the fingerprint knows a larger one."""
+    from medsight.metrics.lesions import is_lesion_name
+
+    named = {int(v): str(k) for k, v in fp["labels"].items() if int(v) != 0 and is_lesion_name(str(k))}
+    if not named:  # no label named like a lesion: nothing is measured as lesions
+        reasons.append("no label is named lesion/tumour/nodule/metastasis: no lesion table")
+        return {}
+    voxel_ml = float(np.prod(target)) / 1000.0
+    floor = MIN_LESION_VOXELS * voxel_ml
+    smallest = [float(fp.get("class_volume_ml", {}).get(n, {}).get("min", 0.0)) for n in named.values()]
+    known = [v for v in smallest if v > 0]
+    min_ml = max(floor, 0.5 * min(known)) if known else floor
+    reasons.append(f"lesion labels {named}: components under {min_ml:.4g} ml dropped ({MIN_LESION_VOXELS} voxels at "
+                   "the target spacing, or half the smallest training lesion if larger)")
+    return {"lesion_labels": {str(k): v for k, v in named.items()}, "min_lesion_volume_ml": round(min_ml, 6),
+            "refer_mean_probability_below": 0.6, "refer_mean_entropy_above": 0.6}
 
 
 def _topology(patch: list[int], spacing: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:

@@ -17,8 +17,9 @@ import pandas as pd
 
 from medsight.errors import DatasetError, InputNotFoundError, MedsightError
 from medsight.files import sha256_file
+from medsight.metrics.tables import reference_present
 from medsight.report.plots import overlay
-from medsight.report.results import ValidationResults
+from medsight.report.results import ValidationResults, clean
 from medsight.report.validate import classification_cohort, classification_section, segmentation_section
 
 MANIFEST_COLUMNS = ("site", "scanner", "sex", "age")
@@ -63,16 +64,6 @@ def data_provenance(dataset: Path, manifest: pd.DataFrame, internal: str, extern
     return {"dataset": str(dataset), "manifest_sha256": sha256_file(Path(dataset) / "manifest.csv"),
             "n_cases": int(len(manifest)), "internal": internal, "external_sites": list(external),
             "sites": sorted(str(s) for s in manifest.get("site", pd.Series(dtype=str)).dropna().unique())}
-
-
-def model_card_of(model_dir: Path) -> dict[str, Any] | None:
-    """model_card.json beside the model, read through the registry's ModelCard when present."""
-    p = Path(model_dir) / "model_card.json"
-    if not p.is_file():
-        return None
-    from medsight.package.model_card import ModelCard
-
-    return ModelCard.from_dict(__import__("json").loads(p.read_text())).to_dict()
 
 
 def _thumbnail(dataset: Path, pred_dir: Path | None, case_id: str, label: int | None) -> tuple[str | None, str]:
@@ -137,6 +128,23 @@ def _cls_thumbnail(row: pd.Series, bundle, base: Path | None) -> tuple[str | Non
     return evidence_thumbnail(image, heat, reference=mask, through_reference=True), note
 
 
+def _with_fp_components(t: pd.DataFrame, pred_dir: Path | None) -> pd.DataFrame:
+    """Add ``n_pred_components`` (false-positive findings) to reference-empty rows from the saved predictions,
+    when the table lacks it and the predictions are on disk."""
+    if "n_pred_components" in t.columns or pred_dir is None:
+        return t
+    from medsight.io.nifti import read_nifti
+    from medsight.metrics.tables import false_positive_components
+
+    t = t.copy()
+    t["n_pred_components"] = np.nan
+    for i in t.index[~reference_present(t)]:
+        p = Path(pred_dir) / f"{t.at[i, 'case_id']}.nii.gz"
+        if p.is_file():
+            t.at[i, "n_pred_components"] = false_positive_components(read_nifti(p).array == int(t.at[i, "label"]))
+    return t
+
+
 def segmentation_results(per_case: pd.DataFrame, dataset: Path, labels: dict[int, str], model: dict[str, Any],
                          external_sites: Sequence[str], min_cases: int = 10, n_boot: int = 1000, seed: int = 0,
                          pred_dir: Path | None = None, n_worst: int = 5, title: str = "Validation report",
@@ -151,8 +159,9 @@ def segmentation_results(per_case: pd.DataFrame, dataset: Path, labels: dict[int
     kinds = {c: ("external" if c.startswith("external") else "internal") for c in t["cohort"].unique()}
     order = ["internal test fold"] + sorted(c for c in kinds if c != "internal test fold")
     t["cohort"] = pd.Categorical(t["cohort"], categories=[c for c in order if c in kinds], ordered=True)
+    t = _with_fp_components(t, pred_dir)
     seg = segmentation_section(t.sort_values("cohort"), labels, min_cases, n_boot=n_boot, seed=seed, kinds=kinds)
-    fg = t[t["label"].isin(list(labels))]
+    fg = t[t["label"].isin(list(labels)) & reference_present(t)]  # worst by Dice of what the reference holds
     worst = fg.groupby("case_id", observed=True).agg(dice=("dice", "mean"), cohort=("cohort", "first"))
     worst = worst.sort_values("dice").head(n_worst)
     cases = []
@@ -161,7 +170,7 @@ def segmentation_results(per_case: pd.DataFrame, dataset: Path, labels: dict[int
         lab = int(lab_rows["label"].iloc[0])
         thumb, note = _thumbnail(dataset, pred_dir, str(cid), lab)
         cases.append({"case_id": str(cid), "cohort": str(row["cohort"]),
-                      "metric": f"mean foreground Dice (outlines: {labels.get(lab, lab)})",
+                      "metric": f"mean Dice of the labels its reference holds (outlines: {labels.get(lab, lab)})",
                       "value": float(row["dice"]), "thumbnail": thumb, "note": note})
     return ValidationResults(
         title=title, created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), min_cases=min_cases,
@@ -169,40 +178,98 @@ def segmentation_results(per_case: pd.DataFrame, dataset: Path, labels: dict[int
         segmentation=seg, worst_cases=cases, model_card=model_card)
 
 
+def operating_point(model_dir: Path | None, unit: str = "case", label: str | None = None) -> dict[str, Any] | None:
+    """The model's stored operating point for ``unit``: ``scan_level.json`` for scans aggregated from slices,
+    else the per-label threshold of ``thresholds.json`` or ``config.json`` (chosen on validation data), with its
+    target and what it gave on validation. None when the model folder stores none."""
+    if model_dir is None:
+        return None
+    model_dir = Path(model_dir)
+    if unit == "scan" and (model_dir / "scan_level.json").is_file():
+        from medsight.classification.scan_level import ScanLevel
+
+        lv = ScanLevel.load(model_dir)
+        return {"threshold": lv.threshold, "unit": "scan", "label": lv.label, "target": lv.target,
+                "method": lv.method, "source": str(model_dir / "scan_level.json"),
+                "temperature": lv.temperature, "bias": lv.bias, "aggregation": lv.aggregation,
+                "validation": {k: lv.validation.get(k) for k in ("n", "n_pos", "sensitivity", "specificity")}}
+    import json
+
+    for name in ("thresholds.json", "config.json"):
+        p = model_dir / name
+        if not p.is_file():
+            continue
+        cfg = json.loads(p.read_text())
+        ths = cfg.get("thresholds", cfg)
+        info = cfg.get("threshold_selection") or {}
+        if not isinstance(ths, dict) or not ths:
+            continue
+        lab = label if label in ths else next(iter(ths))
+        th = ths[lab]
+        sel = {**(info.get(lab) or {}), **(th if isinstance(th, dict) else {})}
+        value = float(th["threshold"] if isinstance(th, dict) else th)
+        target = sel.get("method") or "not stored"
+        return {"threshold": value, "unit": cfg.get("unit", "slice" if name == "config.json" else unit),
+                "label": lab, "target": target, "method": target, "source": str(p),
+                "validation": {"sensitivity": sel.get("val_sensitivity"), "specificity": sel.get("val_specificity")}}
+    return None
+
+
 def classification_results(pred: pd.DataFrame, dataset: Path, model: dict[str, Any], external_sites: Sequence[str],
-                           min_cases: int = 10, n_boot: int = 1000, seed: int = 0, threshold: float = 0.5,
+                           min_cases: int = 10, n_boot: int = 1000, seed: int = 0, threshold: float | None = None,
                            title: str = "Validation report", model_card: dict[str, Any] | None = None,
-                           classifier_dir: Path | None = None, base: Path | None = None) -> ValidationResults:
-    """Results document from per-case predictions: case_id, y_true, prob[, prob_uncalibrated, referred, image,
-    mask]. With an ``image`` column (paths, relative to ``base``) the worst cases get a thumbnail, with the
-    Grad-CAM heatmap of ``classifier_dir``'s model and the outline of ``mask`` (the annotated finding) on it."""
+                           classifier_dir: Path | None = None, base: Path | None = None, unit: str = "case",
+                           op: dict[str, Any] | None = None) -> ValidationResults:
+    """Results document from per-case predictions: case_id, y_true, prob[, prob_uncalibrated, referred, split,
+    patient_id, image, mask], one row per ``unit`` (slice, scan, patient). The threshold is ``op`` (the model's
+    stored operating point, see ``operating_point``), else ``threshold``, else 0.5 marked as not the model's.
+    Rows with ``split`` = val form a validation cohort (where calibration and threshold were fitted), left out of
+    subgroups and worst cases; with ``patient_id`` the CIs resample patients. With an ``image`` column (paths,
+    relative to ``base``) the worst cases get a thumbnail, with the Grad-CAM heatmap of ``classifier_dir``'s
+    model and the outline of ``mask`` (the annotated finding) on it."""
     need = {"case_id", "y_true", "prob"} - set(pred.columns)
     if need:
         raise DatasetError(f"the predictions table lacks columns {sorted(need)}; expected case_id,y_true,prob"
                            "[,prob_uncalibrated,referred]")
+    if op is None:
+        op = ({"threshold": float(threshold), "unit": unit, "target": "given by the user (--threshold)",
+               "method": "given by the user", "source": "command line", "validation": {}} if threshold is not None
+              else {"threshold": 0.5, "unit": unit, "target": "none: the model stores no operating point",
+                    "method": "default 0.5 (not the model's)", "source": "default", "validation": {}})
+    thr = float(op["threshold"])
     manifest = read_manifest(dataset)
     extra = [c for c in MANIFEST_COLUMNS if c in manifest.columns]
-    t = pred.drop(columns=[c for c in extra if c in pred.columns]).merge(manifest[["case_id", *extra]],
+    keep = [c for c in ("patient_id",) if c in manifest.columns and c not in pred.columns]
+    t = pred.drop(columns=[c for c in extra if c in pred.columns]).merge(manifest[["case_id", *extra, *keep]],
                                                                          on="case_id", how="left")
+    is_val = (t["split"].astype(str) == "val") if "split" in t.columns else pd.Series(False, index=t.index)
     ext = t["site"].isin(set(external_sites)) if "site" in t.columns else pd.Series(False, index=t.index)
+    ext &= ~is_val
 
     def cohort(name: str, kind: str, s: pd.DataFrame) -> dict[str, Any]:
-        return classification_cohort(name, kind, s["y_true"], s["prob"], s.get("prob_uncalibrated"), threshold,
-                                     s.get("referred"), n_boot=n_boot, seed=seed)
+        return classification_cohort(name, kind, s["y_true"], s["prob"], s.get("prob_uncalibrated"), thr,
+                                     s.get("referred"), n_boot=n_boot, seed=seed, unit=unit,
+                                     groups=s["patient_id"] if "patient_id" in s.columns else None)
 
-    cohorts = [cohort("internal test folds", "internal", t[~ext])] if (~ext).any() else []
+    cohorts = [cohort("validation (calibration and threshold fitted here)", "validation", t[is_val])] \
+        if is_val.any() else []
+    test = t[~is_val]
+    if (~ext & ~is_val).any():
+        cohorts.append(cohort("internal test folds", "internal", t[~ext & ~is_val]))
     for site in external_sites:
-        s = t[t["site"] == site]
+        s = test[test["site"] == site] if "site" in test.columns else test.iloc[:0]
         if len(s):
             cohorts.append(cohort(f"external: {site}", "external", s))
-    cls = classification_section(cohorts, t, min_cases, n_boot=n_boot, seed=seed)
-    wrong = t.assign(err=(t["y_true"] - t["prob"]).abs()).sort_values("err", ascending=False).head(5)
+    cls = classification_section(cohorts, test, min_cases, n_boot=n_boot, seed=seed)
+    cls.update(unit=unit, operating_point=clean(op))
+    wrong = test.assign(err=(test["y_true"] - test["prob"]).abs()).sort_values("err", ascending=False).head(5)
     bundle = _classifier_or_none(classifier_dir)
     cases = []
     for i, r in wrong.iterrows():
         thumb, note = _cls_thumbnail(r, bundle, base)
         cases.append({"case_id": str(r.case_id), "cohort": "external" if ext.loc[i] else "internal",
-                      "metric": "|label - probability|", "value": float(r.err), "thumbnail": thumb, "note": note})
+                      "metric": f"|label - probability| ({unit})", "value": float(r.err), "thumbnail": thumb,
+                      "note": note})
     return ValidationResults(
         title=title, created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), min_cases=min_cases,
         model=model, data=data_provenance(dataset, manifest, "internal test folds", external_sites),

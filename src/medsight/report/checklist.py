@@ -57,7 +57,7 @@ def checklist_for(doc: dict[str, Any]) -> list[dict[str, Any]]:
         present.add("subgroups")
     if doc.get("worst_cases"):
         present.add("failures")
-    if doc.get("model_card"):
+    if doc.get("model_card") or doc.get("model_cards"):
         present.add("model_card")
     return [{"section": s, "shows": d, "claim": c, "tripod_ai": t}
             for s, (d, c, t) in ITEMS.items() if s in present]

@@ -7,6 +7,7 @@ allows only inline data stops the page from reaching the network even if a futur
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,9 @@ def _forest_rows(section: dict[str, Any], metric_key: str, min_cases: int) -> li
         if metric_key == "auc":
             rows.append({"label": f"{c['name']} ({c['kind']})", "n": c["n"], "metric": c["auc"], "too_few": few})
         else:  # one row per label and cohort
-            rows += [{"label": f"{lab}, {c['name']}", "n": c["n"], "metric": m, "too_few": few}
-                     for lab, m in c["dice"].items()]
+            for lab, m in c["dice"].items():  # n: the cases whose reference holds the label
+                n = (c.get("dice_n") or {}).get(lab, c["n"])
+                rows.append({"label": f"{lab}, {c['name']}", "n": n, "metric": m, "too_few": n < min_cases})
     return rows
 
 
@@ -84,9 +86,19 @@ def render_html(results: ValidationResults | dict[str, Any]) -> str:
             s += Markup(" <small>(") + num(f"{path}.lo") + Markup("&ndash;") + num(f"{path}.hi") + Markup(")</small>")
         return s
 
+    def txt(base: str, *keys: Any) -> Markup:
+        """A text value of the JSON (model card fields), tagged like numbers so that checks can find its source:
+        ``base`` is a dotted path, ``keys`` follow it as they are (group names may hold dots)."""
+        v = resolve(doc, base)
+        for k in keys:
+            v = v[int(k)] if isinstance(v, list) else v[k]
+        keys_json = escape(json.dumps([str(k) for k in keys]))
+        return Markup(f'<span class="txt" data-json-text="{escape(base)}" data-json-keys="{keys_json}">'
+                      f'{escape(fmt(v) if v is None else v)}</span>')
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    return env.get_template("report.html.j2").render(doc=doc, num=num, ci=ci, figs=_figures(doc),
+    return env.get_template("report.html.j2").render(doc=doc, num=num, ci=ci, txt=txt, figs=_figures(doc),
                                                      checklist=checklist_for(doc))
 
 

@@ -63,6 +63,7 @@ class ValidationResults:
     segmentation: dict[str, Any] | None = None
     worst_cases: list[dict[str, Any]] = field(default_factory=list)
     model_card: dict[str, Any] | None = None
+    model_cards: list[dict[str, Any]] = field(default_factory=list)  # one generated card per validated model
     notes: list[str] = field(default_factory=list)
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION

@@ -6,11 +6,14 @@ findings, and ``accept`` / ``refer`` with the reasons. Every artifact is optiona
 referral policy still gets calibrated probabilities and quality checks.
 
 Files (all JSON, written by the safety layer): ``calibration.json``, ``ood_mahalanobis.json``,
-``referral.json``, ``quality.json``.
+``referral.json``, ``quality.json``. In a model package they are read only when the manifest lists them, and
+``save`` writes them as a new package version (parent id recorded; a classifier's thresholds re-derived on the
+calibrated validation probabilities), never as files dropped beside the weights.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from medsight.image import Image
+from medsight.package.package import Package, load_package
 from medsight.safety.ood import Mahalanobis, energy_score, msp_score
 from medsight.safety.quality import QualitySpec
 from medsight.safety.referral import ReferralPolicy
@@ -37,21 +41,24 @@ class SafetyAssessor:
     quality: QualitySpec | None = None
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, activation: str | None = None) -> "SafetyAssessor":
-        d = Path(model_dir)
-        cal = load_calibration(d)
-        act = activation or (cal.activation if cal is not None else "sigmoid")
-        return cls(
-            act, cal,
-            Mahalanobis.load(d / MAHALANOBIS_FILE) if (d / MAHALANOBIS_FILE).exists() else None,
-            ReferralPolicy.load(d / REFERRAL_FILE) if (d / REFERRAL_FILE).exists() else None,
-            QualitySpec.load(d / QUALITY_FILE) if (d / QUALITY_FILE).exists() else None,
-        )
+    def from_model_dir(cls, model_dir: str | Path | Package, activation: str | None = None) -> "SafetyAssessor":
+        """The artifacts of a package (only files its manifest lists) or of a plain folder."""
 
-    def save(self, model_dir: str | Path) -> None:
+        def artifact(name: str) -> Path | None:
+            if isinstance(model_dir, Package):
+                return model_dir.file(name) if model_dir.has(name) else None
+            path = Path(model_dir) / name
+            return path if path.exists() else None
+
+        cal = load_calibration(model_dir)
+        act = activation or (cal.activation if cal is not None else "sigmoid")
+        maha, ref, qual = artifact(MAHALANOBIS_FILE), artifact(REFERRAL_FILE), artifact(QUALITY_FILE)
+        return cls(act, cal, Mahalanobis.load(maha) if maha else None, ReferralPolicy.load(ref) if ref else None,
+                   QualitySpec.load(qual) if qual else None)
+
+    def _write(self, d: Path) -> None:
         from medsight.safety.temperature import save_calibration
 
-        d = Path(model_dir)
         if self.calibration is not None:
             save_calibration(d, self.calibration)
         if self.mahalanobis is not None:
@@ -60,6 +67,26 @@ class SafetyAssessor:
             self.policy.save(d / REFERRAL_FILE)
         if self.quality is not None:
             self.quality.save(d / QUALITY_FILE)
+
+    def save(self, model_dir: str | Path | Package) -> Package | None:
+        """Store the artifacts: a new version of a model package (returned), or files in a plain folder."""
+        pkg = model_dir if isinstance(model_dir, Package) else None
+        if pkg is None and (Path(model_dir) / "manifest.json").exists():
+            pkg = load_package(model_dir)
+        if pkg is None:
+            self._write(Path(model_dir))
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            self._write(Path(tmp))
+            files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+        if pkg.task == "classification" and self.calibration is not None:
+            from medsight.classification.package import calibrate_package
+
+            files.pop("calibration.json")
+            return calibrate_package(pkg, self.calibration, extra_files=files)
+        from medsight.package.package import derive_package
+
+        return derive_package(pkg, files=files)
 
     def assess(self, image: Image | None, logits: np.ndarray, features: np.ndarray | None = None) -> dict[str, Any]:
         """Calibrated probabilities, scores, and the decision with reasons, for ONE image (logits shape (C,))."""

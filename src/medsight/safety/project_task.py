@@ -65,4 +65,5 @@ def project_task(model_dir: Path, seed: int = 0, unseen_site: str = "site_C",
     return SafetyTask(bundle, f"project classifier ({bundle.config.get('backbone')}, {model_dir})", Path(model_dir),
                       train, val, tests, in_distribution="held_out",
                       unseen=unseen_site if unseen_site in tests else "held_out",
-                      case_ids={k: v for k, v in case_ids.items() if k in tests})
+                      case_ids={**{k: v for k, v in case_ids.items() if k in tests},
+                                "validation": ids[(split == "val") & inside].astype(str).tolist()})

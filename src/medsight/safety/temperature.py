@@ -10,86 +10,25 @@ Two output kinds are supported:
 - ``"sigmoid"``: independent binary labels (multi-label); logits ``(N, L)`` (or ``(N,)``) with 0/1 targets of the
   same shape; one temperature *per label*.
 
-The fitted parameters are stored as ``calibration.json`` in a model directory (see ``save_calibration``) and
-applied at prediction by ``apply_calibration``.
+The fitted parameters (``medsight.package.calibration.Calibration``) are stored as ``calibration.json`` in a new
+version of the model package and applied at prediction by the classifier.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from medsight.errors import ConfigError, IntegrityError, MetricError
-from medsight.files import atomic_write_text
+from medsight.errors import ConfigError, MetricError
+from medsight.package.calibration import (CALIBRATION_FILE, FORMAT, VERSION, Calibration, apply_calibration,
+                                          load_calibration, save_calibration)
 
-CALIBRATION_FILE = "calibration.json"
-FORMAT = "medsight-calibration"
-VERSION = 1
+__all__ = ["CALIBRATION_FILE", "FORMAT", "VERSION", "Calibration", "apply_calibration", "fit_calibration",
+           "load_calibration", "save_calibration"]
 _T_MIN, _T_MAX = 0.05, 20.0  # a temperature outside this range means the fit or the data is broken
-
-
-@dataclass
-class Calibration:
-    """Fitted calibration parameters; ``apply`` turns raw logits into calibrated logits.
-
-    ``temperature`` maps label name -> T (for softmax all labels share one T). For vector scaling,
-    ``weights``/``bias`` hold one value per class and ``temperature`` is all ones.
-    """
-
-    method: str  # "temperature" | "vector"
-    activation: str  # "softmax" | "sigmoid"
-    labels: list[str]
-    temperature: dict[str, float]
-    weights: list[float] | None = None
-    bias: list[float] | None = None
-    fit: dict[str, Any] = field(default_factory=dict)  # n, nll_before, nll_after, ece_before, ece_after...
-
-    def apply(self, logits: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """Calibrated logits (same type and shape as the input); feed them to softmax/sigmoid as before."""
-        is_torch = isinstance(logits, torch.Tensor)
-        z = logits if is_torch else np.asarray(logits, dtype=np.float64)
-        n_out = 1 if z.ndim == 1 else z.shape[-1]
-        if n_out != len(self.labels):
-            raise ConfigError(
-                f"calibration was fitted for {len(self.labels)} outputs ({', '.join(self.labels)}) but the model "
-                f"produced {n_out}; refit the calibration for this model"
-            )
-        if self.method == "vector":
-            w, b = np.asarray(self.weights, dtype=np.float64), np.asarray(self.bias, dtype=np.float64)
-            if is_torch:
-                return z * torch.as_tensor(w, dtype=z.dtype, device=z.device) + torch.as_tensor(b, dtype=z.dtype, device=z.device)
-            return z * w + b
-        t = np.asarray([self.temperature[name] for name in self.labels], dtype=np.float64)
-        if z.ndim == 1:
-            t = t[0]
-        if is_torch:
-            return z / torch.as_tensor(t, dtype=z.dtype, device=z.device)
-        return z / t
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Calibration":
-        if d.get("format") != FORMAT:
-            raise ConfigError(f"not a medsight calibration file (format={d.get('format')!r})")
-        if int(d.get("version", 0)) > VERSION:
-            raise ConfigError(f"calibration file version {d.get('version')} is newer than this medsight reads ({VERSION}); upgrade medsight")
-        method, activation = d["method"], d["activation"]
-        if method not in ("temperature", "vector") or activation not in ("softmax", "sigmoid"):
-            raise ConfigError(f"unknown calibration method/activation {method!r}/{activation!r}")
-        temps = {str(k): float(v) for k, v in d["temperature"].items()}
-        if any(not math.isfinite(t) or t <= 0 for t in temps.values()):
-            raise ConfigError(f"calibration temperatures must be positive and finite, got {temps}")
-        return cls(method, activation, [str(x) for x in d["labels"]], temps, d.get("weights"), d.get("bias"),
-                   dict(d.get("fit", {})))
 
 
 # ----------------------------------------------------------------------------------------------------------- fitting
@@ -231,34 +170,3 @@ def _ece_before_after(z: np.ndarray, zc: np.ndarray, y: np.ndarray, activation: 
         conf, correct = top_label_confidence(logits, y, activation)
         out[key] = float(expected_calibration_error(correct, conf))
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------- storage
-
-
-def save_calibration(model_dir: str | Path, calibration: Calibration) -> Path:
-    """Write ``calibration.json`` into a model directory (atomically); predict applies it when present."""
-    path = Path(model_dir) / CALIBRATION_FILE
-    atomic_write_text(path, json.dumps(calibration.to_dict(), indent=2, sort_keys=True))
-    return path
-
-
-def load_calibration(model_dir: str | Path) -> Calibration | None:
-    """The calibration stored in a model directory, or None when there is none."""
-    path = Path(model_dir) / CALIBRATION_FILE
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise IntegrityError(f"calibration file is not valid JSON ({err.msg}); refit it with medsight.safety", path) from err
-    try:
-        return Calibration.from_dict(data)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ConfigError(f"calibration file is incomplete ({err}); refit it", path) from err
-
-
-def apply_calibration(logits: np.ndarray | torch.Tensor, model_dir: str | Path) -> np.ndarray | torch.Tensor:
-    """Calibrated logits when the model directory holds a calibration, the logits unchanged otherwise."""
-    cal = load_calibration(model_dir)
-    return logits if cal is None else cal.apply(logits)

@@ -13,6 +13,8 @@ import torch
 from medsight.data.preprocess import preprocess_image
 from medsight.image import Image
 from medsight.segmentation.ensemble import average, load_models
+from medsight.segmentation.lesions import LesionTable, load_policy, measure_lesions, write_lesion_table
+from medsight.segmentation.sampling import slice_stack
 from medsight.segmentation.postprocess import entropy, labels_from_probabilities, to_input_grid
 from medsight.segmentation.sliding import sliding_window, timed_predictor
 from medsight.segmentation.tta import mirrored_softmax
@@ -26,6 +28,7 @@ class Prediction:
     seconds: float
     network_seconds: float
     info: dict = field(default_factory=dict)
+    lesions: LesionTable | None = None  # measured lesions when the plan names lesion labels
 
     def entropy(self) -> Image:
         return Image(entropy(self.probabilities), self.labels.geometry,
@@ -36,12 +39,13 @@ class Predictor:
     """Holds the loaded models so that many images are predicted without reloading."""
 
     def __init__(self, model_dir: str | Path, folds: list[str] | None = None, mirror: bool = True,
-                 mirror_axes: list[int] | None = None, overlap: float = 0.5) -> None:
+                 mirror_axes: list[int] | None = None, overlap: float = 0.5, network: str | None = None) -> None:
         self.model_dir = Path(model_dir)
-        self.plan, self.cfg, self.models = load_models(model_dir, folds)
+        self.plan, self.cfg, self.models = load_models(model_dir, folds, network=network)
         axes = self.cfg.mirror_axes if mirror_axes is None else mirror_axes
         self.mirror_axes = list(axes) if mirror else []
         self.overlap = overlap
+        self.lesion_policy = load_policy(self.model_dir, self.plan.postprocess)
 
     def predict(self, image: Image | list[Image]) -> Prediction:
         t0 = time.perf_counter()
@@ -49,6 +53,8 @@ class Predictor:
         x = torch.from_numpy(pre.image)[None]  # (1, C, *S)
         if self.cfg.spatial_dims == 2:  # slices along the last axis become the batch
             x = x[0].permute(3, 0, 1, 2)
+            if self.cfg.context_slices:  # 2.5D: each slice with its neighbours as channels, as in training
+                x = slice_stack(x, self.cfg.context_slices)
         probs, net_seconds = [], 0.0
         for net in self.models:
             timed_net = timed_predictor(net)  # only the network's forward passes count as network time
@@ -60,16 +66,25 @@ class Predictor:
         prob = prob.permute(1, 2, 3, 0) if self.cfg.spatial_dims == 2 else prob[0]
         prob_in = to_input_grid(prob.numpy(), pre.original_shape)
         first = image[0] if isinstance(image, list) else image
-        labels = Image(labels_from_probabilities(prob_in), first.geometry, first.provenance.with_step(
+        label_array, lesions = labels_from_probabilities(prob_in), None
+        post = self.plan.postprocess
+        if post.get("lesion_labels"):
+            label_array, lesions = measure_lesions(
+                label_array, prob_in, first.geometry, {int(k): v for k, v in post["lesion_labels"].items()},
+                float(post.get("min_lesion_volume_ml", 0.0)), self.lesion_policy)
+        labels = Image(label_array, first.geometry, first.provenance.with_step(
             "medsight_segmentation", model_dir=str(self.model_dir), plan_sha256=self.plan.sha256(),
-            folds=len(self.models), mirror_axes=self.mirror_axes))
+            folds=len(self.models), mirror_axes=self.mirror_axes,
+            min_lesion_volume_ml=post.get("min_lesion_volume_ml")))
         return Prediction(labels, prob_in, time.perf_counter() - t0, net_seconds,
-                          {"folds": len(self.models), "mirror_axes": self.mirror_axes})
+                          {"folds": len(self.models), "mirror_axes": self.mirror_axes,
+                           **({"lesions": lesions.summary()} if lesions is not None else {})}, lesions)
 
 
 def write_prediction(pred: Prediction, out_path: str | Path, probabilities: bool = False,
                      uncertainty: bool = False) -> dict[str, Path]:
-    """Write the label map (uint8, input geometry) and, on request, probability and entropy maps beside it."""
+    """Write the label map (uint8, input geometry), ``{stem}_lesions.csv`` when the plan names lesion labels, and,
+    on request, probability and entropy maps beside it."""
     out_path = Path(out_path)
     written = {"labels": write_nifti(pred.labels, out_path, dtype=np.uint8)}
     stem = out_path.name[: -len(".nii.gz")] if out_path.name.endswith(".nii.gz") else out_path.stem
@@ -77,6 +92,8 @@ def write_prediction(pred: Prediction, out_path: str | Path, probabilities: bool
         prob = Image(np.moveaxis(pred.probabilities, 0, -1).astype(np.float32), pred.labels.geometry,
                      pred.labels.provenance.with_step("class_probabilities"))
         written["probabilities"] = write_nifti(prob, out_path.with_name(stem + "_probabilities.nii.gz"))
+    if pred.lesions is not None:
+        written["lesions"] = write_lesion_table(pred.lesions, out_path.with_name(stem + "_lesions.csv"))
     if uncertainty:
         written["entropy"] = write_nifti(pred.entropy(), out_path.with_name(stem + "_entropy.nii.gz"))
     return written

@@ -20,12 +20,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 from torch import nn
-from tqdm.auto import tqdm
 
+from medsight.engine.loop import fit
+from medsight.engine.task import EngineConfig, Task
 from medsight.errors import InputNotFoundError
 from medsight.image import Geometry, Image, Provenance
 
 SIZE = 64
+BATCH = 32
 SITES = {  # gamma, bias-field strength, noise sigma (fraction of the brain's mean intensity)
     "site_A": (1.0, 0.10, 0.04),
     "site_B": (0.85, 0.15, 0.06),
@@ -142,30 +144,46 @@ class ReferenceBundle:
         return self.model.forward_with_features(x)
 
 
+class ReferenceTask(Task):
+    """The small CNN on in-memory slices: AdamW + one-cycle + BCE, random horizontal flips, no validation."""
+
+    def __init__(self, bundle_preprocess: Any, images: list[Image], labels: np.ndarray) -> None:
+        self.x = torch.stack([bundle_preprocess(im) for im in images])
+        self.y = torch.as_tensor(labels, dtype=torch.float32).reshape(-1, 1)
+
+    def build_model(self) -> nn.Module:
+        return SmallCNN()
+
+    def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+
+    def steps_per_epoch(self) -> int:
+        return (len(self.x) + BATCH - 1) // BATCH
+
+    def epoch_batches(self, epoch: int, rng: np.random.Generator):
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        for idx in torch.randperm(len(self.x), generator=gen).split(BATCH):
+            xb = self.x[idx]
+            if torch.rand((), generator=gen) < 0.5:
+                xb = xb.flip(-1)
+            yield xb, self.y[idx]
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(model(batch[0]), batch[1])
+
+    def validate(self, model: nn.Module) -> dict[str, Any]:
+        return {}
+
+
 def train_reference(images: list[Image], labels: np.ndarray, epochs: int = 20, seed: int = 0,
                     quiet: bool = True) -> ReferenceBundle:
-    """Train the small CNN with AdamW, a one-cycle learning rate and BCE (deterministic given the seed).
+    """Train the small CNN with AdamW, a one-cycle learning rate (peak 1e-2) and BCE, deterministic given the seed.
 
     One-cycle converges reliably in 20 epochs (held-out accuracy 0.89-0.98 over seeds 0-2); a constant rate
     left some seeds near chance.
     """
-    torch.manual_seed(seed)
-    bundle = ReferenceBundle(SmallCNN())
-    x = torch.stack([bundle.preprocess(im) for im in images])
-    y = torch.as_tensor(labels, dtype=torch.float32).reshape(-1, 1)
-    opt = torch.optim.AdamW(bundle.model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * ((len(x) + 31) // 32))
-    gen = torch.Generator().manual_seed(seed)
-    bundle.model.train()
-    for _ in tqdm(range(epochs), desc="reference classifier", disable=quiet, leave=False):
-        for idx in torch.randperm(len(x), generator=gen).split(32):
-            xb = x[idx]
-            if torch.rand((), generator=gen) < 0.5:
-                xb = xb.flip(-1)
-            loss = nn.functional.binary_cross_entropy_with_logits(bundle.model(xb), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    bundle.model.eval()
-    return bundle
+    preprocess = ReferenceBundle(SmallCNN()).preprocess
+    task = ReferenceTask(preprocess, images, labels)
+    result = fit(task, EngineConfig(epochs=epochs, seed=seed, lr_schedule="onecycle", lr=1e-2, quiet=quiet,
+                                    name="reference classifier"))
+    return ReferenceBundle(result.model)

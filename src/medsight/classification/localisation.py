@@ -1,0 +1,73 @@
+"""Mask supervision during classifier training, and the pointing game that scores where the model looks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Localisation:
+    """Scores the model's lesion-mask prediction during training (mask supervision where masks are known).
+
+    For an evidence-map model the supervised map is the evidence map of the first output itself (captured at
+    ``head``): the map whose maximum is the logit learns where the finding is, not only that it is there. For
+    other models a 1x1 auxiliary head on ``layer`` predicts the mask from that layer's features."""
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        self.model, self.features = model, None
+        self.direct = bool(getattr(model, "evidence_map", False))
+        self.layer = "head" if self.direct else layer
+        dict(model.named_modules())[self.layer].register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self.features = output
+
+    def loss(self, masks: torch.Tensor) -> torch.Tensor:
+        logits = self.features[:, :1] if self.direct else self.model.aux_head(self.features)
+        pool = nn.functional.adaptive_avg_pool2d if logits.ndim == 4 else nn.functional.adaptive_avg_pool3d
+        return nn.functional.binary_cross_entropy_with_logits(logits, pool(masks, logits.shape[2:]))
+
+    def describe(self, weight: float) -> dict[str, Any]:
+        if self.direct:
+            return {"layer": "head", "evidence_map_output": 0, "weight": weight}
+        return {"layer": self.layer, "channels": int(self.model.aux_head.in_channels), "weight": weight}
+
+
+def attach_localisation(model: nn.Module, layer: str, size: tuple[int, ...], dims: int) -> Localisation:
+    """Mask supervision: on the evidence map itself, or through a new 1x1 mask head on ``layer`` (its channel
+    count found by one probe pass)."""
+    from medsight.nets.backbones import get_layer
+
+    if getattr(model, "evidence_map", False):
+        return Localisation(model, layer)
+    seen: list[torch.Tensor] = []
+    handle = get_layer(model, layer).register_forward_hook(lambda m, i, o: seen.append(o))
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 1, *size))
+    handle.remove()
+    model.add_localisation_head(layer, int(seen[0].shape[1]), dims)
+    return Localisation(model, layer)
+
+
+@torch.no_grad()
+def val_pointing(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor,
+                  batch_size: int = 64) -> float:
+    """Share of validation images with a finding (first label, non-empty mask) whose evidence-map maximum, on
+    the input grid, lies in the finding: the pointing game of the model's own heatmap (Grad-CAM of an
+    evidence-map model is that map). NaN when there are none."""
+    pos = torch.nonzero((y.reshape(len(y), -1)[:, 0] > 0.5) & (masks.flatten(1).amax(1) > 0)).flatten()
+    if len(pos) == 0:
+        return float("nan")
+    model.eval()
+    hits = 0
+    for i in range(0, len(pos), batch_size):
+        sel = pos[i:i + batch_size]
+        evidence = model.head(model.net(x[sel]))[:, :1]
+        mode = "bilinear" if evidence.ndim == 4 else "trilinear"
+        up = nn.functional.interpolate(evidence, size=tuple(x.shape[2:]), mode=mode, align_corners=False)
+        peak = up.flatten(1).argmax(1)
+        hits += int((masks[sel].flatten(1).gather(1, peak[:, None])[:, 0] > 0.25).sum())
+    return hits / len(pos)
