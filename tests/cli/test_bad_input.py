@@ -128,9 +128,9 @@ ROWS: list[tuple[str, list[str], list[str]]] = [
     ("deid-regions-only-alone", ["deid", "{dicoms}", "{out}", "--regions-only"], ["{out}"]),
     ("deid-zero-workers", ["deid", "{dicoms}", "{out}", "-j", "0"], ["{out}"]),
     # models / audit
-    ("models-show-unknown", ["models", "show", "no-such-model", "--root", "{empty_dir}"], []),
+    ("models-show-unknown", ["models", "show", "no-such-model"], []),
     ("models-verify-wrong-folder", ["models", "verify", "{wrong_model}"], []),
-    ("models-list-root-is-file", ["models", "list", "--root", "{blocker}"], []),
+    ("models-list-registry-not-a-db", ["models", "list", "--registry", "{notes.txt}"], []),
     ("audit-list-garbage-db", ["audit", "list", "--url", "{notes.txt}"], []),
     ("audit-verify-garbage-db", ["audit", "verify", "--url", "{notes.txt}"], []),
     # validate

@@ -69,6 +69,7 @@ class _Elem:
 def _parse(buf: bytes, pos: int, end: int, explicit: bool, stop_at_item_end: bool = False) -> tuple[list[_Elem], int]:
     """Elements from ``pos`` to ``end`` (or to an item delimiter); returns them and the position after."""
     out: list[_Elem] = []
+    prev = -1
     while pos < end:
         group, element = _UNPACK_TAG(buf, pos)
         tag = group << 16 | element
@@ -76,6 +77,9 @@ def _parse(buf: bytes, pos: int, end: int, explicit: bool, stop_at_item_end: boo
             if stop_at_item_end:
                 return out, pos + 8
             raise Unsupported("item delimiter outside an item")
+        if tag <= prev:  # out of order (a damaged tag): pydicom sorts, a byte copy would not; let pydicom judge
+            raise Unsupported("attributes out of ascending tag order")
+        prev = tag
         start = pos
         if explicit and group != 0xFFFE:
             vr = buf[pos + 4:pos + 6].decode("ascii", "replace")
