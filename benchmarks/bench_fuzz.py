@@ -107,8 +107,11 @@ byte. All pass.
 **Faults** (tests/reliability/test_kill.py, CI): `kill -9` at 15%, 50% and 85% of an uninterrupted run's wall time
 of `deid` (60 files) and `evaluate cls`, then a rerun: the rerun's output equals the uninterrupted run's byte for
 byte (evaluate: all but the creation time), the report holds whole rows, the evaluation folder is complete or
-absent. A half-written report row (the cut a kill inside the write leaves) is dropped on resume. Not covered yet:
-`train`, `predict`, `predict-cls` and the demo (they need a trained model; too slow for CI here).
+absent. A half-written report row (the cut a kill inside the write leaves) is dropped on resume.
+tests/reliability/test_kill_models.py (slow, ~100 s): `kill -9` at 30%, 60% and 90% of `train` (toy data, 3
+epochs) and of `predict` (10 cases), then a rerun: identical weights (torch.equal on every tensor) and identical
+label maps; after a kill every prediction file present reads in full and equals the uninterrupted one. Not
+covered yet: `predict-cls`, `train-cls` and the demo.
 """
 
 
