@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from medsight.errors import DatasetError, InputNotFoundError
 
 _CHUNK = 1 << 20
 
@@ -62,6 +68,78 @@ def atomic_write_with(target: str | Path, writer: Callable[[Path], None], suffix
     """Run ``writer(tmp_path)`` and move the result into place atomically."""
     with atomic_path(target, suffix=suffix) as tmp:
         writer(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``target``; on success it becomes ``target`` in one rename.
+
+    For sets of files that belong together (an evaluation's tables, a report and its figures): a crash or kill
+    leaves the old set or the new one, never a mix. Entries of an existing ``target`` not named in ``replaces``
+    (nor written anew) are someone else's: they are hard-linked into the new folder first, so they survive the
+    swap. On any exception the temporary folder is removed and ``target`` is left as it was. A leftover
+    ``.<name>.*.tmp`` folder beside ``target`` is a killed run (it never shadows the outputs).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = None
+        if target.exists():
+            for entry in target.iterdir():
+                if entry.name in replaces or (tmp / entry.name).exists():
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy, symlinks=True)
+                else:
+                    _link_or_copy(entry, tmp / entry.name)
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def read_csv(path: str | Path, what: str = "CSV", **kwargs: Any) -> Any:
+    """``pandas.read_csv`` for a file a user gave: any parse failure is a one-line DatasetError naming the file.
+
+    Malformed quoting, rows with more fields than the header, undecodable bytes and an empty file are user
+    mistakes, not crashes; ``what`` names the table in the message ("predictions CSV", "manifest").
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"no such {what}; check the path", path)
+    kwargs.setdefault("index_col", False)  # a row with extra fields is an error, not a silent index column
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError as err:
+        raise DatasetError(f"the {what} is empty; it needs a header line and one row per case", path) from err
+    except (pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DatasetError(f"not a readable {what} ({first}); save it as comma-separated UTF-8 text", path) from err
+    return table
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
                    "the built-in table; format in docs/privacy.md).")
 @click.option("--regions-only", is_flag=True,
               help="With --redact-pixels: blank only the known regions (no OCR-driven filling); OCR still verifies.")
-@click.option("-j", "--workers", type=int, default=None, help="Worker processes (default: all CPU cores).")
+@click.option("-j", "--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: all CPU cores).")
 @click.pass_context
 @audited("deid.run", inputs=("input_dir",), outputs=("output_dir",))
 def deid(ctx: click.Context, input_dir: Path, output_dir: Path, key_file: Path | None, keep_dates_shifted: bool,

@@ -15,6 +15,10 @@ import click
 
 from medsight import __version__
 from medsight.cli.evaluate_lesions import lesion_options
+from medsight.files import atomic_dir
+
+# the files one evaluation writes; an earlier run's copies are replaced as a set, anything else in --out is kept
+TABLES = ("per_case.csv", "summary.csv", "subgroups.csv", "summary.json")
 
 
 def _quiet(ctx: click.Context) -> bool:
@@ -85,18 +89,15 @@ def seg(ctx: click.Context, pred_dir: Path, ref_dir: Path, labels_text: str | No
         raise MetricError("--group-by needs --manifest (a CSV with case_id and the subgroup columns)")
 
     labels = _seg_labels(labels_text, ref_dir)
+    case_table = tables.read_predictions(manifest) if group_by and manifest is not None else None
     per_case = tables.evaluate_segmentation_folders(pred_dir, ref_dir, labels, tol, quiet=_quiet(ctx))
     summary = tables.summarise_segmentation(per_case, n_boot=n_boot, alpha=alpha, seed=seed)
-    out = out_dir or Path(pred_dir).resolve().parent / "evaluation"
-    tables.write_csv(out / "per_case.csv", per_case)
-    tables.write_csv(out / "summary.csv", summary)
     subgroups = None
-    if group_by and manifest is not None:
-        subgroups = tables.segmentation_subgroups(per_case, tables.read_predictions(manifest), group_by,
+    if case_table is not None:
+        subgroups = tables.segmentation_subgroups(per_case, case_table, group_by,
                                                   min_cases=min_cases, n_boot=n_boot, alpha=alpha, seed=seed,
                                                   path=manifest)
-        tables.write_csv(out / "subgroups.csv", subgroups)
-    tables.write_json(out / "summary.json", {
+    record = {
         "kind": "segmentation", "created": _stamp(), "pred_dir": str(pred_dir), "ref_dir": str(ref_dir),
         "labels": {str(k): v for k, v in labels.items()}, "nsd_tolerance_mm": tol, "n_boot": n_boot,
         "alpha": alpha, "seed": seed, "n_cases": int(per_case["case_id"].nunique()),
@@ -104,7 +105,14 @@ def seg(ctx: click.Context, pred_dir: Path, ref_dir: Path, labels_text: str | No
         "versions": _versions(), "summary": summary.to_dict(orient="records"),
         "subgroups": [] if subgroups is None else subgroups.to_dict(orient="records"),
         "cases": per_case.to_dict(orient="records"),
-    })
+    }
+    out = out_dir or Path(pred_dir).resolve().parent / "evaluation"
+    with atomic_dir(out, replaces=TABLES) as tmp:  # the tables are one set: old or new, never a mix
+        tables.write_csv(tmp / "per_case.csv", per_case)
+        tables.write_csv(tmp / "summary.csv", summary)
+        if subgroups is not None:
+            tables.write_csv(tmp / "subgroups.csv", subgroups)
+        tables.write_json(tmp / "summary.json", record)
     _print_seg(summary, out, _quiet(ctx))
 
 
@@ -220,21 +228,23 @@ def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitiv
     summary_rows = [{"task": t, **{k: v for k, v in m.items() if not isinstance(v, dict)},
                      **{f"{blk}_{k}": v for blk in ("at_threshold", "at_target_sensitivity")
                         for k, v in m.get(blk, {}).items()}} for t, m in summaries.items()]
-    tables.write_csv(out / "per_case.csv", per_case)
-    if summary_rows:
-        tables.write_csv(out / "summary.csv", pd.DataFrame(summary_rows))
     subgroups = pd.concat(subgroup_parts, ignore_index=True) if subgroup_parts else None
-    if subgroups is not None:
-        tables.write_csv(out / "subgroups.csv", subgroups)
     from medsight.files import sha256_file
 
-    tables.write_json(out / "summary.json", {
+    record = {
         "kind": "classification", "created": _stamp(), "predictions": str(predictions),
         "predictions_sha256": sha256_file(predictions), "threshold": threshold,
         "target_sensitivity": target_sensitivity, "n_boot": n_boot, "alpha": alpha, "seed": seed,
         "definitions": "docs/metrics.md", "versions": _versions(), "tasks": summaries,
         "kappa": kappas, "subgroups": [] if subgroups is None else subgroups.to_dict(orient="records"),
-    })
+    }
+    with atomic_dir(out, replaces=TABLES) as tmp:  # the tables are one set: old or new, never a mix
+        tables.write_csv(tmp / "per_case.csv", per_case)
+        if summary_rows:
+            tables.write_csv(tmp / "summary.csv", pd.DataFrame(summary_rows))
+        if subgroups is not None:
+            tables.write_csv(tmp / "subgroups.csv", subgroups)
+        tables.write_json(tmp / "summary.json", record)
     if not _quiet(ctx):
         for task, m in summaries.items():
             auc = (f"AUC {m['auc']:.3f} [{m['auc_delong_lo']:.3f}, {m['auc_delong_hi']:.3f}]" if "auc" in m

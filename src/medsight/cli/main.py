@@ -6,9 +6,11 @@ Each command lives in its own module under ``medsight.cli`` and is imported only
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 
 import click
@@ -91,10 +93,31 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("medsight: aborted", err=True)
         sys.exit(130)
     except click.ClickException as err:
-        err.show()
-        sys.exit(2 if isinstance(err, click.UsageError) else err.exit_code)
+        hint = ""
+        if isinstance(err, click.UsageError) and err.ctx is not None:
+            hint = f" (see '{err.ctx.command_path} --help')"
+        click.echo(f"medsight: error: {' '.join(err.format_message().split())}{hint}", err=True)
+        sys.exit(2)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    except OSError as err:
+        if err.errno not in USER_OS_ERRORS:
+            raise
+        click.echo(f"medsight: error: {os_error_line(err)}", err=True)
+        sys.exit(2)
+
+
+# errno values a user causes with a path or a full disk; any other OSError is our bug and keeps its traceback
+USER_OS_ERRORS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                  errno.EDQUOT, errno.EEXIST, errno.ENAMETOOLONG, errno.EFBIG, errno.ENOTEMPTY}
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for a path or disk error: which file, what went wrong, what to do."""
+    where = err.filename if err.filename is not None else "output"
+    advice = "free some space and run again" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else \
+        "choose a path that can be written (a folder, not a file; with write permission)"
+    return f"{where}: {err.strerror or os.strerror(err.errno or 0)}; {advice}"
 
 
 if __name__ == "__main__":

@@ -42,8 +42,7 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
     the model card (generated, also written as MODEL_DIR/model_card.md) and the hashes/versions of model and data,
     mapped to CLAIM / TRIPOD+AI items.
     """
-    import pandas as pd
-
+    from medsight.files import read_csv
     from medsight.report import assemble, run_model
     from medsight.package.package import load_package
     from medsight.report.cards import card_for
@@ -55,7 +54,7 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
     if predictions is not None:
         op = None if threshold is not None else assemble.operating_point(model_dir, unit)
         res = assemble.classification_results(
-            pd.read_csv(predictions, dtype={"case_id": str}), dataset,
+            read_csv(predictions, "predictions CSV", dtype={"case_id": str}), dataset,
             assemble.model_provenance(model_dir, model_dir.name, "classification"), external_sites,
             min_cases=min_cases, n_boot=n_boot, seed=seed, threshold=threshold, classifier_dir=model_dir,
             base=predictions.parent, unit=unit, op=op)

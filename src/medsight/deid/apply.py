@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
-from medsight.deid.profile import SAFE_PRIVATE, Action, action_table, repeating_group_action
+from medsight.deid.profile import (SAFE_PRIVATE, Action, action_table, damaged_code_value,
+                                   repeating_group_action)
 from medsight.deid.pseudonym import Pseudonymizer, shift_date, shift_datetime
 
 PATIENT_ID = 0x00100020
@@ -160,6 +161,9 @@ class _Walker:
     def _beyond_table(self, ds: Dataset, tag: int, vr: str) -> None:
         if vr == "SQ":
             self._recurse(ds, tag)
+        elif not dictionary_has_tag(tag) or vr not in ("UN", *dictionary_VR(tag).split(" or ")):
+            del ds[tag]  # a tag no dictionary knows, or a known one with a foreign VR (a corrupt tag): no one can
+            self.counts["removed"] += 1  # say its value is safe, so it goes
         elif vr == "UI":
             self._replace_uids(ds, tag, only_nonstandard=True)
         elif vr in ("DA", "DT"):
@@ -168,11 +172,17 @@ class _Walker:
         elif vr == "PN":
             ds[tag] = DataElement(tag, "PN", "")
             self.counts["emptied"] += 1
+        elif damaged_code_value(vr, _raw_bytes(ds, tag)):
+            del ds[tag]
+            self.counts["removed"] += 1
 
     def _apply(self, ds: Dataset, tag: int, vr: str, action: Action) -> None:
         if action is Action.KEEP:
             if vr == "SQ":
                 self._recurse(ds, tag)
+            elif damaged_code_value(vr, _raw_bytes(ds, tag)):
+                del ds[tag]
+                self.counts["removed"] += 1
         elif action is Action.REMOVE:
             del ds[tag]
             self.counts["removed"] += 1
@@ -215,6 +225,15 @@ class _Walker:
             self.walk(item)
 
 
+def _raw_bytes(ds: Dataset, tag: int) -> bytes:
+    """An element's value as stored (or re-encoded when pydicom already decoded it)."""
+    value = ds.get_item(tag).value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    values = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    return "\\".join("" if v is None else str(v) for v in values).encode("latin-1", "replace")
+
+
 def deidentify_dataset(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions | None = None) -> DeidSummary:
     """De-identify ``ds`` in place (and its file meta) and record how in the dataset itself."""
     options = options or DeidOptions()
@@ -240,6 +259,9 @@ def deidentify_dataset(ds: Dataset, pseudo: Pseudonymizer, options: DeidOptions 
 
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
+        for tag in list(meta.keys()):  # a meta UID whose length is corrupt swallowed the dataset: drop it
+            if damaged_code_value(_vr_of(meta, int(tag)), _raw_bytes(meta, int(tag))):
+                del meta[tag]
         if "SOPInstanceUID" in ds:
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         for kw in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",

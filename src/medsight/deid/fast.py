@@ -16,11 +16,12 @@ import struct
 from collections import Counter
 from functools import lru_cache
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 
 from medsight.deid.apply import METHOD, DeidOptions, DeidSummary, _DUMMY, _is_standard_uid
 from medsight.deid.pixels import burned_in_reason
-from medsight.deid.profile import SAFE_PRIVATE, Action, action_table, repeating_group_action
+from medsight.deid.profile import (SAFE_PRIVATE, Action, action_table, damaged_code_value,
+                                   repeating_group_action)
 from medsight.deid.pseudonym import Pseudonymizer, shift_date, shift_datetime
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -52,6 +53,11 @@ def _dict_vr(tag: int) -> str:
     return vr.split(" or ")[0]
 
 
+@lru_cache(maxsize=4096)
+def _known(tag: int, vr: str) -> bool:
+    return dictionary_has_tag(tag) and vr in ("UN", *dictionary_VR(tag).split(" or "))
+
+
 class _Elem:
     __slots__ = ("tag", "vr", "start", "vstart", "vend", "end", "undefined")
 
@@ -63,6 +69,7 @@ class _Elem:
 def _parse(buf: bytes, pos: int, end: int, explicit: bool, stop_at_item_end: bool = False) -> tuple[list[_Elem], int]:
     """Elements from ``pos`` to ``end`` (or to an item delimiter); returns them and the position after."""
     out: list[_Elem] = []
+    prev = -1
     while pos < end:
         group, element = _UNPACK_TAG(buf, pos)
         tag = group << 16 | element
@@ -70,6 +77,9 @@ def _parse(buf: bytes, pos: int, end: int, explicit: bool, stop_at_item_end: boo
             if stop_at_item_end:
                 return out, pos + 8
             raise Unsupported("item delimiter outside an item")
+        if tag <= prev:  # out of order (a damaged tag): pydicom sorts, a byte copy would not; let pydicom judge
+            raise Unsupported("attributes out of ascending tag order")
+        prev = tag
         start = pos
         if explicit and group != 0xFFFE:
             vr = buf[pos + 4:pos + 6].decode("ascii", "replace")
@@ -272,6 +282,8 @@ class _Fast:
         vr = el.vr
         if vr == "SQ":
             self.recurse(el, out, depth)
+        elif not _known(el.tag, vr):  # a tag no dictionary knows, or a known one with a foreign VR (a corrupt
+            self.counts["removed"] += 1  # tag): no one can say its value is safe, so it goes
         elif vr == "UI":
             self.uids(el, out, only_nonstandard=True, depth=depth)
         elif vr in ("DA", "DT"):
@@ -279,6 +291,8 @@ class _Fast:
         elif vr == "PN":
             out.append((el.tag, _element(el.tag, "PN", None, self.explicit)))
             self.counts["emptied"] += 1
+        elif damaged_code_value(vr, self.buf[el.vstart:el.vend]):
+            self.counts["removed"] += 1
         else:
             out.append((el.tag, self.buf[el.start:el.end]))
 
@@ -287,6 +301,8 @@ class _Fast:
         if action is Action.KEEP:
             if vr == "SQ":
                 self.recurse(el, out, depth)
+            elif damaged_code_value(vr, self.buf[el.vstart:el.vend]):
+                self.counts["removed"] += 1
             else:
                 out.append((el.tag, self.buf[el.start:el.end]))
         elif action is Action.REMOVE:

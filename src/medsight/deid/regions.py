@@ -67,7 +67,11 @@ def load_regions(path: str | Path) -> tuple[TextRegion, ...]:
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError("text region table not found", path)
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"text region table {path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as "
+                          "UTF-8 JSON or CSV") from None
     if path.suffix.lower() == ".csv":
         grouped: dict[tuple, list] = {}
         rows = list(csv.DictReader(text.splitlines()))

@@ -315,7 +315,31 @@ class _Checkpoint:
         self.rows.clear()
 
 
+def _trim_partial_row(report: Path) -> None:
+    """Cut a row a killed run left half-written (no line end), so a resumed run appends whole rows only."""
+    if not report.exists():
+        return
+    with open(report, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        keep = size
+        while keep > 0:
+            step = min(keep, 1 << 16)
+            f.seek(keep - step)
+            chunk = f.read(step)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = keep - step + cut + 1
+                break
+            keep -= step
+        if keep != size:
+            log.warning("%s: dropped a half-written last row (%d bytes) left by an interrupted run", report,
+                        size - keep)
+            f.truncate(keep)
+            os.fsync(f.fileno())
+
+
 def _done_inputs(report: Path) -> set[str]:
+    _trim_partial_row(report)
     if not report.exists():
         return set()
     with open(report, newline="") as f:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from medsight.errors import DatasetError, InputNotFoundError, MetricError
-from medsight.files import atomic_write_text
+from medsight.files import atomic_write_text, read_csv
 from medsight.metrics.bootstrap import bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -267,12 +267,7 @@ def classification_tasks(columns: Sequence[str]) -> dict[str, tuple[str, str]]:
 
 
 def read_predictions(path: Path) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise InputNotFoundError("no such predictions CSV; check the path", path)
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:
-        raise DatasetError(f"not a readable CSV ({type(exc).__name__}: {exc})", path) from exc
+    df = read_csv(path, "predictions CSV")
     if df.empty:
         raise DatasetError("the predictions CSV has no rows", path)
     return df

@@ -67,7 +67,9 @@ def _parse(path: Path, source: Any, magic: bool, strict: bool, defer: str | None
     """Parse a header from a path or bytes; non-DICOM files give None unless ``strict`` (or they claim DICM)."""
     try:
         ds = pydicom.dcmread(source, defer_size=defer, force=magic, specific_tags=tags)
-        ds.get("SeriesInstanceUID")  # touches the parser enough to surface gross corruption here
+        for tag in list(ds.keys()):  # pydicom decodes values on first use: an impossible VR or length in any
+            if tag >> 16 != 0x7FE0:  # element must fail here, as a damaged file, not later in a caller
+                ds[tag]
     except InvalidDicomError as exc:
         if strict or magic:
             raise CorruptFileError("not a DICOM file (no DICM preamble, unreadable header); re-export it from "
