@@ -67,7 +67,9 @@ def main() -> None:
             browser.wait_for("document.getElementById('token') !== null")
             browser.screenshot(ROOT / "docs" / "service-login.png")
             browser.js(f"document.getElementById('token').value = {json.dumps(token)}; document.forms[0].submit()")
-            browser.wait_for("location.pathname === '/worklist' && [...document.images].every(i => i.complete)")
+            n = sum(1 for r in rows if r["thumbnail"])
+            browser.wait_for(f"location.pathname === '/worklist' && document.images.length === {n} && "
+                             "[...document.images].every(i => i.complete && i.naturalWidth > 0)", timeout_s=120)
             browser.screenshot(ROOT / "docs" / "service-worklist.png")
         finally:
             browser.close()
