@@ -171,8 +171,9 @@ WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Im
 
 
 def is_dicom_slide(path: Path) -> bool:
-    """A DICOM WSI file, or a folder holding one (read from the SOP Class UID in the header only)."""
-    import pydicom
+    """A DICOM WSI file, or a folder whose first DICOM file is one: read from the file meta's Media Storage SOP
+    Class UID only (group 0002), so `medsight info` on a CT series still parses each header once (io/dicom)."""
+    from pydicom.filereader import read_file_meta_info
 
     files = sorted(p for p in path.iterdir() if p.is_file())[:8] if path.is_dir() else [path]
     for f in files:
@@ -180,11 +181,10 @@ def is_dicom_slide(path: Path) -> bool:
             with open(f, "rb") as fh:
                 if fh.read(132)[128:132] != b"DICM":
                     continue
-            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            meta = read_file_meta_info(f)
         except Exception:  # noqa: BLE001 - unreadable file: not a slide
             continue
-        if str(ds.get("SOPClassUID", "")) == WSI_SOP_CLASS:
-            return True
+        return str(meta.get("MediaStorageSOPClassUID", "")) == WSI_SOP_CLASS
     return False
 
 
