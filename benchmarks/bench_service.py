@@ -69,6 +69,18 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def wait_up(url: str, tries: int = 600) -> None:
+    """Wait until the service answers /healthz (it imports torch and opens its store first)."""
+    import httpx
+
+    for _ in range(tries):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
 def in_process(package: Path, studies: list[Path], out: Path, dicom: bool) -> float:
     """Seconds to run every study through the model in one process (model loaded once)."""
     from medsight.serve.models import resolve_models
@@ -102,12 +114,7 @@ def service(package: Path, studies: list[Path], work: Path, clients: int, worker
                               start_new_session=True)
     url, h = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_up(url)
         payloads = [[("files", (p.name, p.read_bytes(), "application/dicom")) for p in sorted(s.iterdir())]
                     for s in studies]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
-from bench_service import _port, _series, _toy_package  # noqa: E402
+from bench_service import _port, _series, _toy_package, wait_up  # noqa: E402
 
 
 def main() -> None:
@@ -47,12 +47,7 @@ def main() -> None:
                                    str(port), "--model", str(package), "--workers", "2"], env=env,
                                   start_new_session=True)
         url, h = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_up(url)
         for s in studies:
             files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in sorted(s.iterdir())]
             httpx.post(f"{url}/api/v1/studies", files=files, headers=h, timeout=120).raise_for_status()
