@@ -1,5 +1,5 @@
-"""Which verified model packages the service runs: the ones named on the command line, or every registered,
-non-retired package of the registry ($MEDSIGHT_HOME)."""
+"""Which verified model packages the service runs: the ones named on the command line, or the newest registered,
+non-retired version of every package name in the registry ($MEDSIGHT_HOME)."""
 
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ def resolve_models(refs: list[str]) -> list[ModelRef]:
 
     if refs:
         return [_ref(load_package(r)) for r in refs]
-    out = []
+    newest: dict[str, object] = {}  # a package's folder holds its newest version; older ones are superseded
     for rec in Registry().list():
         if rec.status != "retired" and rec.task in SERVABLE_TASKS:
-            out.append(_ref(load_package(rec.ref)))
-    return out
+            if rec.name not in newest or rec.version > newest[rec.name].version:
+                newest[rec.name] = rec
+    return [_ref(load_package(rec.ref)) for rec in sorted(newest.values(), key=lambda r: r.name)]
 
 
 def verify_model(ref: ModelRef) -> ModelRef:
