@@ -99,6 +99,9 @@ def test_a_killed_worker_s_job_is_finished_exactly_once(tmp_path, seg_package, c
     finally:
         a.wait(10)
     assert store.job(job_id).status == "running"
+    half = settings.home / "results" / f".{job_id}.killed"  # what A leaves when killed while writing its result
+    half.mkdir(parents=True, exist_ok=True)
+    (half / "seg.dcm").write_bytes(b"partial")
     b = _worker(settings, "B")
     try:
         job = _wait(lambda: (j := store.job(job_id)) and j.status == "done" and _done_events(settings, job_id) and j,

@@ -136,6 +136,8 @@ def run_classification(model: ModelRef, folder: Path, out: Path, uid_seed: str, 
 def run_job(model: ModelRef, folder: Path, result_dir: Path, uid_seed: str, tta: bool = True) -> dict[str, Any]:
     """Run and write the result set atomically at ``result_dir``; returns the worklist summary."""
     result_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in result_dir.parent.glob(f".{result_dir.name}.*"):  # a killed attempt's half-written folder: only
+        shutil.rmtree(stale, ignore_errors=True)  # the worker holding the claim gets here, so none is in use
     tmp = Path(tempfile.mkdtemp(prefix=f".{result_dir.name}.", dir=result_dir.parent))
     try:
         fn = run_segmentation if model.task == "segmentation" else run_classification

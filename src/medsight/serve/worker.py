@@ -37,6 +37,8 @@ def fetch_dicomweb(url: str, study_uid: str, folder: Path) -> Path:
 
     client = DICOMwebClient(url=url)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.*"):  # a killed attempt's partial download
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         for i, ds in enumerate(client.retrieve_study(study_uid)):
