@@ -11,6 +11,7 @@ import torch
 
 from medsight.image import Geometry, Image
 from medsight.plan.planner import make_plan
+from medsight.segmentation.losses import DeepSupervisionLoss
 from medsight.segmentation.sampling import Sample, batch, crop
 
 
@@ -27,13 +28,14 @@ def test_planner_chooses_3d_for_isotropic_and_25d_for_thick_slices() -> None:
     assert iso.default_configuration == "3d" and thick.default_configuration == "2.5d"
     assert any("default configuration 2.5d" in r for r in thick.reasons)
     assert iso.config("2.5d").context_slices == 2 and iso.config("2.5d").spatial_dims == 2
-    # lesion labels: half the patches foreground-centred, half of those on the lesion
+    # lesion labels: half the patches foreground-centred, three quarters of those on the lesion; balanced CE
     cfg = iso.config("3d")
-    assert cfg.foreground_oversample == 0.5 and cfg.class_sampling == {"1": 0.25, "2": 0.25, "3": 0.5}
+    assert cfg.foreground_oversample == 0.5 and cfg.class_sampling == {"1": 0.125, "2": 0.125, "3": 0.75}
+    assert cfg.loss == "dice_balanced_ce"
     assert iso.postprocess["lesion_labels"] == {"3": "lesion"}
     assert iso.postprocess["min_lesion_volume_ml"] == pytest.approx(2 * 8 / 1000)  # two 2-mm voxels
     plain = make_plan(_fp([[2.0, 2.0, 2.0]] * 3, [[80, 96, 80]] * 3, {"background": 0, "liver": 1}), memory_gb=0.5)
-    assert plain.postprocess == {} and plain.config("3d").class_sampling == {}
+    assert plain.postprocess == {} and plain.config("3d").class_sampling == {} and plain.config("3d").loss == "dice_ce"
 
 
 def test_25d_crop_stacks_clamped_neighbour_slices_as_channels() -> None:
@@ -66,7 +68,7 @@ def test_class_first_sampling_gives_the_lesion_its_planned_share() -> None:
         samples.append(Sample(np.zeros((1, 16, 16, 16), np.float32), lab, fg))
     rng = np.random.default_rng(0)
     hits = sum(int((batch(samples, cfg, rng, do_augment=False)[1] == 3).any()) for _ in range(400))
-    assert 0.42 < hits / 400 < 0.58  # planned share 0.5 (binomial sd 0.025)
+    assert 0.68 < hits / 400 < 0.82  # planned share 0.75 (binomial sd 0.022)
     old = replace(cfg, class_sampling={})
     hits_old = sum(int((batch(samples, old, rng, do_augment=False)[1] == 3).any()) for _ in range(400))
     assert hits_old / 400 < 0.08  # case first: 1/10 cases x 1/3 classes = 0.033
@@ -94,7 +96,6 @@ def test_balanced_cross_entropy_weights_by_inverse_sqrt_frequency() -> None:
     import torch.nn.functional as F
     from monai.losses import DiceLoss
 
-    from medsight.segmentation.losses import DeepSupervisionLoss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 6, 6, 4)
@@ -109,3 +110,13 @@ def test_balanced_cross_entropy_weights_by_inverse_sqrt_frequency() -> None:
             + F.cross_entropy(logits, target[:, 0], weight=torch.tensor(w, dtype=torch.float32)))
     assert DeepSupervisionLoss(balanced_ce=True)(logits, target).item() == pytest.approx(want.item(), rel=1e-5)
     assert w[3] == pytest.approx(np.sqrt(n[1] / 1))  # the lesion's weight, worked by hand
+
+
+def test_plan_names_its_loss_and_an_unknown_loss_is_a_config_error() -> None:
+    from medsight.errors import ConfigError
+    from medsight.segmentation.losses import segmentation_loss
+
+    assert segmentation_loss("dice_balanced_ce").loss.__func__ is DeepSupervisionLoss._balanced
+    assert not hasattr(segmentation_loss("dice_ce"), "dice")
+    with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'"):
+        segmentation_loss("focal")

@@ -1,5 +1,5 @@
 """Train one fold of a plan configuration as a task on the engine: patches with foreground oversampling,
-augmentation, DiceCE with deep supervision, AdamW (or SGD) with a poly learning-rate schedule.
+augmentation, the plan's loss (DiceCE, class-balanced for lesions) with deep supervision, AdamW (or SGD) with a poly learning-rate schedule.
 
 The engine (engine/loop.py) makes it resumable: every epoch draws its patches from ``epoch_rng(seed, fold,
 epoch)`` and the checkpoint holds model, optimiser and history, so a run killed after epoch k and restarted ends
@@ -30,7 +30,7 @@ from medsight.errors import ConfigError, DatasetError
 from medsight.files import atomic_write_text
 from medsight.nets.segmentation import build_model, count_parameters, network_provenance
 from medsight.plan.plan import ConfigPlan, Plan
-from medsight.segmentation.losses import DeepSupervisionLoss, soft_dice_per_class
+from medsight.segmentation.losses import segmentation_loss, soft_dice_per_class
 from medsight.segmentation.sampling import Sample, batch, prepare
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class SegTask(Task):
         self.ds, self.plan, self.cfg, self.seed, self.quiet = ds, plan, cfg, seed, quiet
         self.train_ids, self.val_ids = train_ids, val_ids
         self.n_classes = len(plan.labels)
-        self.loss_fn = DeepSupervisionLoss()
+        self.loss_fn = segmentation_loss(cfg.loss)
         self.train: list[Sample] = []
         self.val_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
