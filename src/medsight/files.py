@@ -6,7 +6,9 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,6 +33,74 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def owner_tag() -> str:
+    """``~<pid>-<host hash>~``: marks a temporary as this process's, so that a later run can tell a killed run's
+    leftover (its process is gone) from a temporary that a concurrent run is still writing."""
+    return f"~{os.getpid()}-{_HOST}~"
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def temp_prefix(target: str | Path, kind: str = "") -> str:
+    """The name prefix of a temporary beside ``target``: ``.<name>.~<pid>-<host>~<kind>``."""
+    return f".{Path(target).name}.{owner_tag()}{kind}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(name: str, prefix: str | None = None) -> bool:
+    """Whether ``name`` is a temporary (``temp_prefix``) of a process of this host that no longer runs."""
+    if not name.startswith(".") or (prefix is not None and not name.startswith(prefix)):
+        return False
+    m = re.search(r"\.~(\d+)-([0-9a-f]{6})~", name)
+    return bool(m) and m.group(2) == _HOST and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1)))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def sweep_stale(target: str | Path) -> list[Path]:
+    """Remove the temporaries a killed run left beside ``target`` (``.<name>.~<pid>-<host>~...`` of a process that
+    is gone); those of running processes and of other hosts are left alone. Returns what was removed."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    prefix = f".{target.name}."
+    gone = [p for p in target.parent.iterdir() if _stale(p.name, prefix)]
+    for p in gone:
+        _remove(p)
+    return gone
+
+
+def sweep_tree(root: str | Path) -> list[Path]:
+    """``sweep_stale`` for every temporary anywhere under ``root`` (a killed run's half-written files and folders)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    gone: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            if _stale(name):
+                _remove(Path(folder) / name)
+                gone.append(Path(folder) / name)
+        dirs[:] = [d for d in dirs if not _stale(d)]
+    return gone
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success fsync it and rename it over ``target``.
@@ -40,7 +110,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=suffix or ".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -78,13 +148,15 @@ def atomic_dir(target: str | Path, replaces: tuple[str, ...] = ()) -> Iterator[P
     leaves the old set or the new one, never a mix. Entries of an existing ``target`` not named in ``replaces``
     (nor written anew) are someone else's: they are hard-linked into the new folder first, so they survive the
     swap. On any exception the temporary folder is removed and ``target`` is left as it was. A leftover
-    ``.<name>.*.tmp`` folder beside ``target`` is a killed run (it never shadows the outputs).
+    ``.<name>.~<pid>-<host>~*.tmp`` folder beside ``target`` is a killed run (it never shadows the outputs); the
+    next ``atomic_dir`` of the same target removes it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    sweep_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         for f in tmp.rglob("*"):
@@ -100,7 +172,7 @@ def atomic_dir(target: str | Path, replaces: tuple[str, ...] = ()) -> Iterator[P
                     shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy, symlinks=True)
                 else:
                     _link_or_copy(entry, tmp / entry.name)
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".old", dir=target.parent))
             os.replace(target, old / target.name)
         os.replace(tmp, target)
         _fsync_dir(target.parent)

@@ -23,7 +23,7 @@ from medsight.classification.model_io import ClassifierBundle, load_classifier
 from medsight.errors import InputNotFoundError, MedsightError
 from medsight.explain.gradcam import gradcam_maps, to_image_grid
 from medsight.explain.overlays import save_overlay
-from medsight.files import atomic_write_text, atomic_write_with
+from medsight.files import atomic_dir, atomic_write_text, atomic_write_with, sweep_stale
 from medsight.image import Image
 from medsight.io import RASTER_SUFFIXES, read_image
 
@@ -77,24 +77,50 @@ def predict_images(model_dir: str | Path | ClassifierBundle, inputs: Sequence[st
     paths = expand_inputs(inputs, bundle.config["spatial_dims"])
     output_csv = Path(output_csv)
     heat_root = Path(heatmap_dir) if heatmap_dir else output_csv.with_name(_stem(output_csv) + "_gradcam")
+    sweep_stale(output_csv)  # a killed run's half-written table
+    if not (gradcam or evidence):  # no figures: the table is the only output
+        table = _classify_all(bundle, paths, heat_root, heat_root, gradcam, quiet, assessor, evidence)
+        atomic_write_text(output_csv, _csv(table))
+        return table
+    # the figures are one set: written into a staging folder renamed into place, so a kill leaves the old set or
+    # the new one; the table (which names them) is written last, inside the same rename when it lives there
+    together = output_csv.parent.resolve() == heat_root.resolve()
+    with atomic_dir(heat_root) as staging:
+        table = _classify_all(bundle, paths, staging, heat_root, gradcam, quiet, assessor, evidence)
+        if together:
+            atomic_write_text(staging / output_csv.name, _csv(table))
+    if not together:
+        atomic_write_text(output_csv, _csv(table))
+    return table
+
+
+def _csv(table: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    table.to_csv(buf, index=False, lineterminator="\n")
+    return buf.getvalue()
+
+
+def _classify_all(bundle: ClassifierBundle, paths: list[Path], write_root: Path, heat_root: Path, gradcam: bool,
+                  quiet: bool, assessor: Any, evidence: bool) -> pd.DataFrame:
+    """One row per image; figures are written under ``write_root`` and named by their place under ``heat_root``."""
     rows = []
     for i, path in enumerate(tqdm(paths, desc="predict", disable=quiet, unit="img")):
         image = read_image(path)
         heats: dict[str, np.ndarray] | None = {} if evidence else None
-        row = _predict_one(bundle, image, path, heat_root, f"{i:04d}_{_stem(path)}", gradcam, heats)
+        row = _predict_one(bundle, image, path, write_root, f"{i:04d}_{_stem(path)}", gradcam, heats)
         if assessor is not None:
             row.update(_referral(bundle, assessor, image))
         if heats is not None:
             from medsight.explain.predictions import write_classification_evidence
 
             row.update(write_classification_evidence(image, heats, row, bundle.config["activation"], _calibrated(bundle),
-                                                     heat_root, f"{i:04d}_{_stem(path)}"))
+                                                     write_root, f"{i:04d}_{_stem(path)}"))
+        if write_root != heat_root:
+            staged = str(write_root)
+            row = {k: (str(heat_root) + v[len(staged):] if isinstance(v, str) and v.startswith(staged) else v)
+                   for k, v in row.items()}
         rows.append(row)
-    table = pd.DataFrame(rows)
-    buf = io.StringIO()
-    table.to_csv(buf, index=False, lineterminator="\n")
-    atomic_write_text(output_csv, buf.getvalue())
-    return table
+    return pd.DataFrame(rows)
 
 
 def _referral(bundle: ClassifierBundle, assessor, image: Image) -> dict[str, Any]:  # noqa: ANN001

@@ -73,6 +73,7 @@ def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[s
     from medsight.classification.package import package_classifier
     from medsight.classification.train import TrainConfig, train_classifier
     from medsight.engine.energy import EnergyMeter
+    from medsight.files import sweep_stale, temp_prefix
     from medsight.package.package import check_target
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
@@ -84,7 +85,8 @@ def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[s
                       carvemix=carvemix)
     check_target(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.train-", dir=out_dir.parent))
+    sweep_stale(out_dir)  # a killed run's training folder and package staging beside --out
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir, "train-"), dir=out_dir.parent))
     try:
         with EnergyMeter() as meter:
             result = train_classifier(manifest, work / "model", cfg, quiet=quiet)

@@ -2,8 +2,9 @@
 
 Segmentation numbers come from the segmentation stage's per-case table; a classifier section is added when the
 classification stage left per-case predictions (``ctx.paths["cls_predictions"]``: case_id,y_true,prob,...), at the
-unit those rows count (scans: the safety stage calibrates and thresholds them as scans) with the operating point the
-model folder stores. Each model gets a generated card (``model_card.md`` in its folder, shown in the report), and the
+unit those rows count, with the operating point the model folder stores; when the safety stage ran, its own table
+(``ctx.paths["safety_scan_predictions"]``: the scans calibrated and thresholded as scans) and its calibrated copy of
+the classifier package (``ctx.paths["safety_classifier"]``) are used instead. Each model gets a generated card (``model_card.md`` in its folder, shown in the report), and the
 per-case tables behind every headline number are copied beside report.json so that anyone can recompute them.
 """
 
@@ -54,10 +55,11 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
     doc = res.to_dict()
     cards = [card_for(doc, "segmentation", model_dir, "demo segmentation (DynUNet)", data, CARD_TEXT,
                       res.worst_cases, res.model["hashes"])]
-    cls_pred = ctx.paths.get("cls_predictions")
+    # the safety stage's scan-level table and calibrated package when it ran, else the classification stage's own
+    cls_pred = ctx.paths.get("safety_scan_predictions") or ctx.paths.get("cls_predictions")
     if cls_pred and Path(cls_pred).is_file():
         cls_pred = Path(cls_pred).resolve()
-        cls_model = Path(ctx.paths.get("cls_model", cls_pred.parent)).resolve()
+        cls_model = Path(ctx.paths.get("safety_classifier") or ctx.paths.get("cls_model", cls_pred.parent)).resolve()
         cls_data = Path(ctx.paths.get("cls_volumes", data)).resolve()
         table = pd.read_csv(cls_pred, dtype={"case_id": str})
         unit = "scan" if "split" in table.columns else "case"

@@ -4,12 +4,17 @@ ECE before/after, OOD AUROC per detector and set, referral keep rates and risk-c
 Uses the project classifier (``ctx.paths["cls_model"]``) when the classification stage produced one and its
 data can be rebuilt; otherwise the safety layer's small reference task (real MNI anatomy, simulated lesions,
 three sites) so that the stage always runs. Budget: well under a minute.
+
+Everything it writes lies under ``<out>/safety``: the calibration, OOD detectors, referral rule and scan-level
+operating point become versions of its own copy of the classifier package (``safety/classifier``), and the
+scan-level table is ``safety/predictions_per_scan.csv``; the classification stage's outputs are only read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +28,15 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
     from medsight.safety.tasks import build_safety_task
 
     out = Path(ctx.out_dir) / "safety"
-    task = build_safety_task(ctx.paths.get("cls_model"), seed=ctx.seed, fast=ctx.fast, quiet=ctx.quiet,
-                             work_dir=out)
+    cls_model = ctx.paths.get("cls_model")
+    if cls_model is not None and (Path(cls_model) / "manifest.json").is_file():
+        # the calibration, OOD detectors and operating point become versions of this stage's own copy of the
+        # classifier package: the classification stage's package stays as it wrote it (a rerun of this stage
+        # starts from the same uncalibrated model)
+        from medsight.package.package import derive_package, load_package
+
+        cls_model = derive_package(load_package(cls_model), files={}, dest_dir=out / "classifier").path
+    task = build_safety_task(cls_model, seed=ctx.seed, fast=ctx.fast, quiet=ctx.quiet, work_dir=out)
     res = task.evaluate(quiet=ctx.quiet, mc_samples=0)  # MC dropout is in the benchmark; the demo keeps to budget
     arts = res.pop("artifacts")
     from medsight.safety.assess import SafetyAssessor
@@ -37,9 +49,12 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
     examples = _examples(task, assessor)
     scan_level: dict[str, Any] = {"skipped": "no per-scan predictions (the reference task has no scans)"}
     if task.case_ids and ctx.paths.get("cls_predictions"):
-        ctx.paths["cls_predictions"], scan_level = _scan_predictions(
-            task, assessor, Path(ctx.paths["cls_predictions"]), ctx.paths.get("cls_manifest"))
+        ctx.paths["safety_scan_predictions"], scan_level = _scan_predictions(
+            task, assessor, Path(ctx.paths["cls_predictions"]), out / "predictions_per_scan.csv",
+            ctx.paths.get("cls_manifest"))
         ctx.paths["cls_scan_level"] = task.model_dir / "scan_level.json"
+    if Path(task.model_dir).resolve() != Path(ctx.paths.get("cls_model", "")).resolve():
+        ctx.paths["safety_classifier"] = task.model_dir  # the calibrated package the report describes
     ctx.paths["safety_calibration"] = task.model_dir / "calibration.json"
     ctx.paths["safety_referral"] = task.model_dir / "referral.json"
 
@@ -112,8 +127,10 @@ def _num(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), 4)
 
 
-def _scan_predictions(task, assessor, path: Path, manifest: Path | None) -> tuple[Path, dict[str, Any]]:  # noqa: ANN001
-    """Rewrite the classification stage's per-scan table at the unit of decision, the scan: each scan's score is
+def _scan_predictions(task, assessor, source: Path, path: Path,  # noqa: ANN001
+                      manifest: Path | None) -> tuple[Path, dict[str, Any]]:
+    """The classification stage's per-scan table (``source``, left as it is) redone at the unit of decision, the
+    scan, into ``path``: each scan's score is
     its highest slice logit, calibrated and thresholded by a scan-level fit on the validation scans (stored as
     ``scan_level.json`` beside the model), and it is referred when any of its slices is. Validation scans are
     kept (``split`` = val) so the report can show what the fit gave there; the evidence-slice columns ``image``
@@ -149,10 +166,15 @@ def _scan_predictions(task, assessor, path: Path, manifest: Path | None) -> tupl
     level.save(task.model_dir)
     scans["prob_uncalibrated"] = 1 / (1 + np.exp(-scans["logit"]))
     scans["prob"] = level.probabilities(scans["logit"].to_numpy())
-    before = pd.read_csv(path, dtype={"case_id": str}) if path.is_file() else None
+    before = pd.read_csv(source, dtype={"case_id": str}) if source.is_file() else None
     if before is not None and "image" in before.columns:  # keep the evidence slice the classification stage chose
-        scans = scans.merge(before[["case_id", *[c for c in ("image", "mask") if c in before.columns]]],
-                            on="case_id", how="left")
+        cols = [c for c in ("image", "mask") if c in before.columns]
+        evidence = before[["case_id", *cols]].copy()
+        for col in cols:  # relative to the source table's folder there; to this table's folder here
+            evidence[col] = [p if not isinstance(p, str) else
+                             os.path.relpath((source.resolve().parent / p).resolve(), path.resolve().parent)
+                             for p in evidence[col]]
+        scans = scans.merge(evidence, on="case_id", how="left")
     atomic_write_text(path, scans.to_csv(index=False, lineterminator="\n"))
     test = scans[scans["split"] == "test"]
     return path, {"unit": "scan", "temperature": round(level.temperature, 4), "bias": round(level.bias, 4),

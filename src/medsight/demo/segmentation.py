@@ -22,6 +22,8 @@ from medsight.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+OUTPUTS = ("data", "segmentation")  # folders under the demo's --out that this stage writes (medsight.cli.demo)
+
 N_CASES, N_CASES_FAST = 40, 12
 MEMORY_GB, BASE_FILTERS = 0.5, 8
 EPOCHS, ITERATIONS = 20, 10

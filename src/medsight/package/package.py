@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medsight.errors import ConfigError, InputNotFoundError
-from medsight.files import _fsync_dir, atomic_write_text
+from medsight.files import _fsync_dir, atomic_write_text, sweep_stale, temp_prefix
 from medsight.package.manifest import (MANIFEST, TASKS, PackageError, build_manifest, read_manifest,
                                        verify_folder)
 
@@ -113,7 +113,7 @@ def _publish(staging: Path, dest: Path) -> None:
     elif _exchange(staging, dest):
         shutil.rmtree(staging, ignore_errors=True)  # now holds the old package
     else:  # no atomic exchange on this system: two renames, the old one kept until the new one is in place
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        old = dest.with_name(f"{temp_prefix(dest)}old")
         os.rename(dest, old)
         os.rename(staging, dest)
         shutil.rmtree(old, ignore_errors=True)
@@ -144,7 +144,8 @@ def save_package(src_dir: str | Path, dest_dir: str | Path, *, task: str, name: 
         raise InputNotFoundError("model folder not found or empty", src)
     check_target(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    sweep_stale(dest)  # a killed writer's staging folder (its process is gone)
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(dest, "staging-"), dir=dest.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make the published package private to its writer
@@ -176,7 +177,7 @@ def derive_package(parent: Package, *, files: dict[str, bytes | None], extra: di
     """
     dest = Path(dest_dir) if dest_dir is not None else parent.path
     verify_folder(parent.path, parent.manifest)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.derive-", dir=dest.parent if dest.parent.exists() else None))
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(dest, "derive-"), dir=dest.parent if dest.parent.exists() else None))
     try:
         shutil.copytree(parent.path, work, dirs_exist_ok=True, ignore=_SKIP)
         for rel, data in files.items():

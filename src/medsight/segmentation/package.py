@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from medsight.errors import InputNotFoundError
-from medsight.files import atomic_write_text, sha256_file
+from medsight.files import atomic_write_text, sha256_file, temp_prefix
 from medsight.package.package import Package, save_package
 
 PACKAGE_FILES = ("plan.json", "dataset.json", "splits.json")
@@ -54,7 +54,7 @@ def package_segmentation(train_dir: str | Path, model_dir: str | Path, *, name: 
         raise InputNotFoundError("no finished fold (fold_*/model_final.pt) to package", src)
     dest = Path(model_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.seg-", dir=dest.parent))
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(dest, "seg-"), dir=dest.parent))
     try:
         for f in PACKAGE_FILES:
             if (src / f).is_file():

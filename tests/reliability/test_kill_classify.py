@@ -1,0 +1,137 @@
+"""``kill -9`` at random points of ``train-cls`` and ``predict-cls`` (real processes), then a rerun: the same
+weights, probabilities and heatmaps as an uninterrupted run, and nothing half-written left beside the outputs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medsight.classification.model_io import load_classifier
+from medsight.image import Geometry, Image
+from medsight.io.nifti import write_nifti
+
+
+N_KILLS = 3
+TRAIN = ("--epochs", "3", "--batch-size", "16", "--backbone", "resnet10", "--input-size", "32,32", "--seed", "1")
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MEDSIGHT_HOME": str(home)}
+
+
+def _run(home: Path, *argv: str) -> float:
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "medsight.cli.main", "-q", *argv], env=_env(home),
+                       capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode()
+    return time.perf_counter() - t
+
+
+def _kill_after(home: Path, seconds: float, *argv: str) -> bool:
+    """Start medsight, SIGKILL it after ``seconds``; True when it was still running (the kill landed)."""
+    p = subprocess.Popen([sys.executable, "-m", "medsight.cli.main", "-q", *argv], env=_env(home),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        p.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        return True
+
+
+def _kill_points(whole: float, seed: int) -> list[float]:
+    """Random points in the second half of the first 95% of a run (start-up, mostly imports, is the first ~40%)."""
+    rng = random.Random(seed)
+    return sorted(whole * rng.uniform(0.45, 0.95) for _ in range(N_KILLS))
+
+
+def _hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 noise images of 32x32 (one-slice NIfTI), every second with a bright square; 24 patients."""
+    root = tmp_path_factory.mktemp("kill_cls") / "data"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(48):
+        a = rng.normal(100.0, 10.0, (32, 32)).astype(np.float32)
+        ci, cj = (int(v) for v in rng.integers(2, 22, 2))
+        a[ci:ci + 8, cj:cj + 8] += 60.0 * (i % 2)
+        write_nifti(Image(a[:, :, None], Geometry.identity(3)), root / f"img{i:03d}.nii.gz", sidecar=False)
+        rows.append(f"img{i:03d}.nii.gz,P{i // 2:03d},s1,{i % 2}\n")
+    manifest = root / "manifest.csv"
+    manifest.write_text("image,patient_id,site,square\n" + "".join(rows))
+    return manifest
+
+
+def _weights(model: Path) -> dict[str, torch.Tensor]:
+    return load_classifier(model).model.state_dict()
+
+
+@pytest.mark.slow
+def test_train_cls_killed_then_rerun_equals_uninterrupted(squares: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ref = tmp_path / "ref"
+    whole = _run(home, "train-cls", str(squares), "--out", str(ref), *TRAIN)
+    want = _weights(ref)
+    landed = 0
+    for i, t in enumerate(_kill_points(whole, 17)):
+        out = tmp_path / f"model{i}"
+        landed += _kill_after(home, t, "train-cls", str(squares), "--out", str(out), *TRAIN)
+        if out.exists():  # a package appears only complete (one rename)
+            assert (out / "manifest.json").is_file() and (out / "model.pt").is_file()
+        _run(home, "train-cls", str(squares), "--out", str(out), *TRAIN)
+        got = _weights(out)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), f"kill at {t:.1f} s"
+        assert _hidden(tmp_path) == [], "a killed run's training or staging folder was left"
+    assert landed >= 2, "the kills all came after training ended: the test proved nothing"
+
+
+def _table(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_predict_cls_killed_then_rerun_equals_uninterrupted(squares: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    model = tmp_path / "model"
+    _run(home, "train-cls", str(squares), "--out", str(model), "--epochs", "1", "--batch-size", "16",
+         "--backbone", "resnet10", "--input-size", "32,32")
+    images = squares.parent
+    ref = tmp_path / "ref" / "pred.csv"
+    whole = _run(home, "predict-cls", str(model), str(images), str(ref), "--evidence")
+    want = _table(ref)
+    ref_heat = ref.with_name("pred_gradcam")
+    want_arrays = {p.name: np.load(p) for p in ref_heat.glob("*.npy")}
+    assert len(want) == 48 and len(want_arrays) == 48
+    landed = 0
+    for i, t in enumerate(_kill_points(whole, 23)):
+        out = tmp_path / f"pred{i}" / "pred.csv"
+        heat = out.with_name("pred_gradcam")
+        landed += _kill_after(home, t, "predict-cls", str(model), str(images), str(out), "--evidence")
+        assert not out.exists() or len(_table(out)) == 48, "a partial table"
+        if heat.exists():  # the heatmaps arrive as one set, never some of them
+            assert {p.name for p in heat.glob("*.npy")} == set(want_arrays)
+        _run(home, "predict-cls", str(model), str(images), str(out), "--evidence")
+        got = _table(out)
+        assert [{k: v.replace(str(out.parent), "") for k, v in r.items()} for r in got] == \
+            [{k: v.replace(str(ref.parent), "") for k, v in r.items()} for r in want]
+        arrays = {p.name: np.load(p) for p in heat.glob("*.npy")}
+        assert arrays.keys() == want_arrays.keys() and all(np.array_equal(arrays[k], want_arrays[k]) for k in arrays)
+        assert {p.name for p in heat.iterdir()} == {p.name for p in ref_heat.iterdir()}
+        assert _hidden(out.parent) == [] and _hidden(heat) == [], "temporary files left"
+    assert landed >= 2, "the kills all came after prediction ended: the test proved nothing"
