@@ -7,13 +7,11 @@ short summary. Definitions of every metric are in docs/metrics.md.
 from __future__ import annotations
 
 import datetime as dt
-import platform
 from pathlib import Path
 from typing import Any
 
 import click
 
-from medsight import __version__
 from medsight.cli.evaluate_lesions import lesion_options
 from medsight.files import atomic_dir
 
@@ -28,15 +26,9 @@ def _quiet(ctx: click.Context) -> bool:
 
 def _versions() -> dict[str, str]:
     """Versions of the libraries the metrics rest on (read from package metadata: no heavy imports)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from medsight.package.manifest import library_versions
 
-    out = {"medsight": __version__, "python": platform.python_version()}
-    for pkg in ("numpy", "scipy", "scikit-learn", "pandas", "monai"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
+    return library_versions(("medsight", "numpy", "scipy", "scikit-learn", "pandas", "monai"))
 
 
 def _stamp() -> str:

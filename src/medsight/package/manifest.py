@@ -35,10 +35,11 @@ class PackageError(IntegrityError):
     """A model package that does not verify: changed, missing or unlisted file, edited manifest, retired model."""
 
 
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries a model's behaviour depends on (metadata only: no imports)."""
+def library_versions(names: tuple[str, ...] = TRACKED_LIBRARIES) -> dict[str, str]:
+    """Installed versions of the libraries a result depends on (metadata only: no imports); absent ones are left
+    out. The one place medsight reads versions: packages, reports and evaluation tables all call it."""
     out = {"python": platform.python_version()}
-    for name in TRACKED_LIBRARIES:
+    for name in names:
         try:
             out[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:

@@ -7,7 +7,6 @@ model folders, package versions.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata as md
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pandas as pd
 
 from medsight.errors import DatasetError, InputNotFoundError, MedsightError
 from medsight.files import sha256_file
+from medsight.package.manifest import library_versions
 from medsight.metrics.tables import reference_present
 from medsight.report.results import ValidationResults, clean
 from medsight.report.validate import classification_cohort, classification_section, segmentation_section
@@ -24,17 +24,6 @@ from medsight.report.validate import classification_cohort, classification_secti
 MANIFEST_COLUMNS = ("site", "scanner", "sex", "age")
 PACKAGES = ("medsight", "torch", "monai", "numpy", "scikit-learn", "scipy", "nibabel", "SimpleITK")
 MAX_HASHED_BYTES = 512 * 2**20
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of the packages that shape the numbers (from metadata: nothing heavy imported)."""
-    out = {}
-    for p in PACKAGES:
-        try:
-            out[p] = md.version(p)
-        except md.PackageNotFoundError:
-            continue
-    return out
 
 
 def model_provenance(model_dir: Path, name: str, task: str) -> dict[str, Any]:
@@ -45,7 +34,7 @@ def model_provenance(model_dir: Path, name: str, task: str) -> dict[str, Any]:
         for f in sorted(model_dir.rglob("*")):
             if f.is_file() and f.suffix in (".json", ".pt", ".pth", ".ckpt") and f.stat().st_size < MAX_HASHED_BYTES:
                 hashes[str(f.relative_to(model_dir))] = sha256_file(f)
-    return {"name": name, "task": task, "dir": str(model_dir), "hashes": hashes, "versions": versions()}
+    return {"name": name, "task": task, "dir": str(model_dir), "hashes": hashes, "versions": library_versions(PACKAGES)}
 
 
 def read_manifest(dataset: Path) -> pd.DataFrame:
