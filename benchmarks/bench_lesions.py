@@ -34,14 +34,10 @@ def run_once(out: Path, profile: str, seed: int, train_seconds: float, epochs: i
     from medsight.data.dataset import load_dataset
     from medsight.data.fingerprint import compute_fingerprint
     from medsight.data.splits import dataset_folds
-    from medsight.demo.segmentation import BASE_FILTERS, MEMORY_GB, OVERLAP, _threads
-    from medsight.io.nifti import read_nifti
-    from medsight.metrics.lesions import case_lesions, summarise_lesions
-    from medsight.metrics.segmentation import dice
+    from medsight.demo.segmentation import BASE_FILTERS, MEMORY_GB, _threads
     from medsight.plan.planner import make_plan
-    from medsight.segmentation.predict import Predictor
     from medsight.segmentation.train import train_fold
-    from medsight.synthetic.demo import LABELS, TRAINING_SITES, UNSEEN_SITE, build_demo_dataset
+    from medsight.synthetic.demo import TRAINING_SITES, UNSEEN_SITE, build_demo_dataset
 
     torch.set_num_threads(_threads())
     data = build_demo_dataset(out.parent / f"data_{profile}_{data_seed}", n_cases=n_cases, seed=data_seed,
@@ -59,8 +55,6 @@ def run_once(out: Path, profile: str, seed: int, train_seconds: float, epochs: i
     summary = train_fold(ds, plan, config, 0, model_dir, fold["train"], fold["val"], seed=seed,
                          max_seconds=train_seconds, quiet=True)
     train_s = time.perf_counter() - t
-    predictor = Predictor(model_dir, mirror_axes=[0], overlap=OVERLAP)
-    lesion = LABELS["lesion"]
     groups: dict[str, list[str]] = {"held_out": list(fold["val"]),
                                     "unseen_site": [c.case_id for c in ds.cases if c.site == UNSEEN_SITE]}
     res: dict[str, Any] = {"profile": profile, "seed": seed, "config": config, "train_seconds": round(train_s, 1),
@@ -68,6 +62,24 @@ def run_once(out: Path, profile: str, seed: int, train_seconds: float, epochs: i
                            "iterations_per_epoch": iterations, "patch_size": plan.config(config).patch_size,
                            "torch_threads": torch.get_num_threads()}
     t = time.perf_counter()
+    res.update(evaluate(model_dir, ds, groups, seed))
+    res["predict_seconds"] = round(time.perf_counter() - t, 1)
+    (out / "result.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
+def evaluate(model_dir: Path, ds: Any, groups: dict[str, list[str]], seed: int) -> dict[str, Any]:
+    """Voxel Dice per class and lesion-wise metrics of the model in ``model_dir`` on each group of cases."""
+    from medsight.demo.segmentation import OVERLAP
+    from medsight.io.nifti import read_nifti
+    from medsight.metrics.lesions import case_lesions, summarise_lesions
+    from medsight.metrics.segmentation import dice
+    from medsight.segmentation.predict import Predictor
+    from medsight.synthetic.demo import LABELS
+
+    predictor = Predictor(model_dir, mirror_axes=[0], overlap=OVERLAP)
+    lesion = LABELS["lesion"]
+    res: dict[str, Any] = {}
     for group, ids in groups.items():
         cases, per = [], {"grey_matter": [], "white_matter": [], "lesion": []}
         for cid in ids:
@@ -90,8 +102,25 @@ def run_once(out: Path, profile: str, seed: int, train_seconds: float, epochs: i
         res[f"{group}_lesion_fp_per_case"] = s["metrics"]["fp_per_case"]["value"]
         res[f"{group}_lesion_sensitivity_at_1fp"] = s["froc"]["sensitivity_at_1fp"]
         res[f"{group}_lesion_f1"] = s["metrics"]["f1"]["value"]
-    res["predict_seconds"] = round(time.perf_counter() - t, 1)
-    (out / "result.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
+def evaluate_fresh(result_dir: Path, data_seed: int, n_cases: int = 40) -> dict[str, Any]:
+    """Score a finished run's model on a freshly generated dataset (other patients, same generator and profile):
+    the demo split holds 1 held-out and 2 site_C cases with a lesion, too few to say anything alone."""
+    from medsight.data.dataset import load_dataset
+    from medsight.synthetic.demo import TRAINING_SITES, UNSEEN_SITE, build_demo_dataset
+
+    res = json.loads((result_dir / "result.json").read_text())
+    data = build_demo_dataset(result_dir.parent / f"data_{res['profile']}_{data_seed}", n_cases=n_cases,
+                              seed=data_seed, quiet=True, lesion_profile=res["profile"])
+    ds = load_dataset(data)
+    groups = {"fresh_training_sites": [c.case_id for c in ds.cases if c.site in TRAINING_SITES],
+              "fresh_site_C": [c.case_id for c in ds.cases if c.site == UNSEEN_SITE]}
+    t = time.perf_counter()
+    res.update(evaluate(result_dir / "model", ds, groups, res["seed"]))
+    res["fresh_data_seed"], res["fresh_predict_seconds"] = data_seed, round(time.perf_counter() - t, 1)
+    (result_dir / "result.json").write_text(json.dumps(res, indent=2))
     return res
 
 
@@ -103,7 +132,9 @@ def _median(rows: list[dict[str, Any]], key: str, digits: int = 3) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| profile | config | seeds | train s (median) | epochs | held-out lesion Dice (n cases) | "
             "held-out lesion sens. / FP per case | sens. at <= 1 FP/case | held-out GM / WM Dice | "
-            "site_C lesion Dice (n) | site_C sens. at <= 1 FP |\n|" + "---|" * 11)
+            "site_C lesion Dice (n) | site_C sens. at <= 1 FP | fresh cases: lesion Dice (n) | fresh: sens. / FP per case | "
+            "fresh: sens. at <= 1 FP | fresh: GM / WM Dice | fresh site_C: lesion Dice (n) / sens. at <= 1 FP |\n|"
+            + "---|" * 16)
     lines = [head]
     keys = sorted({(r["profile"], r["config"]) for r in rows})
     for prof, cfg in keys:
@@ -116,7 +147,15 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_median(rs, 'held_out_lesion_sensitivity_at_1fp')} | "
             f"{_median(rs, 'held_out_dice_grey_matter')} / {_median(rs, 'held_out_dice_white_matter')} | "
             f"{_median(rs, 'unseen_site_dice_lesion')} ({rs[0]['unseen_site_lesion_cases']}) | "
-            f"{_median(rs, 'unseen_site_lesion_sensitivity_at_1fp')} |")
+            f"{_median(rs, 'unseen_site_lesion_sensitivity_at_1fp')} | "
+            f"{_median(rs, 'fresh_training_sites_dice_lesion')} ({rs[0].get('fresh_training_sites_lesion_cases', 0)}) | "
+            f"{_median(rs, 'fresh_training_sites_lesion_sensitivity')} / "
+            f"{_median(rs, 'fresh_training_sites_lesion_fp_per_case')} | "
+            f"{_median(rs, 'fresh_training_sites_lesion_sensitivity_at_1fp')} | "
+            f"{_median(rs, 'fresh_training_sites_dice_grey_matter')} / "
+            f"{_median(rs, 'fresh_training_sites_dice_white_matter')} | "
+            f"{_median(rs, 'fresh_site_C_dice_lesion')} ({rs[0].get('fresh_site_C_lesion_cases', 0)}) / "
+            f"{_median(rs, 'fresh_site_C_lesion_sensitivity_at_1fp')} |")
     return "\n".join(lines)
 
 
@@ -131,12 +170,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("medsight-out/bench_lesions"))
     ap.add_argument("--from-results", nargs="*", type=Path, default=None,
                     help="Record result.json files of runs already made instead of running.")
+    ap.add_argument("--evaluate-fresh", type=int, default=None, metavar="DATA_SEED",
+                    help="With --from-results: also score each run's model on a fresh dataset of this data seed.")
     ap.add_argument("--record", action="store_true", help="Write the table to docs/benchmarks.md.")
     ap.add_argument("--note", default="", help="Paragraph recorded under the table (what limits the result).")
     ap.add_argument("--command", default=None, help="The command that made the results (with --from-results).")
     args = ap.parse_args()
     if args.from_results:
         rows = [json.loads(p.read_text()) for p in args.from_results]
+        if args.evaluate_fresh is not None:
+            rows = [r if r.get("fresh_data_seed") == args.evaluate_fresh else evaluate_fresh(p.parent, args.evaluate_fresh)
+                    for p, r in zip(args.from_results, rows)]
     else:
         rows = []
         for prof in args.profiles:

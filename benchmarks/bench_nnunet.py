@@ -69,12 +69,12 @@ def run_medsight(ds, data: Path, work: Path, fold: dict, seed: int, budget: floa
     from medsight.plan.planner import make_plan
     from medsight.segmentation.train import train_fold
 
-    t = time.perf_counter()
     fp = compute_fingerprint(ds.subset(fold["train"] + fold["val"]), seed=seed)
     plan = make_plan(fp, memory_gb=MEMORY_GB, base_filters=BASE_FILTERS, epochs=epochs, iterations_per_epoch=iterations)
     md = work / "medsight_model"
     md.mkdir(parents=True, exist_ok=True)
     plan.save(md / "plan.json")
+    t = time.perf_counter()  # training only, as on nnU-Net's side (planning/preprocessing not counted)
     train_fold(ds, plan, "3d", 0, md, fold["train"], fold["val"], seed=seed, max_seconds=budget, quiet=True,
                epochs=epochs)
     t_train = time.perf_counter() - t
@@ -88,7 +88,8 @@ def run_medsight(ds, data: Path, work: Path, fold: dict, seed: int, budget: floa
 
 def run_nnunet(ds, work: Path, fold: dict, budget: float | None, threads: int, epochs: int, iterations: int,
                memory_gb: float, seed: int) -> tuple[float, float, Path]:
-    raw, pre, res = work / "nnUNet_raw", work / "nnUNet_preprocessed", work / "nnUNet_results"
+    # raw data and nnU-Net's preprocessing are the same for every seed: made once beside the seeds' folders
+    raw, pre, res = work.parent / "nnUNet_raw", work.parent / "nnUNet_preprocessed", work / "nnUNet_results"
     for p in (raw, pre, res):
         p.mkdir(parents=True, exist_ok=True)
     os.environ.update(nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(res),
@@ -107,11 +108,12 @@ def run_nnunet(ds, work: Path, fold: dict, budget: float | None, threads: int, e
     meta = json.loads((ds.root / "dataset.json").read_text())
     (dsdir / "dataset.json").write_text(json.dumps({"channel_names": meta["channel_names"], "labels": meta["labels"],
                                                     "numTraining": len(train_ids), "file_ending": ".nii.gz"}))
-    t = time.perf_counter()
     bindir = Path(sys.executable).parent
-    subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", "3d_fullres", "-np", "1",
-                    "-gpu_memory_target", f"{memory_gb:g}", "-overwrite_plans_name", PLANS,
-                    "--verify_dataset_integrity"], check=True, stdout=subprocess.DEVNULL)
+    if not (pre / name / f"{PLANS}.json").is_file():
+        subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", "3d_fullres", "-np", "1",
+                        "-gpu_memory_target", f"{memory_gb:g}", "-overwrite_plans_name", PLANS,
+                        "--verify_dataset_integrity"], check=True, stdout=subprocess.DEVNULL)
+    t = time.perf_counter()  # training only (preprocessing is shared by the seeds and not counted)
     (pre / name / "splits_final.json").write_text(json.dumps([{"train": fold["train"], "val": fold["val"]}]))
 
     import torch
@@ -142,7 +144,7 @@ def run_nnunet(ds, work: Path, fold: dict, budget: float | None, threads: int, e
     plans["continue_training"] = False  # nnunetv2 2.8 pops this key in the trainer's constructor
     trainer = BudgetTrainer(plans, "3d_fullres", 0, load_json(str(pre / name / "dataset.json")),
                             device=torch.device("cpu"))
-    trainer._t0 = time.perf_counter() - (time.perf_counter() - t) * 0  # budget counts training only
+    trainer._t0 = time.perf_counter()  # the budget counts training only
     try:
         trainer.run_training()
     except _Budget:
@@ -159,7 +161,10 @@ def run_nnunet(ds, work: Path, fold: dict, budget: float | None, threads: int, e
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     t = time.perf_counter()
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+    from medsight.demo.segmentation import OVERLAP
+
+    # the same window overlap as medsight's (tile step = 1 - overlap), with nnU-Net's Gaussian weighting
+    predictor = nnUNetPredictor(tile_step_size=1.0 - OVERLAP, use_gaussian=True, use_mirroring=True,
                                 perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(Path(trainer.output_folder).parent), use_folds=(0,))
     out = work / "nnunet_pred"
@@ -183,25 +188,58 @@ def main() -> None:
                     help="nnU-Net's own -gpu_memory_target for its plan (its default, 8, is GPU-sized).")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lesion-profile", default="enhancing",
+                    help="Demo lesion profile (enhancing: the one medsight learns; faint: the hard one).")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--note", default="", help="Paragraph recorded under the command (what differs, the load).")
     args = ap.parse_args()
     import torch
 
     from medsight.data.dataset import load_dataset
     from medsight.data.splits import dataset_folds
+    from medsight.demo.segmentation import OVERLAP
     from medsight.synthetic.demo import TRAINING_SITES, UNSEEN_SITE, build_demo_dataset
 
     torch.set_num_threads(args.threads)
     root = args.work or Path(tempfile.mkdtemp(prefix="bench_nnunet_"))
-    data = build_demo_dataset(root / "data", seed=0, quiet=True)
+    data = build_demo_dataset(root / f"data_{args.lesion_profile}", seed=0, quiet=True,
+                              lesion_profile=args.lesion_profile)
     ds = load_dataset(data)
     fold = dict(dataset_folds(ds, 5, 0, sites=TRAINING_SITES)[0])
     fold["test"] = [c.case_id for c in ds.cases if c.site == UNSEEN_SITE]
     names = ds.foreground
     budget = args.train_seconds if args.equal_seconds else None
     versions = {d: _version(d) for d in ("medsight", "nnunetv2", "torch", "monai")}
-    rows = []
+    rows: list = []
+
+    def report() -> None:
+        lines = [f"| {t} | {sd} | {tr:.0f} | {pr:.0f} | " + " | ".join(f"{h[n]:.3f}" for n in names.values()) + " | "
+                 + " | ".join(f"{u[n]:.3f}" for n in names.values()) + " |" for t, sd, tr, pr, h, u in rows]
+        hdr = (" | ".join(f"held-out {n}" for n in names.values()) + " | "
+               + " | ".join(f"site_C {n}" for n in names.values()))
+        terms = (f"equal wall time: each stopped after the epoch passing {args.train_seconds:.0f} s"
+                 if args.equal_seconds else f"equal iterations: {args.epochs} epochs x {args.iterations} iterations each")
+        section, regime = ("nnunet-wall", "equal wall time") if args.equal_seconds else ("nnunet", "equal iterations")
+        wall = f" --equal-seconds --train-seconds {args.train_seconds:.0f}" if args.equal_seconds else ""
+        md = "\n".join([
+            f"## medsight vs nnU-Net v2 on the demo split (CPU, {regime})", "",
+            f"{machine_line()} torch threads: {args.threads}. Versions (importlib.metadata): {versions}.",
+            f"Command: `benchmarks/bench_nnunet.py --epochs {args.epochs} --iterations {args.iterations} --seeds "
+            f"{' '.join(map(str, args.seeds))} --threads {args.threads} --lesion-profile {args.lesion_profile}{wall} "
+            f"--nnunet-memory-gb {args.nnunet_memory_gb:g}`", "",
+            f"Same cases: fold 0 of the training sites ({len(fold['train'])} train / {len(fold['val'])} held-out), "
+            f"{len(fold['test'])} site_C cases, lesion profile {args.lesion_profile}; {terms}; both mirror left-right "
+            f"only at prediction, with window overlap {OVERLAP:g} (nnU-Net tile step {1 - OVERLAP:g}); nnU-Net plans "
+            f"with its own `-gpu_memory_target {args.nnunet_memory_gb:g}` (medsight's planner gets 0.5 GB). Train s = "
+            "training only (planning and preprocessing not counted); Dice per class, mean over cases (lesion: cases "
+            "with a lesion only).", "", args.note, "",
+            f"| tool | seed | train s | predict s | {hdr} |",
+            "|---|---|---|---|" + "---|" * (2 * len(names)), *lines, ""])
+        print(md, flush=True)
+        if not args.no_record:
+            record_section(section, md)
+
     for seed in args.seeds:
         work = root / f"seed{seed}"
         ms = run_medsight(ds, data, work, fold, seed, budget, args.epochs, args.iterations)
@@ -209,27 +247,7 @@ def main() -> None:
                         seed)
         for tool, (tr, pr, out) in ((f"medsight {versions['medsight']}", ms), (f"nnU-Net v2 {versions['nnunetv2']}", nn)):
             rows.append((tool, seed, tr, pr, _score(out, ds, fold["val"], names), _score(out, ds, fold["test"], names)))
-    lines = [f"| {t} | {sd} | {tr:.0f} | {pr:.0f} | " + " | ".join(f"{h[n]:.3f}" for n in names.values()) + " | "
-             + " | ".join(f"{u[n]:.3f}" for n in names.values()) + " |" for t, sd, tr, pr, h, u in rows]
-    hdr = " | ".join(f"held-out {n}" for n in names.values()) + " | " + " | ".join(f"site_C {n}" for n in names.values())
-    terms = (f"equal wall time: each stopped after the epoch passing {args.train_seconds:.0f} s" if args.equal_seconds
-             else f"equal iterations: {args.epochs} epochs x {args.iterations} iterations each")
-    md = f"""## medsight vs nnU-Net v2 on the demo split (CPU, equal terms)
-
-{machine_line()} torch threads: {args.threads}. Versions (importlib.metadata): {versions}.
-Command: `benchmarks/bench_nnunet.py --epochs {args.epochs} --iterations {args.iterations} --seeds {' '.join(map(str, args.seeds))} --threads {args.threads}{' --equal-seconds --train-seconds %.0f' % args.train_seconds if args.equal_seconds else ''} --nnunet-memory-gb {args.nnunet_memory_gb:g}`
-
-Same cases: fold 0 of the training sites ({len(fold['train'])} train / {len(fold['val'])} held-out), {len(fold['test'])} site_C
-cases; {terms}; both mirror left-right only at prediction; nnU-Net plans with its own `-gpu_memory_target
-{args.nnunet_memory_gb:g}`. Dice (lesion: cases with a lesion only).
-
-| tool | seed | train+plan s | predict s | {hdr} |
-|---|---|---|---|{'---|' * (2 * len(names))}
-{chr(10).join(lines)}
-"""
-    print(md)
-    if not args.no_record:
-        record_section("nnunet", md)
+        report()  # after every seed: a long run that is stopped still leaves its finished seeds recorded
 
 
 if __name__ == "__main__":

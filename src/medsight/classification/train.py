@@ -138,7 +138,8 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
     save_model(out_dir, model, config)
     return {"model_dir": str(out_dir), "train_seconds": round(seconds, 1), "epochs": len(history),
             "val_auc": val_auc, "thresholds": thresholds, "n_train": int(len(train_idx)),
-            "n_val": int(len(val_idx))}
+            "n_val": int(len(val_idx)), "epochs_planned": cfg.epochs,
+            "stopped_by_time_budget": result.stopped_by_time_budget}
 
 
 class ClsTask(Task):
