@@ -138,7 +138,8 @@ def main() -> None:
                   f"per round sent {flower['sent'][0]} / received {flower['recv'][0]} (weights only; protocol overhead "
                   "not counted). Accuracy at 0.5 is 0.5 in every arm: after 30 local steps every model puts all of site_C "
                   "on one side of 0.5 (site_C's shifted background), so AUC is the figure to read."]
-    lines += ["", "Not measured yet: peak server memory over a long run."]
+    lines += ["", "Server memory over a long run: section \"Federated server memory over a long run\" "
+              "(benchmarks/bench_federated_memory.py)."]
     record_section("federated", "\n".join(lines))
     print(json.dumps({k: [r["auc"] for r in v] for k, v in arms.items()}, indent=1), flower)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medsight.report.federated import federated_view
 from medsight.report.results import ValidationResults
 from medsight.report.validate import classification_cohort, classification_section, segmentation_section
 
@@ -48,7 +49,18 @@ def synthetic_results(seed: int = 0) -> ValidationResults:
                              segmentation=seg,
                              worst_cases=[{"case_id": "c001", "cohort": "external", "metric": "dice",
                                            "value": 0.7012, "thumbnail": None, "note": "no image"}],
-                             model_card={"name": "toy", "intended_use": "tests", "limitations": ["synthetic"]})
+                             model_card={"name": "toy", "intended_use": "tests", "limitations": ["synthetic"]},
+                             federated=federated_view(_federation()))
+
+
+def _federation() -> dict:
+    """A two-round, two-site federation summary as a federated package's manifest records it."""
+    site = lambda auc, ece: {"auc": auc, "ece": ece, "accuracy": 0.6, "log_loss": 0.66, "n": 12.0}  # noqa: E731
+    return {"strategy": "fedprox", "sites": ["site_A", "site_B"], "rounds": 2,
+            "dp": {"dp-noise": 0.0, "dp-clip": 1.0, "dp-delta": 1e-5, "dp-epsilon": 10.0},
+            "per_round": [{"round": r, "contributors": ["site_A", "site_B"], "aggregate_sha256": "cd" * 32,
+                           "sites": {"site_A": site(0.6 + r / 10, 0.2 / r), "site_B": site(0.55 + r / 10, 0.25 / r)},
+                           "global": {"auc": 0.6 + r / 10, "ece": 0.22 / r, "n": 24.0}} for r in (1, 2)]}
 
 
 @pytest.fixture(scope="session")

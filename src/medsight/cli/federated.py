@@ -48,12 +48,18 @@ def federated() -> None:
               help="Each site's privacy budget; a site stops contributing when a round would exceed it.")
 @click.option("--audit", default=None, help="Audit log URL or SQLite file for the sites' privacy spends.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--secagg", is_flag=True,
+              help="Secure aggregation (Flower's SecAgg+): the server learns only the sum of the sites' weights.")
+@click.option("--secagg-max-weight", type=float, default=1000.0, show_default=True,
+              help="SecAgg+ weight scale: set just above the largest site's training count (smaller: finer "
+                   "quantisation; below a site's count: its weights may be clipped).")
 @click.option("--package", "package_dir", type=click.Path(path_type=Path), default=None,
               help="Also write the final model as a verified, registered package here.")
 @click.option("--name", default="federated-classifier", show_default=True, help="Package name (with --package).")
 def run(site_args: tuple[str, ...], out_dir: Path, rounds: int, local_steps: int, strategy: str, mu: float,
         min_sites: int, round_timeout: float, dp_noise: float, dp_clip: float, dp_delta: float, epsilon: float,
-        audit: str | None, seed: int, package_dir: Path | None, name: str) -> None:
+        audit: str | None, seed: int, secagg: bool, secagg_max_weight: float, package_dir: Path | None,
+        name: str) -> None:
     """Run a whole federation on this machine (127.0.0.1): for a trial or a demo of the multi-machine setup."""
     from medsight.errors import ConfigError
     from medsight.federated.launch import run_federation
@@ -63,7 +69,8 @@ def run(site_args: tuple[str, ...], out_dir: Path, rounds: int, local_steps: int
         raise ConfigError(f"--min-sites must be between 1 and the number of sites ({len(sites)}), got {min_sites}")
     config = {"rounds": rounds, "local-steps": local_steps, "strategy": strategy, "proximal-mu": mu,
               "min-sites": min_sites, "round-timeout": round_timeout, "dp-noise": dp_noise, "dp-clip": dp_clip,
-              "dp-delta": dp_delta, "dp-epsilon": epsilon, "seed": seed}
+              "dp-delta": dp_delta, "dp-epsilon": epsilon, "seed": seed, "secagg": secagg,
+              "secagg-max-weight": secagg_max_weight}
     result = run_federation(sites, out_dir, config, audit=audit, epsilon_budget=epsilon if dp_noise > 0 else None,
                             timeout=rounds * round_timeout * 2 + 300)
     for r in result["rounds"]:

@@ -46,6 +46,7 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
     from medsight.report import assemble, run_model
     from medsight.package.package import load_package
     from medsight.report.cards import card_for
+    from medsight.report.federated import federated_view_of
     from medsight.report.html import write_report
 
     pkg = load_package(model_dir, allow_retired=allow_retired)  # MODEL: package folder or NAME[@VERSION], verified
@@ -74,6 +75,7 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
     res.model_card = card_for(res.to_dict(), task, model_dir, model_dir.name, dataset, None, res.worst_cases,
                               res.model.get("hashes"))
     res.model_cards = [res.model_card]
+    res.federated = federated_view_of(model_dir)  # None unless the package records a federation
     html, js = write_report(res, report_path)
     current_event().outputs([js])
     click.echo(f"report: {html}\nresults: {js}")

@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from medsight.audit.log import AuditLog
 from medsight.engine.loop import local_update
 from medsight.federated.privacy import GaussianAccountant, apply_delta, clip_and_noise, weights_delta
+from medsight.federated.secagg import clipped_fraction, fitres_content, is_secagg, secagg_when_asked
 from medsight.federated.site import ProxTask, SiteTask
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,19 @@ def _site_seed(site: str, seed: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(site.encode())) % (2**31)
 
 
-@app.train()
+def _reply(msg: Message, weights: dict[str, Any] | None, metrics: dict[str, Any], site: str) -> Message:
+    """Plain: weights, metrics and the site's name as records. Under SecAgg+ (the message carries its configs):
+    the ``fitres.*`` layout the mod masks, the site's name among the metrics."""
+    if is_secagg(msg):
+        return Message(fitres_content(weights or {}, int(metrics["num-examples"]), {**metrics, "site": site}),
+                       reply_to=msg)
+    content = RecordDict({"metrics": MetricRecord(metrics), "info": ConfigRecord({"site": site})})
+    if weights is not None:
+        content["arrays"] = ArrayRecord(weights)
+    return Message(content, reply_to=msg)
+
+
+@app.train(mods=[secagg_when_asked])
 def train(msg: Message, context: Context) -> Message:
     nc, cfg = context.node_config, msg.content["config"]
     site, rnd = str(nc["site"]), int(cfg["server-round"])
@@ -49,7 +62,6 @@ def train(msg: Message, context: Context) -> Message:
     run_task = ProxTask(task, glob, mu) if mu > 0 else task
     seed = _site_seed(site, int(cfg.get("seed", 0)))
     sigma, clip = float(cfg.get("dp-noise", 0.0)), float(cfg.get("dp-clip", 0.0))
-    info = ConfigRecord({"site": site})
     if sigma > 0:
         ledger = Path(str(nc["ledger"]))
         acc = GaussianAccountant.load(ledger, float(cfg["dp-delta"]))
@@ -59,8 +71,8 @@ def train(msg: Message, context: Context) -> Message:
             _audit(nc).append("federated.dp_refused", f"site:{site}", site=site, round=rnd, sigma=sigma,
                               epsilon=acc.epsilon(), epsilon_if_spent=acc.epsilon([sigma]), budget=budget,
                               delta=acc.delta, run_id=context.run_id)
-            return Message(RecordDict({"metrics": MetricRecord({"num-examples": 0, "dp-refused": 1}),
-                                       "info": info}), reply_to=msg)
+            # under SecAgg+ a weight of 0 keeps the masks cancelling; the weights sent are then irrelevant
+            return _reply(msg, glob if is_secagg(msg) else None, {"num-examples": 0, "dp-refused": 1}, site)
     new, n, metrics = local_update(run_task, glob, int(cfg["local-steps"]), seed, rnd)
     out: dict[str, Any] = {"num-examples": int(n), "loss": float(metrics["loss"]), "dp-refused": 0}
     if sigma > 0:
@@ -72,8 +84,12 @@ def train(msg: Message, context: Context) -> Message:
                           delta=acc.delta, epsilon=eps, budget=budget, releases=len(acc.sigmas),
                           update_norm=norm, run_id=context.run_id)
         out.update({"epsilon": eps, "update-norm": norm})
-    content = RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord(out), "info": info})
-    return Message(content, reply_to=msg)
+    if is_secagg(msg):
+        frac = clipped_fraction(new, int(n), float(cfg["secagg-max-weight"]), float(cfg["secagg-clip-range"]))
+        if frac > 0:
+            log.warning("site %s: SecAgg+ clips %.2g of the weights (raise secagg-clip-range)", site, frac)
+        out["secagg-clipped"] = frac
+    return _reply(msg, new, out, site)
 
 
 @app.evaluate()

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 RUN_DEFAULTS: dict[str, Any] = {"rounds": 2, "min-sites": 2, "local-steps": 5, "strategy": "fedavg",
                                 "proximal-mu": 0.01, "round-timeout": 120.0, "seed": 0, "dp-noise": 0.0,
-                                "dp-clip": 1.0, "dp-delta": 1e-5, "dp-epsilon": 10.0, "out-dir": ""}
+                                "dp-clip": 1.0, "dp-delta": 1e-5, "dp-epsilon": 10.0, "out-dir": "",
+                                "secagg": False, "secagg-max-weight": 1000.0, "secagg-clip-range": 8.0}
 STRATEGIES = ("fedavg", "fedprox")
 
 
@@ -174,6 +175,11 @@ class Federation:
             raise ConfigError(f"unknown federated setting(s): {', '.join(sorted(unknown))}")
         if config.get("strategy", "fedavg") not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {config['strategy']!r}")
+        if config.get("secagg") and (float(config.get("secagg-max-weight", 1000.0)) <= 0
+                                     or float(config.get("secagg-clip-range", 8.0)) <= 0):
+            raise ConfigError("secagg-max-weight and secagg-clip-range must be positive")
+        if config.get("secagg") and int(config.get("min-sites", 2)) < 2:
+            raise ConfigError("secure aggregation needs min-sites >= 2 (a sum over one site is that site's model)")
         app = write_app(self.work / "app")
         cfg = {**config, "out-dir": str(Path(out_dir).resolve())}
         over = " ".join(f"{k}={_toml(v)}" for k, v in cfg.items())

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from medsight.engine.seeding import seed_everything
 from medsight.federated.aggregate import aggregate_hash, fedavg
+from medsight.federated.secagg import error_bound, secagg_round
 from medsight.federated.site import small_classifier
 from medsight.files import atomic_write_text
 
@@ -53,13 +54,15 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(rc["out-dir"]))
     out.mkdir(parents=True, exist_ok=True)
     rounds, min_sites, timeout = int(rc["rounds"]), int(rc["min-sites"]), float(rc["round-timeout"])
-    strategy = str(rc["strategy"])
+    strategy, secagg = str(rc["strategy"]), bool(rc.get("secagg", False))
     seed_everything(int(rc["seed"]))
     glob = {k: v.detach().clone() for k, v in small_classifier().state_dict().items()}
     train_cfg = {"local-steps": int(rc["local-steps"]), "seed": int(rc["seed"]),
                  "proximal-mu": float(rc["proximal-mu"]) if strategy == "fedprox" else 0.0,
                  "dp-noise": float(rc["dp-noise"]), "dp-clip": float(rc["dp-clip"]),
-                 "dp-delta": float(rc["dp-delta"]), "dp-epsilon": float(rc["dp-epsilon"])}
+                 "dp-delta": float(rc["dp-delta"]), "dp-epsilon": float(rc["dp-epsilon"]),
+                 "secagg-max-weight": float(rc.get("secagg-max-weight", 1000.0)),
+                 "secagg-clip-range": float(rc.get("secagg-clip-range", 8.0))}
     history: list[dict[str, Any]] = []
     names: dict[int, str] = {}  # node id -> site name, learnt from replies
     progress = out / "progress.jsonl"
@@ -67,36 +70,70 @@ def main(grid: Grid, context: Context) -> None:
         t0 = time.perf_counter()
         nodes = _wait_for_sites(grid, min_sites, timeout)
         _note(progress, {"round": rnd, "phase": "train", "sites": len(nodes)})
-        content = RecordDict({"arrays": ArrayRecord(glob), "config": ConfigRecord({**train_cfg, "server-round": rnd})})
-        replies = _send(grid, nodes, content, MessageType.TRAIN, timeout)
-        contrib = [r for r in replies if "arrays" in r.content and int(r.content["metrics"]["num-examples"]) > 0]
-        sent_bytes = ArrayRecord(glob).count_bytes() * len(nodes)
-        recv_bytes = sum(r.content["arrays"].count_bytes() for r in contrib)
-        train_sites = {_site(r): {k: float(v) for k, v in r.content["metrics"].items()} for r in replies}
-        names.update({r.metadata.src_node_id: _site(r) for r in replies})
-        replied = {r.metadata.src_node_id for r in replies}
-        record: dict[str, Any] = {"round": rnd, "sites_asked": len(nodes), "train": train_sites,
-                                  "contributors": sorted(_site(r) for r in contrib),
-                                  "no_reply": sorted(names.get(n, f"node-{n}") for n in nodes if n not in replied)}
-        if len(contrib) >= min_sites:
-            glob = fedavg([r.content["arrays"].to_torch_state_dict() for r in contrib],
-                          [int(r.content["metrics"]["num-examples"]) for r in contrib])
+        if secagg:
+            record, new = _secagg_train(grid, nodes, glob, {**train_cfg, "server-round": rnd}, rc, names, min_sites)
+        else:
+            record, new = _plain_train(grid, nodes, glob, {**train_cfg, "server-round": rnd}, timeout, names,
+                                       min_sites)
+        record = {"round": rnd, **record}
+        if new is not None:
+            glob = new
             record.update({"aggregated": True, "aggregate_sha256": aggregate_hash(glob)})
         else:
-            log.warning("round %d: %d of %d required sites contributed; global model kept", rnd, len(contrib),
-                        min_sites)
+            log.warning("round %d: %d of %d required sites contributed; global model kept", rnd,
+                        len(record["contributors"]), min_sites)
             record.update({"aggregated": False, "aggregate_sha256": None})
         _note(progress, {"round": rnd, "phase": "evaluate"})
         ev = _send(grid, list(grid.get_node_ids()), RecordDict({"arrays": ArrayRecord(glob),
                    "config": ConfigRecord({"server-round": rnd})}), MessageType.EVALUATE, timeout)
         record["evaluate"] = {_site(r): {k: float(v) for k, v in r.content["metrics"].items()} for r in ev}
         record["global"] = _pooled(record["evaluate"])
-        record.update({"seconds": time.perf_counter() - t0, "bytes_sent": sent_bytes, "bytes_received": recv_bytes})
+        record["seconds"] = time.perf_counter() - t0
         history.append(record)
         _note(progress, {"round": rnd, "phase": "done"})
     torch.save(glob, out / "model.pt")
     atomic_write_text(out / "federation.json", json.dumps({"strategy": strategy, "rounds": history,
                                                             "config": {k: rc[k] for k in rc}}, indent=1))
+
+
+def _plain_train(grid: Grid, nodes: list[int], glob: dict[str, torch.Tensor], cfg: dict[str, Any],
+                 timeout: float, names: dict[int, str], min_sites: int
+                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Send the global model, FedAvg the replies that came back in time: (the round's record, aggregate|None)."""
+    content = RecordDict({"arrays": ArrayRecord(glob), "config": ConfigRecord(cfg)})
+    replies = _send(grid, nodes, content, MessageType.TRAIN, timeout)
+    contrib = [r for r in replies if "arrays" in r.content and int(r.content["metrics"]["num-examples"]) > 0]
+    names.update({r.metadata.src_node_id: _site(r) for r in replies})
+    replied = {r.metadata.src_node_id for r in replies}
+    record: dict[str, Any] = {
+        "sites_asked": len(nodes), "secagg": False,
+        "train": {_site(r): {k: float(v) for k, v in r.content["metrics"].items()} for r in replies},
+        "contributors": sorted(_site(r) for r in contrib),
+        "no_reply": sorted(names.get(n, f"node-{n}") for n in nodes if n not in replied),
+        "bytes_sent": ArrayRecord(glob).count_bytes() * len(nodes),
+        "bytes_received": sum(r.content["arrays"].count_bytes() for r in contrib)}
+    if len(contrib) < min_sites:
+        return record, None
+    return record, fedavg([r.content["arrays"].to_torch_state_dict() for r in contrib],
+                          [int(r.content["metrics"]["num-examples"]) for r in contrib])
+
+
+def _secagg_train(grid: Grid, nodes: list[int], glob: dict[str, torch.Tensor], cfg: dict[str, Any],
+                  rc: Any, names: dict[int, str], min_sites: int
+                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """The same round under SecAgg+: the server sees each site's metrics but only the sum of their weights."""
+    replies, agg = secagg_round(grid, nodes, glob, cfg, float(rc["round-timeout"]), min_sites,
+                                float(cfg["secagg-max-weight"]), float(cfg["secagg-clip-range"]))
+    site = {n: str(r.metrics.get("site", n)) for n, r in replies.items()}
+    names.update(site)
+    train = {site[n]: {k: float(v) for k, v in r.metrics.items() if k != "site"} for n, r in replies.items()}
+    contrib = sorted(site[n] for n, r in replies.items() if r.num_examples > 0)
+    n_ex = [r.num_examples for r in replies.values() if r.num_examples > 0]
+    return {"sites_asked": len(nodes), "secagg": True, "train": train, "contributors": contrib,
+            "no_reply": sorted(names.get(n, f"node-{n}") for n in nodes if n not in replies),
+            "secagg_error_bound": error_bound(n_ex, float(cfg["secagg-max-weight"]),
+                                              float(cfg["secagg-clip-range"])),
+            "bytes_sent": None, "bytes_received": None}, agg
 
 
 def _site(r: Message) -> str:

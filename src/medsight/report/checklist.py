@@ -33,6 +33,9 @@ ITEMS: dict[str, tuple[str, list[str], list[str]]] = {
                      ["CLAIM 28 performance metrics", "CLAIM 29 statistical measures (CIs)",
                       "CLAIM 35 estimates of performance and their precision"],
                      ["TRIPOD+AI 23a performance with CIs"]),
+    "federated": ("Federated training: each site's held-out AUC and ECE per round, contributors, aggregate hashes",
+                  ["CLAIM 7 data sources", "CLAIM 30 robustness analysis"],
+                  ["TRIPOD+AI 8 data sources", "TRIPOD+AI 23b heterogeneity across sites"]),
     "subgroups": ("Forest plots by site, scanner, sex and age band; groups under the minimum flagged",
                   ["CLAIM 30 robustness analysis", "CLAIM 34 demographic and clinical characteristics"],
                   ["TRIPOD+AI 14 fairness (subgroups)", "TRIPOD+AI 23a performance in key subgroups",
@@ -55,6 +58,8 @@ def checklist_for(doc: dict[str, Any]) -> list[dict[str, Any]]:
         present.add("segmentation")
     if any((doc.get(s) or {}).get("subgroups") for s in ("classification", "segmentation")):
         present.add("subgroups")
+    if doc.get("federated"):
+        present.add("federated")
     if doc.get("worst_cases"):
         present.add("failures")
     if doc.get("model_card") or doc.get("model_cards"):

@@ -66,6 +66,8 @@ def _figures(doc: dict[str, Any]) -> dict[str, str | None]:
             [{"label": f"{r['attribute']}: {r['group']}", **r} for r in seg["subgroups"]], "mean foreground Dice",
             "Mean foreground Dice by subgroup, 95% CI (red: worst)")
         figs["dice"] = plots.dice_distribution(seg["cohorts"])
+    if doc.get("federated"):
+        figs["federated"] = plots.federated_rounds(doc["federated"])
     return figs
 
 

@@ -155,3 +155,25 @@ def overlay(image: np.ndarray, reference: np.ndarray | None, prediction: np.ndar
     ax.imshow(rgb, origin="lower")
     ax.axis("off")
     return _uri(fig)
+
+
+def federated_rounds(fed: dict[str, Any]) -> str | None:
+    """Held-out AUC and ECE of the global model at each site, per round (dashed: case-weighted over sites)."""
+    rows = fed.get("rows") or []
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
+    for ax, key, name in ((axes[0], "auc", "AUC"), (axes[1], "ece", "ECE")):
+        for site in fed.get("sites", []):
+            pts = [(r["round"], r[key]) for r in rows if r["site"] == site and r[key] is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"site {site}")
+        g = [(r["round"], r[key]) for r in fed.get("global", []) if r[key] is not None]
+        if g:
+            ax.plot(*zip(*g), ls="--", c="k", label="all sites (case-weighted)")
+        ax.set(xlabel="round", ylabel=name, title=f"Held-out {name} per site and round")
+        if len(fed.get("global", [])) <= 15:
+            ax.set_xticks(sorted({r["round"] for r in rows}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _uri(fig)

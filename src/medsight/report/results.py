@@ -64,6 +64,7 @@ class ValidationResults:
     worst_cases: list[dict[str, Any]] = field(default_factory=list)
     model_card: dict[str, Any] | None = None
     model_cards: list[dict[str, Any]] = field(default_factory=list)  # one generated card per validated model
+    federated: dict[str, Any] | None = None  # per-site, per-round view of a federated package (report/federated.py)
     notes: list[str] = field(default_factory=list)
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION

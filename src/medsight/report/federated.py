@@ -1,0 +1,90 @@
+"""The per-site, per-round view of a federated model package, for the validation report.
+
+A federated model has no single training set: how each hospital's held-out AUC and calibration moved round by
+round is part of its evidence (a site whose ECE climbs while the pooled figure improves is a finding). The
+figures come from what the ServerApp recorded and ``package_federation`` wrote into the package manifest
+(``extra.federated``, hashed with the package), plus each site's DP spend from the packaged ``federation.json``.
+Only the manifest is read here: the report does not re-run or trust anything outside the verified package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from medsight.errors import ConfigError
+from medsight.report.results import clean
+
+METRICS = ("auc", "ece", "accuracy", "log_loss", "n")  # the ClientApp's held-out figures, in table order
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _metrics(m: dict[str, Any] | None) -> dict[str, float | None]:
+    out = {k: _num((m or {}).get(k)) for k in METRICS}
+    if out["n"] is not None:
+        out["n"] = int(out["n"])  # a case count
+    return out
+
+
+def federated_view(summary: dict[str, Any], train: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The report's ``federated`` section from a manifest's ``extra.federated`` summary.
+
+    ``rows`` is long (one row per round and site, sites sorted; a site that did not answer a round's evaluation
+    has null metrics and ``evaluated`` false), ``global`` one row per round (the case-weighted mean over sites),
+    so that every number the page shows has one JSON path. ``train`` (``federation.json``'s rounds) adds each
+    site's eps after that round when DP was on."""
+    try:
+        per_round = list(summary["per_round"])
+        sites = sorted(str(s) for s in summary.get("sites", []))
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"the package's federated record lacks {err}; package it with "
+                          "medsight.federated.package.package_federation") from err
+    eps = {int(r["round"]): r.get("train", {}) for r in (train or []) if "round" in r}
+    rows, glob = [], []
+    for r in per_round:
+        rnd, evaluated = int(r["round"]), r.get("sites") or {}
+        contrib = set(r.get("contributors") or [])
+        for s in sites:
+            spent = _num((eps.get(rnd, {}).get(s) or {}).get("epsilon"))
+            rows.append({"round": rnd, "site": s, "contributed": s in contrib, "evaluated": s in evaluated,
+                         **_metrics(evaluated.get(s)), "epsilon": spent})
+        glob.append({"round": rnd, "aggregated": r.get("aggregate_sha256") is not None,
+                     "aggregate_sha256": r.get("aggregate_sha256"), "n_contributors": len(contrib),
+                     **_metrics(r.get("global"))})
+    dp = summary.get("dp") or {}
+    return clean({"strategy": summary.get("strategy"), "sites": sites, "rounds": len(per_round),
+                  "metrics": list(METRICS), "rows": rows, "global": glob,
+                  "dp": {k: _num(v) for k, v in dp.items()},
+                  "source": "package manifest extra.federated (written by medsight.federated.package)"})
+
+
+def federated_view_of(model_dir: str | Path) -> dict[str, Any] | None:
+    """The section for a package folder whose manifest records a federation; None for any other model.
+
+    The caller has already verified the package (``load_package``); ``federation.json`` is used only when the
+    manifest lists it, so its per-site eps is covered by the package's hashes too."""
+    folder = Path(model_dir)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    summary = (manifest.get("extra") or {}).get("federated") if isinstance(manifest, dict) else None
+    if not summary:
+        return None
+    train = None
+    if "federation.json" in (manifest.get("files") or {}):
+        try:
+            train = [{"round": r.get("round"), "train": r.get("train", {})}
+                     for r in json.loads((folder / "federation.json").read_text()).get("rounds", [])]
+        except (OSError, ValueError, AttributeError):
+            train = None
+    return federated_view(summary, train)
