@@ -51,9 +51,13 @@ def test_safety_stage_uses_the_project_classifier_and_feeds_report_and_predict_c
         assert len(shown) == 1 and (row.y_true == 0 or shown["lesion"].iloc[0] == 1)
     summary = safety.run(ctx)
     assert summary["classifier"].startswith("project classifier")
-    model = Path(ctx.paths["cls_model"])
+    # safety calibrates its own copy of the classifier and writes its own scan table: the classification stage's
+    # outputs are left as that stage wrote them
+    model = Path(ctx.paths["safety_classifier"])
+    assert model != Path(ctx.paths["cls_model"]) and not (Path(ctx.paths["cls_model"]) / "calibration.json").exists()
     assert (model / "calibration.json").is_file() and (model / "referral.json").is_file()
-    per_scan = pd.read_csv(ctx.paths["cls_predictions"])
+    assert list(pd.read_csv(ctx.paths["cls_predictions"]).columns) == ["case_id", "y_true", "prob", "image", "mask"]
+    per_scan = pd.read_csv(ctx.paths["safety_scan_predictions"])
     assert {"prob", "prob_uncalibrated", "referred", "image", "mask", "split", "patient_id"} <= set(per_scan.columns)
     assert (model / "scan_level.json").is_file() and summary["scan_level"]["unit"] == "scan"
     assert per_scan["case_id"].is_unique and per_scan["referred"].isin([0, 1]).all()

@@ -100,6 +100,14 @@ def test_train_cls_killed_then_rerun_equals_uninterrupted(squares: Path, tmp_pat
     assert landed >= 2, "the kills all came after training ended: the test proved nothing"
 
 
+def _arrays(folder: Path) -> dict[str, np.ndarray]:
+    """The Grad-CAM arrays of a heatmap folder: .npy for 2D images, NIfTI for volumes (one-slice NIfTI included)."""
+    import nibabel as nib
+
+    return {p.name: np.load(p) if p.suffix == ".npy" else np.asarray(nib.load(str(p)).dataobj)
+            for p in sorted(folder.glob("*")) if p.name.endswith((".npy", ".nii.gz"))}
+
+
 def _table(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -116,7 +124,7 @@ def test_predict_cls_killed_then_rerun_equals_uninterrupted(squares: Path, tmp_p
     whole = _run(home, "predict-cls", str(model), str(images), str(ref), "--evidence")
     want = _table(ref)
     ref_heat = ref.with_name("pred_gradcam")
-    want_arrays = {p.name: np.load(p) for p in ref_heat.glob("*.npy")}
+    want_arrays = _arrays(ref_heat)
     assert len(want) == 48 and len(want_arrays) == 48
     landed = 0
     for i, t in enumerate(_kill_points(whole, 23)):
@@ -125,12 +133,12 @@ def test_predict_cls_killed_then_rerun_equals_uninterrupted(squares: Path, tmp_p
         landed += _kill_after(home, t, "predict-cls", str(model), str(images), str(out), "--evidence")
         assert not out.exists() or len(_table(out)) == 48, "a partial table"
         if heat.exists():  # the heatmaps arrive as one set, never some of them
-            assert {p.name for p in heat.glob("*.npy")} == set(want_arrays)
+            assert set(_arrays(heat)) == set(want_arrays)
         _run(home, "predict-cls", str(model), str(images), str(out), "--evidence")
         got = _table(out)
         assert [{k: v.replace(str(out.parent), "") for k, v in r.items()} for r in got] == \
             [{k: v.replace(str(ref.parent), "") for k, v in r.items()} for r in want]
-        arrays = {p.name: np.load(p) for p in heat.glob("*.npy")}
+        arrays = _arrays(heat)
         assert arrays.keys() == want_arrays.keys() and all(np.array_equal(arrays[k], want_arrays[k]) for k in arrays)
         assert {p.name for p in heat.iterdir()} == {p.name for p in ref_heat.iterdir()}
         assert _hidden(out.parent) == [] and _hidden(heat) == [], "temporary files left"

@@ -65,6 +65,11 @@ def _stem(p: Path) -> str:
     return name
 
 
+def default_heatmap_dir(output_csv: Path) -> Path:
+    """``pred.csv`` -> ``pred_gradcam/`` beside it (the CSV's name without its extension, as the help says)."""
+    return output_csv.with_name(output_csv.stem + "_gradcam")
+
+
 def predict_images(model_dir: str | Path | ClassifierBundle, inputs: Sequence[str | Path], output_csv: str | Path,
                    heatmap_dir: str | Path | None = None, gradcam: bool = True, quiet: bool = False,
                    assessor: Any = None, evidence: bool = False) -> pd.DataFrame:
@@ -76,7 +81,7 @@ def predict_images(model_dir: str | Path | ClassifierBundle, inputs: Sequence[st
     bundle = model_dir if isinstance(model_dir, ClassifierBundle) else load_classifier(model_dir)
     paths = expand_inputs(inputs, bundle.config["spatial_dims"])
     output_csv = Path(output_csv)
-    heat_root = Path(heatmap_dir) if heatmap_dir else output_csv.with_name(_stem(output_csv) + "_gradcam")
+    heat_root = Path(heatmap_dir) if heatmap_dir else default_heatmap_dir(output_csv)
     sweep_stale(output_csv)  # a killed run's half-written table
     if not (gradcam or evidence):  # no figures: the table is the only output
         table = _classify_all(bundle, paths, heat_root, heat_root, gradcam, quiet, assessor, evidence)

@@ -122,7 +122,7 @@ def predict_cls(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], out
     a PNG overlay and as an array on the image grid (.npy for 2D, NIfTI aligned to the image for 3D).
     """
     from medsight.classification.model_io import load_classifier
-    from medsight.classification.predict import _stem, predict_images
+    from medsight.classification.predict import default_heatmap_dir, predict_images
     from medsight.package.package import load_package
 
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
@@ -134,7 +134,7 @@ def predict_cls(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], out
         from medsight.safety.assess import SafetyAssessor
 
         assessor = SafetyAssessor.from_model_dir(pkg, bundle.config.get("activation"))
-    heatmaps = heatmaps or output.with_name(_stem(output) + "_gradcam")
+    heatmaps = heatmaps or default_heatmap_dir(output)
     table = predict_images(bundle, inputs, output, heatmaps, gradcam=not no_gradcam, quiet=quiet, assessor=assessor,
                            evidence=evidence)
     if not no_gradcam:
