@@ -197,8 +197,9 @@ def main() -> None:
 
         command = args.command or "python " + " ".join(sys.argv)
         per_run = "\n".join(f"- {r['profile']} {r['config']} seed {r['seed']}: held-out lesion Dice per case "
-                             f"{r['held_out_lesion_dice_each']}, site_C {r['unseen_site_lesion_dice_each']}; "
-                             f"train {r['train_seconds']} s, predict {r['predict_seconds']} s, "
+                             f"{r['held_out_lesion_dice_each']}, site_C {r['unseen_site_lesion_dice_each']}, fresh cases "
+                             f"{r.get('fresh_training_sites_lesion_dice_each', 'not run')}; "
+                             f"{r['epochs_done']}/{r['epochs_planned']} epochs, train {r['train_seconds']} s, predict {r['predict_seconds']} s, "
                              f"{r['torch_threads']} torch thread(s)" for r in rows)
         record_section("lesions", f"## Lesions: learning the lesion class (benchmarks/bench_lesions.py)\n\n"
                        f"{machine_line()} Timings on a shared, heavily loaded 2-core machine (other engineers' jobs "
@@ -206,7 +207,9 @@ def main() -> None:
                        f"Command: `{command}`\n\n"
                        "Data: the demo generator (40 cases, data seed 0), fold 0 of the training sites = held-out, "
                        "every site_C case = unseen site; plan with the demo's CPU budget (0.5 GB, 8 base filters, "
-                       "3D patch 48x64x64); prediction with left-right mirroring, overlap 0.25. Lesion Dice: mean over "
+                       "3D patch 48x64x64; 2.5D 80x112 with 2 neighbouring slices each side); 'fresh cases' = a second "
+                       "generated dataset (data seed 1: other simulated patients, 14 training-site and 6 site_C cases "
+                       "with a lesion) scored with the same models; prediction with left-right mirroring, overlap 0.25. Lesion Dice: mean over "
                        "cases with a reference lesion. Lesion-wise: components matched at IoU > 0.1 "
                        "(docs/metrics.md); 'sens. at <= 1 FP/case' = best FROC operating point with at most one "
                        "false-positive lesion per case, lesions scored by their maximum probability. Medians over "

@@ -4,11 +4,7 @@ weights, probabilities and heatmaps as an uninterrupted run, and nothing half-wr
 from __future__ import annotations
 
 import csv
-import os
 import random
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +15,11 @@ from medsight.classification.model_io import load_classifier
 from medsight.image import Geometry, Image
 from medsight.io.nifti import write_nifti
 
+from .processes import kill_after, run_medsight
+
 
 N_KILLS = 3
 TRAIN = ("--epochs", "3", "--batch-size", "16", "--backbone", "resnet10", "--input-size", "32,32", "--seed", "1")
-
-
-def _env(home: Path) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MEDSIGHT_HOME": str(home)}
-
-
-def _run(home: Path, *argv: str) -> float:
-    t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "medsight.cli.main", "-q", *argv], env=_env(home),
-                       capture_output=True, timeout=300)
-    assert p.returncode == 0, p.stderr.decode()
-    return time.perf_counter() - t
-
-
-def _kill_after(home: Path, seconds: float, *argv: str) -> bool:
-    """Start medsight, SIGKILL it after ``seconds``; True when it was still running (the kill landed)."""
-    p = subprocess.Popen([sys.executable, "-m", "medsight.cli.main", "-q", *argv], env=_env(home),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        p.wait(timeout=seconds)
-        return False
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
-        return True
 
 
 def _kill_points(whole: float, seed: int) -> list[float]:
@@ -85,15 +58,15 @@ def _weights(model: Path) -> dict[str, torch.Tensor]:
 def test_train_cls_killed_then_rerun_equals_uninterrupted(squares: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     ref = tmp_path / "ref"
-    whole = _run(home, "train-cls", str(squares), "--out", str(ref), *TRAIN)
+    whole = run_medsight(home, "train-cls", str(squares), "--out", str(ref), *TRAIN)
     want = _weights(ref)
     landed = 0
     for i, t in enumerate(_kill_points(whole, 17)):
         out = tmp_path / f"model{i}"
-        landed += _kill_after(home, t, "train-cls", str(squares), "--out", str(out), *TRAIN)
+        landed += kill_after(home, t, "train-cls", str(squares), "--out", str(out), *TRAIN)
         if out.exists():  # a package appears only complete (one rename)
             assert (out / "manifest.json").is_file() and (out / "model.pt").is_file()
-        _run(home, "train-cls", str(squares), "--out", str(out), *TRAIN)
+        run_medsight(home, "train-cls", str(squares), "--out", str(out), *TRAIN)
         got = _weights(out)
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), f"kill at {t:.1f} s"
         assert _hidden(tmp_path) == [], "a killed run's training or staging folder was left"
@@ -117,11 +90,11 @@ def _table(path: Path) -> list[dict[str, str]]:
 def test_predict_cls_killed_then_rerun_equals_uninterrupted(squares: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     model = tmp_path / "model"
-    _run(home, "train-cls", str(squares), "--out", str(model), "--epochs", "1", "--batch-size", "16",
+    run_medsight(home, "train-cls", str(squares), "--out", str(model), "--epochs", "1", "--batch-size", "16",
          "--backbone", "resnet10", "--input-size", "32,32")
     images = squares.parent
     ref = tmp_path / "ref" / "pred.csv"
-    whole = _run(home, "predict-cls", str(model), str(images), str(ref), "--evidence")
+    whole = run_medsight(home, "predict-cls", str(model), str(images), str(ref), "--evidence")
     want = _table(ref)
     ref_heat = ref.with_name("pred_gradcam")
     want_arrays = _arrays(ref_heat)
@@ -130,11 +103,11 @@ def test_predict_cls_killed_then_rerun_equals_uninterrupted(squares: Path, tmp_p
     for i, t in enumerate(_kill_points(whole, 23)):
         out = tmp_path / f"pred{i}" / "pred.csv"
         heat = out.with_name("pred_gradcam")
-        landed += _kill_after(home, t, "predict-cls", str(model), str(images), str(out), "--evidence")
+        landed += kill_after(home, t, "predict-cls", str(model), str(images), str(out), "--evidence")
         assert not out.exists() or len(_table(out)) == 48, "a partial table"
         if heat.exists():  # the heatmaps arrive as one set, never some of them
             assert set(_arrays(heat)) == set(want_arrays)
-        _run(home, "predict-cls", str(model), str(images), str(out), "--evidence")
+        run_medsight(home, "predict-cls", str(model), str(images), str(out), "--evidence")
         got = _table(out)
         assert [{k: v.replace(str(out.parent), "") for k, v in r.items()} for r in got] == \
             [{k: v.replace(str(ref.parent), "") for k, v in r.items()} for r in want]

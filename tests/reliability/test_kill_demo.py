@@ -9,25 +9,23 @@ segmentation and report are written through the same runner.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .processes import kill_within, start
+
 STAGES = ("--stage", "classification", "--stage", "safety", "--stage", "pathology")
 TEMP = re.compile(r"\.~\d+-[0-9a-f]{6}~")  # medsight.files.temp_prefix
 
 
 def _demo(home: Path, out: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "medsight.cli.main", "-q", "demo", "--fast", "--out", str(out),
-                             *STAGES], env={**os.environ, "OMP_NUM_THREADS": "1", "MEDSIGHT_HOME": str(home)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return start(home, "demo", "--fast", "--out", str(out), *STAGES, stderr=subprocess.PIPE)
 
 
 def _run(home: Path, out: Path) -> None:
@@ -51,13 +49,7 @@ def _kill_in(home: Path, out: Path, stage: str, state: str, delay: float) -> boo
         assert p.poll() is None, f"the demo ended before {stage} was {state}"
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    try:
-        p.wait(timeout=delay)
-        return False
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
-        return True
+    return kill_within(p, delay)
 
 
 def _figures(results: dict[str, Any]) -> dict[str, Any]:
