@@ -52,7 +52,7 @@ def _whole_demo(whole: list[dict]) -> str:
                       f"{c.get('site_C_lesion_auc')} (AUC, DeLong 95% CI), pointing game held-out "
                       f"{c.get('held_out_pointing_game')}; see the classification section."]
     if s:
-        lines += [f"Safety (run 0, {s.get('classifier')}): ECE {s.get('ece')}; OOD AUROC {s.get('ood_auroc')}; "
+        lines += [f"Safety (run 0, {s.get('classifier')}): ECE per slice {s.get('ece_slices', s.get('ece'))}; OOD AUROC {s.get('ood_auroc')}; "
                   f"site_C error at 100% / 80% coverage {s.get('site_C_error_at_100pct_coverage')} / "
                   f"{s.get('site_C_error_at_80pct_coverage')}."]
     return "\n".join(lines) + "\n"
