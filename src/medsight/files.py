@@ -93,11 +93,11 @@ def sweep_tree(root: str | Path) -> list[Path]:
         return []
     gone: list[Path] = []
     for folder, dirs, files in os.walk(root):
-        for name in [*dirs, *files]:
-            if _stale(name):
-                _remove(Path(folder) / name)
-                gone.append(Path(folder) / name)
-        dirs[:] = [d for d in dirs if not _stale(d)]
+        stale = [name for name in [*dirs, *files] if _stale(name)]  # one liveness check per name
+        for name in stale:
+            _remove(Path(folder) / name)
+            gone.append(Path(folder) / name)
+        dirs[:] = [d for d in dirs if d not in stale]  # removed: nothing to walk into
     return gone
 
 

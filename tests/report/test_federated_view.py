@@ -89,10 +89,9 @@ def _checklist(doc: dict) -> list[dict]:
 
 
 def test_plain_model_has_no_federated_section_and_bad_record_is_a_config_error(tmp_path) -> None:
+    from medsight.package.package import Package
     from medsight.report.federated import federated_view_of
 
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "manifest.json").write_text(json.dumps({"extra": {"metrics": {}}, "files": {}}))
-    assert federated_view_of(tmp_path / "m") is None
+    assert federated_view_of(Package(tmp_path / "m", {"extra": {"metrics": {}}, "files": {}})) is None
     with pytest.raises(ConfigError, match="per_round"):
         federated_view({"sites": ["A"]})

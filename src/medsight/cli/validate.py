@@ -75,7 +75,7 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
     res.model_card = card_for(res.to_dict(), task, model_dir, model_dir.name, dataset, None, res.worst_cases,
                               res.model.get("hashes"))
     res.model_cards = [res.model_card]
-    res.federated = federated_view_of(model_dir)  # None unless the package records a federation
+    res.federated = federated_view_of(pkg)  # None unless the package records a federation
     html, js = write_report(res, report_path)
     current_event().outputs([js])
     click.echo(f"report: {html}\nresults: {js}")

@@ -4,8 +4,9 @@ Segmentation numbers come from the segmentation stage's per-case table; a classi
 classification stage left per-case predictions (``ctx.paths["cls_predictions"]``: case_id,y_true,prob,...), at the
 unit those rows count, with the operating point the model folder stores; when the safety stage ran, its own table
 (``ctx.paths["safety_scan_predictions"]``: the scans calibrated and thresholded as scans) and its calibrated copy of
-the classifier package (``ctx.paths["safety_classifier"]``) are used instead. Each model gets a generated card (``model_card.md`` in its folder, shown in the report), and the
-per-case tables behind every headline number are copied beside report.json so that anyone can recompute them.
+the classifier package (``ctx.paths["safety_classifier"]``) are used instead. Each model gets a generated card
+(``model_card.md`` in its folder, shown in the report), and the per-case tables behind every headline number are
+copied beside report.json so that anyone can recompute them.
 """
 
 from __future__ import annotations

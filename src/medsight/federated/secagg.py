@@ -55,12 +55,13 @@ def error_bound(n_examples: list[int], max_weight: float, clip_range: float) -> 
 def secagg_when_asked(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
     """Flower's ``secaggplus_mod`` for messages that carry SecAgg+ configs; every other message goes straight on,
     so one ClientApp serves runs with and without secure aggregation."""
-    if RECORD_KEY_CONFIGS in msg.content.config_records:
+    if is_secagg(msg):
         return secaggplus_mod(msg, ctxt, call_next)
     return call_next(msg, ctxt)
 
 
 def is_secagg(msg: Message) -> bool:
+    """Whether the server asked for this round under SecAgg+ (its configs travel in the message)."""
     return RECORD_KEY_CONFIGS in msg.content.config_records
 
 

@@ -177,7 +177,8 @@ def derive_package(parent: Package, *, files: dict[str, bytes | None], extra: di
     """
     dest = Path(dest_dir) if dest_dir is not None else parent.path
     verify_folder(parent.path, parent.manifest)
-    work = Path(tempfile.mkdtemp(prefix=temp_prefix(dest, "derive-"), dir=dest.parent if dest.parent.exists() else None))
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(dest, "derive-"),
+                                 dir=dest.parent if dest.parent.exists() else None))
     try:
         shutil.copytree(parent.path, work, dirs_exist_ok=True, ignore=_SKIP)
         for rel, data in files.items():

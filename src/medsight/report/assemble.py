@@ -16,8 +16,8 @@ import pandas as pd
 
 from medsight.errors import DatasetError, InputNotFoundError, MedsightError
 from medsight.files import sha256_file
-from medsight.package.manifest import library_versions
 from medsight.metrics.tables import reference_present
+from medsight.package.manifest import library_versions
 from medsight.report.results import ValidationResults, clean
 from medsight.report.validate import classification_cohort, classification_section, segmentation_section
 
@@ -34,7 +34,8 @@ def model_provenance(model_dir: Path, name: str, task: str) -> dict[str, Any]:
         for f in sorted(model_dir.rglob("*")):
             if f.is_file() and f.suffix in (".json", ".pt", ".pth", ".ckpt") and f.stat().st_size < MAX_HASHED_BYTES:
                 hashes[str(f.relative_to(model_dir))] = sha256_file(f)
-    return {"name": name, "task": task, "dir": str(model_dir), "hashes": hashes, "versions": library_versions(PACKAGES)}
+    return {"name": name, "task": task, "dir": str(model_dir), "hashes": hashes,
+            "versions": library_versions(PACKAGES)}
 
 
 def read_manifest(dataset: Path) -> pd.DataFrame:

@@ -4,17 +4,16 @@ A federated model has no single training set: how each hospital's held-out AUC a
 round is part of its evidence (a site whose ECE climbs while the pooled figure improves is a finding). The
 figures come from what the ServerApp recorded and ``package_federation`` wrote into the package manifest
 (``extra.federated``, hashed with the package), plus each site's DP spend from the packaged ``federation.json``.
-Only the manifest is read here: the report does not re-run or trust anything outside the verified package.
+Only the verified package is read here: the report does not re-run or trust anything outside it.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 from medsight.errors import ConfigError
+from medsight.package.package import Package
 from medsight.report.results import clean
 
 METRICS = ("auc", "ece", "accuracy", "log_loss", "n")  # the ClientApp's held-out figures, in table order
@@ -67,24 +66,16 @@ def federated_view(summary: dict[str, Any], train: list[dict[str, Any]] | None =
                   "source": "package manifest extra.federated (written by medsight.federated.package)"})
 
 
-def federated_view_of(model_dir: str | Path) -> dict[str, Any] | None:
-    """The section for a package folder whose manifest records a federation; None for any other model.
+def federated_view_of(pkg: Package) -> dict[str, Any] | None:
+    """The section for a verified package whose manifest records a federation; None for any other model.
 
-    The caller has already verified the package (``load_package``); ``federation.json`` is used only when the
-    manifest lists it, so its per-site eps is covered by the package's hashes too."""
-    folder = Path(model_dir)
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    summary = (manifest.get("extra") or {}).get("federated") if isinstance(manifest, dict) else None
+    ``federation.json`` is read only when the manifest lists it (``Package.has``), so its per-site eps is covered
+    by the package's hashes too."""
+    summary = pkg.extra.get("federated")
     if not summary:
         return None
     train = None
-    if "federation.json" in (manifest.get("files") or {}):
-        try:
-            train = [{"round": r.get("round"), "train": r.get("train", {})}
-                     for r in json.loads((folder / "federation.json").read_text()).get("rounds", [])]
-        except (OSError, ValueError, AttributeError):
-            train = None
+    if pkg.has("federation.json"):
+        rounds = pkg.read_json("federation.json").get("rounds", [])
+        train = [{"round": r.get("round"), "train": r.get("train", {})} for r in rounds]
     return federated_view(summary, train)

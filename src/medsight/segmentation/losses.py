@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
+from medsight.errors import ConfigError
+
 
 class DeepSupervisionLoss(nn.Module):
     """Sum of DiceCE over the main output and the lower-resolution heads, weights halving per level."""
@@ -57,8 +59,6 @@ LOSSES = {"dice_ce": {}, "dice_balanced_ce": {"balanced_ce": True}}
 
 def segmentation_loss(name: str) -> DeepSupervisionLoss:
     """The plan's loss by name (plans written before the field existed say nothing: plain DiceCE)."""
-    from medsight.errors import ConfigError
-
     if name not in LOSSES:
         raise ConfigError(f"unknown segmentation loss '{name}' in the plan; use {', '.join(LOSSES)}")
     return DeepSupervisionLoss(**LOSSES[name])

@@ -1,5 +1,6 @@
 """Train one fold of a plan configuration as a task on the engine: patches with foreground oversampling,
-augmentation, the plan's loss (DiceCE, class-balanced for lesions) with deep supervision, AdamW (or SGD) with a poly learning-rate schedule.
+augmentation, the plan's loss (DiceCE, class-balanced for lesions) with deep supervision, AdamW (or SGD) with a
+poly learning-rate schedule.
 
 The engine (engine/loop.py) makes it resumable: every epoch draws its patches from ``epoch_rng(seed, fold,
 epoch)`` and the checkpoint holds model, optimiser and history, so a run killed after epoch k and restarted ends
