@@ -34,12 +34,13 @@ def run_once(out: Path, profile: str, seed: int, train_seconds: float, epochs: i
     from medsight.data.dataset import load_dataset
     from medsight.data.fingerprint import compute_fingerprint
     from medsight.data.splits import dataset_folds
-    from medsight.demo.segmentation import BASE_FILTERS, MEMORY_GB, _threads
+    from medsight.demo.segmentation import BASE_FILTERS, MEMORY_GB
+    from medsight.engine.threads import threads_for_now
     from medsight.plan.planner import make_plan
     from medsight.segmentation.train import train_fold
     from medsight.synthetic.demo import TRAINING_SITES, UNSEEN_SITE, build_demo_dataset
 
-    torch.set_num_threads(_threads())
+    torch.set_num_threads(threads_for_now())
     data = build_demo_dataset(out.parent / f"data_{profile}_{data_seed}", n_cases=n_cases, seed=data_seed,
                               quiet=True, lesion_profile=profile)
     ds = load_dataset(data)

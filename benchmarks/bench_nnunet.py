@@ -61,7 +61,7 @@ def _version(dist: str) -> str:
 
 
 def run_medsight(ds, data: Path, work: Path, fold: dict, seed: int, budget: float | None, epochs: int,
-                 iterations: int) -> tuple[float, float, Path]:
+                 iterations: int) -> tuple[float, float, Path, int]:
     from medsight.data.fingerprint import compute_fingerprint
     from medsight.demo.segmentation import BASE_FILTERS, MEMORY_GB, OVERLAP
     from medsight.segmentation.predict import Predictor, write_prediction
@@ -69,13 +69,15 @@ def run_medsight(ds, data: Path, work: Path, fold: dict, seed: int, budget: floa
     from medsight.plan.planner import make_plan
     from medsight.segmentation.train import train_fold
 
+    if budget is not None:
+        epochs = 1000  # as nnU-Net's side: a schedule for 1000 epochs, stopped by the clock
     fp = compute_fingerprint(ds.subset(fold["train"] + fold["val"]), seed=seed)
     plan = make_plan(fp, memory_gb=MEMORY_GB, base_filters=BASE_FILTERS, epochs=epochs, iterations_per_epoch=iterations)
     md = work / "medsight_model"
     md.mkdir(parents=True, exist_ok=True)
     plan.save(md / "plan.json")
     t = time.perf_counter()  # training only, as on nnU-Net's side (planning/preprocessing not counted)
-    train_fold(ds, plan, "3d", 0, md, fold["train"], fold["val"], seed=seed, max_seconds=budget, quiet=True,
+    summary = train_fold(ds, plan, "3d", 0, md, fold["train"], fold["val"], seed=seed, max_seconds=budget, quiet=True,
                epochs=epochs)
     t_train = time.perf_counter() - t
     t = time.perf_counter()
@@ -83,11 +85,11 @@ def run_medsight(ds, data: Path, work: Path, fold: dict, seed: int, budget: floa
     out = work / "medsight_pred"
     for cid in fold["val"] + fold["test"]:
         write_prediction(pred.predict(read_nifti(ds.case(cid).images[0])), out / f"{cid}.nii.gz")
-    return t_train, time.perf_counter() - t, out
+    return t_train, time.perf_counter() - t, out, int(summary["epochs_done"]) * iterations
 
 
 def run_nnunet(ds, work: Path, fold: dict, budget: float | None, threads: int, epochs: int, iterations: int,
-               memory_gb: float, seed: int) -> tuple[float, float, Path]:
+               memory_gb: float, seed: int) -> tuple[float, float, Path, int]:
     # raw data and nnU-Net's preprocessing are the same for every seed: made once beside the seeds' folders
     raw, pre, res = work.parent / "nnUNet_raw", work.parent / "nnUNet_preprocessed", work / "nnUNet_results"
     for p in (raw, pre, res):
@@ -171,10 +173,35 @@ def run_nnunet(ds, work: Path, fold: dict, budget: float | None, threads: int, e
     predictor.predict_from_files(str(dsdir / "imagesTs"), str(out), num_processes_preprocessing=1,
                                  num_processes_segmentation_export=1)
     print("nnU-Net epochs done:", epochs_done, flush=True)
-    return t_train, time.perf_counter() - t, out
+    return t_train, time.perf_counter() - t, out, int(epochs_done) * iterations
 
 
 PLANS = "nnUNetPlans_cpu"
+
+
+def _run_pinned(args: argparse.Namespace, root: Path, seed: int) -> tuple[tuple, tuple]:
+    """Both tools at once as child processes, medsight on core 0 and nnU-Net on core 1 (its augmentation worker
+    shares that core), one torch thread each."""
+    procs, results = [], []
+    for core, side in enumerate(("medsight", "nnunet")):
+        res = root / f"seed{seed}" / f"{side}.result.json"
+        res.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, __file__, "--side", side, "--result", str(res), "--seeds", str(seed), "--threads", "1",
+               "--epochs", str(args.epochs), "--iterations", str(args.iterations), "--train-seconds",
+               str(args.train_seconds), "--nnunet-memory-gb", str(args.nnunet_memory_gb), "--lesion-profile",
+               args.lesion_profile, "--work", str(root), "--no-record"] + (["--equal-seconds"] if args.equal_seconds
+                                                                            else [])
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        procs.append(subprocess.Popen(["taskset", "-c", str(core % os.cpu_count())] + cmd, env=env))
+        results.append(res)
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit(f"a pinned run failed (exit {p.returncode}): {p.args}")
+    out = []
+    for res in results:
+        tr, pr, path, its = json.loads(res.read_text())
+        out.append((tr, pr, Path(path), its))
+    return out[0], out[1]
 
 
 def main() -> None:
@@ -193,7 +220,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--note", default="", help="Paragraph recorded under the command (what differs, the load).")
+    ap.add_argument("--parallel", action="store_true",
+                    help="Run both tools at once, each pinned to one core with one thread (sets --threads 1).")
+    ap.add_argument("--section", default=None, help="docs/benchmarks.md section to write (default by regime).")
+    ap.add_argument("--side", choices=("medsight", "nnunet"), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.parallel:
+        args.threads = 1
     import torch
 
     from medsight.data.dataset import load_dataset
@@ -215,13 +249,19 @@ def main() -> None:
 
     def report() -> None:
         lines = [f"| {t} | {sd} | {tr:.0f} | {pr:.0f} | " + " | ".join(f"{h[n]:.3f}" for n in names.values()) + " | "
-                 + " | ".join(f"{u[n]:.3f}" for n in names.values()) + " |" for t, sd, tr, pr, h, u in rows]
+                 + " | ".join(f"{u[n]:.3f}" for n in names.values()) + f" | {it} |"
+                 for t, sd, tr, pr, h, u, it in rows]
         hdr = (" | ".join(f"held-out {n}" for n in names.values()) + " | "
                + " | ".join(f"site_C {n}" for n in names.values()))
         terms = (f"equal wall time: each stopped after the epoch passing {args.train_seconds:.0f} s"
                  if args.equal_seconds else f"equal iterations: {args.epochs} epochs x {args.iterations} iterations each")
-        section, regime = ("nnunet-wall", "equal wall time") if args.equal_seconds else ("nnunet", "equal iterations")
+        section, regime = (("nnunet-wall", f"equal wall time, {args.train_seconds / 60:.0f} min each")
+                           if args.equal_seconds else ("nnunet", "equal iterations"))
+        section = args.section or section
         wall = f" --equal-seconds --train-seconds {args.train_seconds:.0f}" if args.equal_seconds else ""
+        wall += " --parallel" if args.parallel else ""
+        if args.parallel:
+            terms += "; run at the same time, each tool pinned to its own core with one torch thread"
         md = "\n".join([
             f"## medsight vs nnU-Net v2 on the demo split (CPU, {regime})", "",
             f"{machine_line()} torch threads: {args.threads}. Versions (importlib.metadata): {versions}.",
@@ -234,19 +274,32 @@ def main() -> None:
             f"with its own `-gpu_memory_target {args.nnunet_memory_gb:g}` (medsight's planner gets 0.5 GB). Train s = "
             "training only (planning and preprocessing not counted); Dice per class, mean over cases (lesion: cases "
             "with a lesion only).", "", args.note, "",
-            f"| tool | seed | train s | predict s | {hdr} |",
-            "|---|---|---|---|" + "---|" * (2 * len(names)), *lines, ""])
+            f"| tool | seed | train s | predict s | {hdr} | iterations |",
+            "|---|---|---|---|" + "---|" * (2 * len(names) + 1), *lines, ""])
         print(md, flush=True)
         if not args.no_record:
             record_section(section, md)
 
+    def run_side(side: str, seed: int, work: Path) -> tuple[float, float, Path, int]:
+        if side == "medsight":
+            return run_medsight(ds, data, work, fold, seed, budget, args.epochs, args.iterations)
+        return run_nnunet(ds, work, fold, budget, args.threads, args.epochs, args.iterations, args.nnunet_memory_gb,
+                          seed)
+
+    if args.side:  # a child of --parallel: one tool, one seed, result as JSON
+        tr, pr, out, its = run_side(args.side, args.seeds[0], root / f"seed{args.seeds[0]}")
+        args.result.write_text(json.dumps([tr, pr, str(out), its]))
+        return
     for seed in args.seeds:
         work = root / f"seed{seed}"
-        ms = run_medsight(ds, data, work, fold, seed, budget, args.epochs, args.iterations)
-        nn = run_nnunet(ds, work, fold, budget, args.threads, args.epochs, args.iterations, args.nnunet_memory_gb,
-                        seed)
-        for tool, (tr, pr, out) in ((f"medsight {versions['medsight']}", ms), (f"nnU-Net v2 {versions['nnunetv2']}", nn)):
-            rows.append((tool, seed, tr, pr, _score(out, ds, fold["val"], names), _score(out, ds, fold["test"], names)))
+        if args.parallel:
+            ms, nn = _run_pinned(args, root, seed)
+        else:
+            ms, nn = run_side("medsight", seed, work), run_side("nnunet", seed, work)
+        for tool, (tr, pr, out, its) in ((f"medsight {versions['medsight']}", ms),
+                                         (f"nnU-Net v2 {versions['nnunetv2']}", nn)):
+            rows.append((tool, seed, tr, pr, _score(out, ds, fold["val"], names), _score(out, ds, fold["test"], names),
+                         its))
         report()  # after every seed: a long run that is stopped still leaves its finished seeds recorded
 
 

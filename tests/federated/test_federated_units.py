@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medsight.errors import ConfigError
+from medsight.errors import ConfigError, DatasetError
 from medsight.federated.aggregate import aggregate_hash, fedavg
 from medsight.federated.privacy import GaussianAccountant, apply_delta, clip_and_noise, weights_delta
 from medsight.federated.site import ProxTask, SiteTask
@@ -82,3 +82,98 @@ def test_fedprox_adds_the_proximal_term(tmp_path) -> None:
     prox = ProxTask(task, anchor, mu=2.0)
     # (mu / 2) * sum (0.1)^2 over every parameter = n_params * 0.01
     assert float((prox.loss(model, batch) - task.loss(model, batch)).detach()) == pytest.approx(n_params * 0.01, rel=1e-4)
+
+
+def test_site_task_learns_the_named_label_with_a_medsight_backbone(tmp_path) -> None:
+    """A manifest with two 0/1 columns (the classification demo's): ``label`` picks one, and a named backbone
+    (here the demo classifier's evidence-map ResNet) gives one logit per image."""
+    from medsight.federated.toy import make_sites
+
+    manifest = make_sites(tmp_path, n=20, sites=("A",))["A"]
+    lines = manifest.read_text().splitlines()
+    # a second label column, the complement of the first: learning the wrong one would flip every target
+    lines = [lines[0] + ",other"] + [f"{row},{1 - int(row.rsplit(',', 1)[1])}" for row in lines[1:]]
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match="--label"):
+        SiteTask(manifest, "A").setup()  # two label columns and none named: refused, not guessed
+    task = SiteTask(manifest, "A", label="other", backbone="resnet10-slim-evidence", size=32)
+    task.setup()
+    x, y = task._data[0], task._data[1]
+    expected = [1.0 - float(r.split(",")[4]) for r in lines[1:] if r.split(",")[3] == "train"]
+    assert y[:, 0].tolist() == expected
+    model = task.build_model()
+    assert model(x[:3]).shape == (3, 1)
+    assert math.isfinite(float(task.loss(model, (x[:4], y[:4])).detach()))
+
+
+def test_federated_package_card_lists_the_contributing_sites(tmp_path) -> None:
+    from medsight.federated.package import package_federation
+    from medsight.federated.site import small_classifier
+    from medsight.report.cards import training_data
+
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save(small_classifier().state_dict(), out / "model.pt")
+    rnd = {"round": 1, "train": {"A": {}, "B": {}, "C": {}}, "evaluate": {"A": {"auc": 0.8, "n": 5}},
+           "contributors": ["A", "B"], "no_reply": ["C"], "aggregate_sha256": "ab" * 32, "global": {"auc": 0.8}}
+    (out / "federation.json").write_text(__import__("json").dumps({
+        "strategy": "fedavg", "rounds": [rnd], "config": {"dp-noise": 0.0, "dp-clip": 1.0, "dp-delta": 1e-5,
+                                                          "dp-epsilon": 10.0, "backbone": "small"}}))
+    pkg = package_federation(out, tmp_path / "pkg", "fed", register=False)
+    data = training_data(pkg.path)
+    assert data["training sites"] == ["A", "B"]  # C was asked but never sent an update
+    assert data["training"].startswith("federated (fedavg, 1 rounds)")
+    assert pkg.extra["federated"]["model"] == {"backbone": "small", "image-size": 32, "label": ""}
+
+
+def test_noised_update_keeps_batchnorm_variances_positive() -> None:
+    """DP noise of sd 1 on a BatchNorm model's update: without the floor about half the running variances go
+    negative and every output is NaN (what the demo-site benchmark hit); with it outputs stay finite."""
+    from medsight.federated.site import site_model
+
+    torch.manual_seed(0)
+    model = site_model("resnet10-slim-evidence", 32)
+    glob = {k: v.clone() for k, v in model.state_dict().items()}
+    noised, _ = clip_and_noise(weights_delta(glob, glob), clip=1.0, sigma=1.0, seed=3)
+    raw = {k: glob[k] + noised[k] if glob[k].is_floating_point() else noised[k] for k in glob}
+    assert any((v < 0).any() for k, v in raw.items() if k.endswith("running_var"))
+    new = apply_delta(glob, noised)
+    assert all(float(v.min()) >= 0.99e-5 for k, v in new.items() if k.endswith("running_var"))  # float32
+    model.load_state_dict(new)
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(2, 1, 32, 32))).all()
+
+
+def test_cli_names_a_wrong_backbone_before_starting_any_process(tmp_path, capsys) -> None:
+    from medsight.cli.main import main
+    from medsight.federated.toy import make_sites
+
+    sites = make_sites(tmp_path / "data", n=10, sites=("A", "B"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["federated", "run", "--site", f"A={sites['A']}", "--site", f"B={sites['B']}", "--backbone",
+              "resnet11", "-o", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "resnet11" in err and "resnet10-slim-evidence" in err  # the known names are listed
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_previous_runs_record_is_not_taken_for_this_runs_result(tmp_path) -> None:
+    """The benchmark once reported a 10-round run from a 1-round run's federation.json left in the folder."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from medsight.federated.launch import FederationError, wait_result
+
+    (tmp_path / "federation.json").write_text(json.dumps({"rounds": [{"round": 1}]}))
+    old = time.time() - 60
+    os.utime(tmp_path / "federation.json", (old, old))
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    with pytest.raises(FederationError, match="without a result"):
+        wait_result(tmp_path, done, timeout=30, since=time.time())
+    assert wait_result(tmp_path, done, timeout=30)["rounds"] == [{"round": 1}]  # no 'since': any record

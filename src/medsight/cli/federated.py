@@ -56,21 +56,33 @@ def federated() -> None:
 @click.option("--package", "package_dir", type=click.Path(path_type=Path), default=None,
               help="Also write the final model as a verified, registered package here.")
 @click.option("--name", default="federated-classifier", show_default=True, help="Package name (with --package).")
+@click.option("--label", default="", help="The manifest's 0/1 column to learn (needed when it has several).")
+@click.option("--backbone", default="small", show_default=True,
+              help="small (two conv blocks, cheap to send) or a medsight backbone, e.g. resnet10-slim-evidence.")
+@click.option("--image-size", type=int, default=32, show_default=True, help="Square input size at every site.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="Each site's Adam learning rate.")
+@click.option("--balanced", is_flag=True, help="Each site draws positives and negatives equally often.")
 def run(site_args: tuple[str, ...], out_dir: Path, rounds: int, local_steps: int, strategy: str, mu: float,
         min_sites: int, round_timeout: float, dp_noise: float, dp_clip: float, dp_delta: float, epsilon: float,
         audit: str | None, seed: int, secagg: bool, secagg_max_weight: float, package_dir: Path | None,
-        name: str) -> None:
+        name: str, label: str, backbone: str, image_size: int, batch_size: int, lr: float, balanced: bool) -> None:
     """Run a whole federation on this machine (127.0.0.1): for a trial or a demo of the multi-machine setup."""
     from medsight.errors import ConfigError
     from medsight.federated.launch import run_federation
 
     sites = _sites(site_args)
+    if backbone != "small":
+        from medsight.nets.backbones import check_backbone
+
+        check_backbone(backbone)  # a wrong name stops here, not in every site's process
     if min_sites > len(sites) or min_sites < 1:
         raise ConfigError(f"--min-sites must be between 1 and the number of sites ({len(sites)}), got {min_sites}")
     config = {"rounds": rounds, "local-steps": local_steps, "strategy": strategy, "proximal-mu": mu,
               "min-sites": min_sites, "round-timeout": round_timeout, "dp-noise": dp_noise, "dp-clip": dp_clip,
               "dp-delta": dp_delta, "dp-epsilon": epsilon, "seed": seed, "secagg": secagg,
-              "secagg-max-weight": secagg_max_weight}
+              "secagg-max-weight": secagg_max_weight, "label": label, "backbone": backbone, "image-size": image_size,
+              "batch-size": batch_size, "lr": lr, "balanced": balanced}
     result = run_federation(sites, out_dir, config, audit=audit, epsilon_budget=epsilon if dp_noise > 0 else None,
                             timeout=rounds * round_timeout * 2 + 300)
     for r in result["rounds"]:

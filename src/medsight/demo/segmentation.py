@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from medsight.engine.threads import threads_for_now
 from medsight.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -32,50 +32,11 @@ N_EVIDENCE = 3  # evidence figures (explain/evidence.py): the first case, then c
 OVERLAP = 0.25  # window overlap at prediction; 0.5 (nnU-Net's) doubles the demo's prediction time
 
 
-def _threads() -> int:
-    """One torch thread when the machine is already busy: OpenMP threads that wait for a shared core spin and
-    make every convolution many times slower; all cores (up to 4) when it is free.
-
-    Busy = less than one core idle over a quarter of a second (/proc/stat). The load average is only the fallback:
-    it trails by minutes, so a demo started just after other work ended ran on one thread (247 s of training
-    instead of ~140 s)."""
-    cores = os.cpu_count() or 1
-    if cores < 2:
-        return 1
-    idle = _idle_cores(0.25)
-    if idle is None:
-        try:
-            idle = cores - os.getloadavg()[0]
-        except OSError:
-            idle = float(cores)
-    return 1 if idle < 1.0 else min(cores, 4)
-
-
-def _idle_cores(seconds: float) -> float | None:
-    """Cores idle on average over ``seconds`` (from /proc/stat), or None where /proc/stat is not readable."""
-    import time
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return v[3] + (v[4] if len(v) > 4 else 0), sum(v)  # idle + iowait, total (all cores, in ticks)
-
-    try:
-        idle0, total0 = sample()
-        time.sleep(seconds)
-        idle1, total1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    if total1 <= total0:
-        return None
-    return (os.cpu_count() or 1) * (idle1 - idle0) / (total1 - total0)
-
-
 def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
     import torch
 
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(_threads())
+    torch.set_num_threads(threads_for_now())
     try:
         return _run(ctx)
     finally:

@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 RUN_DEFAULTS: dict[str, Any] = {"rounds": 2, "min-sites": 2, "local-steps": 5, "strategy": "fedavg",
                                 "proximal-mu": 0.01, "round-timeout": 120.0, "seed": 0, "dp-noise": 0.0,
                                 "dp-clip": 1.0, "dp-delta": 1e-5, "dp-epsilon": 10.0, "out-dir": "",
-                                "secagg": False, "secagg-max-weight": 1000.0, "secagg-clip-range": 8.0}
+                                "secagg": False, "secagg-max-weight": 1000.0, "secagg-clip-range": 8.0,
+                                "label": "", "backbone": "small", "image-size": 32, "batch-size": 16, "lr": 3e-3,
+                                "balanced": False}
 STRATEGIES = ("fedavg", "fedprox")
 
 
@@ -201,16 +203,24 @@ class Federation:
                 os.killpg(p.pid, signal.SIGKILL)
 
 
-def wait_result(out_dir: Path, run: subprocess.Popen, timeout: float) -> dict[str, Any]:
-    """Wait for the server's federation.json (the run's end) or fail after ``timeout`` seconds."""
+def wait_result(out_dir: Path, run: subprocess.Popen, timeout: float, since: float | None = None) -> dict[str, Any]:
+    """Wait for the server's federation.json (the run's end) or fail after ``timeout`` seconds. With ``since``
+    (a time.time() from before the submission) a file older than that is not this run's result."""
     path = Path(out_dir) / "federation.json"
     end = time.monotonic() + timeout
+
+    def fresh() -> bool:
+        try:
+            return since is None or path.stat().st_mtime >= since - 1.0
+        except FileNotFoundError:
+            return False
+
     while time.monotonic() < end:
-        if path.exists():
+        if fresh():
             return json.loads(path.read_text())
         if run.poll() is not None:  # `flwr run --stream` returns when the run ends; give the file a moment
             time.sleep(2.0)
-            if path.exists():
+            if fresh():
                 return json.loads(path.read_text())
             raise FederationError(f"the federated run ended without a result (flwr run exit {run.returncode}); "
                                   "see flwr-run.log and superlink.log in the logs folder")
@@ -218,12 +228,23 @@ def wait_result(out_dir: Path, run: subprocess.Popen, timeout: float) -> dict[st
     raise FederationError(f"the federated run did not finish within {timeout:.0f} s; see the logs beside it")
 
 
+RESULT_FILES = ("federation.json", "model.pt", "progress.jsonl")
+
+
 def run_federation(sites: dict[str, Path], out_dir: Path, config: dict[str, Any], audit: str | None = None,
                    epsilon_budget: float | None = None, timeout: float = 1800.0) -> dict[str, Any]:
-    """Start everything, run, stop everything; returns the server's record of the run."""
+    """Start everything, run, stop everything; returns the server's record of the run.
+
+    A previous run's record in ``out_dir`` is replaced (it was once read back as this run's result)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stale = [out_dir / f for f in RESULT_FILES if (out_dir / f).exists()]
+    if stale:
+        log.warning("replacing the previous run's %s in %s", ", ".join(p.name for p in stale), out_dir)
+        for f in stale:
+            f.unlink()
     with tempfile.TemporaryDirectory(prefix="medsight-flwr-") as tmp, \
             Federation(sites, Path(tmp), audit, epsilon_budget, logs=out_dir / "logs") as fed:
+        since = time.time()
         run = fed.submit(config, out_dir)
-        return wait_result(out_dir, run, timeout)
+        return wait_result(out_dir, run, timeout, since)

@@ -19,7 +19,10 @@ def federation_summary(result: dict[str, Any]) -> dict[str, Any]:
             "per_round": [{"round": r["round"], "contributors": r["contributors"], "global": r.get("global", {}),
                            "sites": r["evaluate"], "aggregate_sha256": r["aggregate_sha256"]} for r in rounds],
             "aggregate_sha256": [r["aggregate_sha256"] for r in rounds],
-            "dp": {k: result["config"][k] for k in ("dp-noise", "dp-clip", "dp-delta", "dp-epsilon")}}
+            "contributing_sites": sorted({s for r in rounds for s in r["contributors"]}),
+            "dp": {k: result["config"][k] for k in ("dp-noise", "dp-clip", "dp-delta", "dp-epsilon")},
+            "model": {k: result["config"].get(k, d) for k, d in (("backbone", "small"), ("image-size", 32),
+                                                                   ("label", ""))}}
 
 
 def package_federation(out_dir: str | Path, dest: str | Path, name: str, *, register: bool = True,

@@ -86,8 +86,18 @@ def weights_delta(new: dict[str, torch.Tensor], old: dict[str, torch.Tensor]) ->
     return {k: (new[k] - old[k]) if new[k].is_floating_point() else new[k] for k in new}
 
 
+VAR_FLOOR = 1e-5  # BatchNorm's eps: the smallest running variance that keeps a normalised activation finite
+
+
 def apply_delta(old: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: (old[k] + delta[k]) if old[k].is_floating_point() else delta[k] for k in old}
+    """``old + delta``; BatchNorm running variances are kept at or above ``VAR_FLOOR``: DP noise on a variance
+    near 0 makes it negative and the network's output NaN. A clamp after the noise is post-processing, so it
+    costs no privacy."""
+    out = {k: (old[k] + delta[k]) if old[k].is_floating_point() else delta[k] for k in old}
+    for k in out:
+        if k.endswith("running_var"):
+            out[k] = out[k].clamp_min(VAR_FLOOR)
+    return out
 
 
 def as_numpy(sd: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from medsight.engine.seeding import seed_everything
 from medsight.federated.aggregate import aggregate_hash, fedavg
 from medsight.federated.secagg import error_bound, secagg_round
-from medsight.federated.site import small_classifier
+from medsight.federated.site import SMALL, site_model
 from medsight.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ def main(grid: Grid, context: Context) -> None:
     rounds, min_sites, timeout = int(rc["rounds"]), int(rc["min-sites"]), float(rc["round-timeout"])
     strategy, secagg = str(rc["strategy"]), bool(rc.get("secagg", False))
     seed_everything(int(rc["seed"]))
-    glob = {k: v.detach().clone() for k, v in small_classifier().state_dict().items()}
+    model = site_model(str(rc.get("backbone", SMALL)), int(rc.get("image-size", 32)))
+    glob = {k: v.detach().clone() for k, v in model.state_dict().items()}
     train_cfg = {"local-steps": int(rc["local-steps"]), "seed": int(rc["seed"]),
                  "proximal-mu": float(rc["proximal-mu"]) if strategy == "fedprox" else 0.0,
                  "dp-noise": float(rc["dp-noise"]), "dp-clip": float(rc["dp-clip"]),

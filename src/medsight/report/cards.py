@@ -44,6 +44,12 @@ def training_data(model_dir: Path, dataset: Path | None = None) -> dict[str, Any
     model_dir = Path(model_dir)
     out: dict[str, Any] = {}
     plan, cfg = _json(model_dir / "plan.json"), _json(model_dir / "config.json")
+    fed = ((_json(model_dir / "manifest.json") or {}).get("extra") or {}).get("federated")
+    if fed:  # trained where the data are: the sites that sent updates, never the data themselves
+        out["training"] = (f"federated ({fed.get('strategy')}, {fed.get('rounds')} rounds); images never left "
+                           "the sites")
+        out["training sites"] = fed.get("contributing_sites") or fed.get("sites")
+        return out
     if plan and plan.get("fingerprint_sha256"):
         out["training data fingerprint"] = f"sha256 {plan['fingerprint_sha256']} (dataset fingerprint of the plan)"
         splits = model_dir / "splits.json"
