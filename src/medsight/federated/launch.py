@@ -211,9 +211,10 @@ def wait_result(out_dir: Path, run: subprocess.Popen, timeout: float, since: flo
 
     def fresh() -> bool:
         try:
-            return since is None or path.stat().st_mtime >= since - 1.0
+            mtime = path.stat().st_mtime
         except FileNotFoundError:
             return False
+        return since is None or mtime >= since - 1.0
 
     while time.monotonic() < end:
         if fresh():
