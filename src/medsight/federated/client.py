@@ -19,7 +19,8 @@ from medsight.audit.log import AuditLog
 from medsight.engine.loop import local_update
 from medsight.federated.privacy import GaussianAccountant, apply_delta, clip_and_noise, weights_delta
 from medsight.federated.secagg import clipped_fraction, fitres_content, is_secagg, secagg_when_asked
-from medsight.federated.site import SMALL, ProxTask, SiteTask
+from medsight.federated.launch import RUN_DEFAULTS
+from medsight.federated.site import ProxTask, SiteTask
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -30,11 +31,10 @@ def _task(context: Context) -> SiteTask:
     nc = context.node_config
     key = (str(nc["manifest"]), str(nc["site"]))
     if key not in _TASKS:
-        rc = context.run_config
-        _TASKS[key] = SiteTask(key[0], key[1], seed=int(rc.get("seed", 0)), label=str(rc.get("label", "")) or None,
-                               backbone=str(rc.get("backbone", SMALL)), size=int(rc.get("image-size", 32)),
-                               batch_size=int(rc.get("batch-size", 16)), lr=float(rc.get("lr", 3e-3)),
-                               balanced=bool(rc.get("balanced", False)))
+        rc = {**RUN_DEFAULTS, **context.run_config}
+        _TASKS[key] = SiteTask(key[0], key[1], seed=int(rc["seed"]), label=str(rc["label"]) or None,
+                               backbone=str(rc["backbone"]), size=int(rc["image-size"]),
+                               batch_size=int(rc["batch-size"]), lr=float(rc["lr"]), balanced=bool(rc["balanced"]))
     return _TASKS[key]
 
 
