@@ -96,6 +96,10 @@ def test_predict_cls_killed_then_rerun_equals_uninterrupted(squares: Path, tmp_p
     ref = tmp_path / "ref" / "pred.csv"
     whole = run_medsight(home, "predict-cls", str(model), str(images), str(ref), "--evidence")
     want = _table(ref)
+    # the first run is cold (imports, file cache) and was once so much slower than the rest that every kill
+    # point came after the reruns had ended: time a warm run too and take the shorter
+    warm = tmp_path / "warm" / "pred.csv"
+    whole = min(whole, run_medsight(home, "predict-cls", str(model), str(images), str(warm), "--evidence"))
     ref_heat = ref.with_name("pred_gradcam")
     want_arrays = _arrays(ref_heat)
     assert len(want) == 48 and len(want_arrays) == 48
