@@ -6,14 +6,13 @@ rounds; after each round ends (the ServerApp's ``progress.jsonl`` says ``done``)
 shows as a positive slope after warm-up; the report gives RSS at round 1, 10 and the last, the peak (VmHWM) and
 the least-squares slope over rounds 2..last and 10..last.
 
-    nice -n 19 python benchmarks/bench_federated_memory.py --rounds 30 --record
+    OMP_NUM_THREADS=1 python benchmarks/bench_federated_memory.py --rounds 40 --record
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -113,9 +112,8 @@ def section(args: argparse.Namespace, samples: list[dict[str, float]], wall: flo
     if missing:
         stopped += f" Rounds not sampled: {', '.join(map(str, missing))}."
     lines = ["## Federated server memory over a long run", "", machine_line(),
-             "Shared, heavily loaded 2-core machine (other jobs at normal priority, this one at nice 19): RSS does "
-             "not depend on the load, the wall time does.", "",
-             f"Command: `OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_federated_memory.py --rounds "
+             f"{args.note} RSS does not depend on the machine's load; the wall time does.", "",
+             f"Command: `OMP_NUM_THREADS=1 python benchmarks/bench_federated_memory.py --rounds "
              f"{args.rounds} --n {args.n} --steps {args.steps} --record`. A real local federation (SuperLink + 2 "
              f"SuperNodes on 127.0.0.1, FedAvg, the small classifier, {args.n} images and {args.steps} local step(s) "
              f"per site per round), {done} rounds ({len(samples)} sampled)" + (f", wall {wall:.0f} s" if wall else "") + ". RSS (VmRSS "
@@ -141,6 +139,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20, help="images per site")
     ap.add_argument("--steps", type=int, default=1, help="local steps per round")
     ap.add_argument("--record", action="store_true", help="write the figures into docs/benchmarks.md")
+    ap.add_argument("--note", default="", help="what else ran on the machine (written beside the figures)")
     ap.add_argument("--from-log", type=Path, default=None,
                     help="record from the per-round JSON lines an earlier (stopped) run printed, without running")
     args = ap.parse_args()

@@ -7,19 +7,27 @@ from pathlib import Path
 import click
 
 
-def _sites(values: tuple[str, ...]) -> dict[str, Path]:
+def _pairs(values: tuple[str, ...], option: str, what: str) -> dict[str, Path]:
+    """NAME=PATH pairs of a repeated option; every path must exist."""
     from medsight.errors import ConfigError
 
     out: dict[str, Path] = {}
     for v in values:
         name, sep, path = v.partition("=")
         if not sep or not name or not path:
-            raise ConfigError(f"--site takes NAME=MANIFEST.csv, got {v!r}")
-        if not Path(path).is_file():
-            raise ConfigError(f"site {name}: manifest {path} does not exist")
+            raise ConfigError(f"{option} takes NAME={what}, got {v!r}")
+        if not Path(path).exists():
+            raise ConfigError(f"site {name}: {path} does not exist")
         out[name] = Path(path)
+    return out
+
+
+def _sites(values: tuple[str, ...]) -> dict[str, Path]:
+    from medsight.errors import ConfigError
+
+    out = _pairs(values, "--site", "DATA")
     if len(out) < 2:
-        raise ConfigError("a federation needs at least two --site NAME=MANIFEST.csv")
+        raise ConfigError("a federation needs at least two --site NAME=DATA")
     return out
 
 
@@ -30,7 +38,17 @@ def federated() -> None:
 
 @federated.command()
 @click.option("--site", "site_args", multiple=True, required=True,
-              help="NAME=MANIFEST.csv, once per site; each site's process reads only its rows of that manifest.")
+              help="NAME=DATA, once per site: a classification manifest, a segmentation dataset folder or a MIL "
+                   "label CSV; each site's process reads only its own rows/cases of it.")
+@click.option("--task", type=click.Choice(["classification", "segmentation", "mil"]), default="classification",
+              show_default=True)
+@click.option("--plan", "plan_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Segmentation: the agreed plan.json (`medsight plan`); it is sent to every site.")
+@click.option("--configuration", default="", help="Segmentation: the plan configuration to train (default: the "
+              "plan's default).")
+@click.option("--features", "feature_args", multiple=True,
+              help="MIL: NAME=FOLDER of that site's tile features (default: features/ beside its label CSV).")
+@click.option("--feature-dim", type=int, default=0, help="MIL: the tile encoder's output size.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Folder for the server's record (federation.json), the final model and the process logs.")
 @click.option("--rounds", type=int, default=3, show_default=True)
@@ -63,7 +81,9 @@ def federated() -> None:
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="Each site's Adam learning rate.")
 @click.option("--balanced", is_flag=True, help="Each site draws positives and negatives equally often.")
-def run(site_args: tuple[str, ...], out_dir: Path, rounds: int, local_steps: int, strategy: str, mu: float,
+def run(site_args: tuple[str, ...], task: str, plan_path: Path | None, configuration: str,
+        feature_args: tuple[str, ...], feature_dim: int, out_dir: Path, rounds: int, local_steps: int, strategy: str,
+        mu: float,
         min_sites: int, round_timeout: float, dp_noise: float, dp_clip: float, dp_delta: float, epsilon: float,
         audit: str | None, seed: int, secagg: bool, secagg_max_weight: float, package_dir: Path | None,
         name: str, label: str, backbone: str, image_size: int, batch_size: int, lr: float, balanced: bool) -> None:
@@ -72,24 +92,35 @@ def run(site_args: tuple[str, ...], out_dir: Path, rounds: int, local_steps: int
     from medsight.federated.launch import run_federation
 
     sites = _sites(site_args)
-    if backbone != "small":
+    if backbone != "small" and task == "classification":
         from medsight.nets.backbones import check_backbone
 
         check_backbone(backbone)  # a wrong name stops here, not in every site's process
+    if backbone != "small" and task == "mil":
+        from medsight.nets.mil import load_mil
+
+        load_mil(backbone)
+    if task == "segmentation" and plan_path is None:
+        raise ConfigError("--task segmentation needs --plan plan.json (from `medsight plan`)")
     if min_sites > len(sites) or min_sites < 1:
         raise ConfigError(f"--min-sites must be between 1 and the number of sites ({len(sites)}), got {min_sites}")
     config = {"rounds": rounds, "local-steps": local_steps, "strategy": strategy, "proximal-mu": mu,
               "min-sites": min_sites, "round-timeout": round_timeout, "dp-noise": dp_noise, "dp-clip": dp_clip,
               "dp-delta": dp_delta, "dp-epsilon": epsilon, "seed": seed, "secagg": secagg,
               "secagg-max-weight": secagg_max_weight, "label": label, "backbone": backbone, "image-size": image_size,
-              "batch-size": batch_size, "lr": lr, "balanced": balanced}
+              "batch-size": batch_size, "lr": lr, "balanced": balanced, "task": task,
+              "plan": plan_path.read_text() if plan_path else "", "configuration": configuration,
+              "feature-dim": feature_dim}
     result = run_federation(sites, out_dir, config, audit=audit, epsilon_budget=epsilon if dp_noise > 0 else None,
-                            timeout=rounds * round_timeout * 2 + 300)
+                            timeout=rounds * round_timeout * 2 + 300,
+                            features=_pairs(feature_args, "--features", "FOLDER") or None)
+    key = "dice" if task == "segmentation" else "auc"
     for r in result["rounds"]:
-        per = "  ".join(f"{s}: auc {m['auc']:.3f} ece {m['ece']:.3f}" for s, m in sorted(r["evaluate"].items()))
+        per = "  ".join(f"{s}: {key} {m.get(key, float('nan')):.3f} ece {m['ece']:.3f}"
+                        for s, m in sorted(r["evaluate"].items()))
         g = r.get("global", {})
         click.echo(f"round {r['round']}: {len(r['contributors'])}/{r['sites_asked']} sites contributed, "
-                   f"global auc {g.get('auc', float('nan')):.3f} ece {g.get('ece', float('nan')):.3f} | {per}")
+                   f"global {key} {g.get(key, float('nan')):.3f} ece {g.get('ece', float('nan')):.3f} | {per}")
     click.echo(f"wrote {out_dir / 'federation.json'} and {out_dir / 'model.pt'}")
     if package_dir is not None:
         from medsight.federated.package import package_federation
@@ -109,11 +140,14 @@ def app(folder: Path) -> None:
 
 @federated.command("node-config")
 @click.option("--site", required=True, help="This site's name (its value in the manifest's site column).")
-@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--manifest", type=click.Path(exists=True, path_type=Path), required=True,
+              help="This site's data: a classification manifest, a segmentation dataset folder or a MIL label CSV.")
+@click.option("--features", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="MIL: this site's tile-features folder (default: features/ beside the label CSV).")
 @click.option("--audit", default=None, help="This site's audit log URL or SQLite file.")
 @click.option("--epsilon", type=float, default=None, help="This site's own privacy budget (overrides the run's).")
-def node_config(site: str, manifest: Path, audit: str | None, epsilon: float | None) -> None:
+def node_config(site: str, manifest: Path, features: Path | None, audit: str | None, epsilon: float | None) -> None:
     """Print the --node-config value for this site's `flower-supernode`."""
     from medsight.federated.launch import site_node_config
 
-    click.echo(site_node_config(site, manifest, audit, epsilon))
+    click.echo(site_node_config(site, manifest, audit, epsilon, features))

@@ -143,10 +143,10 @@ def local_update(task: Task, weights: dict[str, torch.Tensor], steps: int, seed:
     if steps < 1:
         raise ConfigError(f"local steps must be >= 1, got {steps}")
     seed_everything(seed)
+    task.setup()  # before the model and optimiser: a task may need its data to build them
     model = task.build_model()
     model.load_state_dict(weights)
     opt = task.configure_optimizer(model)
-    task.setup()
     loss_sum, n, done, epoch = 0.0, 0, 0, 0
     while done < steps:
         torch.manual_seed(epoch_torch_seed(seed, round, epoch))

@@ -20,21 +20,20 @@ from medsight.engine.loop import local_update
 from medsight.federated.privacy import GaussianAccountant, apply_delta, clip_and_noise, weights_delta
 from medsight.federated.secagg import clipped_fraction, fitres_content, is_secagg, secagg_when_asked
 from medsight.federated.launch import RUN_DEFAULTS
-from medsight.federated.site import ProxTask, SiteTask
+from medsight.engine.task import Task
+from medsight.federated.site import ProxTask
+from medsight.federated.tasks import site_task
 
 log = logging.getLogger(__name__)
 app = ClientApp()
-_TASKS: dict[tuple[str, str], SiteTask] = {}  # the site's data stay loaded between rounds of a run
+_TASKS: dict[tuple[str, str], Task] = {}  # the site's data stay loaded between rounds of a run
 
 
-def _task(context: Context) -> SiteTask:
+def _task(context: Context) -> Task:
     nc = context.node_config
     key = (str(nc["manifest"]), str(nc["site"]))
     if key not in _TASKS:
-        rc = {**RUN_DEFAULTS, **context.run_config}
-        _TASKS[key] = SiteTask(key[0], key[1], seed=int(rc["seed"]), label=str(rc["label"]) or None,
-                               backbone=str(rc["backbone"]), size=int(rc["image-size"]),
-                               batch_size=int(rc["batch-size"]), lr=float(rc["lr"]), balanced=bool(rc["balanced"]))
+        _TASKS[key] = site_task({**RUN_DEFAULTS, **context.run_config}, nc)
     return _TASKS[key]
 
 
@@ -62,10 +61,12 @@ def train(msg: Message, context: Context) -> Message:
     task.setup()
     glob = msg.content["arrays"].to_torch_state_dict()
     glob = {k: v.clone() for k, v in glob.items()}
+    sigma, clip = float(cfg.get("dp-noise", 0.0)), float(cfg.get("dp-clip", 0.0))
+    if sigma == 0 and hasattr(task, "adapt_global"):  # e.g. MIL's first-round feature statistics (never under DP)
+        glob = task.adapt_global(glob)
     mu = float(cfg.get("proximal-mu", 0.0))
     run_task = ProxTask(task, glob, mu) if mu > 0 else task
     seed = _site_seed(site, int(cfg.get("seed", 0)))
-    sigma, clip = float(cfg.get("dp-noise", 0.0)), float(cfg.get("dp-clip", 0.0))
     if sigma > 0:
         ledger = Path(str(nc["ledger"]))
         acc = GaussianAccountant.load(ledger, float(cfg["dp-delta"]))

@@ -31,7 +31,8 @@ RUN_DEFAULTS: dict[str, Any] = {"rounds": 2, "min-sites": 2, "local-steps": 5, "
                                 "dp-clip": 1.0, "dp-delta": 1e-5, "dp-epsilon": 10.0, "out-dir": "",
                                 "secagg": False, "secagg-max-weight": 1000.0, "secagg-clip-range": 8.0,
                                 "label": "", "backbone": "small", "image-size": 32, "batch-size": 16, "lr": 3e-3,
-                                "balanced": False}
+                                "balanced": False, "task": "classification", "plan": "", "configuration": "",
+                                "feature-dim": 0}
 STRATEGIES = ("fedavg", "fedprox")
 
 
@@ -90,13 +91,17 @@ clientapp = "medsight.federated.client:app"
     return folder
 
 
-def site_node_config(site: str, manifest: Path, audit: str | None = None, epsilon_budget: float | None = None
-                     ) -> str:
-    """The SuperNode's --node-config: the site's name and manifest, its privacy ledger (kept beside the manifest,
-    so the budget holds across runs), its audit log and its own eps budget."""
+def site_node_config(site: str, manifest: Path, audit: str | None = None, epsilon_budget: float | None = None,
+                     features: Path | None = None) -> str:
+    """The SuperNode's --node-config: the site's name and data (a manifest, a segmentation dataset folder or a
+    MIL label CSV with its ``features`` folder), its privacy ledger (kept beside the data, so the budget holds
+    across runs), its audit log and its own eps budget."""
     manifest = Path(manifest).resolve()
+    home = manifest if manifest.is_dir() else manifest.parent
     nc: dict[str, Any] = {"site": site, "manifest": str(manifest),
-                          "ledger": str(manifest.parent / f".medsight-privacy-{site}.json")}
+                          "ledger": str(home / f".medsight-privacy-{site}.json")}
+    if features is not None:
+        nc["features"] = str(Path(features).resolve())
     if audit:
         nc["audit"] = audit
     if epsilon_budget is not None:
@@ -114,6 +119,7 @@ class Federation:
     epsilon_budget: float | None = None
     port: int = 0
     logs: Path | None = None  # where the processes' logs go (default: work)
+    features: dict[str, Path] | None = None  # MIL: site name -> its tile-features folder
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -144,7 +150,8 @@ class Federation:
         self._start(f"site-{site}", [_bin("flower-supernode"), "--insecure", "--superlink",
                                      f"127.0.0.1:{self.port}", "--port", str(free_port()),
                                      "--node-config",
-                                     site_node_config(site, manifest, self.audit, self.epsilon_budget)])
+                                     site_node_config(site, manifest, self.audit, self.epsilon_budget,
+                                                      (self.features or {}).get(site))])
 
     def _start(self, name: str, cmd: list[str]) -> None:
         logf = open(self.logs / f"{name}.log", "ab")
@@ -182,12 +189,15 @@ class Federation:
             raise ConfigError("secagg-max-weight and secagg-clip-range must be positive")
         if config.get("secagg") and int(config.get("min-sites", 2)) < 2:
             raise ConfigError("secure aggregation needs min-sites >= 2 (a sum over one site is that site's model)")
+        check_task(config)
         app = write_app(self.work / "app")
         cfg = {**config, "out-dir": str(Path(out_dir).resolve())}
-        over = " ".join(f"{k}={_toml(v)}" for k, v in cfg.items())
+        # a TOML file, not key=value words: Flower splits those at spaces, and a plan's JSON has spaces
+        over = self.work / "run-config.toml"
+        over.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in cfg.items()))
         logf = open(self.logs / "flwr-run.log", "ab")
         self.procs["flwr-run"] = subprocess.Popen(
-            [_bin("flwr"), "run", str(app), "medsight", "--stream", "--run-config", over], env=self.env, stdout=logf,
+            [_bin("flwr"), "run", str(app), "medsight", "--stream", "--run-config", str(over)], env=self.env, stdout=logf,
             stderr=subprocess.STDOUT, cwd=self.work, start_new_session=True)  # stopped with the rest on exit
         return self.procs["flwr-run"]
 
@@ -201,6 +211,17 @@ class Federation:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+def check_task(config: dict[str, Any]) -> None:
+    """What the server and every site would reject, rejected before any process is asked (ConfigError)."""
+    from medsight.federated.tasks import run_plan, task_kind
+
+    kind = task_kind(config)
+    if kind == "segmentation":
+        run_plan(config)
+    if kind == "mil" and int(config.get("feature-dim", 0)) < 1:
+        raise ConfigError("a MIL federation needs feature-dim, the tile encoder's output size")
 
 
 def wait_result(out_dir: Path, run: subprocess.Popen, timeout: float, since: float | None = None) -> dict[str, Any]:
@@ -233,10 +254,12 @@ RESULT_FILES = ("federation.json", "model.pt", "progress.jsonl")
 
 
 def run_federation(sites: dict[str, Path], out_dir: Path, config: dict[str, Any], audit: str | None = None,
-                   epsilon_budget: float | None = None, timeout: float = 1800.0) -> dict[str, Any]:
+                   epsilon_budget: float | None = None, timeout: float = 1800.0,
+                   features: dict[str, Path] | None = None) -> dict[str, Any]:
     """Start everything, run, stop everything; returns the server's record of the run.
 
     A previous run's record in ``out_dir`` is replaced (it was once read back as this run's result)."""
+    check_task(config)  # before any process starts
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = [out_dir / f for f in RESULT_FILES if (out_dir / f).exists()]
@@ -245,7 +268,7 @@ def run_federation(sites: dict[str, Path], out_dir: Path, config: dict[str, Any]
         for f in stale:
             f.unlink()
     with tempfile.TemporaryDirectory(prefix="medsight-flwr-") as tmp, \
-            Federation(sites, Path(tmp), audit, epsilon_budget, logs=out_dir / "logs") as fed:
+            Federation(sites, Path(tmp), audit, epsilon_budget, logs=out_dir / "logs", features=features) as fed:
         since = time.time()
         run = fed.submit(config, out_dir)
         return wait_result(out_dir, run, timeout, since)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from medsight.engine.seeding import seed_everything
 from medsight.federated.aggregate import aggregate_hash, fedavg
 from medsight.federated.secagg import error_bound, secagg_round
-from medsight.federated.site import SMALL, site_model
+from medsight.federated.tasks import global_model
 from medsight.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def main(grid: Grid, context: Context) -> None:
     rounds, min_sites, timeout = int(rc["rounds"]), int(rc["min-sites"]), float(rc["round-timeout"])
     strategy, secagg = str(rc["strategy"]), bool(rc.get("secagg", False))
     seed_everything(int(rc["seed"]))
-    model = site_model(str(rc.get("backbone", SMALL)), int(rc.get("image-size", 32)))
+    model = global_model(rc)
     glob = {k: v.detach().clone() for k, v in model.state_dict().items()}
     train_cfg = {"local-steps": int(rc["local-steps"]), "seed": int(rc["seed"]),
                  "proximal-mu": float(rc["proximal-mu"]) if strategy == "fedprox" else 0.0,
@@ -146,8 +147,13 @@ def _pooled(per_site: dict[str, dict[str, float]]) -> dict[str, float]:
     n = sum(m.get("n", 0.0) for m in per_site.values())
     if not n:
         return {}
-    keys = [k for k in next(iter(per_site.values())) if k != "n"]
-    return {k: float(sum(m[k] * m["n"] for m in per_site.values()) / n) for k in keys} | {"n": n}
+    keys = sorted({k for m in per_site.values() for k in m} - {"n"})
+    out: dict[str, float] = {}
+    for k in keys:  # a site without a finite value (e.g. no lesion held out) does not count for that metric
+        have = [m for m in per_site.values() if math.isfinite(m.get(k, math.nan)) and m.get("n", 0)]
+        w = sum(m["n"] for m in have)
+        out[k] = float(sum(m[k] * m["n"] for m in have) / w) if w else math.nan
+    return out | {"n": n}
 
 
 def _note(path: Path, row: dict[str, Any]) -> None:

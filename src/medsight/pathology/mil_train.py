@@ -64,9 +64,14 @@ def read_labels(path: str | Path) -> list[dict[str, str]]:
 
 def load_bags(labels_csv: str | Path, features_dir: str | Path, require_all: bool = True) -> list[Bag]:
     """One bag per labelled slide that has features; all must have the same encoder."""
+    return bags_of(read_labels(labels_csv), features_dir, require_all)
+
+
+def bags_of(rows: list[dict[str, str]], features_dir: str | Path, require_all: bool = True) -> list[Bag]:
+    """``load_bags`` for label rows already read (a federated site keeps only its own rows)."""
     features_dir = Path(features_dir)
     bags = []
-    for r in read_labels(labels_csv):
+    for r in rows:
         p = features_dir / r["slide_id"] / FEATURES
         if not p.exists():
             if require_all:

@@ -16,7 +16,22 @@ from medsight.errors import ConfigError
 from medsight.package.package import Package
 from medsight.report.results import clean
 
-METRICS = ("auc", "ece", "accuracy", "log_loss", "n")  # the ClientApp's held-out figures, in table order
+# the ClientApp's held-out figures per federated task, in table order (segmentation adds Dice per class)
+METRICS = {"classification": ("auc", "ece", "accuracy", "log_loss", "n"),
+           "mil": ("auc", "ece", "accuracy", "log_loss", "n"), "segmentation": ("dice", "ece", "n")}
+NAMES = {"auc": "AUC", "ece": "ECE", "accuracy": "Accuracy", "log_loss": "Log loss", "n": "n",
+         "dice": "Dice (mean over classes)"}
+
+
+def task_metrics(summary: dict[str, Any]) -> list[str]:
+    """The metric keys of this federation's task; for segmentation, one ``dice_<label>`` per recorded class."""
+    task = str(summary.get("task") or "classification")
+    keys = list(METRICS.get(task, METRICS["classification"]))
+    if task == "segmentation":
+        per_class = sorted({k for r in summary.get("per_round", []) for m in (r.get("sites") or {}).values()
+                            for k in m if k.startswith("dice_")})
+        keys[1:1] = per_class
+    return keys
 
 
 def _num(v: Any) -> float | None:
@@ -27,9 +42,9 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _metrics(m: dict[str, Any] | None) -> dict[str, float | None]:
-    out = {k: _num((m or {}).get(k)) for k in METRICS}
-    if out["n"] is not None:
+def _metrics(m: dict[str, Any] | None, keys: list[str]) -> dict[str, float | None]:
+    out = {k: _num((m or {}).get(k)) for k in keys}
+    if out.get("n") is not None:
         out["n"] = int(out["n"])  # a case count
     return out
 
@@ -48,6 +63,7 @@ def federated_view(summary: dict[str, Any], train: list[dict[str, Any]] | None =
         raise ConfigError(f"the package's federated record lacks {err}; package it with "
                           "medsight.federated.package.package_federation") from err
     eps = {int(r["round"]): r.get("train", {}) for r in (train or []) if "round" in r}
+    keys = task_metrics(summary)
     rows, glob = [], []
     for r in per_round:
         rnd, evaluated = int(r["round"]), r.get("sites") or {}
@@ -55,13 +71,15 @@ def federated_view(summary: dict[str, Any], train: list[dict[str, Any]] | None =
         for s in sites:
             spent = _num((eps.get(rnd, {}).get(s) or {}).get("epsilon"))
             rows.append({"round": rnd, "site": s, "contributed": s in contrib, "evaluated": s in evaluated,
-                         **_metrics(evaluated.get(s)), "epsilon": spent})
+                         **_metrics(evaluated.get(s), keys), "epsilon": spent})
         glob.append({"round": rnd, "aggregated": r.get("aggregate_sha256") is not None,
                      "aggregate_sha256": r.get("aggregate_sha256"), "n_contributors": len(contrib),
-                     **_metrics(r.get("global"))})
+                     **_metrics(r.get("global"), keys)})
     dp = summary.get("dp") or {}
-    return clean({"strategy": summary.get("strategy"), "sites": sites, "rounds": len(per_round),
-                  "metrics": list(METRICS), "rows": rows, "global": glob,
+    names = {k: NAMES.get(k, f"Dice {k.removeprefix('dice_')}") for k in keys}
+    return clean({"strategy": summary.get("strategy"), "task": str(summary.get("task") or "classification"),
+                  "sites": sites, "rounds": len(per_round), "metrics": keys, "metric_names": names,
+                  "rows": rows, "global": glob,
                   "dp": {k: _num(v) for k, v in dp.items()},
                   "source": "package manifest extra.federated (written by medsight.federated.package)"})
 

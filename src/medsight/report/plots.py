@@ -158,12 +158,15 @@ def overlay(image: np.ndarray, reference: np.ndarray | None, prediction: np.ndar
 
 
 def federated_rounds(fed: dict[str, Any]) -> str | None:
-    """Held-out AUC and ECE of the global model at each site, per round (dashed: case-weighted over sites)."""
+    """Held-out AUC (Dice for segmentation) and ECE of the global model at each site, per round (dashed:
+    case-weighted over sites)."""
     rows = fed.get("rows") or []
     if not rows:
         return None
+    first = (fed.get("metrics") or ["auc"])[0]
+    names = fed.get("metric_names") or {}
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
-    for ax, key, name in ((axes[0], "auc", "AUC"), (axes[1], "ece", "ECE")):
+    for ax, key, name in ((axes[0], first, names.get(first, first.upper())), (axes[1], "ece", "ECE")):
         for site in fed.get("sites", []):
             pts = [(r["round"], r[key]) for r in rows if r["site"] == site and r[key] is not None]
             if pts:

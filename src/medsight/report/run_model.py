@@ -53,7 +53,10 @@ def segmentation_table(model_dir: Path, dataset: Path, external_sites: Sequence[
     if unknown:
         raise DatasetError(f"external site(s) {sorted(unknown)} not in {dataset}/manifest.csv; sites there: "
                            f"{sorted(set(sites.values()))}")
-    targets = [c for c in internal_cases(model_dir) if sites.get(c) not in set(external_sites)]
+    # a model without saved folds (e.g. a federated one: no site's split left its site) is scored on the
+    # external sites alone, as the error message of internal_cases offers
+    has_folds = (Path(model_dir) / "splits.json").is_file() or not external_sites
+    targets = [c for c in (internal_cases(model_dir) if has_folds else []) if sites.get(c) not in set(external_sites)]
     targets += [c.case_id for c in ds.cases if c.site in set(external_sites)]
     predictor = Predictor(model_dir, mirror_axes=[0])
     rows: list[dict[str, Any]] = []
@@ -66,8 +69,9 @@ def segmentation_table(model_dir: Path, dataset: Path, external_sites: Sequence[
         case = ds.case(cid)
         if case.label is None:
             raise DatasetError(f"case {cid} has no label file in labelsTr; validation needs the reference")
-        image = read_nifti(case.images[0])
-        pred = predictor.predict(image)
+        channels = [read_nifti(p) for p in case.images]  # every channel the plan was trained on, in order
+        image = channels[0]
+        pred = predictor.predict(channels if len(channels) > 1 else image)
         write_prediction(pred, Path(pred_dir) / f"{cid}.nii.gz")
         ref = read_nifti(case.label).array
         for m in segmentation_metrics(pred.labels.array, ref, image.spacing, ds.foreground):

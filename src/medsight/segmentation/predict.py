@@ -12,6 +12,7 @@ import torch
 
 from medsight.data.preprocess import preprocess_image
 from medsight.image import Image
+from medsight.plan.plan import ConfigPlan
 from medsight.segmentation.ensemble import average, load_models
 from medsight.segmentation.lesions import LesionTable, load_policy, measure_lesions, write_lesion_table
 from medsight.segmentation.sampling import slice_stack
@@ -50,20 +51,7 @@ class Predictor:
     def predict(self, image: Image | list[Image]) -> Prediction:
         t0 = time.perf_counter()
         pre = preprocess_image(image, self.plan, self.cfg)
-        x = torch.from_numpy(pre.image)[None]  # (1, C, *S)
-        if self.cfg.spatial_dims == 2:  # slices along the last axis become the batch
-            x = x[0].permute(3, 0, 1, 2)
-            if self.cfg.context_slices:  # 2.5D: each slice with its neighbours as channels, as in training
-                x = slice_stack(x, self.cfg.context_slices)
-        probs, net_seconds = [], 0.0
-        for net in self.models:
-            timed_net = timed_predictor(net)  # only the network's forward passes count as network time
-            p = sliding_window(x, lambda patch, n=timed_net: mirrored_softmax(n, patch, self.mirror_axes),
-                               self.cfg.patch_size, self.overlap)
-            net_seconds += timed_net.seconds
-            probs.append(p)
-        prob = average(probs)
-        prob = prob.permute(1, 2, 3, 0) if self.cfg.spatial_dims == 2 else prob[0]
+        prob, net_seconds = plan_grid_probabilities(self.models, pre.image, self.cfg, self.mirror_axes, self.overlap)
         prob_in = to_input_grid(prob.numpy(), pre.original_shape)
         first = image[0] if isinstance(image, list) else image
         label_array, lesions = labels_from_probabilities(prob_in), None
@@ -79,6 +67,27 @@ class Predictor:
         return Prediction(labels, prob_in, time.perf_counter() - t0, net_seconds,
                           {"folds": len(self.models), "mirror_axes": self.mirror_axes,
                            **({"lesions": lesions.summary()} if lesions is not None else {})}, lesions)
+
+
+def plan_grid_probabilities(models: list[torch.nn.Module], image: np.ndarray, cfg: ConfigPlan,
+                            mirror_axes: list[int], overlap: float = 0.5) -> tuple[torch.Tensor, float]:
+    """Softmax (C, *S) of a preprocessed (C, *S) image on the plan's grid, averaged over ``models``, and the
+    seconds spent in the networks. 2D configurations run slice by slice (with neighbours as channels for 2.5D),
+    exactly as they were trained; the federated sites' evaluation uses this too."""
+    x = torch.from_numpy(image)[None]  # (1, C, *S)
+    if cfg.spatial_dims == 2:  # slices along the last axis become the batch
+        x = x[0].permute(3, 0, 1, 2)
+        if cfg.context_slices:  # 2.5D: each slice with its neighbours as channels, as in training
+            x = slice_stack(x, cfg.context_slices)
+    probs, net_seconds = [], 0.0
+    for net in models:
+        timed_net = timed_predictor(net)  # only the network's forward passes count as network time
+        p = sliding_window(x, lambda patch, n=timed_net: mirrored_softmax(n, patch, mirror_axes),
+                           cfg.patch_size, overlap)
+        net_seconds += timed_net.seconds
+        probs.append(p)
+    prob = average(probs)
+    return (prob.permute(1, 2, 3, 0) if cfg.spatial_dims == 2 else prob[0]), net_seconds
 
 
 def write_prediction(pred: Prediction, out_path: str | Path, probabilities: bool = False,
