@@ -30,7 +30,8 @@ from medsight.engine.loop import local_update  # noqa: E402
 from medsight.engine.seeding import seed_everything  # noqa: E402
 from medsight.federated.aggregate import fedavg  # noqa: E402
 from medsight.federated.privacy import GaussianAccountant, apply_delta, clip_and_noise, weights_delta  # noqa: E402
-from medsight.federated.site import SMALL, SiteTask, load_images, site_model  # noqa: E402
+from medsight.federated.dpsgd import dpsgd_update  # noqa: E402
+from medsight.federated.site import SMALL, ProxTask, SiteTask, load_images, site_model  # noqa: E402
 from medsight.federated.toy import make_sites  # noqa: E402
 from medsight.metrics.classification import roc_auc, roc_auc_delong  # noqa: E402
 from medsight.metrics.bootstrap import bootstrap_ci  # noqa: E402
@@ -90,13 +91,14 @@ def demo_sites(root: Path, n_cases: int, seed: int) -> tuple[dict[str, Path], Pa
     return out, root / "fed_pooled_AB.csv", root / "fed_site_C.csv"
 
 
-def federated(tasks: list[SiteTask], rounds: int, steps: int, seed: int, sigma: float = 0.0, clip: float = 1.0
-              ) -> tuple[dict, float]:
+def federated(tasks: list[SiteTask], rounds: int, steps: int, seed: int, sigma: float = 0.0, clip: float = 1.0,
+              mu: float = 0.0) -> tuple[dict, float]:
+    """FedAvg rounds in process (FedProx when ``mu`` > 0, client-level DP when ``sigma`` > 0)."""
     glob, acc = init(seed), GaussianAccountant(1e-5)
     for rnd in range(1, rounds + 1):
         states, ns = [], []
         for i, t in enumerate(tasks):
-            new, n, _ = local_update(t, glob, steps, seed * 100 + i, rnd)
+            new, n, _ = local_update(ProxTask(t, glob, mu) if mu > 0 else t, glob, steps, seed * 100 + i, rnd)
             if sigma > 0:
                 new = apply_delta(glob, clip_and_noise(weights_delta(new, glob), clip, sigma, seed * 7 + rnd + i)[0])
             states.append(new)
@@ -104,6 +106,17 @@ def federated(tasks: list[SiteTask], rounds: int, steps: int, seed: int, sigma: 
         if sigma > 0:
             acc.spend(sigma)
         glob = fedavg(states, ns)
+    return glob, acc.epsilon()
+
+
+def federated_dpsgd(tasks: list[SiteTask], rounds: int, steps: int, seed: int, sigma: float, clip: float
+                    ) -> tuple[dict, float]:
+    """FedAvg rounds whose local steps are DP-SGD (Opacus) at every site; eps of one site (all sites alike)."""
+    glob, acc = init(seed), GaussianAccountant(1e-5)
+    for rnd in range(1, rounds + 1):
+        outs = [dpsgd_update(t, glob, steps, seed * 100 + i, rnd, sigma, clip) for i, t in enumerate(tasks)]
+        acc.spend_sampled(sigma, outs[0][3], steps)
+        glob = fedavg([o[0] for o in outs], [o[1] for o in outs])
     return glob, acc.epsilon()
 
 
@@ -118,6 +131,9 @@ def main() -> None:
     ap.add_argument("--dp-clip", type=float, default=None, help="L2 clip of a site's update (toy 0.1, demo 1.0)")
     ap.add_argument("--sigmas", type=float, nargs="+", default=None, help="DP noise multipliers (toy 0.5 1 2)")
     ap.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight")
+    ap.add_argument("--dpsgd-sigmas", type=float, nargs="*", default=[],
+                    help="sample-level DP-SGD noise multipliers (networks without BatchNorm: toy data)")
+    ap.add_argument("--dpsgd-clip", type=float, default=1.0, help="per-example gradient clip of DP-SGD")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--no-flower", action="store_true")
@@ -166,19 +182,14 @@ def main() -> None:
                                ("pooled A+B", tab, 2 * budget)):  # pooled: both sites' step budget
             arm(name, lambda t=t, steps=steps: (local_update(t, init(run), steps, run, 0)[0], None))
         arm("federated A+B, FedAvg", lambda: (federated([ta, tb], args.rounds, args.steps, run)[0], None))
-        from medsight.federated.site import ProxTask
-
-        def prox() -> tuple[dict, None]:
-            glob = init(run)
-            for rnd in range(1, args.rounds + 1):
-                outs = [local_update(ProxTask(t, glob, args.mu), glob, args.steps, run * 100 + i, rnd)
-                        for i, t in enumerate((ta, tb))]
-                glob = fedavg([o[0] for o in outs], [o[1] for o in outs])
-            return glob, None
-        arm(f"federated A+B, FedProx mu={args.mu:g}", prox)
+        arm(f"federated A+B, FedProx mu={args.mu:g}",
+            lambda: (federated([ta, tb], args.rounds, args.steps, run, mu=args.mu)[0], None))
         for s in args.sigmas:
             arm(f"federated A+B, DP sigma={s:g}, clip={args.dp_clip:g}",
                 lambda s=s: federated([ta, tb], args.rounds, args.steps, run, sigma=s, clip=args.dp_clip))
+        for s in args.dpsgd_sigmas:
+            arm(f"federated A+B, DP-SGD per example sigma={s:g}, clip={args.dpsgd_clip:g}",
+                lambda s=s: federated_dpsgd([ta, tb], args.rounds, args.steps, run, s, args.dpsgd_clip))
     flower = None
     if not args.no_flower:
         from medsight.federated.launch import run_federation
@@ -204,7 +215,9 @@ def record(args: argparse.Namespace, arms: dict, times: dict, flower: dict | Non
     demo = args.data == "demo"
     cmd = (f"python benchmarks/bench_federated.py --data {args.data} --runs {args.runs} --n {args.n} --rounds "
            f"{args.rounds} --steps {args.steps} --dp-clip {args.dp_clip:g} --sigmas {' '.join(f'{s:g}' for s in args.sigmas)}"
-           f" --threads {args.threads}" + ("" if demo else f" --contrast {args.contrast}"))
+           f" --threads {args.threads}" + ("" if demo else f" --contrast {args.contrast}")
+           + (f" --dpsgd-sigmas {' '.join(f'{s:g}' for s in args.dpsgd_sigmas)} --dpsgd-clip {args.dpsgd_clip:g}"
+              if args.dpsgd_sigmas else ""))
     n_rows = {s: len(read_classification_manifest(p, labels=[MODEL["label"]] if MODEL["label"] else None,
                                                   task="binary").y) for s, p in sites.items()}
     data = (f"The demo's scanner sites: lesion presence on axial slices of {args.n} generated volumes "

@@ -90,3 +90,34 @@ def test_three_sites_one_killed_dp_ledger(tmp_path) -> None:
     assert fed_rec["sites"] == ["A", "B", *r1["no_reply"]] and fed_rec["rounds"] == 2
     assert fed_rec["aggregate_sha256"] == [r1["aggregate_sha256"], r2["aggregate_sha256"]]
     assert fed_rec["per_round"][1]["sites"]["A"]["ece"] == r2["evaluate"]["A"]["ece"]
+
+
+@pytest.mark.slow
+def test_sample_level_dpsgd_budget_is_enforced_and_ledgered(tmp_path) -> None:
+    """Two SuperNodes train with DP-SGD (Opacus) inside each site; the budget lies between the eps of one and
+    of two rounds, so both sites spend in round 1 and refuse round 2; audit log, ledger and accountant agree."""
+    require_flower()
+    from medsight.federated.launch import run_federation
+
+    sites = make_sites(tmp_path / "data", n=40, sites=("A", "B"))  # 28 training rows per site
+    audit = str(tmp_path / "audit.db")
+    sigma, delta, steps, q = 1.0, 1e-5, 3, 16 / 28
+    one = GaussianAccountant(delta, sampled=[(sigma, q, steps)]).epsilon()
+    two = GaussianAccountant(delta, sampled=[(sigma, q, steps)] * 2).epsilon()
+    result = run_federation(sites, tmp_path / "out", {"rounds": 2, "local-steps": steps, "min-sites": 2,
+                                                      "dp-noise": sigma, "dp-mode": "sample", "dp-clip": 1.0,
+                                                      "dp-delta": delta, "round-timeout": 120.0},
+                            audit=audit, epsilon_budget=(one + two) / 2, timeout=600)
+    r1, r2 = result["rounds"]
+    assert r1["contributors"] == ["A", "B"] and r1["aggregated"]
+    assert r2["contributors"] == [] and not r2["aggregated"] and r2["aggregate_sha256"] is None
+    assert all("loss" not in m for m in r1["train"].values())  # the private training loss stays home
+    log = AuditLog(audit)
+    for site in ("A", "B"):
+        spend = [r.details for r in log.records(event_name="federated.dp_spend") if r.details["site"] == site]
+        refused = [r.details for r in log.records(event_name="federated.dp_refused") if r.details["site"] == site]
+        assert len(spend) == 1 and spend[0]["mode"] == "sample" and spend[0]["sample_rate"] == pytest.approx(q)
+        assert spend[0]["epsilon"] == pytest.approx(one) == r1["train"][site]["epsilon"]
+        assert len(refused) == 1 and refused[0]["round"] == 2 and refused[0]["epsilon_if_spent"] == pytest.approx(two)
+        ledger = GaussianAccountant.load(sites[site].parent / f".medsight-privacy-{site}.json", delta)
+        assert ledger.sampled == [(sigma, pytest.approx(q), steps)] and ledger.epsilon() == pytest.approx(one)

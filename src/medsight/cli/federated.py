@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from medsight.federated.launch import RUN_DEFAULTS as D  # one place for the run's defaults (stdlib imports only)
+
 
 def _pairs(values: tuple[str, ...], option: str, what: str) -> dict[str, Path]:
     """NAME=PATH pairs of a repeated option; every path must exist."""
@@ -48,44 +50,47 @@ def federated() -> None:
               "plan's default).")
 @click.option("--features", "feature_args", multiple=True,
               help="MIL: NAME=FOLDER of that site's tile features (default: features/ beside its label CSV).")
-@click.option("--feature-dim", type=int, default=0, help="MIL: the tile encoder's output size.")
+@click.option("--feature-dim", type=int, default=D["feature-dim"], help="MIL: the tile encoder's output size.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Folder for the server's record (federation.json), the final model and the process logs.")
 @click.option("--rounds", type=int, default=3, show_default=True)
 @click.option("--local-steps", type=int, default=10, show_default=True, help="Optimiser steps per site per round.")
 @click.option("--strategy", type=click.Choice(["fedavg", "fedprox"]), default="fedavg", show_default=True)
-@click.option("--mu", type=float, default=0.01, show_default=True, help="FedProx proximal weight.")
+@click.option("--mu", type=float, default=D["proximal-mu"], show_default=True, help="FedProx proximal weight.")
 @click.option("--min-sites", type=int, default=2, show_default=True,
               help="Fewer contributing sites in a round: the global model is kept for that round.")
 @click.option("--round-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for sites.")
-@click.option("--dp-noise", type=float, default=0.0, show_default=True,
+@click.option("--dp-noise", type=float, default=D["dp-noise"], show_default=True,
               help="Noise multiplier of client-level DP (0: off).")
-@click.option("--dp-clip", type=float, default=1.0, show_default=True, help="L2 clip of each site's update.")
-@click.option("--dp-delta", type=float, default=1e-5, show_default=True)
-@click.option("--epsilon", type=float, default=10.0, show_default=True,
+@click.option("--dp-mode", type=click.Choice(["client", "sample"]), default=D["dp-mode"], show_default=True,
+              help="client: clip and noise each site's round update; sample: DP-SGD inside each site (Opacus), "
+                   "per-example clipping and noise every step (classification, networks without BatchNorm).")
+@click.option("--dp-clip", type=float, default=D["dp-clip"], show_default=True, help="L2 clip of each site's update.")
+@click.option("--dp-delta", type=float, default=D["dp-delta"], show_default=True)
+@click.option("--epsilon", type=float, default=D["dp-epsilon"], show_default=True,
               help="Each site's privacy budget; a site stops contributing when a round would exceed it.")
 @click.option("--audit", default=None, help="Audit log URL or SQLite file for the sites' privacy spends.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=D["seed"], show_default=True)
 @click.option("--secagg", is_flag=True,
               help="Secure aggregation (Flower's SecAgg+): the server learns only the sum of the sites' weights.")
-@click.option("--secagg-max-weight", type=float, default=1000.0, show_default=True,
+@click.option("--secagg-max-weight", type=float, default=D["secagg-max-weight"], show_default=True,
               help="SecAgg+ weight scale: set just above the largest site's training count (smaller: finer "
                    "quantisation; below a site's count: its weights may be clipped).")
 @click.option("--package", "package_dir", type=click.Path(path_type=Path), default=None,
               help="Also write the final model as a verified, registered package here.")
 @click.option("--name", default="federated-classifier", show_default=True, help="Package name (with --package).")
 @click.option("--label", default="", help="The manifest's 0/1 column to learn (needed when it has several).")
-@click.option("--backbone", default="small", show_default=True,
+@click.option("--backbone", default=D["backbone"], show_default=True,
               help="small (two conv blocks, cheap to send) or a medsight backbone, e.g. resnet10-slim-evidence.")
-@click.option("--image-size", type=int, default=32, show_default=True, help="Square input size at every site.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Each site's Adam learning rate.")
+@click.option("--image-size", type=int, default=D["image-size"], show_default=True,
+              help="Square input size at every site.")
+@click.option("--batch-size", type=int, default=D["batch-size"], show_default=True)
+@click.option("--lr", type=float, default=D["lr"], show_default=True, help="Each site's Adam learning rate.")
 @click.option("--balanced", is_flag=True, help="Each site draws positives and negatives equally often.")
 def run(site_args: tuple[str, ...], task: str, plan_path: Path | None, configuration: str,
         feature_args: tuple[str, ...], feature_dim: int, out_dir: Path, rounds: int, local_steps: int, strategy: str,
-        mu: float,
-        min_sites: int, round_timeout: float, dp_noise: float, dp_clip: float, dp_delta: float, epsilon: float,
-        audit: str | None, seed: int, secagg: bool, secagg_max_weight: float, package_dir: Path | None,
+        mu: float, min_sites: int, round_timeout: float, dp_noise: float, dp_mode: str, dp_clip: float,
+        dp_delta: float, epsilon: float, audit: str | None, seed: int, secagg: bool, secagg_max_weight: float, package_dir: Path | None,
         name: str, label: str, backbone: str, image_size: int, batch_size: int, lr: float, balanced: bool) -> None:
     """Run a whole federation on this machine (127.0.0.1): for a trial or a demo of the multi-machine setup."""
     from medsight.errors import ConfigError
@@ -105,8 +110,8 @@ def run(site_args: tuple[str, ...], task: str, plan_path: Path | None, configura
     if min_sites > len(sites) or min_sites < 1:
         raise ConfigError(f"--min-sites must be between 1 and the number of sites ({len(sites)}), got {min_sites}")
     config = {"rounds": rounds, "local-steps": local_steps, "strategy": strategy, "proximal-mu": mu,
-              "min-sites": min_sites, "round-timeout": round_timeout, "dp-noise": dp_noise, "dp-clip": dp_clip,
-              "dp-delta": dp_delta, "dp-epsilon": epsilon, "seed": seed, "secagg": secagg,
+              "min-sites": min_sites, "round-timeout": round_timeout, "dp-noise": dp_noise, "dp-mode": dp_mode,
+              "dp-clip": dp_clip, "dp-delta": dp_delta, "dp-epsilon": epsilon, "seed": seed, "secagg": secagg,
               "secagg-max-weight": secagg_max_weight, "label": label, "backbone": backbone, "image-size": image_size,
               "batch-size": batch_size, "lr": lr, "balanced": balanced, "task": task,
               "plan": plan_path.read_text() if plan_path else "", "configuration": configuration,

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import logging
 import zlib
-from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from medsight.audit.log import AuditLog
 from medsight.engine.loop import local_update
-from medsight.federated.privacy import GaussianAccountant, apply_delta, clip_and_noise, weights_delta
+from medsight.federated.dpsgd import dpsgd_update
+from medsight.federated.privacy import apply_delta, clip_and_noise, weights_delta
 from medsight.federated.secagg import clipped_fraction, fitres_content, is_secagg, secagg_when_asked
 from medsight.federated.launch import RUN_DEFAULTS
 from medsight.engine.task import Task
 from medsight.federated.site import ProxTask
+from medsight.federated.site_privacy import SitePrivacy
 from medsight.federated.tasks import site_task
 
 log = logging.getLogger(__name__)
@@ -61,34 +61,30 @@ def train(msg: Message, context: Context) -> Message:
     task.setup()
     glob = msg.content["arrays"].to_torch_state_dict()
     glob = {k: v.clone() for k, v in glob.items()}
-    sigma, clip = float(cfg.get("dp-noise", 0.0)), float(cfg.get("dp-clip", 0.0))
-    if sigma == 0 and hasattr(task, "adapt_global"):  # e.g. MIL's first-round feature statistics (never under DP)
+    dp = SitePrivacy(nc, cfg, site, rnd, context.run_id)
+    if not dp.on and hasattr(task, "adapt_global"):  # e.g. MIL's first-round feature statistics (never under DP)
         glob = task.adapt_global(glob)
     mu = float(cfg.get("proximal-mu", 0.0))
     run_task = ProxTask(task, glob, mu) if mu > 0 else task
-    seed = _site_seed(site, int(cfg.get("seed", 0)))
-    if sigma > 0:
-        ledger = Path(str(nc["ledger"]))
-        acc = GaussianAccountant.load(ledger, float(cfg["dp-delta"]))
-        budget = float(nc.get("epsilon-budget", cfg.get("dp-epsilon", 1e9)))
-        if acc.would_exceed(sigma, budget):
-            log.warning("site %s: round %d would exceed eps %.3f; not contributing", site, rnd, budget)
-            _audit(nc).append("federated.dp_refused", f"site:{site}", site=site, round=rnd, sigma=sigma,
-                              epsilon=acc.epsilon(), epsilon_if_spent=acc.epsilon([sigma]), budget=budget,
-                              delta=acc.delta, run_id=context.run_id)
-            # under SecAgg+ a weight of 0 keeps the masks cancelling; the weights sent are then irrelevant
-            return _reply(msg, glob if is_secagg(msg) else None, {"num-examples": 0, "dp-refused": 1}, site)
-    new, n, metrics = local_update(run_task, glob, int(cfg["local-steps"]), seed, rnd)
-    out: dict[str, Any] = {"num-examples": int(n), "loss": float(metrics["loss"]), "dp-refused": 0}
-    if sigma > 0:
-        noised, norm = clip_and_noise(weights_delta(new, glob), clip, sigma, seed + 7919 * rnd)
-        new = apply_delta(glob, noised)
-        eps = acc.spend(sigma)
-        acc.save(ledger)
-        _audit(nc).append("federated.dp_spend", f"site:{site}", site=site, round=rnd, sigma=sigma, clip=clip,
-                          delta=acc.delta, epsilon=eps, budget=budget, releases=len(acc.sigmas),
-                          update_norm=norm, run_id=context.run_id)
-        out.update({"epsilon": eps, "update-norm": norm})
+    seed, steps = _site_seed(site, int(cfg.get("seed", 0))), int(cfg["local-steps"])
+    q = min(1.0, task.batch / task.n_train) if dp.sample_level else 1.0
+    if not dp.allows(steps, q):
+        log.warning("site %s: round %d would exceed eps %.3f; not contributing", site, rnd, dp.budget)
+        # under SecAgg+ a weight of 0 keeps the masks cancelling; the weights sent are then irrelevant
+        return _reply(msg, glob if is_secagg(msg) else None, {"num-examples": 0, "dp-refused": 1}, site)
+    out: dict[str, Any] = {"dp-refused": 0}
+    if dp.sample_level:
+        new, n, metrics, q = dpsgd_update(task, glob, steps, seed, rnd, dp.sigma, dp.clip)
+        out.update({"epsilon": dp.spend_sample(q, steps), "empty-batches": int(metrics["empty_batches"])})
+    else:
+        new, n, metrics = local_update(run_task, glob, steps, seed, rnd)
+        if dp.on:  # the round's update, clipped and noised before it leaves
+            noised, norm = clip_and_noise(weights_delta(new, glob), dp.clip, dp.sigma, seed + 7919 * rnd)
+            new = apply_delta(glob, noised)
+            out.update({"epsilon": dp.spend_client(norm), "update-norm": norm})
+        else:  # the mean training loss is computed on the private examples without noise: it stays home under DP
+            out["loss"] = float(metrics["loss"])
+    out["num-examples"] = int(n)
     if is_secagg(msg):
         frac = clipped_fraction(new, int(n), float(cfg["secagg-max-weight"]), float(cfg["secagg-clip-range"]))
         if frac > 0:
@@ -106,9 +102,4 @@ def evaluate(msg: Message, context: Context) -> Message:
     rec = MetricRecord({k: float(v) for k, v in metrics.items()})
     return Message(RecordDict({"metrics": rec, "info": ConfigRecord({"site": str(context.node_config["site"])})}),
                    reply_to=msg)
-
-
-def _audit(nc: Any) -> AuditLog:
-    url = nc.get("audit")
-    return AuditLog(str(url) if url else None)
 

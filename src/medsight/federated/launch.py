@@ -32,7 +32,8 @@ RUN_DEFAULTS: dict[str, Any] = {"rounds": 2, "min-sites": 2, "local-steps": 5, "
                                 "secagg": False, "secagg-max-weight": 1000.0, "secagg-clip-range": 8.0,
                                 "label": "", "backbone": "small", "image-size": 32, "batch-size": 16, "lr": 3e-3,
                                 "balanced": False, "task": "classification", "plan": "", "configuration": "",
-                                "feature-dim": 0}
+                                "feature-dim": 0, "dp-mode": "client"}
+DP_MODES = ("client", "sample")
 STRATEGIES = ("fedavg", "fedprox")
 
 
@@ -197,8 +198,9 @@ class Federation:
         over.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in cfg.items()))
         logf = open(self.logs / "flwr-run.log", "ab")
         self.procs["flwr-run"] = subprocess.Popen(
-            [_bin("flwr"), "run", str(app), "medsight", "--stream", "--run-config", str(over)], env=self.env, stdout=logf,
-            stderr=subprocess.STDOUT, cwd=self.work, start_new_session=True)  # stopped with the rest on exit
+            [_bin("flwr"), "run", str(app), "medsight", "--stream", "--run-config", str(over)], env=self.env,
+            stdout=logf, stderr=subprocess.STDOUT, cwd=self.work,
+            start_new_session=True)  # stopped with the rest on exit
         return self.procs["flwr-run"]
 
     def __exit__(self, *exc: Any) -> None:
@@ -222,6 +224,15 @@ def check_task(config: dict[str, Any]) -> None:
         run_plan(config)
     if kind == "mil" and int(config.get("feature-dim", 0)) < 1:
         raise ConfigError("a MIL federation needs feature-dim, the tile encoder's output size")
+    mode = str(config.get("dp-mode", "client"))
+    if mode not in DP_MODES:
+        raise ConfigError(f"dp-mode must be one of {', '.join(DP_MODES)}, got {mode!r}")
+    if mode == "sample" and float(config.get("dp-noise", 0.0)) > 0:
+        if kind != "classification":
+            raise ConfigError("sample-level DP-SGD is built for classification federations; use client-level DP")
+        if config.get("strategy", "fedavg") == "fedprox":
+            raise ConfigError("sample-level DP-SGD with FedProx is not supported (the proximal term has no "
+                              "per-example gradient); use fedavg")
 
 
 def wait_result(out_dir: Path, run: subprocess.Popen, timeout: float, since: float | None = None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from medsight.errors import ConfigError
+from medsight.federated.launch import RUN_DEFAULTS
 from medsight.federated.tasks import run_plan, task_kind
 from medsight.package.package import Package, save_package
 
@@ -24,9 +25,9 @@ def federation_summary(result: dict[str, Any]) -> dict[str, Any]:
                            "sites": r["evaluate"], "aggregate_sha256": r["aggregate_sha256"]} for r in rounds],
             "aggregate_sha256": [r["aggregate_sha256"] for r in rounds],
             "contributing_sites": sorted({s for r in rounds for s in r["contributors"]}),
-            "dp": {k: result["config"][k] for k in ("dp-noise", "dp-clip", "dp-delta", "dp-epsilon")},
-            "model": {k: result["config"].get(k, d) for k, d in (("backbone", "small"), ("image-size", 32),
-                                                                   ("label", ""))}}
+            "dp": {k: result["config"].get(k, RUN_DEFAULTS[k])
+                   for k in ("dp-noise", "dp-clip", "dp-delta", "dp-epsilon", "dp-mode")},
+            "model": {k: result["config"].get(k, RUN_DEFAULTS[k]) for k in ("backbone", "image-size", "label")}}
 
 
 def package_federation(out_dir: str | Path, dest: str | Path, name: str, *, register: bool = True,

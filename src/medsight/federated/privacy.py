@@ -1,4 +1,5 @@
-"""Client-level differential privacy at a site: clip the round's update, add Gaussian noise, account (eps, delta).
+"""Differential privacy at a site: client-level (clip the round's update, add Gaussian noise) and the accountant
+of (eps, delta) for it and for sample-level DP-SGD (federated/dpsgd.py).
 
 Each site clips its model update to L2 norm ``clip`` and adds N(0, (sigma * clip)^2) noise to every coordinate
 before it leaves the site, so the release is a Gaussian mechanism with sensitivity ``clip`` and noise multiplier
@@ -24,27 +25,54 @@ from medsight.files import atomic_write_text
 ORDERS = tuple([1.0 + x / 10.0 for x in range(1, 100)] + list(range(12, 257)))
 
 
+Sampled = tuple[float, float, int]  # (noise multiplier, Poisson sampling rate, steps) of a DP-SGD run
+
+
 @dataclass
 class GaussianAccountant:
-    """RDP accountant of a sequence of Gaussian releases (noise multipliers ``sigmas``) at one site."""
+    """RDP accountant of one site's releases: client-level Gaussian releases (noise multipliers ``sigmas``) and
+    sample-level DP-SGD runs (``sampled``: noise multiplier, sampling rate, steps). Both compose by adding RDP,
+    so one ledger holds a site's whole spend whichever kind of DP a run used."""
 
     delta: float
     sigmas: list[float] = field(default_factory=list)
+    sampled: list[Sampled] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
 
-    def epsilon(self, extra: list[float] | None = None) -> float:
+    def rdp(self, extra: list[float] | None = None, extra_sampled: list[Sampled] | None = None) -> np.ndarray:
+        """Total RDP at each of ``ORDERS``: alpha / (2 sigma^2) per Gaussian release; for a subsampled Gaussian
+        step, Opacus's computation of Mironov, Talwar & Zhang (2019)."""
+        sigmas, sampled = self.sigmas + list(extra or []), self.sampled + list(extra_sampled or [])
+        total = np.array(ORDERS) * sum(1.0 / (2.0 * s * s) for s in sigmas)
+        if sampled:
+            from opacus.accountants.analysis.rdp import compute_rdp
+
+            for sigma, q, steps in sampled:
+                total = total + np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(ORDERS)))
+        return total
+
+    def epsilon(self, extra: list[float] | None = None, extra_sampled: list[Sampled] | None = None) -> float:
         """eps at ``delta`` after the releases so far (plus ``extra`` ones); 0 before any release."""
-        sigmas = self.sigmas + list(extra or [])
-        if not sigmas:
+        if not (self.sigmas or self.sampled or extra or extra_sampled):
             return 0.0
-        rho = sum(1.0 / (2.0 * s * s) for s in sigmas)  # RDP(alpha) = alpha * rho
-        return min(a * rho + math.log(1.0 / self.delta) / (a - 1.0) for a in ORDERS)
+        rdp = self.rdp(extra, extra_sampled)
+        return float(min(r + math.log(1.0 / self.delta) / (a - 1.0) for a, r in zip(ORDERS, rdp)))
 
     def would_exceed(self, sigma: float, budget: float) -> bool:
         return self.epsilon([sigma]) > budget
+
+    def would_exceed_sampled(self, run: Sampled, budget: float) -> bool:
+        return self.epsilon(extra_sampled=[run]) > budget
+
+    def spend_sampled(self, sigma: float, q: float, steps: int) -> float:
+        if sigma <= 0 or not 0.0 < q <= 1.0 or steps < 1:
+            raise ConfigError(f"DP-SGD needs noise > 0, a sampling rate in (0, 1] and steps >= 1; got {sigma}, {q}, "
+                              f"{steps}")
+        self.sampled.append((float(sigma), float(q), int(steps)))
+        return self.epsilon()
 
     def spend(self, sigma: float) -> float:
         if sigma <= 0:
@@ -61,10 +89,12 @@ class GaussianAccountant:
         if float(state["delta"]) != delta:
             raise ConfigError(f"the privacy ledger {path} was kept at delta={state['delta']}, not {delta}; "
                               "keep delta fixed for a site or start a new ledger")
-        return cls(float(state["delta"]), [float(s) for s in state["sigmas"]])
+        return cls(float(state["delta"]), [float(s) for s in state["sigmas"]],
+                   [(float(a), float(b), int(c)) for a, b, c in state.get("sampled", [])])
 
     def save(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps({"delta": self.delta, "sigmas": self.sigmas}))
+        atomic_write_text(path, json.dumps({"delta": self.delta, "sigmas": self.sigmas,
+                                            "sampled": [list(r) for r in self.sampled]}))
 
 
 def clip_and_noise(update: dict[str, torch.Tensor], clip: float, sigma: float, seed: int

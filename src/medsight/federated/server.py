@@ -63,6 +63,7 @@ def main(grid: Grid, context: Context) -> None:
                  "proximal-mu": float(rc["proximal-mu"]) if strategy == "fedprox" else 0.0,
                  "dp-noise": float(rc["dp-noise"]), "dp-clip": float(rc["dp-clip"]),
                  "dp-delta": float(rc["dp-delta"]), "dp-epsilon": float(rc["dp-epsilon"]),
+                 "dp-mode": str(rc.get("dp-mode", "client")),
                  "secagg-max-weight": float(rc.get("secagg-max-weight", 1000.0)),
                  "secagg-clip-range": float(rc.get("secagg-clip-range", 8.0))}
     history: list[dict[str, Any]] = []

@@ -114,6 +114,11 @@ class SiteTask(Task):
         self.setup()
         return int(self._data[0].shape[0])
 
+    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of the training rows, for DP-SGD's Poisson batches (federated/dpsgd.py)."""
+        self.setup()
+        return self._data[0], self._data[1]
+
     def build_model(self) -> nn.Module:
         return site_model(self.backbone, self.size)
 
