@@ -140,7 +140,8 @@ def section(args: argparse.Namespace, info: dict) -> str:
              f"--rounds {args.rounds} --steps {args.steps} --seed {args.seed} --threads {args.threads} --record`. "
              f"The demo's brain volumes ({args.cases} cases, sites A/B/C), the demo's 3D plan (0.5 GB, 8 base "
              "filters); "
-             f"training cases per site: {info['site_train_cases']} (each site's other cases are its held-out ones). "
+             "training cases per site: " + ", ".join(f"{k} {v}" for k, v in info["site_train_cases"].items())
+             + " (each site's other cases are its held-out ones). "
              "Arms trained in process with the federated sites' engine task; FedAvg restarts each site's AdamW every "
              "round (as the ClientApp does), pooled runs one continuous AdamW over the union of both sites' training "
              "cases. Scored on every site_C case (unit: scan; lesion only on scans holding one), plan grid, no "
