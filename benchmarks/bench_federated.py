@@ -134,6 +134,7 @@ def main() -> None:
     ap.add_argument("--dpsgd-sigmas", type=float, nargs="*", default=[],
                     help="sample-level DP-SGD noise multipliers (networks without BatchNorm: toy data)")
     ap.add_argument("--dpsgd-clip", type=float, default=1.0, help="per-example gradient clip of DP-SGD")
+    ap.add_argument("--batch", type=int, default=None, help="toy: batch size of every arm (16)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--no-flower", action="store_true")
@@ -145,6 +146,8 @@ def main() -> None:
     for k, v in d.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.batch and not demo:
+        MODEL["batch"] = args.batch
     if demo:  # the demo classifier's network and input size (medsight.demo.classification.demo_config)
         MODEL.update(backbone="resnet10-slim-evidence", size=96, label="lesion", batch=32, lr=2e-3, balanced=True)
     torch.set_num_threads(args.threads)
@@ -170,8 +173,9 @@ def main() -> None:
         t0 = time.perf_counter()
         w, eps = fn()
         times.setdefault(name, []).append(time.perf_counter() - t0)
-        arms.setdefault(name if eps is None else f"{name} (eps={eps:.2f}, delta=1e-5)", []).append(score(w, xc, yc, pc))
-        print(name, arms[next(reversed(arms))][-1], flush=True)
+        result = score(w, xc, yc, pc)
+        arms.setdefault(name if eps is None else f"{name} (eps={eps:.2f}, delta=1e-5)", []).append(result)
+        print(name, result, flush=True)
 
     for run in range(args.runs):
         ta, tb, tab = task_for(sites[names[0]], names[0], run), task_for(sites[names[1]], names[1], run), \
@@ -215,7 +219,7 @@ def record(args: argparse.Namespace, arms: dict, times: dict, flower: dict | Non
     demo = args.data == "demo"
     cmd = (f"python benchmarks/bench_federated.py --data {args.data} --runs {args.runs} --n {args.n} --rounds "
            f"{args.rounds} --steps {args.steps} --dp-clip {args.dp_clip:g} --sigmas {' '.join(f'{s:g}' for s in args.sigmas)}"
-           f" --threads {args.threads}" + ("" if demo else f" --contrast {args.contrast}")
+           f" --threads {args.threads}" + ("" if demo else f" --contrast {args.contrast} --batch {MODEL['batch']}")
            + (f" --dpsgd-sigmas {' '.join(f'{s:g}' for s in args.dpsgd_sigmas)} --dpsgd-clip {args.dpsgd_clip:g}"
               if args.dpsgd_sigmas else ""))
     n_rows = {s: len(read_classification_manifest(p, labels=[MODEL["label"]] if MODEL["label"] else None,
@@ -226,7 +230,8 @@ def record(args: argparse.Namespace, arms: dict, times: dict, flower: dict | Non
             f"classifier's network ({MODEL['backbone']}, {MODEL['size']} px, batch {MODEL['batch']} drawn class-balanced, "
             f"Adam lr {MODEL['lr']:g}, no augmentation; the demo's own classifier adds flips and CarveMix)." if demo else
             f"Synthetic toy sites (`medsight.federated.toy`, {args.n} 32x32 images per site, disc = positive, "
-            "background level shifted per site); the small 2-conv classifier.")
+            f"background level shifted per site); the small 2-conv classifier, batch {MODEL['batch']} (DP-SGD: the "
+            "expected Poisson batch), Adam lr 3e-3.")
     lines = [f"## Federated learning (Flower): site_C unseen ({'demo sites' if demo else 'toy sites'})", "",
              machine_line() + f" torch threads: {args.threads}.", "", f"Command: `{cmd}`", "", data,
              f"Every arm has the same optimiser steps per site ({args.rounds} rounds x {args.steps} local steps; "

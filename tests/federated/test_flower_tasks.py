@@ -36,15 +36,14 @@ def test_segmentation_federation_evidence_and_package(tmp_path) -> None:
     root = make_toy_dataset(tmp_path / "toy", n_cases=12, shape=(20, 16, 12), channels=2)
     plan = make_plan(compute_fingerprint(load_dataset(root)), memory_gb=0.02, base_filters=8, epochs=3,
                      iterations_per_epoch=4)
-    config = {"task": "segmentation", "plan": plan.to_json(), "configuration": "3d", "rounds": 2,
-              "local-steps": 10, "min-sites": 2, "round-timeout": 120.0}
+    config = {"task": "segmentation", "plan": plan.to_json(), "configuration": "3d", "rounds": 1,
+              "local-steps": 20, "min-sites": 2, "round-timeout": 120.0}
     out = tmp_path / "out"
     result = run_federation({"site_A": root, "site_B": root / "manifest.csv"}, out, config, timeout=600)
-    r1, r2 = result["rounds"]
-    assert r1["contributors"] == r2["contributors"] == ["site_A", "site_B"]
-    for rec in (r1, r2):
-        for m in rec["evaluate"].values():
-            assert set(m) == {"dice", "dice_ball", "dice_slab", "ece", "n"} and m["n"] == 2
+    (r2,) = result["rounds"]
+    assert r2["contributors"] == ["site_A", "site_B"]
+    for m in r2["evaluate"].values():
+        assert set(m) == {"dice", "dice_ball", "dice_slab", "ece", "n"} and m["n"] == 2
     assert r2["global"]["dice"] > 0.5
     final = torch.load(out / "model.pt")
     assert aggregate_hash(final) == r2["aggregate_sha256"]
