@@ -10,6 +10,7 @@ import torch
 
 from medsight.errors import ConfigError
 from medsight.federated.dpsgd import dpsgd_update
+from medsight.federated.launch import check_task
 from medsight.federated.privacy import ORDERS, GaussianAccountant
 from medsight.federated.site import SiteTask
 from medsight.federated.toy import make_sites
@@ -95,6 +96,10 @@ def test_batchnorm_networks_are_refused(site: SiteTask) -> None:
     bn = SiteTask(site.manifest, "A", backbone="resnet10")
     with pytest.raises(ConfigError, match="BatchNorm"):
         dpsgd_update(bn, bn.build_model().state_dict(), 1, 0, 1, sigma=1.0, clip=1.0)
+    # and before any process starts, as the CLI's run would meet it
+    with pytest.raises(ConfigError, match="BatchNorm"):
+        check_task({"dp-mode": "sample", "dp-noise": 1.0, "backbone": "resnet10", "image-size": 32})
+    check_task({"dp-mode": "sample", "dp-noise": 1.0})  # the small classifier is fine
 
 
 def test_empty_poisson_batches_still_release_noise(site: SiteTask) -> None:

@@ -32,7 +32,7 @@ def check_private_model(model: torch.nn.Module) -> None:
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ConfigError("sample-level DP-SGD cannot train this network: "
-                          + "; ".join(sorted({str(e).splitlines()[0] for e in errors}))
+                          + "; ".join(sorted({str(e).split(". ")[0].strip() for e in errors}))  # Opacus's first sentence
                           + ". Use a network without BatchNorm (the small classifier) or client-level DP")
 
 

@@ -233,6 +233,10 @@ def check_task(config: dict[str, Any]) -> None:
         if config.get("strategy", "fedavg") == "fedprox":
             raise ConfigError("sample-level DP-SGD with FedProx is not supported (the proximal term has no "
                               "per-example gradient); use fedavg")
+        from medsight.federated.dpsgd import check_private_model
+        from medsight.federated.tasks import global_model
+
+        check_private_model(global_model(config))  # a BatchNorm network stops here, not at every site
 
 
 def wait_result(out_dir: Path, run: subprocess.Popen, timeout: float, since: float | None = None) -> dict[str, Any]:
