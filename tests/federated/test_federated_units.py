@@ -177,3 +177,14 @@ def test_a_previous_runs_record_is_not_taken_for_this_runs_result(tmp_path) -> N
     with pytest.raises(FederationError, match="without a result"):
         wait_result(tmp_path, done, timeout=30, since=time.time())
     assert wait_result(tmp_path, done, timeout=30)["rounds"] == [{"round": 1}]  # no 'since': any record
+
+
+def test_a_relative_audit_file_is_made_absolute_for_the_supernode(tmp_path, monkeypatch) -> None:
+    """The SuperNode runs in another folder: `--audit audit.db` must still mean the user's ./audit.db."""
+    from medsight.federated.launch import site_node_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.csv").write_text("image,site\n")
+    nc = site_node_config("A", tmp_path / "m.csv", audit="audit.db")
+    assert f'audit="{tmp_path / "audit.db"}"' in nc
+    assert 'audit="postgresql://h/db"' in site_node_config("A", tmp_path / "m.csv", audit="postgresql://h/db")

@@ -103,8 +103,8 @@ def site_node_config(site: str, manifest: Path, audit: str | None = None, epsilo
                           "ledger": str(home / f".medsight-privacy-{site}.json")}
     if features is not None:
         nc["features"] = str(Path(features).resolve())
-    if audit:
-        nc["audit"] = audit
+    if audit:  # a relative SQLite file would land in the SuperNode's working folder (a temporary one locally)
+        nc["audit"] = audit if "://" in audit else str(Path(audit).resolve())
     if epsilon_budget is not None:
         nc["epsilon-budget"] = float(epsilon_budget)
     return " ".join(f"{k}={_toml(v)}" for k, v in nc.items())
