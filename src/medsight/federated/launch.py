@@ -135,6 +135,10 @@ class Federation:
 
     def __enter__(self) -> Federation:
         self.home.mkdir(parents=True, exist_ok=True)
+        if self.audit:  # the sites share this one log here: create it once, before two of them race to create it
+            from medsight.audit.log import AuditLog
+
+            AuditLog(self.audit if "://" in self.audit else str(Path(self.audit).resolve()))
         self.port = self.port or free_port()
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "medsight"\n\n[superlink.medsight]\naddress = "127.0.0.1:{self.port}"\n'
