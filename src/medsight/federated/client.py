@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from medsight.engine.loop import local_update
-from medsight.federated.dpsgd import dpsgd_update
+from medsight.federated.dpsgd import dpsgd_update, sample_rate
 from medsight.federated.privacy import apply_delta, clip_and_noise, weights_delta
 from medsight.federated.secagg import clipped_fraction, fitres_content, is_secagg, secagg_when_asked
 from medsight.federated.launch import RUN_DEFAULTS
@@ -67,7 +67,7 @@ def train(msg: Message, context: Context) -> Message:
     mu = float(cfg.get("proximal-mu", 0.0))
     run_task = ProxTask(task, glob, mu) if mu > 0 else task
     seed, steps = _site_seed(site, int(cfg.get("seed", 0))), int(cfg["local-steps"])
-    q = min(1.0, task.batch / task.n_train) if dp.sample_level else 1.0
+    q = sample_rate(task) if dp.sample_level else 1.0
     if not dp.allows(steps, q):
         log.warning("site %s: round %d would exceed eps %.3f; not contributing", site, rnd, dp.budget)
         # under SecAgg+ a weight of 0 keeps the masks cancelling; the weights sent are then irrelevant

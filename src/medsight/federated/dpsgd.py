@@ -36,6 +36,11 @@ def check_private_model(model: torch.nn.Module) -> None:
                           + ". Use a network without BatchNorm (the small classifier) or client-level DP")
 
 
+def sample_rate(task: Any) -> float:
+    """q, the probability that a DP-SGD step draws a given training example: the expected batch over the rows."""
+    return min(1.0, int(task.batch) / int(task.n_train))
+
+
 def dpsgd_update(task: Any, weights: dict[str, torch.Tensor], steps: int, seed: int, rnd: int, sigma: float,
                  clip: float) -> tuple[dict[str, torch.Tensor], int, dict[str, Any], float]:
     """``steps`` DP-SGD steps from ``weights`` on the task's training tensors (``task.train_tensors()``).
@@ -50,8 +55,7 @@ def dpsgd_update(task: Any, weights: dict[str, torch.Tensor], steps: int, seed: 
     seed_everything(seed)
     task.setup()
     x, y = task.train_tensors()
-    n_all, batch = int(x.shape[0]), int(task.batch)
-    q = min(1.0, batch / n_all)
+    n_all, batch, q = int(x.shape[0]), int(task.batch), sample_rate(task)
     model = task.build_model()
     model.load_state_dict(weights)
     check_private_model(model)

@@ -92,6 +92,11 @@ clientapp = "medsight.federated.client:app"
     return folder
 
 
+def audit_location(audit: str) -> str:
+    """A database URL as given; a file path made absolute (the SuperNodes run in other working folders)."""
+    return audit if "://" in audit else str(Path(audit).resolve())
+
+
 def site_node_config(site: str, manifest: Path, audit: str | None = None, epsilon_budget: float | None = None,
                      features: Path | None = None) -> str:
     """The SuperNode's --node-config: the site's name and data (a manifest, a segmentation dataset folder or a
@@ -104,7 +109,7 @@ def site_node_config(site: str, manifest: Path, audit: str | None = None, epsilo
     if features is not None:
         nc["features"] = str(Path(features).resolve())
     if audit:  # a relative SQLite file would land in the SuperNode's working folder (a temporary one locally)
-        nc["audit"] = audit if "://" in audit else str(Path(audit).resolve())
+        nc["audit"] = audit_location(audit)
     if epsilon_budget is not None:
         nc["epsilon-budget"] = float(epsilon_budget)
     return " ".join(f"{k}={_toml(v)}" for k, v in nc.items())
@@ -138,7 +143,7 @@ class Federation:
         if self.audit:  # the sites share this one log here: create it once, before two of them race to create it
             from medsight.audit.log import AuditLog
 
-            AuditLog(self.audit if "://" in self.audit else str(Path(self.audit).resolve()))
+            AuditLog(audit_location(self.audit))
         self.port = self.port or free_port()
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "medsight"\n\n[superlink.medsight]\naddress = "127.0.0.1:{self.port}"\n'
