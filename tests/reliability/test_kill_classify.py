@@ -69,7 +69,7 @@ def test_train_cls_killed_then_rerun_equals_uninterrupted(squares: Path, tmp_pat
         run_medsight(home, "train-cls", str(squares), "--out", str(out), *TRAIN)
         got = _weights(out)
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), f"kill at {t:.1f} s"
-        assert _hidden(tmp_path) == [], "a killed run's training or staging folder was left"
+        assert _hidden(tmp_path) == [], f"a killed run's training or staging folder was left: {_hidden(tmp_path)}"
     assert landed >= 2, "the kills all came after training ended: the test proved nothing"
 
 

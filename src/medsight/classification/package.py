@@ -22,7 +22,7 @@ from medsight.classification.manifest import read_manifest
 from medsight.classification.model_io import CONFIG, ClassifierBundle, load_classifier
 from medsight.classification.thresholds import choose_thresholds
 from medsight.errors import ConfigError
-from medsight.files import atomic_write_text
+from medsight.files import atomic_write_text, temp_prefix
 from medsight.package.calibration import CALIBRATION_FILE, Calibration
 from medsight.package.package import Package, derive_package, load_package, save_package
 
@@ -51,8 +51,10 @@ def package_classifier(train_dir: str | Path, out_dir: str | Path, *, name: str,
                        register: bool = True) -> Package:
     """Add validation predictions (and energy) to a training folder's files and save them as a package."""
     bundle = load_classifier(train_dir)
-    work = Path(tempfile.mkdtemp(prefix=".cls-package-", dir=Path(out_dir).parent if Path(out_dir).parent.exists()
-                                 else None))
+    # Named with the owner tag so that a rerun after a kill sweeps it (an untagged ".cls-package-*" folder
+    # left by a kill during packaging was never removed: the kill test's "staging folder was left").
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir, "cls-package-"),
+                                 dir=Path(out_dir).parent if Path(out_dir).parent.exists() else None))
     try:
         for f in Path(train_dir).iterdir():
             if f.is_file():
