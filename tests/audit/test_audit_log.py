@@ -132,3 +132,25 @@ def test_concurrent_writers_postgres(postgres_url):
         conn.execute(text("UPDATE audit_events SET actor='mallory' WHERE seq=4321"))
     bad = log.verify()
     assert not bad.ok and bad.bad_seq == 4321
+
+
+def _first_user(url: str, worker: int, start) -> None:  # type: ignore[no-untyped-def]
+    start.wait()
+    AuditLog(url).append("first-use", f"proc{worker}", i=worker)
+
+
+def test_first_use_race_on_a_new_sqlite_log(tmp_path):
+    """Six fresh processes open one brand-new SQLite log at the same instant (as two federated sites finishing a
+    round in the same second did): every one appends, none gets 'database is locked'."""
+    url = str(tmp_path / "new.db")
+    ctx = mp.get_context("spawn")  # fresh interpreters: no inherited connection, as separate commands would be
+    start = ctx.Event()
+    procs = [ctx.Process(target=_first_user, args=(url, w, start)) for w in range(6)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * 6
+    log = AuditLog(url)
+    assert log.verify().ok and sorted(r.details["i"] for r in log.records()) == list(range(6))

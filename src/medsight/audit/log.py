@@ -160,22 +160,30 @@ class AuditLog:
         self.url = _normalise_url(url or default_url())
         try:
             self.engine = _make_engine(self.url)
-            metadata.create_all(self.engine, checkfirst=True)
         except Exception as err:
             if "No module named" in str(err) or isinstance(err, ImportError):
                 raise ConfigError(f"audit log URL {self._safe_url()}: database driver missing ({err})") from err
-            if isinstance(err, ConfigError):
-                raise
-            # a concurrent first use may race on CREATE TABLE; a second try sees the tables
-            try:
-                metadata.create_all(self.engine, checkfirst=True)
-            except Exception as err2:
-                raise ConfigError(f"cannot open the audit log at {self._safe_url()}: {err2}") from err2
+            raise ConfigError(f"cannot open the audit log at {self._safe_url()}: {err}") from err
         self._is_pg = self.engine.dialect.name == "postgresql"
         database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
         # SQLite's busy handler polls with sleeps of up to 100 ms; a blocking file lock beside the database wakes
         # the next writer the moment the previous one commits (BEGIN IMMEDIATE still guards other clients)
         self._lock_path = f"{database}.lock" if database and database != ":memory:" else None
+        # First use creates the file, switches it to WAL and creates the tables: several processes doing that at
+        # the same instant got "database is locked" (SQLite does not wait on a lock upgrade inside CREATE TABLE),
+        # so creation is serialised by the same file lock as appends.
+        try:
+            with self._writer_lock():
+                metadata.create_all(self.engine, checkfirst=True)
+        except Exception as err:
+            if "No module named" in str(err) or isinstance(err, ImportError):
+                raise ConfigError(f"audit log URL {self._safe_url()}: database driver missing ({err})") from err
+            if isinstance(err, ConfigError):
+                raise
+            try:  # another client (not using the file lock, e.g. PostgreSQL) raced on CREATE TABLE
+                metadata.create_all(self.engine, checkfirst=True)
+            except Exception as err2:
+                raise ConfigError(f"cannot open the audit log at {self._safe_url()}: {err2}") from err2
 
     def _safe_url(self) -> str:
         try:
