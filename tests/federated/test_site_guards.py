@@ -231,3 +231,36 @@ def test_a_federation_that_learned_is_packaged_with_its_privacy_record(tmp_path)
     fed = pkg.extra["federated"]
     assert "forced" not in fed and fed["initial"] == {"auc": 0.55}
     assert fed["privacy"]["accountant"] == "RDP, Opacus conversion (Balle et al. 2020)"
+
+
+def test_preflight_of_mil_and_segmentation_sites(tmp_path) -> None:
+    """MIL: a site whose slides lack features, or whose feature dimension is not the federation's, is named;
+    segmentation: a site whose training label maps are all background is named."""
+    import numpy as np
+
+    from medsight.data.dataset import load_dataset
+    from medsight.data.fingerprint import compute_fingerprint
+    from medsight.io.nifti import read_nifti, write_nifti
+    from medsight.plan.planner import make_plan
+    from medsight.synthetic.toy import make_toy_dataset
+    from tests.federated.test_federated_tasks import _write_mil_site
+
+    _write_mil_site(tmp_path / "mil", "A", 0.0, 16, np.random.default_rng(0))
+    labels = tmp_path / "mil" / "labels.csv"
+    rc = {**RUN_DEFAULTS, "task": "mil", "feature-dim": 16}
+    assert site_preflight(rc, {"site": "A", "manifest": str(labels)})[1] is None
+    assert "dimension [16]" in site_preflight({**rc, "feature-dim": 8}, {"site": "A", "manifest": str(labels)})[1]
+    (tmp_path / "mil" / "features" / "A-s03" / "features.npz").unlink()
+    assert "no features for slide A-s03" in site_preflight(rc, {"site": "A", "manifest": str(labels)})[1]
+
+    root = make_toy_dataset(tmp_path / "seg", n_cases=12, shape=(20, 16, 12), channels=2)
+    plan = make_plan(compute_fingerprint(load_dataset(root)), memory_gb=0.02, base_filters=8, epochs=3,
+                     iterations_per_epoch=4)
+    rc = {**RUN_DEFAULTS, "task": "segmentation", "plan": plan.to_json(), "configuration": "3d"}
+    assert site_preflight(rc, {"site": "site_A", "manifest": str(root)})[1] is None
+    for case in load_dataset(root).cases:
+        if case.site == "site_B":
+            lab = read_nifti(case.label)
+            write_nifti(lab.with_array(np.zeros_like(lab.array), "test: background only"), case.label)
+    assert site_preflight(rc, {"site": "site_B", "manifest": str(root)})[1] == \
+        "no training case has any labelled foreground"

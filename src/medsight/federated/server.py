@@ -77,7 +77,9 @@ def main(grid: Grid, context: Context) -> None:
     names: dict[int, str] = {}  # node id -> site name, learnt from replies
     progress = out / "progress.jsonl"
     summary: dict[str, Any] = {"strategy": strategy, "config": {k: rc[k] for k in rc}}
-    passed, failed = _preflight(grid, _wait_for_sites(grid, min_sites, timeout), timeout, names)
+    first = _wait_for_sites(grid, min_sites, timeout)
+    passed, failed = _preflight(grid, first, timeout, names)
+    checked = set(first)
     _note(progress, {"round": 0, "phase": "preflight", "passed": len(passed)})
     summary["preflight"] = failed
     if len(passed) < min_sites:
@@ -92,7 +94,14 @@ def main(grid: Grid, context: Context) -> None:
     summary["initial"] = {"evaluate": initial, "global": _pooled(initial)}
     for rnd in range(1, rounds + 1):
         t0 = time.perf_counter()
-        nodes = [n for n in _wait_for_sites(grid, min_sites, timeout) if n in ok]
+        nodes = _wait_for_sites(grid, min_sites, timeout)
+        late = [n for n in nodes if n not in checked]  # a site that connected after the first pre-flight
+        if late:
+            more, why = _preflight(grid, late, timeout, names)
+            ok.update(more)
+            failed.update(why)
+            checked.update(late)
+        nodes = [n for n in nodes if n in ok]
         _note(progress, {"round": rnd, "phase": "train", "sites": len(nodes)})
         if secagg:
             record, new = _secagg_train(grid, nodes, glob, {**train_cfg, "server-round": rnd}, rc, names, min_sites)
