@@ -163,7 +163,8 @@ def test_noised_update_keeps_batchnorm_variances_positive() -> None:
     torch.manual_seed(0)
     model = site_model("resnet10-slim-evidence", 32)
     glob = {k: v.clone() for k, v in model.state_dict().items()}
-    noised, _ = clip_and_noise(weights_delta(glob, glob), clip=1.0, sigma=1.0, generator=torch.Generator().manual_seed(3))
+    noised, _ = clip_and_noise(weights_delta(glob, glob), clip=1.0, sigma=1.0,
+                               generator=torch.Generator().manual_seed(3))
     raw = {k: glob[k] + noised[k] if glob[k].is_floating_point() else noised[k] for k in glob}
     assert any((v < 0).any() for k, v in raw.items() if k.endswith("running_var"))
     new = apply_delta(glob, noised)

@@ -264,3 +264,28 @@ def test_preflight_of_mil_and_segmentation_sites(tmp_path) -> None:
             write_nifti(lab.with_array(np.zeros_like(lab.array), "test: background only"), case.label)
     assert site_preflight(rc, {"site": "site_B", "manifest": str(root)})[1] == \
         "no training case has any labelled foreground"
+
+
+def test_the_cli_says_which_site_refused_and_writes_no_model(tmp_path, capsys, monkeypatch) -> None:
+    """`medsight federated run` over the in-process federation (the launcher's processes replaced): site B's
+    policy refuses the run's noise, the CLI prints the refusal and exits 2 with no model."""
+    require_flower()
+    from medsight.cli.main import main
+    from medsight.federated import launch
+
+    sites = make_sites(tmp_path / "data", n=40, sites=("A", "B"))
+
+    def in_process(sites_: dict, out_dir: Path, config: dict, **_: Any) -> dict:
+        return _federate(sites_, Path(out_dir), {"B": {"dp-min-noise": 2.0}}, **config)
+
+    monkeypatch.setattr(launch, "run_federation", in_process)
+    with pytest.raises(SystemExit) as exit_:
+        main(["federated", "run", "--site", f"A={sites['A']}", "--site", f"B={sites['B']}", "--rounds", "1",
+              "--local-steps", "2", "--dp-noise", "1.0", "-o", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    cap = capsys.readouterr()
+    assert "site B refused round 1: the run's noise multiplier 1 is below the site's minimum 2" in cap.out
+    assert "site A privacy ledger: eps 4.729 at delta 1e-05 (RDP, Opacus conversion; Mironov 2017: 5.299)" in cap.out
+    assert cap.err.strip() == ("medsight: error: no round aggregated any site's update: no model written to "
+                               f"{tmp_path / 'out'}")
+    assert not (tmp_path / "out" / "model.pt").exists()

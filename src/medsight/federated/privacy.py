@@ -9,8 +9,8 @@ RDP(alpha) = alpha / (2 sigma^2) per release. (eps, delta) follows by Opacus's c
 min over alpha of RDP_total(alpha) + log((alpha - 1) / alpha) - (log delta + log alpha) / (alpha - 1), the figure
 an Opacus user compares against. The older conversion of Mironov 2017 (Proposition 3),
 min over alpha of RDP_total(alpha) + log(1/delta) / (alpha - 1), is looser (larger eps for the same releases: 6.63
-against 5.88 for 300 DP-SGD steps at sigma 1, q = 64/1400, delta 1e-5) and is reported beside it. The site refuses a release that would take its eps
-past the budget, so the budget is enforced where the data are.
+against 5.88 for 300 DP-SGD steps at sigma 1, q = 64/1400, delta 1e-5) and is reported beside it. The site
+refuses a release that would take its eps past the budget, so the budget is enforced where the data are.
 
 The noise is drawn from a generator seeded with 64 bits of the operating system's CSPRNG (``secrets``), fresh for
 every release and never stored or sent: the run seed, the site's name and the round number are all known to the
