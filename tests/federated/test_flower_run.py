@@ -52,7 +52,11 @@ def test_three_sites_one_killed_dp_ledger(tmp_path) -> None:
     audit = str(tmp_path / "audit.db")
     out = tmp_path / "out"
     sigma, delta, budget = 1.0, 1e-5, 8.0  # 5.30 after one release, 7.79 after two: both rounds fit
-    with Federation(sites, tmp_path / "work", audit=audit, epsilon_budget=budget, logs=out / "logs") as fed:
+    # each site's own policy travels in its SuperNode's --node-config (Flower parses it); this run satisfies it
+    policy = {s: {"dp-min-noise": 0.5, "dp-max-clip": 1.0, "dp-delta": delta, "dp-modes": "client,sample"}
+              for s in sites}
+    with Federation(sites, tmp_path / "work", audit=audit, epsilon_budget=budget, logs=out / "logs",
+                    policy=policy) as fed:
         run = fed.submit({"rounds": 2, "local-steps": 3, "min-sites": 2, "round-timeout": 60.0,
                           "dp-noise": sigma, "dp-clip": 1.0, "dp-delta": delta}, out)
         _wait_phase(out / "progress.jsonl", "train", 180)
@@ -61,6 +65,8 @@ def test_three_sites_one_killed_dp_ledger(tmp_path) -> None:
 
     r1, r2 = result["rounds"]
     assert r1["sites_asked"] == 3 and r1["contributors"] == ["A", "B"] and r2["contributors"] == ["A", "B"]
+    assert result["refusals"] == [] and result["preflight"] == {}
+    assert set(result["initial"]["evaluate"]) == {"A", "B", "C"}  # every site evaluated the initial model
     assert r1["aggregated"] and r2["aggregated"]
     assert r1["no_reply"] == ["C"] and r2["sites_asked"] == 2  # C's name was learnt at pre-flight
     for rec in (r1, r2):
