@@ -100,7 +100,9 @@ def federated(tasks: list[SiteTask], rounds: int, steps: int, seed: int, sigma: 
         for i, t in enumerate(tasks):
             new, n, _ = local_update(ProxTask(t, glob, mu) if mu > 0 else t, glob, steps, seed * 100 + i, rnd)
             if sigma > 0:
-                new = apply_delta(glob, clip_and_noise(weights_delta(new, glob), clip, sigma, seed * 7 + rnd + i)[0])
+                # a seeded generator keeps the benchmark repeatable; a site's ClientApp never passes one
+                gen = torch.Generator().manual_seed(seed * 7 + rnd + i)
+                new = apply_delta(glob, clip_and_noise(weights_delta(new, glob), clip, sigma, gen)[0])
             states.append(new)
             ns.append(n)
         if sigma > 0:
@@ -114,7 +116,10 @@ def federated_dpsgd(tasks: list[SiteTask], rounds: int, steps: int, seed: int, s
     """FedAvg rounds whose local steps are DP-SGD (Opacus) at every site; eps of one site (all sites alike)."""
     glob, acc = init(seed), GaussianAccountant(1e-5)
     for rnd in range(1, rounds + 1):
-        outs = [dpsgd_update(t, glob, steps, seed * 100 + i, rnd, sigma, clip) for i, t in enumerate(tasks)]
+        outs = [dpsgd_update(t, glob, steps, seed * 100 + i, sigma, clip,  # seeded draws: repeatable benchmark only
+                             noise=torch.Generator().manual_seed(seed * 1_000 + rnd + 10 * i),
+                             draw=torch.Generator().manual_seed(seed * 1_000 + rnd + 10 * i + 1))
+                for i, t in enumerate(tasks)]
         acc.spend_sampled(sigma, outs[0][3], steps)
         glob = fedavg([o[0] for o in outs], [o[1] for o in outs])
     return glob, acc.epsilon()

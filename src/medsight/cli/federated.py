@@ -79,6 +79,10 @@ def federated() -> None:
 @click.option("--package", "package_dir", type=click.Path(path_type=Path), default=None,
               help="Also write the final model as a verified, registered package here.")
 @click.option("--name", default="federated-classifier", show_default=True, help="Package name (with --package).")
+@click.option("--force", is_flag=True, help="Package even when the sites' final validation metric is undefined or "
+              "below the initial model's (a federation that did not learn).")
+@click.option("--min-site-rows", type=int, default=D["min-site-rows"], show_default=True,
+              help="Pre-flight: a site needs at least this many training rows/cases/slides.")
 @click.option("--label", default="", help="The manifest's 0/1 column to learn (needed when it has several).")
 @click.option("--backbone", default=D["backbone"], show_default=True,
               help="small (two conv blocks, cheap to send) or a medsight backbone, e.g. resnet10-slim-evidence.")
@@ -91,10 +95,11 @@ def run(site_args: tuple[str, ...], task: str, plan_path: Path | None, configura
         feature_args: tuple[str, ...], feature_dim: int, out_dir: Path, rounds: int, local_steps: int, strategy: str,
         mu: float, min_sites: int, round_timeout: float, dp_noise: float, dp_mode: str, dp_clip: float,
         dp_delta: float, epsilon: float, audit: str | None, seed: int, secagg: bool, secagg_max_weight: float, package_dir: Path | None,
-        name: str, label: str, backbone: str, image_size: int, batch_size: int, lr: float, balanced: bool) -> None:
+        name: str, force: bool, min_site_rows: int, label: str, backbone: str, image_size: int, batch_size: int,
+        lr: float, balanced: bool) -> None:
     """Run a whole federation on this machine (127.0.0.1): for a trial or a demo of the multi-machine setup."""
     from medsight.errors import ConfigError
-    from medsight.federated.launch import run_federation
+    from medsight.federated.launch import NotTrainedError, run_federation
 
     sites = _sites(site_args)
     if backbone != "small" and task == "classification":
@@ -115,7 +120,7 @@ def run(site_args: tuple[str, ...], task: str, plan_path: Path | None, configura
               "secagg-max-weight": secagg_max_weight, "label": label, "backbone": backbone, "image-size": image_size,
               "batch-size": batch_size, "lr": lr, "balanced": balanced, "task": task,
               "plan": plan_path.read_text() if plan_path else "", "configuration": configuration,
-              "feature-dim": feature_dim}
+              "feature-dim": feature_dim, "min-site-rows": min_site_rows}
     result = run_federation(sites, out_dir, config, audit=audit, epsilon_budget=epsilon if dp_noise > 0 else None,
                             timeout=rounds * round_timeout * 2 + 300,
                             features=_pairs(feature_args, "--features", "FOLDER") or None)
@@ -126,11 +131,20 @@ def run(site_args: tuple[str, ...], task: str, plan_path: Path | None, configura
         g = r.get("global", {})
         click.echo(f"round {r['round']}: {len(r['contributors'])}/{r['sites_asked']} sites contributed, "
                    f"global {key} {g.get(key, float('nan')):.3f} ece {g.get('ece', float('nan')):.3f} | {per}")
+    for site, why in sorted(result.get("preflight", {}).items()):
+        click.echo(f"site {site} failed pre-flight and did not train: {why}")
+    for r in result.get("refusals", []):
+        click.echo(f"site {r['site']} refused round {r['round']}: {r['reason']}")
+    for site, led in sorted(result.get("privacy", {}).items()):
+        click.echo(f"site {site} privacy ledger: eps {led['epsilon']:.3f} at delta {led['delta']:g} "
+                   f"(RDP, Opacus conversion; Mironov 2017: {led.get('epsilon-mironov', float('nan')):.3f})")
+    if result.get("status") == "no_round_aggregated":
+        raise NotTrainedError(f"no round aggregated any site's update: no model written to {out_dir}")
     click.echo(f"wrote {out_dir / 'federation.json'} and {out_dir / 'model.pt'}")
     if package_dir is not None:
         from medsight.federated.package import package_federation
 
-        pkg = package_federation(out_dir, package_dir, name)
+        pkg = package_federation(out_dir, package_dir, name, force=force)
         click.echo(f"package {pkg.id} at {pkg.path}")
 
 
@@ -150,9 +164,26 @@ def app(folder: Path) -> None:
 @click.option("--features", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="MIL: this site's tile-features folder (default: features/ beside the label CSV).")
 @click.option("--audit", default=None, help="This site's audit log URL or SQLite file.")
-@click.option("--epsilon", type=float, default=None, help="This site's own privacy budget (overrides the run's).")
-def node_config(site: str, manifest: Path, features: Path | None, audit: str | None, epsilon: float | None) -> None:
-    """Print the --node-config value for this site's `flower-supernode`."""
-    from medsight.federated.launch import site_node_config
+@click.option("--epsilon", type=float, default=None,
+              help="This site's own eps budget over all runs; setting it makes DP required (a run without noise is "
+                   "refused). A run's smaller --epsilon still applies.")
+@click.option("--min-noise", type=float, default=0.0, show_default=True,
+              help="The smallest noise multiplier this site accepts (> 0 makes DP required).")
+@click.option("--max-clip", type=float, default=None, help="The largest L2 clip this site accepts.")
+@click.option("--delta", type=float, default=1e-5, show_default=True,
+              help="This site's delta: its ledger accounts at it and a run asking a larger one is refused.")
+@click.option("--dp-modes", default="client,sample", show_default=True,
+              help="The DP kinds this site allows (client, sample).")
+def node_config(site: str, manifest: Path, features: Path | None, audit: str | None, epsilon: float | None,
+                min_noise: float, max_clip: float | None, delta: float, dp_modes: str) -> None:
+    """Print the --node-config value for this site's `flower-supernode`: its data and its privacy policy, which
+    the site enforces whatever the coordinator's run config asks."""
+    import math
 
-    click.echo(site_node_config(site, manifest, audit, epsilon, features))
+    from medsight.federated.launch import site_node_config
+    from medsight.federated.site_privacy import SitePolicy
+
+    policy = SitePolicy(min_noise=min_noise, max_clip=max_clip if max_clip is not None else math.inf, delta=delta,
+                        budget=epsilon if epsilon is not None else math.inf,
+                        modes=tuple(m.strip() for m in dp_modes.split(",") if m.strip()))
+    click.echo(site_node_config(site, manifest, audit, None, features, policy.node_config()))

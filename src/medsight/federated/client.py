@@ -2,7 +2,10 @@
 
 Runs inside the site's SuperNode; reads only the node config's manifest rows of its own site. What leaves the
 site: the (clipped, noised when DP is on) model weights after local steps, the number of training examples,
-the mean local loss and the held-out metrics (AUC, ECE, accuracy, log loss, n). Never images, labels or rows.
+the mean local loss and the held-out metrics (AUC, ECE, accuracy, log loss, n); before round 1, the answer to the
+server's pre-flight query (federated/preflight.py); when the site refuses a round, why (its privacy policy or
+budget, federated/site_privacy.py). Never images, labels or rows. The seed from the run config drives training
+only; DP noise comes from the OS's CSPRNG (federated/privacy.py), so the coordinator cannot regenerate it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from medsight.federated.privacy import apply_delta, clip_and_noise, weights_delt
 from medsight.federated.secagg import clipped_fraction, fitres_content, is_secagg, secagg_when_asked
 from medsight.federated.launch import RUN_DEFAULTS
 from medsight.engine.task import Task
+from medsight.federated.preflight import site_preflight
 from medsight.federated.site import ProxTask
 from medsight.federated.site_privacy import SitePrivacy
 from medsight.federated.tasks import site_task
@@ -38,16 +42,19 @@ def _task(context: Context) -> Task:
 
 
 def _site_seed(site: str, seed: int) -> int:
+    """The seed of this site's training (batches, augmentation): public, and used for nothing private."""
     return (seed * 1_000_003 + zlib.crc32(site.encode())) % (2**31)
 
 
-def _reply(msg: Message, weights: dict[str, Any] | None, metrics: dict[str, Any], site: str) -> Message:
-    """Plain: weights, metrics and the site's name as records. Under SecAgg+ (the message carries its configs):
-    the ``fitres.*`` layout the mod masks, the site's name among the metrics."""
+def _reply(msg: Message, weights: dict[str, Any] | None, metrics: dict[str, Any], site: str,
+           refused: str | None = None) -> Message:
+    """Plain: weights, metrics and the site's name (and why it refused, if it did) as records. Under SecAgg+ (the
+    message carries its configs): the ``fitres.*`` layout the mod masks, the name and reason among the metrics."""
+    info = {"site": site, **({"refused": refused} if refused else {})}
     if is_secagg(msg):
-        return Message(fitres_content(weights or {}, int(metrics["num-examples"]), {**metrics, "site": site}),
+        return Message(fitres_content(weights or {}, int(metrics["num-examples"]), {**metrics, **info}),
                        reply_to=msg)
-    content = RecordDict({"metrics": MetricRecord(metrics), "info": ConfigRecord({"site": site})})
+    content = RecordDict({"metrics": MetricRecord(metrics), "info": ConfigRecord(info)})
     if weights is not None:
         content["arrays"] = ArrayRecord(weights)
     return Message(content, reply_to=msg)
@@ -68,20 +75,23 @@ def train(msg: Message, context: Context) -> Message:
     run_task = ProxTask(task, glob, mu) if mu > 0 else task
     seed, steps = _site_seed(site, int(cfg.get("seed", 0))), int(cfg["local-steps"])
     q = sample_rate(task) if dp.sample_level else 1.0
-    if not dp.allows(steps, q):
-        log.warning("site %s: round %d would exceed eps %.3f; not contributing", site, rnd, dp.budget)
+    why = dp.refusal(steps, q)
+    if why is not None:
+        log.warning("site %s refuses round %d: %s", site, rnd, why)
         # under SecAgg+ a weight of 0 keeps the masks cancelling; the weights sent are then irrelevant
-        return _reply(msg, glob if is_secagg(msg) else None, {"num-examples": 0, "dp-refused": 1}, site)
+        return _reply(msg, glob if is_secagg(msg) else None, {"num-examples": 0, "dp-refused": 1}, site, why)
     out: dict[str, Any] = {"dp-refused": 0}
-    if dp.sample_level:
-        new, n, metrics, q = dpsgd_update(task, glob, steps, seed, rnd, dp.sigma, dp.clip)
-        out.update({"epsilon": dp.spend_sample(q, steps), "empty-batches": int(metrics["empty_batches"])})
+    if dp.sample_level:  # noise and Poisson draws from the OS's CSPRNG inside dpsgd_update
+        new, n, metrics, q = dpsgd_update(task, glob, steps, seed, dp.sigma, dp.clip)
+        dp.spend_sample(q, steps)
+        out.update({**dp.report(), "empty-batches": int(metrics["empty_batches"])})
     else:
         new, n, metrics = local_update(run_task, glob, steps, seed, rnd)
-        if dp.on:  # the round's update, clipped and noised before it leaves
-            noised, norm = clip_and_noise(weights_delta(new, glob), dp.clip, dp.sigma, seed + 7919 * rnd)
+        if dp.on:  # the round's update, clipped and noised (CSPRNG-seeded noise) before it leaves
+            noised, norm = clip_and_noise(weights_delta(new, glob), dp.clip, dp.sigma)
             new = apply_delta(glob, noised)
-            out.update({"epsilon": dp.spend_client(norm), "update-norm": norm})
+            dp.spend_client(norm)
+            out.update({**dp.report(), "update-norm": norm})
         else:  # the mean training loss is computed on the private examples without noise: it stays home under DP
             out["loss"] = float(metrics["loss"])
     out["num-examples"] = int(n)
@@ -103,3 +113,18 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": rec, "info": ConfigRecord({"site": str(context.node_config["site"])})}),
                    reply_to=msg)
 
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The server's pre-flight before round 1: ``preflight`` is empty when this site can train, else why not."""
+    nc = context.node_config
+    key = (str(nc["manifest"]), str(nc["site"]))
+    task, problem = site_preflight({**RUN_DEFAULTS, **context.run_config}, nc)
+    if task is not None:
+        _TASKS[key] = task
+    else:
+        _TASKS.pop(key, None)
+        log.warning("site %s fails pre-flight: %s", nc["site"], problem)
+    return Message(RecordDict({"info": ConfigRecord({"site": str(nc["site"]), "preflight": problem or ""})}),
+                   reply_to=msg)

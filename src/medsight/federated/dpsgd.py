@@ -8,6 +8,10 @@ noise to their sum (Opacus's DPOptimizer), then the site's optimiser steps; the 
 ``run_steps`` (the one optimiser-step loop), given Opacus's module and optimiser. The weights that leave the site are
 post-processing of those noised gradients; the accountant (privacy.py) adds the subsampled Gaussian's RDP per step.
 
+Both random draws that the privacy guarantee rests on, the noise and the Poisson batches (amplification by
+subsampling assumes no one knows which examples a step drew), come from generators seeded by the OS's CSPRNG
+(privacy.secure_generator), never from the run seed or the round; Opacus adds its noise in ``secure_mode``.
+
 Networks with BatchNorm are refused: its running statistics mix examples and are not covered by the per-example
 clipping (Opacus's validator names the layer).
 """
@@ -23,6 +27,7 @@ import torch
 from medsight.engine.loop import run_steps
 from medsight.engine.seeding import seed_everything
 from medsight.errors import ConfigError
+from medsight.federated.privacy import secure_generator
 
 
 def check_private_model(model: torch.nn.Module) -> None:
@@ -41,9 +46,13 @@ def sample_rate(task: Any) -> float:
     return min(1.0, int(task.batch) / int(task.n_train))
 
 
-def dpsgd_update(task: Any, weights: dict[str, torch.Tensor], steps: int, seed: int, rnd: int, sigma: float,
-                 clip: float) -> tuple[dict[str, torch.Tensor], int, dict[str, Any], float]:
+def dpsgd_update(task: Any, weights: dict[str, torch.Tensor], steps: int, seed: int, sigma: float, clip: float,
+                 noise: torch.Generator | None = None, draw: torch.Generator | None = None
+                 ) -> tuple[dict[str, torch.Tensor], int, dict[str, Any], float]:
     """``steps`` DP-SGD steps from ``weights`` on the task's training tensors (``task.train_tensors()``).
+
+    ``seed`` seeds what needs no secrecy (the model's own randomness); the noise and the Poisson draws come from
+    fresh secure generators unless ``noise`` / ``draw`` are given (tests and benchmarks only).
 
     Returns the new weights, the examples drawn, metrics (the steps and the empty Poisson batches; no training
     loss: it is computed on the private examples without noise) and q, the sampling rate to account."""
@@ -62,9 +71,9 @@ def dpsgd_update(task: Any, weights: dict[str, torch.Tensor], steps: int, seed: 
     model.train()
     private = GradSampleModule(model)
     inner = task.configure_optimizer(private)
-    noise = torch.Generator().manual_seed(seed * 1_000 + rnd)
-    opt = DPOptimizer(inner, noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=batch, generator=noise)
-    draw = torch.Generator().manual_seed(seed * 1_000 + rnd + 1)
+    opt = DPOptimizer(inner, noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=batch,
+                      generator=noise if noise is not None else secure_generator(), secure_mode=True)
+    draw = draw if draw is not None else secure_generator()
     empty = [0]
 
     def poisson_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

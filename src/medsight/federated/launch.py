@@ -32,13 +32,21 @@ RUN_DEFAULTS: dict[str, Any] = {"rounds": 2, "min-sites": 2, "local-steps": 5, "
                                 "secagg": False, "secagg-max-weight": 1000.0, "secagg-clip-range": 8.0,
                                 "label": "", "backbone": "small", "image-size": 32, "batch-size": 16, "lr": 3e-3,
                                 "balanced": False, "task": "classification", "plan": "", "configuration": "",
-                                "feature-dim": 0, "dp-mode": "client"}
+                                "feature-dim": 0, "dp-mode": "client", "min-site-rows": 4}
 DP_MODES = ("client", "sample")
 STRATEGIES = ("fedavg", "fedprox")
 
 
 class FederationError(MedsightError):
     """A federation process failed to start or the run did not finish."""
+
+
+class PreflightError(MedsightError):
+    """Fewer sites than --min-sites can train (pre-flight, before round 1): nothing was trained or written."""
+
+
+class NotTrainedError(MedsightError):
+    """The run ended without any aggregated round (every site refused or dropped): there is no model."""
 
 
 def free_port() -> int:
@@ -98,10 +106,11 @@ def audit_location(audit: str) -> str:
 
 
 def site_node_config(site: str, manifest: Path, audit: str | None = None, epsilon_budget: float | None = None,
-                     features: Path | None = None) -> str:
+                     features: Path | None = None, policy: dict[str, Any] | None = None) -> str:
     """The SuperNode's --node-config: the site's name and data (a manifest, a segmentation dataset folder or a
     MIL label CSV with its ``features`` folder), its privacy ledger (kept beside the data, so the budget holds
-    across runs), its audit log and its own eps budget."""
+    across runs), its audit log, its own eps budget and the rest of its privacy policy (``policy``: node-config
+    keys of federated/site_privacy.SitePolicy, e.g. dp-min-noise, dp-delta, dp-modes)."""
     manifest = Path(manifest).resolve()
     home = manifest if manifest.is_dir() else manifest.parent
     nc: dict[str, Any] = {"site": site, "manifest": str(manifest),
@@ -112,6 +121,7 @@ def site_node_config(site: str, manifest: Path, audit: str | None = None, epsilo
         nc["audit"] = audit_location(audit)
     if epsilon_budget is not None:
         nc["epsilon-budget"] = float(epsilon_budget)
+    nc.update(policy or {})
     return " ".join(f"{k}={_toml(v)}" for k, v in nc.items())
 
 
@@ -126,6 +136,7 @@ class Federation:
     port: int = 0
     logs: Path | None = None  # where the processes' logs go (default: work)
     features: dict[str, Path] | None = None  # MIL: site name -> its tile-features folder
+    policy: dict[str, dict[str, Any]] | None = None  # site name -> its privacy policy (node-config keys)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -161,7 +172,7 @@ class Federation:
                                      f"127.0.0.1:{self.port}", "--port", str(free_port()),
                                      "--node-config",
                                      site_node_config(site, manifest, self.audit, self.epsilon_budget,
-                                                      (self.features or {}).get(site))])
+                                                      (self.features or {}).get(site), (self.policy or {}).get(site))])
 
     def _start(self, name: str, cmd: list[str]) -> None:
         logf = open(self.logs / f"{name}.log", "ab")
@@ -277,13 +288,46 @@ def wait_result(out_dir: Path, run: subprocess.Popen, timeout: float, since: flo
 RESULT_FILES = ("federation.json", "model.pt", "progress.jsonl")
 
 
+def local_preflight(sites: dict[str, Path], config: dict[str, Any], features: dict[str, Path] | None = None
+                    ) -> dict[str, str]:
+    """Each site's pre-flight run here, where a local federation has every site's data: site -> why it fails."""
+    from medsight.federated.preflight import site_preflight
+
+    rc = {**RUN_DEFAULTS, **config}
+    failed = {}
+    for site, data in sites.items():
+        nc = {"site": site, "manifest": str(Path(data).resolve())}
+        if features and site in features:
+            nc["features"] = str(Path(features[site]).resolve())
+        _, problem = site_preflight(rc, nc)
+        if problem:
+            failed[site] = problem
+    return failed
+
+
+def preflight_line(failed: dict[str, str], n_sites: int, min_sites: int) -> str:
+    """One line: which sites failed and why, and that nothing was trained."""
+    names = "; ".join(f"site {s}: {why}" for s, why in sorted(failed.items()))
+    return (f"pre-flight failed ({n_sites - len(failed)} of {n_sites} sites can train, --min-sites {min_sites}; "
+            f"nothing trained, no model written): {names}")
+
+
 def run_federation(sites: dict[str, Path], out_dir: Path, config: dict[str, Any], audit: str | None = None,
                    epsilon_budget: float | None = None, timeout: float = 1800.0,
-                   features: dict[str, Path] | None = None) -> dict[str, Any]:
-    """Start everything, run, stop everything; returns the server's record of the run.
+                   features: dict[str, Path] | None = None, policy: dict[str, dict[str, Any]] | None = None,
+                   preflight: bool = True) -> dict[str, Any]:
+    """Pre-flight every site here, start everything, run, stop everything; returns the server's record of the run.
 
-    A previous run's record in ``out_dir`` is replaced (it was once read back as this run's result)."""
+    PreflightError before any process starts when fewer than ``min-sites`` sites can train (the sites check
+    again when the server asks: a remote site's data can change). A previous run's record in ``out_dir`` is
+    replaced (it was once read back as this run's result)."""
     check_task(config)  # before any process starts
+    min_sites = int(config.get("min-sites", RUN_DEFAULTS["min-sites"]))
+    failed = local_preflight(sites, config, features) if preflight else {}
+    if len(sites) - len(failed) < min_sites:
+        raise PreflightError(preflight_line(failed, len(sites), min_sites))
+    for site, why in failed.items():
+        log.warning("site %s fails pre-flight and will not train: %s", site, why)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = [out_dir / f for f in RESULT_FILES if (out_dir / f).exists()]
@@ -292,7 +336,11 @@ def run_federation(sites: dict[str, Path], out_dir: Path, config: dict[str, Any]
         for f in stale:
             f.unlink()
     with tempfile.TemporaryDirectory(prefix="medsight-flwr-") as tmp, \
-            Federation(sites, Path(tmp), audit, epsilon_budget, logs=out_dir / "logs", features=features) as fed:
+            Federation(sites, Path(tmp), audit, epsilon_budget, logs=out_dir / "logs", features=features,
+                       policy=policy) as fed:
         since = time.time()
         run = fed.submit(config, out_dir)
-        return wait_result(out_dir, run, timeout, since)
+        result = wait_result(out_dir, run, timeout, since)
+    if result.get("status") == "preflight_failed":
+        raise PreflightError(preflight_line(result.get("preflight", {}), len(sites), min_sites))
+    return result

@@ -5,6 +5,13 @@ aggregates the replies that came back in time (weighted by training examples), h
 asks every site to evaluate the new global model on its held-out cases. A site that drops (process killed,
 network lost) simply has no reply: the round goes on when at least ``min-sites`` replied, else the global
 model is kept and the round is recorded as skipped.
+
+Before round 1 every site is asked its pre-flight (federated/preflight.py): a site that cannot train is named with
+its reason and left out; with fewer than ``min-sites`` passing, the run ends there (``status: preflight_failed``)
+and no model is written. The initial model is evaluated by every site (``initial``), so a federation that did not
+learn can be told from one that did (federated/package.py refuses to package it). A site that refuses a round (its
+privacy policy or budget) says why; the record keeps each refusal, and each site's last reported eps and delta.
+No round aggregated: no model file is written, since no site trained it.
 """
 
 from __future__ import annotations
@@ -69,9 +76,32 @@ def main(grid: Grid, context: Context) -> None:
     history: list[dict[str, Any]] = []
     names: dict[int, str] = {}  # node id -> site name, learnt from replies
     progress = out / "progress.jsonl"
+    summary: dict[str, Any] = {"strategy": strategy, "config": {k: rc[k] for k in rc}}
+    first = _wait_for_sites(grid, min_sites, timeout)
+    passed, failed = _preflight(grid, first, timeout, names)
+    checked = set(first)
+    _note(progress, {"round": 0, "phase": "preflight", "passed": len(passed)})
+    summary["preflight"] = failed
+    if len(passed) < min_sites:
+        log.warning("pre-flight: %d of %d required sites passed; nothing trained", len(passed), min_sites)
+        atomic_write_text(out / "federation.json", json.dumps({**summary, "status": "preflight_failed",
+                                                                "rounds": []}, indent=1))
+        return
+    ok = set(passed)
+    ev = _send(grid, passed, RecordDict({"arrays": ArrayRecord(glob), "config": ConfigRecord({"server-round": 0})}),
+               MessageType.EVALUATE, timeout)
+    initial = {_site(r): {k: float(v) for k, v in r.content["metrics"].items()} for r in ev}
+    summary["initial"] = {"evaluate": initial, "global": _pooled(initial)}
     for rnd in range(1, rounds + 1):
         t0 = time.perf_counter()
         nodes = _wait_for_sites(grid, min_sites, timeout)
+        late = [n for n in nodes if n not in checked]  # a site that connected after the first pre-flight
+        if late:
+            more, why = _preflight(grid, late, timeout, names)
+            ok.update(more)
+            failed.update(why)
+            checked.update(late)
+        nodes = [n for n in nodes if n in ok]
         _note(progress, {"round": rnd, "phase": "train", "sites": len(nodes)})
         if secagg:
             record, new = _secagg_train(grid, nodes, glob, {**train_cfg, "server-round": rnd}, rc, names, min_sites)
@@ -87,16 +117,47 @@ def main(grid: Grid, context: Context) -> None:
                         len(record["contributors"]), min_sites)
             record.update({"aggregated": False, "aggregate_sha256": None})
         _note(progress, {"round": rnd, "phase": "evaluate"})
-        ev = _send(grid, list(grid.get_node_ids()), RecordDict({"arrays": ArrayRecord(glob),
+        ev = _send(grid, [n for n in grid.get_node_ids() if n in ok], RecordDict({"arrays": ArrayRecord(glob),
                    "config": ConfigRecord({"server-round": rnd})}), MessageType.EVALUATE, timeout)
         record["evaluate"] = {_site(r): {k: float(v) for k, v in r.content["metrics"].items()} for r in ev}
         record["global"] = _pooled(record["evaluate"])
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
         _note(progress, {"round": rnd, "phase": "done"})
-    torch.save(glob, out / "model.pt")
-    atomic_write_text(out / "federation.json", json.dumps({"strategy": strategy, "rounds": history,
-                                                            "config": {k: rc[k] for k in rc}}, indent=1))
+    trained = any(r["aggregated"] for r in history)
+    if trained:  # the initial weights are no site's model
+        torch.save(glob, out / "model.pt")
+    summary.update({"status": "trained" if trained else "no_round_aggregated", "rounds": history,
+                   "refusals": [{"round": r["round"], "site": s, "reason": why}
+                                for r in history for s, why in sorted(r.get("refused", {}).items())],
+                   "privacy": _ledgers(history)})
+    atomic_write_text(out / "federation.json", json.dumps(summary, indent=1))
+
+
+def _preflight(grid: Grid, nodes: list[int], timeout: float, names: dict[int, str]
+               ) -> tuple[list[int], dict[str, str]]:
+    """Ask every site whether it can train: (the node ids that passed, site -> reason for those that did not).
+    A site that does not answer in time fails with that reason."""
+    replies = _send(grid, nodes, RecordDict({"config": ConfigRecord({"preflight": True})}), MessageType.QUERY,
+                    timeout)
+    names.update({r.metadata.src_node_id: _site(r) for r in replies})
+    failed = {_site(r): str(r.content["info"]["preflight"]) for r in replies if str(r.content["info"]["preflight"])}
+    replied = {r.metadata.src_node_id for r in replies}
+    failed.update({f"node-{n}": "no pre-flight answer within the round timeout" for n in nodes if n not in replied})
+    passed = [r.metadata.src_node_id for r in replies if not str(r.content["info"]["preflight"])]
+    for site, why in failed.items():
+        log.warning("site %s fails pre-flight: %s", site, why)
+    return passed, failed
+
+
+def _ledgers(history: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each site's last reported spend: eps (the site's accountant), delta, eps by Mironov 2017, the round."""
+    out: dict[str, dict[str, float]] = {}
+    for r in history:
+        for site, m in r["train"].items():
+            if "epsilon" in m:
+                out[site] = {k: m[k] for k in ("epsilon", "delta", "epsilon-mironov") if k in m} | {"round": r["round"]}
+    return out
 
 
 def _plain_train(grid: Grid, nodes: list[int], glob: dict[str, torch.Tensor], cfg: dict[str, Any],
@@ -111,6 +172,8 @@ def _plain_train(grid: Grid, nodes: list[int], glob: dict[str, torch.Tensor], cf
     record: dict[str, Any] = {
         "sites_asked": len(nodes), "secagg": False,
         "train": {_site(r): {k: float(v) for k, v in r.content["metrics"].items()} for r in replies},
+        "refused": {_site(r): str(r.content["info"]["refused"]) for r in replies
+                    if "info" in r.content and "refused" in r.content["info"]},
         "contributors": sorted(_site(r) for r in contrib),
         "no_reply": sorted(names.get(n, f"node-{n}") for n in nodes if n not in replied),
         "bytes_sent": ArrayRecord(glob).count_bytes() * len(nodes),
@@ -129,10 +192,12 @@ def _secagg_train(grid: Grid, nodes: list[int], glob: dict[str, torch.Tensor], c
                                 float(cfg["secagg-max-weight"]), float(cfg["secagg-clip-range"]))
     site = {n: str(r.metrics.get("site", n)) for n, r in replies.items()}
     names.update(site)
-    train = {site[n]: {k: float(v) for k, v in r.metrics.items() if k != "site"} for n, r in replies.items()}
+    train = {site[n]: {k: float(v) for k, v in r.metrics.items() if k not in ("site", "refused")}
+             for n, r in replies.items()}
+    refused = {site[n]: str(r.metrics["refused"]) for n, r in replies.items() if "refused" in r.metrics}
     contrib = sorted(site[n] for n, r in replies.items() if r.num_examples > 0)
     n_ex = [r.num_examples for r in replies.values() if r.num_examples > 0]
-    return {"sites_asked": len(nodes), "secagg": True, "train": train, "contributors": contrib,
+    return {"sites_asked": len(nodes), "secagg": True, "train": train, "refused": refused, "contributors": contrib,
             "no_reply": sorted(names.get(n, f"node-{n}") for n in nodes if n not in replies),
             "secagg_error_bound": error_bound(n_ex, float(cfg["secagg-max-weight"]),
                                               float(cfg["secagg-clip-range"])),

@@ -88,7 +88,7 @@ class SiteTask(Task):
             m = read_classification_manifest(self.manifest, labels=[self.label] if self.label else None,
                                              task="binary")
         except DatasetError as err:
-            if self.label:
+            if self.label or "label" not in str(err).lower():  # the hint is for a manifest with several labels
                 raise
             raise DatasetError(f"{err}; for federated training name the column to learn (--label)") from err
         rows = np.flatnonzero(m.sites == self.site)
