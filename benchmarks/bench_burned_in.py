@@ -22,10 +22,10 @@ strings each (a name, a date, an ID) with a random font (PIL's default + TTFs un
 
 ``medsight`` is the default method (find text, read only there, redact identifiers); ``medsight full-frame`` the
 earlier one (whole frame read 8 ways, every word redacted), run in the same process on the first ``--old``
-planted copy of each base image (it takes ~30 s per file). presidio-image-redactor is run on the same files when
+planted copies of the two ultrasound bases and on the real ultrasounds (it takes ~30 s of CPU per file). presidio-image-redactor is run on the same files when
 it imports and its analyzer can start offline.
 
-    nice -n 10 python benchmarks/bench_burned_in.py --variants 3 [--write-md docs/benchmarks.md]
+    python benchmarks/bench_burned_in.py --variants 3 [--write-md docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 x0, y0, x1, y1 = p.box
                 planted_box[max(0, y0 - 3):y1 + 3, max(0, x0 - 3):x1 + 3] = True
             tools = [("medsight", run_medsight)]
-            if v < args.old:
+            if v < args.old and base_name in BASES[:2]:  # the ultrasounds: the old way costs ~30 s per file
                 tools.append(("medsight full-frame (before)", lambda d: run_medsight(d, "full-frame")))
             if presidio is not None:
                 tools.append(("presidio", lambda d: run_presidio(presidio, d)))
@@ -392,7 +392,7 @@ def _markdown(rows: dict, args, presidio_why: str | None, real: list[dict], rate
              f"other work (1-min load average {', '.join(f'{x:.1f}' for x in load)} at start / after the "
              f"single-process runs / after the worker run: the CPU seconds are the steadier figure), "
              f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, Tesseract "
-             f"{tesseract_version()}, OCR engine {engine().backend}; command: `nice -n 10 python "
+             f"{tesseract_version()}, OCR engine {engine().backend}; command: `python "
              f"benchmarks/bench_burned_in.py --variants {args.variants} --seed {args.seed} --old {args.old}`. "
              f"Base images from pydicom-data: {', '.join(BASES)}; each gets {args.variants} planted copies with a "
              f"name, a date and an ID (fonts: {', '.join(n for n, _ in _fonts())}; 8-40 px; contrast 100/60/35 %; "
