@@ -259,8 +259,11 @@ def _check_redaction(options: RunOptions) -> None:
                           "file whose text cannot be removed is held back; choose one")
     if options.min_text_chars < 1:
         raise ConfigError(f"--min-text-chars must be >= 1 (got {options.min_text_chars})")
-    tesseract_version()
     options.redact_options()
+    tesseract_version()
+    from medsight.deid.tess import Engine
+
+    Engine()  # tesserocr and the language data load (a one-line error when missing); workers load their own
 
 
 def _check_state(output_dir: Path, pseudo: Pseudonymizer, options: RunOptions) -> None:
