@@ -1,8 +1,9 @@
-"""`medsight deid --redact-pixels` on the real deid-data ultrasounds: burned-in names gone, nothing else touched.
+"""`medsight deid --redact-pixels` on the real deid-data ultrasounds: burned-in names gone, annotations kept.
 
 The reference reader is plain Tesseract as documented in shared/STACK.md (image scaled 2x, inverted, psm 11),
 not medsight's own OCR pipeline: it reads the patient's name, MRN, birth date and site from the inputs (checked
-here as a positive control) and must read none of them, and no word of >= 3 letters/digits, in the outputs.
+here as a positive control) and must read none of them in the outputs, while >= 80 % of the screen's own
+annotations it reads on the input (hand-listed: device settings, view label, depth scale) it still reads.
 One redacted run per module (OCR is the slow part); every test reads its outputs.
 """
 
@@ -27,6 +28,12 @@ pytestmark = pytest.mark.slow  # Tesseract over real 768x1024 screens: ~30 s of 
 KNOWN = {  # strings burned into the pixels (read off the images), by input file name
     "GREYSCALE_IMAGE.dcm": ["00079241539", "08/29/1951", "CLEVELAN", "PATIENTFI"],
     "RGB_IMAGE.dcm": ["ZZZDOWNTIME", "00047431395", "120907058", "4/14/2020", "CLEVELAND"],
+}
+ANNOTATIONS = {  # the screens' own annotations, listed by hand
+    "GREYSCALE_IMAGE.dcm": ["Adv", "Breast", "L12-5", "36Hz", "RS", "60%", "Dyn", "Med", "Res", "TAC1", "TIS0.0",
+                            "0.6", "4.0cm"],
+    "RGB_IMAGE.dcm": ["6C1", "HD", "General", "0.5", "1.4", "19fps", "THI", "MHz", "20dB/DR60", "ASC", "DTCE",
+                      "MapE/ST2", "Sag", "Liver", "L-M", "16cm"],
 }
 NOT_PIXEL = {"PixelData", "BurnedInAnnotation", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
              "PhotometricInterpretation", "PlanarConfiguration"}
@@ -106,8 +113,17 @@ def test_known_burned_in_strings_read_before_and_gone_after(runs):
         after = " ".join(t for t, _ in ref[name][1])
         assert all(s in before for s in strings), (name, before)  # the reference reader does read them
         assert not [s for s in strings if s in after], name
-        readable = [t for t, c in ref[name][1] if c >= 60 and sum(ch.isalnum() for ch in t) >= 3]
-        assert readable == [], name
+
+
+def test_annotations_stay_readable(runs):
+    _src, _out, _plain, _report, ref = runs
+    for name, words in ANNOTATIONS.items():
+        before = {t for t, _ in ref[name][0]}
+        after = {t for t, _ in ref[name][1]}
+        seen = [w for w in words if w in before]
+        assert len(seen) >= 0.6 * len(words), (name, seen)  # the reference reader sees them on the input
+        kept = [w for w in seen if w in after]
+        assert len(kept) >= 0.8 * len(seen), (name, sorted(set(seen) - set(kept)))
 
 
 def test_pixels_unchanged_outside_reported_boxes(runs):
@@ -133,7 +149,8 @@ def test_known_banner_text_was_filled(runs):
     _src, _out, _plain, report, ref = runs
     record = json.loads(report["RGB_IMAGE.dcm"]["pixels"])
     sources = {b["source"] for b in record["boxes"]}
-    assert "table:siemens-s2000-banner" in sources and "ocr" in sources
+    assert "table:siemens-s2000-banner" in sources
+    assert record["kept_words"] >= 15  # the annotations read and left in place
     assert record["transfer_syntax"] == "1.2.840.10008.1.2.1" and record["clean"] is True
 
 
@@ -158,11 +175,10 @@ def test_report_hashes_text_never_clear(runs, key_file):
     _src, out, _plain, report, _ref = runs
     text = (out / REPORT_NAME).read_text()
     assert not [s for strings in KNOWN.values() for s in strings if s in text]
-    assert "SIEMENS" not in text
-    record = json.loads(report["RGB_IMAGE.dcm"]["pixels"])
-    hashes = {b.get("text_hmac") for b in record["boxes"]}
-    # the vendor logo is read by OCR (outside the table's banner box); its keyed hash is in the report
-    assert Pseudonymizer.from_file(key_file).text_hash("SIEMENS") in hashes
+    assert "SIEMENS" not in text and "Liver" not in text
+    for row in report.values():
+        for b in json.loads(row["pixels"])["boxes"] if row["pixels"] else []:
+            assert b.get("text_hmac") is None or len(b["text_hmac"]) == 16
 
 
 def test_file_ocr_cannot_clean_is_held_back(tmp_path, key_file, need_tool, deid_data_file, monkeypatch):
@@ -170,14 +186,21 @@ def test_file_ocr_cannot_clean_is_held_back(tmp_path, key_file, need_tool, deid_
     monkeypatch.setenv("MEDSIGHT_HOME", str(tmp_path / "home"))
     src = tmp_path / "in"
     src.mkdir()
-    shutil.copy(deid_data_file("ultrasounds/GREYSCALE_IMAGE.dcm"), src / "grey.dcm")
-    # only the known banner is blanked; the rest of the screen's text stays and the verification reads it
+    from PIL import Image, ImageDraw, ImageFont
+
+    ds = _read(deid_data_file("ultrasounds/GREYSCALE_IMAGE.dcm"))
+    img = Image.fromarray(ds.pixel_array)
+    ImageDraw.Draw(img).text((300, 400), "DOE JOHN 12/03/1960", fill=230, font=ImageFont.load_default(size=24))
+    ds.PixelData = np.asarray(img).tobytes()
+    ds.save_as(src / "grey.dcm")
+    # only the known banner is blanked; a name and a birth date below it stay and the verification reads them
     code = _run(["-q", "deid", str(src), str(tmp_path / "out"), "--key-file", str(key_file), "--redact-pixels",
                  "--regions-only"])
     assert code == 0
     row = _report(tmp_path / "out")["grey.dcm"]
     assert row["status"] == "flagged" and row["output"] == ""
-    assert row["reason"].startswith("not written: OCR still reads") and ">= 3 letters/digits" in row["reason"]
+    assert row["reason"].startswith("not written: OCR still reads") and "identifier(s) of >= 3 letters/digits" \
+        in row["reason"]
     record = json.loads(row["pixels"])
     assert record["clean"] is False and record["residual"] and all(len(r["text_hmac"]) == 16
                                                                    for r in record["residual"])

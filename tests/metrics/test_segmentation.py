@@ -39,7 +39,7 @@ def _blobs(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray
     return pred | (ref & (rng.random(shape) < 0.5)), ref
 
 
-@pytest.mark.parametrize("method", ["edt", "kdtree", "auto"])
+@pytest.mark.parametrize("method", ["edt", "kdtree", "grid", "auto"])
 def test_matches_monai_on_random_3d_masks(method: str) -> None:
     rng = np.random.default_rng(7)
     for _ in range(6):
@@ -74,7 +74,7 @@ def _brute_force(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) 
     return d.min(axis=1), d.min(axis=0)
 
 
-@pytest.mark.parametrize("method", ["edt", "kdtree"])
+@pytest.mark.parametrize("method", ["edt", "kdtree", "grid"])
 def test_distances_equal_brute_force_all_pairs(method: str) -> None:
     rng = np.random.default_rng(11)
     for _ in range(5):
@@ -90,6 +90,25 @@ def test_distances_equal_brute_force_all_pairs(method: str) -> None:
         assert m["hd95"] == pytest.approx(max(np.percentile(b_pr, 95), np.percentile(b_rp, 95)), rel=1e-12)
         assert m["assd"] == pytest.approx(allv.mean(), rel=1e-12)
         assert m["nsd"] == pytest.approx(np.mean(allv <= 2.0), rel=1e-12)
+
+
+def test_grid_search_is_exact_near_and_beyond_its_offsets() -> None:
+    """Surfaces a voxel apart (found by the first offsets) and 40 mm apart (past every offset tried: the k-d
+    tree fallback) give the brute-force distances; the anisotropic spacing orders offsets by mm, not voxels."""
+    from medsight.metrics.surface import GRID_OFFSETS, _offsets
+
+    offs, length = _offsets(SPACING, GRID_OFFSETS)
+    assert len(offs) >= GRID_OFFSETS and np.all(np.diff(length) >= 0) and length[0] == pytest.approx(0.8)
+    rng = np.random.default_rng(5)
+    pred, ref = np.zeros((40, 30, 24), bool), np.zeros((40, 30, 24), bool)
+    ref[5:15, 5:12, 4:9] = rng.random((10, 7, 5)) < 0.7
+    pred[6:16, 5:13, 4:10] = rng.random((10, 8, 6)) < 0.7
+    pred[36:39, 25:28, 20:23] = True  # a far island: ~40 mm from the reference
+    d_pr, d_rp = surface_distances(pred, ref, SPACING, method="grid")
+    b_pr, b_rp = _brute_force(pred, ref, SPACING)
+    np.testing.assert_allclose(d_pr, b_pr, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(d_rp, b_rp, rtol=1e-12, atol=1e-12)
+    assert d_pr.max() > 30
 
 
 def test_overlap_and_volume_by_hand() -> None:

@@ -1,15 +1,22 @@
-"""Redact burned-in text in the pixels of one (header-de-identified) dataset, then prove OCR reads nothing left.
+"""Redact burned-in identifiers in the pixels of one (header-de-identified) dataset; prove none is left readable.
 
 1. decode every frame (compressed syntaxes too; the output is written as Explicit VR Little Endian);
 2. blank the known text regions of this manufacturer/model (``regions``), before any OCR;
-3. OCR every distinct frame (``ocr``) and fill the padded box of every word it reads with confidence
-   >= ``min_conf``, in *every* frame (static overlays move little; a box found in one frame is blanked in all);
-4. OCR again: if a word of >= ``min_chars`` letters/digits is still read (layout analysis changes once text is
-   gone, so it can happen), fill those too and check again, up to ``rounds`` times;
-5. only if the last OCR pass reads no such word is the dataset changed: new Pixel Data, BurnedInAnnotation NO,
-   the Clean Pixel Data Option (DCM 113101) in the de-identification method. Otherwise it is left untouched and
-   the result says why, so the caller holds the file back.
+3. find text cheaply (``textfind``: top-hat morphology + Tesseract's layout analysis, both polarities, level and
+   turned 90 degrees) on a static composite of the frames (their minimum for light text, maximum for dark text:
+   burned-in text stays put while a cine loop's anatomy moves), and read only those boxes (``reading``);
+4. classify every word (``words``): identifiers (the header's own PHI values, dates, times, ID numbers, unknown
+   words that may be names) are filled, with the rest of their printed line, in *every* frame; annotations
+   (units, scales, device parameters, view labels) are kept;
+5. find and read again on the changed pixels (crops whose pixels did not change keep their reading); repeat up
+   to ``rounds`` times while identifiers are read;
+6. only if the last reading finds no identifier of >= ``min_chars`` letters/digits at confidence >=
+   ``verify_conf`` is the dataset changed: new Pixel Data, BurnedInAnnotation NO, the Clean Pixel Data Option
+   (DCM 113101) in the de-identification method. Otherwise it is left untouched and the result says why, so
+   the caller holds the file back.
 
+``mode="full-frame"`` is the earlier method, kept for comparison: the whole frame read at ~2048 px in both
+polarities and two rotations, and every word filled, whatever it says.
 Recognised text never leaves this module in clear: the result carries a keyed hash of each word.
 """
 
@@ -24,33 +31,41 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from medsight.deid.ocr import OcrSettings, Word, display_grey, read_words
+from medsight.deid.ocr import OcrSettings, display_grey, read_words
+from medsight.deid.reading import CropReader, FoundWord, resolve
 from medsight.deid.regions import DEFAULT_REGIONS, TextRegion, regions_for
+from medsight.deid.tess import engine
+from medsight.deid.textfind import POLARITIES, FindSettings, find_text, page, tophat
+from medsight.deid.words import IDENTIFIER, classify
 
 OUTPUT_SYNTAX = ExplicitVRLittleEndian
 CLEAN_PIXEL_CODE = ("113101", "Clean Pixel Data Option")
 MAX_TEXT_HEIGHT = 0.1  # share of the frame's short side: taller "words" are layout analysis reading texture
 STATIC_TOLERANCE = 8  # grey levels a "static" pixel may vary across frames (lossy compression noise)
+MODES = ("find", "full-frame")
 
 
 @dataclass(frozen=True)
 class RedactOptions:
     """What counts as text, how hard to look, and which regions are known; recorded in the report."""
 
-    min_chars: int = 3  # verification: no word with this many letters/digits may still be read
-    min_conf: float = 30.0  # detection: Tesseract confidence from which a read word is filled
-    verify_conf: float = 60.0  # verification: confidence from which a word counts as readable (speckle reads
-    # as short "words" at 30-59 once the real text is gone; the deid-data banners read at 62-96)
+    min_chars: int = 3  # verification: no identifier with this many letters/digits may still be read
+    min_conf: float = 30.0  # detection: Tesseract confidence from which an identifier is filled
+    unknown_conf: float = 60.0  # ... for an identifier only because it is an unknown word (speckle and
+    # half-seen strokes read as short made-up words at 30-59; names and the deid-data banners read at 60-97)
+    verify_conf: float = 60.0  # verification: confidence from which an identifier counts as readable
     rounds: int = 2  # redact-and-reread rounds before giving up
     pad: int = 3  # pixels around each word box, plus 20 % of its height
     use_ocr: bool = True  # False: blank only the region table (OCR still verifies)
     regions: tuple[TextRegion, ...] = DEFAULT_REGIONS
+    mode: str = "find"  # "find": detect text, read only there, redact identifiers; "full-frame": the old way
     ocr: OcrSettings = field(default_factory=OcrSettings)
+    find: FindSettings = field(default_factory=FindSettings)
 
 
 @dataclass
 class RedactResult:
-    """What was found, what was filled, and whether the verification passed (no text in clear)."""
+    """What was found, what was filled, and whether the verification passed (no identifier in clear)."""
 
     clean: bool
     reason: str
@@ -60,11 +75,12 @@ class RedactResult:
     boxes: list[dict] = field(default_factory=list)
     residual: list[dict] = field(default_factory=list)
     ocr_passes: int = 0
+    kept: int = 0  # annotation words read and left in place (last reading)
 
     def to_json(self) -> str:
         return json.dumps({"clean": self.clean, "method": self.method, "transfer_syntax": self.transfer_syntax,
-                           "frames": self.frames, "ocr_passes": self.ocr_passes, "boxes": self.boxes,
-                           "residual": self.residual}, separators=(",", ":"))
+                           "frames": self.frames, "ocr_passes": self.ocr_passes, "kept_words": self.kept,
+                           "boxes": self.boxes, "residual": self.residual}, separators=(",", ":"))
 
 
 def decode_frames(ds: Dataset) -> np.ndarray:
@@ -87,9 +103,16 @@ def _pad(box: tuple[int, int, int, int], pad: int, h: int, w: int) -> tuple[int,
     return max(0, x0 - p), max(0, y0 - p), min(w, x1 + p), min(h, y1 + p)
 
 
+def _pad(box: tuple[int, int, int, int], pad: int, h: int, w: int) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = box
+    p = pad + round(0.2 * min(y1 - y0, x1 - x0))
+    return max(0, x0 - p), max(0, y0 - p), min(w, x1 + p), min(h, y1 + p)
+
+
 class _Redactor:
-    def __init__(self, ds: Dataset, frames: np.ndarray, options: RedactOptions, text_hash: Callable[[str], str]):
-        self.frames, self.o, self.hash = frames, options, text_hash
+    def __init__(self, ds: Dataset, frames: np.ndarray, options: RedactOptions, text_hash: Callable[[str], str],
+                 terms: frozenset[str]):
+        self.frames, self.o, self.hash, self.terms = frames, options, text_hash, terms
         self.photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
         self.h, self.w = frames.shape[1:3]
         self.lut = None
@@ -111,6 +134,7 @@ class _Redactor:
         if len(frames) > 1:  # burned-in annotations stay put while the anatomy moves: speckle read as "words"
             spread = frames.max(axis=0).astype(np.int32) - frames.min(axis=0)  # in a cine loop is not static
             self.static = (spread.max(axis=-1) if spread.ndim == 3 else spread) <= STATIC_TOLERANCE
+        self.reader = CropReader(engine(options.ocr.lang), terms) if options.mode == "find" else None
 
     def is_static(self, box: tuple[int, int, int, int]) -> bool:
         """Multi-frame: at least half of the box is the same in every frame (single frames: always true)."""
@@ -130,29 +154,73 @@ class _Redactor:
         if frame is not None and frame not in entry["frames"]:
             entry["frames"].append(frame)
 
-    def read(self) -> list[tuple[int, Word]]:
-        """OCR each distinct frame once; (frame index, word) for every word read."""
-        seen: dict[str, list[Word]] = {}
+    def _grey(self, frame: np.ndarray) -> np.ndarray:
+        shown = frame if self.lut is None else self.lut(frame)
+        return shown.max(axis=-1) if shown.ndim == 3 else shown
+
+    def read(self) -> list[tuple[int, FoundWord]]:
+        """(frame index, word) for every word read; "find" reads a static composite once (frame index 0)."""
+        self.passes += 1
+        if self.reader is None:
+            return self._read_full_frames()
+        if len(self.frames) == 1:
+            light = dark = display_grey(self._grey(self.frames[0]), self.photometric)
+        else:  # light text survives the minimum over frames, dark text the maximum; moving anatomy fades
+            greys = np.stack([self._grey(f) for f in self.frames])
+            lo, hi = greys.min(axis=0), greys.max(axis=0)
+            light, dark = display_grey(lo, self.photometric), display_grey(hi, self.photometric)
+            if self.photometric == "MONOCHROME1":
+                light, dark = dark, light
+        size = self.o.find.tophat
+        hats = {p: tophat(light if p == "light-on-dark" else dark, p, size) for p in POLARITIES}
+        pages = {p: page(h) for p, h in hats.items()}
+        greys = {"light-on-dark": light, "dark-on-light": dark}
+        readings = [(c, self.reader.read(c, pages[c.polarity]))
+                    for c in find_text(greys, hats, pages, self.reader.eng, self.o.find)]
+        return [(0, w) for w in resolve(readings)]
+
+    def _read_full_frames(self) -> list[tuple[int, FoundWord]]:
+        seen: dict[str, list[FoundWord]] = {}
         out = []
         for i, frame in enumerate(self.frames):
             digest = hashlib.sha1(frame.tobytes()).hexdigest()
             if digest not in seen:
-                shown = frame if self.lut is None else self.lut(frame)
-                seen[digest] = read_words(display_grey(shown, self.photometric), self.o.ocr)
-                self.passes += 1
+                words = read_words(display_grey(self._grey(frame) if self.lut is not None else frame,
+                                                self.photometric), self.o.ocr)
+                seen[digest] = [FoundWord(w.text, w.conf, w.box, (id(w),), bool(w.rotation % 180),
+                                          *classify(w.text, self.terms), w.box) for w in words]
             out.extend((i, w) for w in seen[digest])
         return out
 
-    def hits(self, words: list[tuple[int, Word]]) -> list[tuple[int, Word]]:
-        """Words to fill: read with some confidence, with a letter or digit, of a text-like height, static."""
-        tallest = MAX_TEXT_HEIGHT * min(self.h, self.w)
-        return [(i, w) for i, w in words if w.conf >= self.o.min_conf and w.n_alnum >= 1
-                and w.text_height <= tallest and self.is_static(w.box)]
+    def _text_like(self, w: FoundWord) -> bool:
+        return w.n_alnum >= 1 and self.is_static(w.box) and (
+            min(w.box[2] - w.box[0], w.box[3] - w.box[1]) <= MAX_TEXT_HEIGHT * min(self.h, self.w))
 
-    def readable(self, words: list[tuple[int, Word]]) -> list[tuple[int, Word]]:
-        """Words that fail the verification: >= min_chars letters/digits read with confidence >= verify_conf."""
+    def _counts(self, w: FoundWord) -> bool:
+        """An identifier read with enough confidence to be filled."""
+        need = self.o.unknown_conf if w.rule.startswith("unknown") else self.o.min_conf
+        return w.identifier and w.conf >= need and self._text_like(w)
+
+    def hits(self, words: list[tuple[int, FoundWord]]) -> list[tuple[int, tuple, str]]:
+        """(frame, box, text) to fill. "find": identifiers, each with its whole printed line; "full-frame": every
+        word read with some confidence."""
+        if self.reader is None:
+            return [(i, w.box, w.text) for i, w in words if w.conf >= self.o.min_conf and self._text_like(w)]
+        lines = {w.line for _i, w in words if self._counts(w)}
+        out = []
+        for i, w in words:
+            if w.line in lines:
+                out.append((i, w.box, w.text))
+                if self._counts(w):
+                    out.append((i, w.line_box, ""))  # the line's extent: letters OCR did not put in a word
+        return out
+
+    def readable(self, words: list[tuple[int, FoundWord]]) -> list[tuple[int, FoundWord]]:
+        """Words that fail the verification: identifiers ("full-frame": any word) of >= min_chars letters/digits
+        read with confidence >= verify_conf."""
         return [(i, w) for i, w in words
-                if w.conf >= self.o.verify_conf and w.n_alnum >= self.o.min_chars and self.is_static(w.box)]
+                if (w.identifier or self.reader is None) and w.conf >= self.o.verify_conf
+                and w.n_alnum >= self.o.min_chars and self.is_static(w.box)]
 
 
 def _ranges(frames: list[int]) -> str:
@@ -170,44 +238,59 @@ def _ranges(frames: list[int]) -> str:
     return ",".join(out)
 
 
-def _method(options: RedactOptions, n_regions: int) -> str:
+def _method(options: RedactOptions, n_regions: int, backend: str) -> str:
     detect = "OCR" if options.use_ocr else "region table only"
-    return (f"{detect}; {n_regions} known region box(es) blanked first; {options.ocr.describe()}; words with "
-            f"confidence >= {options.min_conf:g} and letters <= {MAX_TEXT_HEIGHT:g} of the short side filled (padded {options.pad} px + 20% of height) in every frame; "
-            f"verified: no word of >= {options.min_chars} letters/digits read at confidence >= "
-            f"{options.verify_conf:g} after at most {options.rounds} round(s); multi-frame: only words over pixels "
-            f"that are static across frames (+-{STATIC_TOLERANCE}) count as text")
+    if options.mode == "full-frame":
+        how = (f"{options.ocr.describe()}; every word with confidence >= {options.min_conf:g} filled; verified: no "
+               f"word of >= {options.min_chars} letters/digits read at confidence >= {options.verify_conf:g}")
+    else:
+        f = options.find
+        how = (f"text found by top-hat morphology ({f.tophat} px, contrast >= {' or '.join(map(str, f.contrasts))}) and Tesseract layout "
+               f"analysis, read only there ({backend}); identifiers (header values, dates, times, IDs, unknown "
+               f"words) filled with their line, annotations kept; verified: no identifier of >= "
+               f"{options.min_chars} letters/digits read at confidence >= {options.verify_conf:g}")
+    return (f"{detect}; {n_regions} known region box(es) blanked first; {how}; at most {options.rounds} round(s); "
+            f"multi-frame: only words over pixels that are static across frames (+-{STATIC_TOLERANCE}) count")
 
 
-def redact_dataset(ds: Dataset, options: RedactOptions, text_hash: Callable[[str], str]) -> RedactResult:
-    """Find, fill and verify (module docstring); ``ds`` is changed only when the result is ``clean``."""
+def redact_dataset(ds: Dataset, options: RedactOptions, text_hash: Callable[[str], str],
+                   phi: frozenset[str] = frozenset()) -> RedactResult:
+    """Find, fill and verify (module docstring); ``ds`` is changed only when the result is ``clean``.
+
+    ``phi``: normalised identifying values of the original header (``words.phi_terms``), read before the
+    header was de-identified; words matching them are identifiers whatever they look like.
+    """
+    if options.mode not in MODES:
+        raise ValueError(f"redaction mode must be one of {MODES}, got {options.mode!r}")
     frames = decode_frames(ds)
-    r = _Redactor(ds, frames, options, text_hash)
+    r = _Redactor(ds, frames, options, text_hash, phi)
     known = regions_for(ds, options.regions)
-    method = _method(options, len(known))
+    method = _method(options, len(known), r.reader.eng.backend if r.reader else "pytesseract")
     for name, box in known:
         r.fill(box, f"table:{name}", None)
     words = r.read()
     rounds = 0
     hits = r.hits(words) if options.use_ocr else []
     while hits and rounds < options.rounds:
-        for i, w in hits:
-            r.fill(_pad(w.box, options.pad, r.h, r.w), "ocr", i, w.text)
+        for i, box, text in hits:
+            r.fill(_pad(box, options.pad, r.h, r.w) if text else box, "ocr", i if len(frames) == 1 or
+                   r.reader is None else None, text)
         rounds += 1
         words = r.read()
-        hits = r.hits(words) if r.readable(words) else []
+        hits = r.hits(words) if r.readable(words) or options.mode == "find" else []
     residual = r.readable(words)
     boxes = list(r.boxes.values())
     for b in boxes:
-        b["frames"] = "all" if b["source"].startswith("table:") else _ranges(b["frames"])
+        b["frames"] = _ranges(b["frames"]) if b["frames"] else "all"
     result = RedactResult(clean=not residual, reason="", method=method, frames=len(frames), boxes=boxes,
-                          ocr_passes=r.passes)
+                          ocr_passes=r.passes, kept=sum(1 for _i, w in words if not w.identifier))
     if residual:
         frames_left = sorted({i for i, _ in residual})
         result.residual = [{"frame": i, "box": list(w.box), "chars": w.n_alnum, "text_hmac": text_hash(w.text)}
                            for i, w in residual]
-        result.reason = (f"OCR still reads {len(residual)} word(s) of >= {options.min_chars} letters/digits after "
-                         f"{rounds} redaction round(s) (frames {frames_left[:5]}{'...' if len(frames_left) > 5 else ''})")
+        result.reason = (f"OCR still reads {len(residual)} identifier(s) of >= {options.min_chars} letters/digits "
+                         f"after {rounds} redaction round(s) (frames {frames_left[:5]}"
+                         f"{'...' if len(frames_left) > 5 else ''})")
         return result
     _store(ds, frames)
     result.transfer_syntax = str(OUTPUT_SYNTAX)

@@ -38,6 +38,7 @@ from medsight.deid.pixels import burned_in_reason
 from medsight.deid.pseudonym import Pseudonymizer
 from medsight.deid.redact import RedactOptions, redact_dataset
 from medsight.deid.regions import DEFAULT_REGIONS, load_regions
+from medsight.deid.words import phi_terms
 from medsight.errors import ConfigError, InputNotFoundError
 from medsight.files import atomic_write_text
 
@@ -197,16 +198,21 @@ def _process_file(path_str: str) -> dict:
     row = {"input": rel, "output": "", "status": "", "reason": "", "actions": "", "pixel_sha256": "", "pixels": ""}
     try:
         data = path.read_bytes()
+        phi: frozenset[str] = frozenset()
         try:
             out_bytes, summary, reason, top, pixel_sha = deidentify_bytes(data, pseudo, deid_options)
             out_rel = _path_from(top, rel, pseudo)
             writer = None
+            if reason and _WORKER.get("redact") is not None:  # the header's own PHI, to find it in the pixels
+                phi = phi_terms(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True))
         except Unsupported:  # the general path: pydicom objects
             ds = _read(path)
             if ds is None:
                 row.update(status="skipped", reason="not a DICOM file")
                 return row
             reason = burned_in_reason(ds)
+            if reason and _WORKER.get("redact") is not None:
+                phi = phi_terms(ds)
             summary = deidentify_dataset(ds, pseudo, deid_options)
             pixel_sha = hashlib.sha256(ds.get_item("PixelData").value or b"").hexdigest() if "PixelData" in ds else ""
             out_rel = _output_path(ds, rel, pseudo)
@@ -214,7 +220,7 @@ def _process_file(path_str: str) -> dict:
         row.update(actions=summary.short(), pixel_sha256=pixel_sha)
         if reason and _WORKER.get("redact") is not None:
             ds = writer if writer is not None else pydicom.dcmread(io.BytesIO(b"".join(out_bytes)))
-            result = redact_dataset(ds, _WORKER["redact"], pseudo.text_hash)
+            result = redact_dataset(ds, _WORKER["redact"], pseudo.text_hash, phi)
             row["pixels"] = result.to_json()
             if not result.clean:
                 row.update(status="flagged", reason=f"not written: {result.reason}; it may show burned-in text "
@@ -253,8 +259,11 @@ def _check_redaction(options: RunOptions) -> None:
                           "file whose text cannot be removed is held back; choose one")
     if options.min_text_chars < 1:
         raise ConfigError(f"--min-text-chars must be >= 1 (got {options.min_text_chars})")
-    tesseract_version()
     options.redact_options()
+    tesseract_version()
+    from medsight.deid.tess import Engine
+
+    Engine()  # tesserocr and the language data load (a one-line error when missing); workers load their own
 
 
 def _check_state(output_dir: Path, pseudo: Pseudonymizer, options: RunOptions) -> None:

@@ -47,7 +47,7 @@ def mask_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[
     """All metrics for one binary prediction/reference pair (see the module docstring for empty masks).
 
     ``surface=False`` skips the distance metrics; ``method`` picks the exact distance algorithm ("auto",
-    "edt", "kdtree"; see ``medsight.metrics.surface``), which changes the speed, never the values.
+    "edt", "kdtree", "grid"; see ``medsight.metrics.surface``), which changes the speed, never the values.
     """
     p, r = np.asarray(pred_mask, dtype=bool), np.asarray(ref_mask, dtype=bool)
     check_pair(p, r)

@@ -1,0 +1,107 @@
+"""One Tesseract per process: layout analysis (where are text lines?) and recognition of small crops.
+
+Starting the ``tesseract`` program costs ~0.25 s of CPU per call (it loads its model every time), more than
+reading a 200-px crop, so the in-process API of ``tesserocr`` is used: the model is loaded once per worker and
+each crop costs only its own recognition (~15-40 ms). Its layout analysis (text lines without recognition) has
+no command-line equivalent; a pytesseract fallback was measured 15x slower and kept fewer annotations, so
+tesserocr is required (a declared dependency; its wheel bundles libtesseract and reads Debian's tessdata).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from medsight.errors import ConfigError
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
+
+
+@dataclass(frozen=True)
+class Read:
+    """One word as Tesseract read it in the image it was given: text, confidence 0-100, box, line number."""
+
+    text: str
+    conf: float
+    box: Box
+    line: int
+
+
+def tessdata_dir() -> str | None:
+    """The folder holding ``<lang>.traineddata`` (TESSDATA_PREFIX, else Debian's), None to let Tesseract decide."""
+    env = os.environ.get("TESSDATA_PREFIX")
+    if env:
+        return env
+    found = sorted(glob.glob("/usr/share/tesseract-ocr/*/tessdata/eng.traineddata"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+class Engine:
+    """Layout and word reading with one loaded Tesseract model (tesserocr)."""
+
+    def __init__(self, lang: str = "eng") -> None:
+        os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # one thread per call: worker processes give the parallelism
+        self.lang = lang
+        try:
+            import tesserocr
+        except ImportError:
+            raise ConfigError("burned-in text redaction needs tesserocr (pip install tesserocr, a declared "
+                              "dependency of medsight)") from None
+        try:
+            self.api = tesserocr.PyTessBaseAPI(path=tessdata_dir() or "", lang=lang, psm=tesserocr.PSM.SPARSE_TEXT)
+        except RuntimeError as err:
+            raise ConfigError(f"Tesseract could not load language {lang!r} ({err}); install tesseract-ocr-{lang} "
+                              "or set TESSDATA_PREFIX") from None
+        # we hand it both polarities ourselves; its own inverted retry per line halves its speed
+        self.api.SetVariable("tessedit_do_invert", "0")
+        self.tesserocr = tesserocr
+        self.backend = f"tesserocr {tesserocr.__version__} (libtesseract {tesserocr.tesseract_version().split()[1]})"
+
+    def lines(self, img: np.ndarray) -> list[Box]:
+        """Boxes of the text lines Tesseract's layout analysis finds in a dark-on-light image (no recognition)."""
+        from PIL import Image
+
+        t = self.tesserocr
+        self.api.SetPageSegMode(t.PSM.SPARSE_TEXT)
+        self.api.SetImage(Image.fromarray(img))
+        comps = self.api.GetComponentImages(t.RIL.TEXTLINE, True)
+        return [(c[1]["x"], c[1]["y"], c[1]["x"] + c[1]["w"], c[1]["y"] + c[1]["h"]) for c in comps]
+
+    def words(self, img: np.ndarray, psm: int = 6) -> list[Read]:
+        """Every word read in a dark-on-light image, with its line number (words of one line share it)."""
+        from PIL import Image
+
+        t = self.tesserocr
+        self.api.SetPageSegMode(psm)
+        self.api.SetImage(Image.fromarray(img))
+        self.api.Recognize()
+        out: list[Read] = []
+        it = self.api.GetIterator()
+        line = -1
+        level = t.RIL.WORD
+        while it is not None:
+            if it.IsAtBeginningOf(t.RIL.TEXTLINE):
+                line += 1
+            try:
+                text = (it.GetUTF8Text(level) or "").strip()
+            except RuntimeError:  # an empty word ("No text returned")
+                text = ""
+            box = it.BoundingBox(level) if text else None
+            if text and box is not None:
+                out.append(Read(text, float(it.Confidence(level)), tuple(int(v) for v in box), max(line, 0)))
+            if not it.Next(level):
+                break
+        return out
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def engine(lang: str = "eng") -> Engine:
+    """This process's engine for ``lang`` (created on first use; workers each load their own)."""
+    if lang not in _ENGINES:
+        _ENGINES[lang] = Engine(lang)
+    return _ENGINES[lang]

@@ -1,0 +1,180 @@
+"""Find text on a frame cheaply, then read only there: the boxes that OCR will look at.
+
+Two detectors, united, for each polarity (light text on dark, dark text on light) and each reading direction
+(level, and turned 90 degrees running bottom to top):
+
+* morphology: a top-hat with a 15-px square keeps strokes and drops the smooth anatomy behind them; pixels that
+  stand >= ``contrasts`` grey levels above their surroundings are joined along the reading direction (letters
+  of a word, words of a line) and a joined component is kept when it has a text line's shape (3..64 px across,
+  at least 1.5x as long, 5-70 % ink);
+* Tesseract's own layout analysis (no recognition: ~10 % of a read) on the same top-hat image, which finds text
+  over speckle where the morphology joins letters and background into one blob.
+
+Boxes of one polarity and direction on the same printed line that overlap or nearly touch are merged, so one
+line is read once (as a single line: Tesseract's fastest and most accurate mode for a crop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from medsight.deid.tess import Box, Engine
+
+POLARITIES = ("light-on-dark", "dark-on-light")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A box (frame pixels) that may hold text, the polarity it was seen in and whether it runs vertically."""
+
+    box: Box
+    polarity: str
+    vertical: bool
+    line: int = 0  # estimated height of one printed line in the box (px; 0: the box is one line)
+
+    @property
+    def across(self) -> int:
+        """Size across the reading direction (a line's height) in frame pixels."""
+        x0, y0, x1, y1 = self.box
+        return (x1 - x0) if self.vertical else (y1 - y0)
+
+
+@dataclass(frozen=True)
+class FindSettings:
+    tophat: int = 15  # px: wider than any stroke of text up to ~40 px, narrower than anatomy
+    contrasts: tuple[int, ...] = (16, 40)  # grey levels (of 255) a stroke stands above its surroundings: faint
+    # text on smooth anatomy (CT, radiographs) at the first, bright text beside speckle at the second
+    min_across: int = 6  # px: a line lower than this is not readable
+    max_across: int = 64  # px
+    layout: bool = True  # add Tesseract's layout analysis
+
+
+def tophat(grey: np.ndarray, polarity: str, size: int) -> np.ndarray:
+    """Strokes narrower than ``size`` that are brighter (light-on-dark) or darker than their surroundings."""
+    if polarity == "light-on-dark":
+        return ndimage.white_tophat(grey, size=size)
+    if polarity == "dark-on-light":
+        return ndimage.black_tophat(grey, size=size)
+    raise ValueError(f"unknown polarity {polarity!r}")
+
+
+def page(hat: np.ndarray) -> np.ndarray:
+    """Dark print on white, stretched: the image Tesseract reads best (one per polarity)."""
+    hi = float(np.percentile(hat, 99.9)) if hat.size else 0.0
+    if hi <= 0:
+        return np.full(hat.shape, 255, np.uint8)
+    return (255 - np.clip(hat.astype(np.float32) * (255.0 / hi), 0, 255)).astype(np.uint8)
+
+
+def _morphology(hat: np.ndarray, s: FindSettings, vertical: bool) -> list[Box]:
+    out = []
+    for level in s.contrasts:
+        out += _components(hat >= level, s, vertical)
+    return out
+
+
+def _components(ink: np.ndarray, s: FindSettings, vertical: bool) -> list[Box]:
+    join = np.ones((11, 1) if vertical else (1, 11), bool)  # along the line only: lines above stay apart
+    labels, _n = ndimage.label(ndimage.binary_dilation(ink, join))
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(labels)):
+        h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+        across, along = (w, h) if vertical else (h, w)
+        if not (s.min_across <= across <= s.max_across and along >= 1.5 * across):
+            continue
+        share = float(ink[sl][labels[sl] == i + 1].mean())
+        if 0.05 <= share <= 0.7:
+            out.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
+    return out
+
+
+def _layout(pg: np.ndarray, eng: Engine, s: FindSettings, vertical: bool) -> list[Box]:
+    h = pg.shape[0]
+    img = np.ascontiguousarray(np.rot90(pg, -1)) if vertical else pg  # clockwise: bottom-to-top text reads level
+    out = []
+    for x0, y0, x1, y1 in eng.lines(img):
+        box = (y0, h - x1, y1, h - x0) if vertical else (x0, y0, x1, y1)
+        across = (box[2] - box[0]) if vertical else (box[3] - box[1])
+        if s.min_across <= across <= 2 * s.max_across:
+            out.append(box)
+    return out
+
+
+def merge(boxes: list[Box], vertical: bool, gap: int = 4) -> list[Box]:
+    """Union of boxes on one printed line (they overlap across the line by >= half the smaller one's size) that
+    overlap or lie within ``gap`` px along it, repeated until none do. Lines above each other stay apart."""
+    a0, a1, b0, b1 = (1, 3, 0, 2) if vertical else (0, 2, 1, 3)  # along, across index pairs
+    boxes = [tuple(b) for b in boxes]
+    changed = True
+    while changed:
+        changed = False
+        out: list[list[int]] = []
+        for b in sorted(boxes):
+            for o in out:
+                overlap = min(b[b1], o[b1]) - max(b[b0], o[b0])
+                if (overlap >= 0.5 * min(b[b1] - b[b0], o[b1] - o[b0]) and b[a0] <= o[a1] + gap
+                        and o[a0] <= b[a1] + gap):
+                    o[0], o[1], o[2], o[3] = min(o[0], b[0]), min(o[1], b[1]), max(o[2], b[2]), max(o[3], b[3])
+                    changed = True
+                    break
+            else:
+                out.append(list(b))
+        boxes = [tuple(o) for o in out]
+    return boxes  # type: ignore[return-value]
+
+
+def background_polarity(grey: np.ndarray, box: Box) -> str:
+    """The text polarity a box's pixels suggest: strokes are the minority, so a dark median means light text."""
+    x0, y0, x1, y1 = box
+    patch = grey[y0:y1, x0:x1]
+    if patch.size == 0:
+        return POLARITIES[0]
+    lo, med, hi = np.percentile(patch, (5, 50, 95))
+    return "light-on-dark" if med - lo <= hi - med else "dark-on-light"
+
+
+def covered(box: Box, others: list[Box]) -> float:
+    """Share of ``box``'s area inside the union of ``others``."""
+    x0, y0, x1, y1 = box
+    m = np.zeros((y1 - y0, x1 - x0), bool)
+    for ox0, oy0, ox1, oy1 in others:
+        m[max(0, oy0 - y0):max(0, oy1 - y0), max(0, ox0 - x0):max(0, ox1 - x0)] = True
+    return float(m.mean()) if m.size else 0.0
+
+
+def find_text(greys: dict[str, np.ndarray], hats: dict[str, np.ndarray], pages: dict[str, np.ndarray], eng: Engine,
+              settings: FindSettings | None = None) -> list[Candidate]:
+    """Candidate text boxes of one frame, given its display grey, top-hat and page image per polarity.
+
+    A box is kept in the polarity its own pixels show (``background_polarity``). A column of level words and a
+    word turned 90 degrees look alike to both detectors; both readings are kept and ``reading.resolve`` keeps
+    the more confident one.
+    """
+    s = settings or FindSettings()
+    found: dict[tuple[str, bool], list[Box]] = {}
+    morph: dict[tuple[str, bool], list[Box]] = {}
+    for polarity, hat in hats.items():
+        for vertical in (False, True):
+            boxes = _layout(pages[polarity], eng, s, vertical) if s.layout else []
+            morph[(polarity, vertical)] = _morphology(hat, s, vertical)
+            # morphology adds what layout analysis missed; where both saw text, layout's lines are cleaner
+            boxes += [b for b in morph[(polarity, vertical)] if covered(b, boxes) < 0.3]
+            found[(polarity, vertical)] = [b for b in merge(boxes, vertical)
+                                           if background_polarity(greys[polarity], b) == polarity]
+    out = []
+    for (polarity, vertical), boxes in found.items():
+        lines = morph[(polarity, vertical)]
+        out += [Candidate(b, polarity, vertical, _line_height(b, lines, vertical)) for b in boxes]
+    return out
+
+
+def _line_height(box: Box, lines: list[Box], vertical: bool) -> int:
+    """The median size across of the morphology's line boxes centred inside ``box`` (0 when none): layout
+    analysis may return two lines as one box, which is then read as a block at this line's scale."""
+    x0, y0, x1, y1 = box
+    sizes = [(b[2] - b[0]) if vertical else (b[3] - b[1]) for b in lines
+             if x0 <= (b[0] + b[2]) / 2 <= x1 and y0 <= (b[1] + b[3]) / 2 <= y1]
+    return int(np.median(sizes)) if sizes else 0
