@@ -87,16 +87,21 @@ def recalibrated_config(config: dict[str, Any], validation: dict[str, Any], cali
 
 
 def calibrate_package(pkg: Package | str | Path, calibration: Calibration,
-                      extra_files: dict[str, bytes] | None = None, registry_url: str | None = None) -> Package:
-    """A new package version holding ``calibration.json`` and thresholds re-derived on calibrated probabilities."""
+                      extra_files: dict[str, bytes] | None = None, registry_url: str | None = None,
+                      dest_dir: str | Path | None = None, validation: dict[str, Any] | None = None,
+                      extra: dict[str, Any] | None = None) -> Package:
+    """A new package version (own folder: ``dest_dir`` or beside the parent) holding ``calibration.json`` and
+    thresholds re-derived on calibrated probabilities of ``validation`` (default: the package's own validation
+    predictions; ``medsight calibrate`` passes those of its calibration split)."""
     pkg = pkg if isinstance(pkg, Package) else load_package(pkg, registry_url=registry_url)
-    if not pkg.has(VALIDATION):
+    if validation is None and not pkg.has(VALIDATION):
         raise ConfigError(f"package {pkg.label} has no {VALIDATION}, so its thresholds cannot be re-derived after "
                           "calibration; retrain it with this medsight version", pkg.path)
-    config = recalibrated_config(pkg.read_json(CONFIG), pkg.read_json(VALIDATION), calibration)
+    config = recalibrated_config(pkg.read_json(CONFIG), validation if validation is not None
+                                 else pkg.read_json(VALIDATION), calibration)
     files = {CONFIG: json.dumps(config, indent=2, sort_keys=True).encode(),
              CALIBRATION_FILE: json.dumps(calibration.to_dict(), indent=2, sort_keys=True).encode(),
              **(extra_files or {})}
     return derive_package(pkg, files=files, extra={"calibration": calibration.method,
-                                                   "thresholds": config.get("thresholds")},
-                          registry_url=registry_url)
+                                                   "thresholds": config.get("thresholds"), **(extra or {})},
+                          registry_url=registry_url, dest_dir=dest_dir)

@@ -224,7 +224,8 @@ def build_model_card(doc: dict[str, Any], task: str, *, name: str, authored: dic
 
 def write_model_file(model_dir: str | Path, name: str, text: str) -> Path:
     """Store a generated file in a model folder. In a model package (a ``manifest.json`` beside it) the file
-    becomes part of a new package version (``derive_package``: hashed, listed, parent recorded), since a file
+    becomes part of a new package version in its own folder (``derive_package``: hashed, listed, parent
+    recorded; the registered version is left as it was), since a file
     dropped beside a package's listed files would make it fail verification; a plain folder gets an atomic write."""
     from medsight.files import atomic_write_text
 
