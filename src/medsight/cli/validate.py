@@ -69,6 +69,8 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
             table, dataset, run_model.labels_of(dataset),
             assemble.model_provenance(model_dir, model_dir.name, "segmentation"), external_sites,
             min_cases=min_cases, n_boot=n_boot, seed=seed, pred_dir=pred_dir)
+        res.notes.append(run_model.scoring_note(table, external_sites))
+        res.data["scoring"] = table.drop_duplicates("case_id").set_index("case_id")["scored_by"].to_dict()
     else:
         from medsight.errors import ConfigError
 
