@@ -43,7 +43,9 @@ def read_manifest(dataset: Path) -> pd.DataFrame:
     p = Path(dataset) / "manifest.csv"
     if not p.is_file():
         raise InputNotFoundError(f"{p} not found: the dataset needs a manifest.csv with case_id and site columns", p)
-    m = pd.read_csv(p, dtype={"case_id": str})
+    from medsight.files import read_csv
+
+    m = read_csv(p, "dataset manifest", dtype={"case_id": str})
     if "case_id" not in m.columns:
         raise DatasetError(f"{p} has no case_id column", p)
     return m
