@@ -70,8 +70,8 @@ def test_calibrate_writes_a_derived_version_with_checked_figures(cls_package: Pa
     assert new.has("referral.json") and new.has("ood_mahalanobis.json")
 
 
-def test_calibrate_refuses_the_patients_that_chose_the_epoch(cls_package: Path, square_manifest: Path,
-                                                             unseen: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_calibrate_refuses_the_patients_that_chose_the_epoch(  # noqa: ANN001 - capsys
+        cls_package: Path, square_manifest: Path, unseen: Path, tmp_path: Path, capsys) -> None:
     assert run_cli("calibrate", cls_package, square_manifest, "-o", tmp_path / "x") == 2  # the training manifest
     err = capsys.readouterr().err.strip()
     assert "trained on" in err and len(err.splitlines()) == 1

@@ -42,7 +42,8 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
 
     The report holds metrics with bootstrap 95% CIs per cohort and per subgroup (site, scanner, sex, age band),
     calibration, decision curves (classifiers), Dice distributions (segmentation), the worst cases with images,
-    the model card (generated, written beside the report as <report>_model_card.md; MODEL is never modified) and the hashes/versions of model and data,
+    the model card (generated, written beside the report as <report>_model_card.md; MODEL is never modified)
+    and the hashes/versions of model and data,
     mapped to CLAIM / TRIPOD+AI items.
     """
     from medsight.files import read_csv

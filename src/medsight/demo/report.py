@@ -5,7 +5,8 @@ classification stage left per-case predictions (``ctx.paths["cls_predictions"]``
 unit those rows count, with the operating point the model folder stores; when the safety stage ran, its own table
 (``ctx.paths["safety_scan_predictions"]``: the scans calibrated and thresholded as scans) and its calibrated copy of
 the classifier package (``ctx.paths["safety_classifier"]``) are used instead. Each model gets a generated card
-(``model_card_<task>.md`` beside the report, shown in it; the model packages are only read), and the per-case tables behind every headline number are
+(``model_card_<task>.md`` beside the report, shown in it; the model packages are only read), and the per-case
+tables behind every headline number are
 copied beside report.json so that anyone can recompute them.
 """
 

@@ -130,11 +130,11 @@ def _num(v: float | None) -> float | None:
 def _scan_predictions(task, assessor, source: Path, path: Path,  # noqa: ANN001
                       manifest: Path | None) -> tuple[Path, dict[str, Any], Any]:
     """The classification stage's per-scan table (``source``, left as it is) redone at the unit of decision, the
-    scan, into ``path``: each scan's score is
-    its highest slice logit, calibrated and thresholded by a scan-level fit on the validation scans (returned,
-    stored as ``scan_level.json`` in the stage's package version), and it is referred when any of its slices is. Validation scans are
-    kept (``split`` = val) so the report can show what the fit gave there; the evidence-slice columns ``image``
-    and ``mask`` and the scan's patient and site are carried over."""
+    scan, into ``path``: each scan's score is its highest slice logit, calibrated and thresholded by a scan-level
+    fit on the validation scans (returned, stored as ``scan_level.json`` in the stage's package version), and it
+    is referred when any of its slices is. Validation scans are kept (``split`` = val) so the report can show
+    what the fit gave there; the evidence-slice columns ``image`` and ``mask`` and the scan's patient and site
+    are carried over."""
     import numpy as np
     import pandas as pd
 

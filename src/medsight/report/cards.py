@@ -77,9 +77,9 @@ def training_data(model_dir: Path, dataset: Path | None = None) -> dict[str, Any
 
 def card_for(doc: dict[str, Any], task: str, model_dir: Path, name: str, dataset: Path | None = None,
              defaults: dict[str, Any] | None = None, worst_cases: Sequence[dict[str, Any]] | None = None,
-             hashes: dict[str, str] | None = None, card_path: Path | None = None) -> dict[str, Any]:
-    """Build the card, write its markdown to ``card_path`` (default ``model_card.md`` in the current folder; never
-    the model's folder), and return it as a dict for the report (``markdown`` holds the text).
+             hashes: dict[str, str] | None = None, *, card_path: Path) -> dict[str, Any]:
+    """Build the card, write its markdown to ``card_path`` (beside the report; never into the model's folder), and
+    return it as a dict for the report.
 
     ``defaults`` fill written fields (intended use...) that the folder's ``model_card.json`` leaves empty."""
     model_dir = Path(model_dir)
@@ -87,7 +87,7 @@ def card_for(doc: dict[str, Any], task: str, model_dir: Path, name: str, dataset
     card = build_model_card(doc, task, name=name, authored=authored, training_data=training_data(model_dir, dataset),
                             package=package_info(model_dir, hashes), energy=_json(model_dir / "energy.json"),
                             worst_cases=list(worst_cases or []))
-    path = Path(card_path) if card_path is not None else Path(CARD_MD)
+    path = Path(card_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, card.to_markdown())
     return {**card.to_dict(), "file": str(path.resolve())}
