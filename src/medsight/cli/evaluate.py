@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from medsight.cli.audited import audited
 from medsight.cli.evaluate_lesions import lesion_options
 from medsight.files import atomic_dir
 
@@ -64,6 +65,7 @@ def evaluate() -> None:
 @click.option("--alpha", default=0.05, show_default=True, help="1 - confidence level of the intervals.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.pass_context
+@audited("evaluate.seg", inputs=("pred_dir", "ref_dir", "manifest"), outputs=("out_dir",))
 @lesion_options
 def seg(ctx: click.Context, pred_dir: Path, ref_dir: Path, labels_text: str | None, tol: float,
         manifest: Path | None, group_by: tuple[str, ...], min_cases: int, out_dir: Path | None, n_boot: int,
@@ -173,6 +175,7 @@ def _print_seg(summary: Any, out: Path, quiet: bool) -> None:
 @click.option("--alpha", default=0.05, show_default=True, help="1 - confidence level of the intervals.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.pass_context
+@audited("evaluate.cls", inputs=("predictions",), outputs=("out_dir",))
 def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitivity: float,
         group_by: tuple[str, ...], kappa_pairs: tuple[str, ...], min_cases: int, out_dir: Path | None, n_boot: int, alpha: float,
         seed: int) -> None:
