@@ -104,12 +104,19 @@ ROWS: list[tuple[str, list[str], list[str]]] = [
     ("evaluate-cls-empty", ["evaluate", "cls", "{empty.csv}", "--out", "{out}"], ["{out}"]),
     ("evaluate-cls-typed", ["evaluate", "cls", "{typed.csv}", "--out", "{out}"], ["{out}"]),
     ("evaluate-cls-missing", ["evaluate", "cls", "{root}/nope.csv", "--out", "{out}"], ["{out}"]),
-    ("evaluate-cls-out-under-file", ["evaluate", "cls", "{good.csv}", "--out", "{blocker}/x", "--n-boot", "10"],
+    ("evaluate-cls-out-under-file", ["evaluate", "cls", "{good.csv}", "--threshold", "0.5", "--out", "{blocker}/x",
+                                     "--n-boot", "10"],
      []),
-    ("evaluate-cls-bad-alpha", ["evaluate", "cls", "{good.csv}", "--out", "{out}", "--alpha", "1.5"], ["{out}"]),
-    ("evaluate-cls-bad-kappa", ["evaluate", "cls", "{good.csv}", "--out", "{out}", "--kappa", "nocolon"],
+    ("evaluate-cls-bad-alpha", ["evaluate", "cls", "{good.csv}", "--threshold", "0.5", "--out", "{out}", "--alpha",
+                                "1.5"], ["{out}"]),
+    ("evaluate-cls-bad-kappa", ["evaluate", "cls", "{good.csv}", "--threshold", "0.5", "--out", "{out}", "--kappa",
+                                "nocolon"],
      ["{out}"]),
-    ("evaluate-cls-unknown-group", ["evaluate", "cls", "{good.csv}", "--out", "{out}", "--group-by", "site"],
+    ("evaluate-cls-no-threshold", ["evaluate", "cls", "{good.csv}", "--out", "{out}"], ["{out}"]),
+    ("evaluate-cls-threshold-and-model", ["evaluate", "cls", "{good.csv}", "--threshold", "0.5", "--model",
+                                          "{cls_pkg}", "--out", "{out}"], ["{out}"]),
+    ("evaluate-cls-unknown-group", ["evaluate", "cls", "{good.csv}", "--threshold", "0.5", "--out", "{out}",
+                                    "--group-by", "site"],
      ["{out}"]),
     # evaluate seg
     ("evaluate-seg-truncated", ["evaluate", "seg", "{bad_pred}", "{ref}", "--out", "{out}"], ["{out}"]),
@@ -228,7 +235,7 @@ def test_mistake_is_one_line_exit_2_nothing_written(row: str, argv: list[str], a
 
 # disk full: every atomic write ends in fsync, where a full disk (or quota) reports the error for buffered writes
 FULL_DISK_ROWS: list[tuple[str, list[str]]] = [
-    ("evaluate-cls", ["evaluate", "cls", "{good.csv}", "--out", "{out}", "--n-boot", "10"]),
+    ("evaluate-cls", ["evaluate", "cls", "{good.csv}", "--threshold", "0.5", "--out", "{out}", "--n-boot", "10"]),
     ("evaluate-seg", ["evaluate", "seg", "{pred}", "{ref}", "--out", "{out}", "--n-boot", "10"]),
     ("deid", ["deid", "{dicoms}", "{out}", "-j", "1"]),
     ("plan", ["plan", "{plan_dataset}", "--out", "{out}/plan.json"]),
@@ -259,7 +266,7 @@ def test_disk_full_keeps_the_earlier_evaluation(inputs: dict[str, Path], tmp_pat
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A second evaluation that fails on a full disk leaves the first one's four tables byte for byte."""
     out = tmp_path / "eval"
-    argv = ["evaluate", "cls", str(inputs["good.csv"]), "--out", str(out), "--n-boot", "10"]
+    argv = ["evaluate", "cls", str(inputs["good.csv"]), "--threshold", "0.5", "--out", str(out), "--n-boot", "10"]
     assert run_cli(argv, capsys)[0] == 0
     (out / "notes.md").write_text("the user's own file in the same folder")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
