@@ -63,6 +63,8 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
             assemble.model_provenance(model_dir, model_dir.name, "classification"), external_sites,
             min_cases=min_cases, n_boot=n_boot, seed=seed, threshold=threshold, classifier_dir=model_dir,
             base=predictions.parent, unit=unit, op=op)
+        res.data["partitioning"] = assemble.prediction_partitioning(
+            read_csv(predictions, "predictions CSV", dtype=str), pkg)
     elif run_model.is_segmentation_model(model_dir):
         pred_dir = report_path.parent / f"{report_path.stem}_predictions"
         table = run_model.segmentation_table(model_dir, dataset, external_sites, pred_dir, quiet=quiet)
@@ -71,6 +73,7 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
             assemble.model_provenance(model_dir, model_dir.name, "segmentation"), external_sites,
             min_cases=min_cases, n_boot=n_boot, seed=seed, pred_dir=pred_dir)
         res.notes.append(run_model.scoring_note(table, external_sites))
+        res.data["partitioning"] = run_model.fold_partitioning(model_dir, dataset)
         res.data["scoring"] = table.drop_duplicates("case_id").set_index("case_id")["scored_by"].to_dict()
     else:
         from medsight.errors import ConfigError

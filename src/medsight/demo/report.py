@@ -52,6 +52,10 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
                                pred_dir=Path(pred_dir).resolve() if pred_dir else None,
                                title="medsight demo: validation report")
     res.model["seed"] = ctx.seed
+    from medsight.report.checklist import merge_partitioning
+    from medsight.report.run_model import fold_partitioning
+
+    parts = [fold_partitioning(model_dir, data)]
     shutil.copyfile(seg_table, out / SEG_TABLE)
     res.data["per_case_tables"] = {"segmentation": SEG_TABLE}
     doc = res.to_dict()
@@ -74,6 +78,9 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
         cls_hashes = {f"classifier/{k}": v for k, v in cres.model["hashes"].items()}
         res.model = {**res.model, "classifier": cres.model["dir"], "hashes": {**res.model["hashes"], **cls_hashes}}
         table.to_csv(out / CLS_TABLE, index=False)
+        from medsight.report.assemble import prediction_partitioning
+
+        parts.append(prediction_partitioning(table))
         res.data["per_case_tables"]["classification"] = CLS_TABLE
         cards.append(card_for(res.to_dict(), "classification", cls_model, "demo classifier (lesion on slices)",
                               cls_data, CARD_TEXT, cres.worst_cases, cres.model["hashes"],
@@ -81,6 +88,7 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
     else:
         res.notes.append("no per-case classifier predictions in this run: the classification section (ROC, "
                          "reliability, decision curves) appears when the classification stage writes them")
+    res.data["partitioning"] = merge_partitioning(*parts)
     res.model_cards = cards
     res.model_card = cards[0]
     html, js = write_report(res, out / "report.html")

@@ -158,8 +158,11 @@ def _performance(section: dict[str, Any], task: str) -> tuple[dict[str, Any], di
                                   "sensitivity": _ci_text(c.get("sensitivity")),
                                   "specificity": _ci_text(c.get("specificity")),
                                   "referred": _ci_text(c.get("referral_rate"))}
+            before = (c.get("ece_before") or {}).get("value")
             calibration[c["name"]] = (f"ECE {_ci_text(c.get('ece_before'))} before, {_ci_text(c.get('ece_after'))} "
-                                      f"after calibration ({unit}s)")
+                                      f"after calibration ({unit}s)" if before is not None else
+                                      f"ECE {_ci_text(c.get('ece_after'))} ({unit}s; no uncalibrated probabilities "
+                                      "were given, so no 'before')")
         else:
             row: dict[str, Any] = {f"n ({unit}s)": c["n"]}
             for lab, d in c.get("dice", {}).items():

@@ -57,8 +57,11 @@ def reliability(cohorts: list[dict[str, Any]]) -> str | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
     for ax, key, title in ((axes[0], "reliability_before", "before calibration"),
                            (axes[1], "reliability_after", "after calibration")):
-        for c in cohorts:
-            r = c.get(key) or {}
+        drawn = [c for c in cohorts if c.get(key)]
+        if not drawn:
+            title = f"{title}: no uncalibrated probabilities given"
+        for c in drawn:
+            r = c[key]
             x = np.array([np.nan if v is None else v for v in r.get("bin_mean_pred", [])], dtype=float)
             y = np.array([np.nan if v is None else v for v in r.get("bin_frac_pos", [])], dtype=float)
             ok = np.isfinite(x) & np.isfinite(y)

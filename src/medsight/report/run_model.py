@@ -58,6 +58,29 @@ def out_of_fold(model_dir: Path) -> dict[str, str]:
     return out
 
 
+def fold_partitioning(model_dir: Path, dataset: Path) -> dict[str, Any]:
+    """Checked, not asserted: for each trained fold, do its training and test cases share a patient?"""
+    from medsight.report.checklist import partitioning
+
+    p = Path(model_dir) / "splits.json"
+    m = Path(dataset) / "manifest.csv"
+    how = "each trained fold's training patients vs its test patients (splits.json, manifest patient_id)"
+    if not p.is_file() or not m.is_file():
+        return partitioning({}, how)
+    from medsight.data.splits import load_folds
+    from medsight.files import read_csv
+    from medsight.segmentation.ensemble import available_folds
+
+    table = read_csv(m, "dataset manifest", dtype=str)
+    if "patient_id" not in table.columns:
+        return partitioning({}, how)
+    patient = dict(zip(table["case_id"], table["patient_id"]))
+    trained = set(available_folds(Path(model_dir)))
+    pairs = {f"fold {i}": ({patient.get(c, c) for c in f["train"]}, {patient.get(c, c) for c in f["val"]})
+             for i, f in enumerate(load_folds(p)) if str(i) in trained}
+    return partitioning(pairs, how)
+
+
 def scoring_note(table: pd.DataFrame, external_sites: Sequence[str]) -> str:
     """One sentence for the report: which model scored the internal and the external cases (read from the table)."""
     by = table.drop_duplicates("case_id")
