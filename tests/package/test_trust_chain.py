@@ -136,10 +136,12 @@ def test_a_changed_file_makes_every_command_exit_2(two_fold_package: tuple[Path,
     (cls / "config.json").write_text(json.dumps({"format": "medsight-classifier", "thresholds": {"x": 0.9}}))
     csv = tmp_path / "pred.csv"
     csv.write_text("case_id,y_true,prob\nc1,1,0.5\n")
+    scores = tmp_path / "scores.csv"
+    scores.write_text("case_id,x,x_score\nc1,1,0.5\nc2,0,0.2\n")
     for args in (("predict-cls", cls, image, tmp_path / "o.csv"), ("export", cls, tmp_path / "e2"),
                  ("calibrate", cls, csv, "-o", tmp_path / "cal"),
                  ("validate", cls, root, "--predictions", csv, "--report", tmp_path / "r2.html"),
-                 ("evaluate", "cls", csv, "--model", cls)):
+                 ("evaluate", "cls", scores, "--model", cls)):
         code, out = _run(*args)
         assert code == 2 and "config.json was changed" in out and len(out.strip().splitlines()) == 1, (args, out)
 

@@ -50,7 +50,7 @@ def package_classifier(train_dir: str | Path, out_dir: str | Path, *, name: str,
                        energy: dict[str, Any] | None = None, registry_url: str | None = None,
                        register: bool = True) -> Package:
     """Add validation predictions (and energy) to a training folder's files and save them as a package."""
-    bundle = load_classifier(train_dir)
+    bundle = load_classifier(train_dir, unpackaged=True)  # the fresh training folder this packages
     work = Path(tempfile.mkdtemp(prefix=".cls-package-", dir=Path(out_dir).parent if Path(out_dir).parent.exists()
                                  else None))
     try:
