@@ -130,3 +130,11 @@ def test_saving_over_a_registered_version_keeps_it_loadable(src: Path, tmp_path:
     kept = load_package("brain@1")
     assert kept.id == old.id and kept.path == (tmp_path / "pkg.versions" / old.id[:12]).resolve()
     assert json.loads(kept.file("plan.json").read_text()) != {"patch_size": [8, 8, 8]}
+
+
+def test_saving_the_same_content_again_keeps_no_copy(src: Path, tmp_path: Path) -> None:
+    """A rerun that writes identical content (same id) neither archives nor registers anything new."""
+    first = save_package(src, tmp_path / "pkg", task="segmentation", name="brain")
+    again = save_package(src, tmp_path / "pkg", task="segmentation", name="brain")
+    assert again.id == first.id and again.version == first.version == 1
+    assert not (tmp_path / "pkg.versions").exists()

@@ -128,7 +128,7 @@ def check_target(dest: Path) -> None:
         raise ConfigError("exists and is not a model package; choose another output folder or remove it", dest)
 
 
-def _keep_registered(dest: Path, registry_url: str | None) -> None:
+def _keep_registered(dest: Path, registry_url: str | None, new_id: str) -> None:
     """Before ``dest`` is replaced: copy the registered version(s) it holds to ``<dest>.versions/<id12>`` (fsynced)
     and move their registry rows there, so a registered version keeps its bytes and keeps loading by name."""
     if not (dest / MANIFEST).is_file():
@@ -139,6 +139,8 @@ def _keep_registered(dest: Path, registry_url: str | None) -> None:
         manifest = read_manifest(dest)
     except PackageError:
         return  # a damaged package: nothing registered can be trusted to be in it
+    if manifest.get("id") == new_id:
+        return  # the same content again: nothing changes on disk
     registry = Registry(registry_url, create=False)
     records = [r for r in registry.list() if r.id == manifest.get("id") and Path(r.path) == dest.resolve()]
     if not records:
@@ -179,8 +181,7 @@ def save_package(src_dir: str | Path, dest_dir: str | Path, *, task: str, name: 
         raise InputNotFoundError("model folder not found or empty", src)
     check_target(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(dest)
-    _keep_registered(dest, registry_url)  # a killed writer's staging folder (its process is gone)
+    sweep_stale(dest)  # a killed writer's staging folder (its process is gone)
     staging = Path(tempfile.mkdtemp(prefix=temp_prefix(dest, "staging-"), dir=dest.parent))
     umask = os.umask(0)
     os.umask(umask)
@@ -190,6 +191,7 @@ def save_package(src_dir: str | Path, dest_dir: str | Path, *, task: str, name: 
         manifest = build_manifest(staging, task=task, name=name, parent_id=parent_id, extra=extra)
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
         _fsync_tree(staging)
+        _keep_registered(dest, registry_url, manifest["id"])
         _publish(staging, dest)
     finally:
         if staging.exists():
