@@ -27,6 +27,7 @@ def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, s
     return code, out.out, out.err
 
 
+@pytest.mark.slow  # seven commands in one process, an ONNX export among them (~80 s on a loaded 2-core box)
 def test_each_command_leaves_one_event_and_the_chain_verifies(tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("MEDSIGHT_HOME", str(tmp_path / "home"))
     cls_pkg, _ = _classifier_packages(tmp_path / "m")
