@@ -69,7 +69,8 @@ def reliability(cohorts: list[dict[str, Any]]) -> str | None:
             ax.plot(x[ok], y[ok], marker="o", label=f"{c['name']} ECE {ece:.3f}" if ece is not None else c["name"])
         ax.plot([0, 1], [0, 1], ls=":", c="grey")
         ax.set(xlabel="mean predicted probability", title=f"Reliability {title}", xlim=(0, 1), ylim=(0, 1))
-        ax.legend(fontsize=8, loc="upper left")
+        if drawn:
+            ax.legend(fontsize=8, loc="upper left")
     axes[0].set_ylabel("observed fraction positive")
     return _uri(fig)
 
