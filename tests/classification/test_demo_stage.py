@@ -56,6 +56,11 @@ def test_safety_stage_uses_the_project_classifier_and_feeds_report_and_predict_c
     model = Path(ctx.paths["safety_classifier"])
     assert model != Path(ctx.paths["cls_model"]) and not (Path(ctx.paths["cls_model"]) / "calibration.json").exists()
     assert (model / "calibration.json").is_file() and (model / "referral.json").is_file()
+    from medsight.package import load_package as _load
+
+    parent, derived = _load(ctx.paths["cls_model"]), _load(model)  # ONE derived version, parent recorded; the
+    assert derived.parent_id == parent.id and derived.has("scan_level.json")  # registered @N still loads by name
+    assert _load(f"{parent.name}@{parent.version}").id == parent.id
     assert list(pd.read_csv(ctx.paths["cls_predictions"]).columns) == ["case_id", "y_true", "prob", "image", "mask"]
     per_scan = pd.read_csv(ctx.paths["safety_scan_predictions"])
     assert {"prob", "prob_uncalibrated", "referred", "image", "mask", "split", "patient_id"} <= set(per_scan.columns)

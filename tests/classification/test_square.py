@@ -13,6 +13,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from medsight.classification import load_classifier
+from medsight.package import PackageError
 from medsight.classification.dataset import load_tensors
 from medsight.classification.predict import predict_images
 from medsight.classification.train import TrainConfig, train_classifier
@@ -33,7 +34,8 @@ def trained(square_data: tuple[Path, list[tuple[int, int]]], tmp_path_factory: p
 
 
 def test_learns_square_and_gradcam_points_at_it(trained: Path, tmp_path: Path, make_squares) -> None:
-    auc, pointing = _auc_and_pointing_on_new_squares(load_classifier(trained), tmp_path, make_squares, seed=1)
+    auc, pointing = _auc_and_pointing_on_new_squares(load_classifier(trained, unpackaged=True), tmp_path,
+                                                     make_squares, seed=1)
     assert auc > 0.97 and pointing >= 0.9
 
 
@@ -55,7 +57,7 @@ def _auc_and_pointing_on_new_squares(bundle, tmp_path: Path, make_squares, seed:
 
 
 def test_multilabel_outputs_and_thresholds_round_trip(trained: Path, square_data: tuple[Path, list]) -> None:
-    bundle = load_classifier(trained)
+    bundle = load_classifier(trained, unpackaged=True)
     cfg = json.loads((trained / "config.json").read_text())
     assert bundle.labels == ["square", "left_half"] and cfg["activation"] == "sigmoid"
     th = cfg["thresholds"]
@@ -75,7 +77,9 @@ def test_multilabel_outputs_and_thresholds_round_trip(trained: Path, square_data
         k = int(np.ceil(0.9 * len(positives)))
         assert th[name] == pytest.approx(positives[k - 1], rel=1e-5)
     # a second load gives the same outputs bit for bit
-    again = load_classifier(trained)
+    again = load_classifier(trained, unpackaged=True)
+    with pytest.raises(PackageError, match="medsight models package"):  # a plain folder is not run by default
+        load_classifier(trained)
     np.testing.assert_array_equal(bundle.predict_logits(x), again.predict_logits(x))
 
 
@@ -92,7 +96,7 @@ def test_predict_cls_writes_decisions_and_heatmaps(trained: Path, square_data: t
     main(["-q", "predict-cls", str(package.path), *images, str(out)])  # loads packages only; returns on success
     table = pd.read_csv(out)
     assert len(table) == 4
-    th = load_classifier(trained).thresholds
+    th = load_classifier(trained, unpackaged=True).thresholds
     np.testing.assert_array_equal(table["decision_square"], (table["p_square"] >= th["square"]).astype(int))
     heat = np.load(table["gradcam_array_square"][1])
     assert heat.shape == (48, 48) and heat.max() <= 1.0 + 1e-6
@@ -105,7 +109,7 @@ def test_focal_weighted_frozen_training_records_its_choices(square_data: tuple[P
                       weighted_sampling=True, mode="frozen", labels=["square"])
     train_classifier(manifest, tmp_path / "m", cfg, quiet=True)
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    bundle = load_classifier(tmp_path / "m")
+    bundle = load_classifier(tmp_path / "m", unpackaged=True)
     assert config["training"]["loss"] == "focal" and config["training"]["weighted_sampling"] is True
     assert config["trainable_parameters"] == sum(p.numel() for p in bundle.model.head.parameters())
     assert config["task"] == "binary" and list(config["thresholds"]) == ["square"]
@@ -118,14 +122,14 @@ def test_evidence_map_backbone_learns_square_and_points_at_it(square_data: tuple
     torch.set_num_threads(2)
     cfg = TrainConfig(**{**CFG, "backbone": "resnet10-slim-evidence", "cam_layer": None}, labels=["square"])
     train_classifier(manifest, tmp_path / "m", cfg, quiet=True)
-    bundle = load_classifier(tmp_path / "m")
+    bundle = load_classifier(tmp_path / "m", unpackaged=True)
     assert bundle.config["cam_layer"] == "net.layer2" and bundle.model.evidence_sharpness == 4.0
     auc, pointing = _auc_and_pointing_on_new_squares(bundle, tmp_path, make_squares, seed=2)
     assert auc > 0.97 and pointing >= 0.9
     # the pooling is read from config.json, not assumed: a model stored with a hard maximum loads as one
     cfg_path = tmp_path / "m" / "config.json"
     cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "evidence_sharpness": 0.0}))
-    assert load_classifier(tmp_path / "m").model.evidence_sharpness == 0.0
+    assert load_classifier(tmp_path / "m", unpackaged=True).model.evidence_sharpness == 0.0
 
 
 def test_report_worst_cases_show_image_with_gradcam(trained: Path, square_data: tuple[Path, list],
@@ -144,7 +148,10 @@ def test_report_worst_cases_show_image_with_gradcam(trained: Path, square_data: 
                          "prob": np.linspace(0.05, 0.95, 12), "image": table["image"]})
     pred.loc[1, "image"] = "missing.nii.gz"  # c1: label 1 at probability 0.13, among the worst
     model = {"name": "squares", "task": "classification", "hashes": {}, "versions": {}}
-    res = classification_results(pred, ds, model, [], n_boot=50, classifier_dir=trained, base=manifest.parent)
+    from medsight.package import save_package
+
+    pkg = save_package(trained, tmp_path / "pkg", task="classification", name="squares", register=False)
+    res = classification_results(pred, ds, model, [], n_boot=50, classifier_dir=pkg.path, base=manifest.parent)
     worst = {w["case_id"]: w for w in res.worst_cases}
     assert len(worst) == 5
     shown = [w for w in worst.values() if w["thumbnail"]]

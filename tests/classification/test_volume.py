@@ -34,8 +34,10 @@ def test_volume_heatmap_is_a_nifti_on_the_image_grid(tmp_path: Path) -> None:
                       cam_layer="net.layer1", val_fraction=0.25)
     res = train_classifier(tmp_path / "m.csv", tmp_path / "model", cfg, quiet=True)
     assert res["epochs"] == 2
-    table = predict_images(tmp_path / "model", [tmp_path / "v1.nii.gz"], tmp_path / "p.csv", quiet=True,
-                           evidence=True)
+    from medsight.classification import load_classifier
+
+    bundle = load_classifier(tmp_path / "model", unpackaged=True)  # the fresh training folder, not a package
+    table = predict_images(bundle, [tmp_path / "v1.nii.gz"], tmp_path / "p.csv", quiet=True, evidence=True)
     heat = read_nifti(table["gradcam_array_cube"][0])
     image = read_nifti(tmp_path / "v1.nii.gz")
     assert heat.shape == image.shape

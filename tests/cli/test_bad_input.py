@@ -36,6 +36,7 @@ def _inputs(root: Path) -> dict[str, Path]:
         p[name].write_bytes(data)
 
     put("malformed.csv", b'case_id,y_true,y_score\nc1,1,0.9\nc2,0,"0.1\nc3,1,0.8,7,8\n\x00\xff\xfe')
+    put("unterminated.csv", b'image\n"a.nii.gz\nb.nii.gz\n')
     put("ragged.csv", b"case_id,y_true,y_score\nc1,1,0.9,4,5,6\nc2,0\n")
     put("empty.csv", b"")
     put("typed.csv", b"case_id,y_true,y_score\nc1,yes,high\nc2,no,low\nc3,yes,0.3\n")
@@ -63,7 +64,26 @@ def _inputs(root: Path) -> dict[str, Path]:
     write_nifti(img, p["pred"] / "case_000.nii.gz", sidecar=False)
     (p["bad_pred"] / "case_000.nii.gz").write_bytes(p["truncated.nii.gz"].read_bytes())
     (p["dicoms"] / "a.dcm").write_bytes(p["ct.dcm"].read_bytes())
+    p["cls_pkg"], p["cls_no_threshold"] = _classifier_packages(root)
     return p
+
+
+def _classifier_packages(root: Path) -> tuple[Path, Path]:
+    """Two real (untrained) 2D classifier packages: one with a threshold for its label, one without."""
+    from medsight.classification.model_io import save_model
+    from medsight.nets.backbones import build_classifier
+    from medsight.package import save_package
+
+    model, cam = build_classifier("resnet10-slim", 2, 1, 1, (16, 16))
+    out = []
+    for name, thresholds in (("cls_pkg", {"x": 0.4}), ("cls_no_threshold", {})):
+        src = save_model(root / f"{name}_src", model, {
+            "labels": ["x"], "label_columns": ["x"], "task": "binary", "activation": "sigmoid", "n_outputs": 1,
+            "thresholds": thresholds, "backbone": "resnet10-slim", "spatial_dims": 2, "in_channels": 1,
+            "input_size": [16, 16], "cam_layer": cam})
+        out.append(save_package(src, root / name, task="classification", name=name.replace("_", "-"),
+                                register=False).path)
+    return out[0], out[1]
 
 
 # (row id, argv template, output paths that must not appear); {name} is replaced by the input's path, {out} by a
@@ -84,12 +104,19 @@ ROWS: list[tuple[str, list[str], list[str]]] = [
     ("evaluate-cls-empty", ["evaluate", "cls", "{empty.csv}", "--out", "{out}"], ["{out}"]),
     ("evaluate-cls-typed", ["evaluate", "cls", "{typed.csv}", "--out", "{out}"], ["{out}"]),
     ("evaluate-cls-missing", ["evaluate", "cls", "{root}/nope.csv", "--out", "{out}"], ["{out}"]),
-    ("evaluate-cls-out-under-file", ["evaluate", "cls", "{good.csv}", "--out", "{blocker}/x", "--n-boot", "10"],
+    ("evaluate-cls-out-under-file", ["evaluate", "cls", "{good.csv}", "--threshold", "0.5", "--out", "{blocker}/x",
+                                     "--n-boot", "10"],
      []),
-    ("evaluate-cls-bad-alpha", ["evaluate", "cls", "{good.csv}", "--out", "{out}", "--alpha", "1.5"], ["{out}"]),
-    ("evaluate-cls-bad-kappa", ["evaluate", "cls", "{good.csv}", "--out", "{out}", "--kappa", "nocolon"],
+    ("evaluate-cls-bad-alpha", ["evaluate", "cls", "{good.csv}", "--threshold", "0.5", "--out", "{out}", "--alpha",
+                                "1.5"], ["{out}"]),
+    ("evaluate-cls-bad-kappa", ["evaluate", "cls", "{good.csv}", "--threshold", "0.5", "--out", "{out}", "--kappa",
+                                "nocolon"],
      ["{out}"]),
-    ("evaluate-cls-unknown-group", ["evaluate", "cls", "{good.csv}", "--out", "{out}", "--group-by", "site"],
+    ("evaluate-cls-no-threshold", ["evaluate", "cls", "{good.csv}", "--out", "{out}"], ["{out}"]),
+    ("evaluate-cls-threshold-and-model", ["evaluate", "cls", "{good.csv}", "--threshold", "0.5", "--model",
+                                          "{cls_pkg}", "--out", "{out}"], ["{out}"]),
+    ("evaluate-cls-unknown-group", ["evaluate", "cls", "{good.csv}", "--threshold", "0.5", "--out", "{out}",
+                                    "--group-by", "site"],
      ["{out}"]),
     # evaluate seg
     ("evaluate-seg-truncated", ["evaluate", "seg", "{bad_pred}", "{ref}", "--out", "{out}"], ["{out}"]),
@@ -118,6 +145,19 @@ ROWS: list[tuple[str, list[str], list[str]]] = [
     ("train-cls-out-under-file", ["train-cls", "{good.csv}", "--out", "{blocker}/x"], []),
     ("predict-cls-wrong-model", ["predict-cls", "{wrong_model}", "{good.nii.gz}", "{out}"], ["{out}"]),
     ("predict-cls-malformed-list", ["predict-cls", "{wrong_model}", "{malformed.csv}", "{out}"], ["{out}"]),
+    ("predict-cls-malformed-csv", ["predict-cls", "{cls_pkg}", "{malformed.csv}", "{out}"], ["{out}"]),
+    ("predict-cls-unterminated-quote", ["predict-cls", "{cls_pkg}", "{unterminated.csv}", "{out}"], ["{out}"]),
+    ("predict-cls-no-threshold", ["predict-cls", "{cls_no_threshold}", "{good.nii.gz}", "{out}"], ["{out}"]),
+    ("predict-cls-plain-folder", ["predict-cls", "{cls_pkg}_src", "{good.nii.gz}", "{out}"], ["{out}"]),
+    # calibrate
+    ("calibrate-malformed", ["calibrate", "{cls_pkg}", "{malformed.csv}", "-o", "{out}"], ["{out}"]),
+    ("calibrate-wrong-model", ["calibrate", "{wrong_model}", "{good.csv}", "-o", "{out}"], ["{out}"]),
+    ("calibrate-bad-share", ["calibrate", "{cls_pkg}", "{good.csv}", "-o", "{out}", "--check-share", "2"],
+     ["{out}"]),
+    # train-mil / predict-mil
+    ("train-mil-malformed", ["train-mil", "{malformed.csv}", "{empty_dir}", "--out", "{out}"], ["{out}"]),
+    ("predict-mil-plain-folder", ["predict-mil", "{wrong_model}", "{empty_dir}", "--out", "{out}"], ["{out}"]),
+    ("predict-mil-classifier", ["predict-mil", "{cls_pkg}", "{empty_dir}", "--out", "{out}"], ["{out}"]),
     # deid
     ("deid-missing-input", ["deid", "{root}/nope", "{out}"], ["{out}"]),
     ("deid-empty-input", ["deid", "{empty_dir}", "{out}"], ["{out}"]),
@@ -195,7 +235,7 @@ def test_mistake_is_one_line_exit_2_nothing_written(row: str, argv: list[str], a
 
 # disk full: every atomic write ends in fsync, where a full disk (or quota) reports the error for buffered writes
 FULL_DISK_ROWS: list[tuple[str, list[str]]] = [
-    ("evaluate-cls", ["evaluate", "cls", "{good.csv}", "--out", "{out}", "--n-boot", "10"]),
+    ("evaluate-cls", ["evaluate", "cls", "{good.csv}", "--threshold", "0.5", "--out", "{out}", "--n-boot", "10"]),
     ("evaluate-seg", ["evaluate", "seg", "{pred}", "{ref}", "--out", "{out}", "--n-boot", "10"]),
     ("deid", ["deid", "{dicoms}", "{out}", "-j", "1"]),
     ("plan", ["plan", "{plan_dataset}", "--out", "{out}/plan.json"]),
@@ -226,7 +266,7 @@ def test_disk_full_keeps_the_earlier_evaluation(inputs: dict[str, Path], tmp_pat
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A second evaluation that fails on a full disk leaves the first one's four tables byte for byte."""
     out = tmp_path / "eval"
-    argv = ["evaluate", "cls", str(inputs["good.csv"]), "--out", str(out), "--n-boot", "10"]
+    argv = ["evaluate", "cls", str(inputs["good.csv"]), "--threshold", "0.5", "--out", str(out), "--n-boot", "10"]
     assert run_cli(argv, capsys)[0] == 0
     (out / "notes.md").write_text("the user's own file in the same folder")
     before = {p.name: p.read_bytes() for p in out.iterdir()}

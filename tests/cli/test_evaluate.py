@@ -115,7 +115,7 @@ def test_evaluate_cls_summary_and_subgroups(tmp_path: Path) -> None:
     df = _predictions_csv(csv)
     out = tmp_path / "cls"
     main(["-q", "evaluate", "cls", str(csv), "--out", str(out), "--group-by", "site", "--group-by", "age",
-          "--n-boot", "100", "--min-cases", "10"])
+          "--n-boot", "100", "--min-cases", "10", "--threshold", "0.5", "--target-sensitivity", "0.9"])
     summary = pd.read_csv(out / "summary.csv").iloc[0]
     assert summary["auc"] == pytest.approx(roc_auc_score(df["lesion"], df["lesion_score"]))
     assert summary["auc_delong_lo"] < summary["auc"] < summary["auc_delong_hi"]
@@ -136,7 +136,7 @@ def test_evaluate_cls_nan_score_names_the_case(tmp_path: Path, capsys: pytest.Ca
     df.loc[7, "lesion_score"] = np.nan
     df.to_csv(csv, index=False)
     with pytest.raises(SystemExit) as exit_info:
-        main(["-q", "evaluate", "cls", str(csv)])
+        main(["-q", "evaluate", "cls", str(csv), "--threshold", "0.5"])
     assert exit_info.value.code == 2
     assert "case c7" in capsys.readouterr().err
 
@@ -153,3 +153,23 @@ def test_evaluate_cls_quadratic_kappa_for_grades(tmp_path: Path) -> None:
     k = json.loads((tmp_path / "k" / "summary.json").read_text())["kappa"]["dr_grade:dr_grade_pred"]
     assert k["kappa"] == pytest.approx(cohen_kappa_score(df["dr_grade"], df["dr_grade_pred"], weights="quadratic"))
     assert k["lo"] <= k["kappa"] <= k["hi"] and np.sum(k["confusion_matrix"]) == 120
+
+
+def test_evaluate_cls_takes_the_packages_threshold_never_one_fitted_on_the_test_set(tmp_path: Path) -> None:
+    from medsight.package import save_package
+
+    csv = tmp_path / "preds.csv"
+    df = _predictions_csv(csv)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"thresholds": {"lesion": 0.37}}))
+    pkg = save_package(src, tmp_path / "pkg", task="classification", name="eval-thr", register=False)
+    main(["-q", "evaluate", "cls", str(csv), "--model", str(pkg.path), "--out", str(tmp_path / "o"), "--n-boot", "20"])
+    data = json.loads((tmp_path / "o" / "summary.json").read_text())
+    at = data["tasks"]["lesion"]["at_threshold"]
+    y, s = df["lesion"].to_numpy(), df["lesion_score"].to_numpy()
+    assert at["threshold"] == 0.37 and data["thresholds"] == {"lesion": 0.37}
+    assert at["sensitivity"] == pytest.approx(np.mean(s[y == 1] >= 0.37))
+    assert at["specificity"] == pytest.approx(np.mean(s[y == 0] < 0.37))
+    assert "at_target_sensitivity" not in data["tasks"]["lesion"]  # nothing chosen on the test predictions
+    assert data["threshold_source"].startswith("package")

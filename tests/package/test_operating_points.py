@@ -80,4 +80,7 @@ def test_calibrating_a_package_writes_a_new_version_with_rederived_thresholds(cl
     assert abs(int(after["decision_square"][y == 1].sum()) - int(before["decision_square"][y == 1].sum())) <= 1
     assert np.allclose(after["p_square"], _sigmoid(z / 5.0), atol=1e-5)
     assert np.allclose(before["p_square"], _sigmoid(z), atol=1e-5)
-    assert json.loads((cls_package / "manifest.json").read_text())["parent_id"] == parent.id
+    # the derived version has its own folder; the parent's folder and @1 are untouched and still load
+    assert json.loads((child.path / "manifest.json").read_text())["parent_id"] == parent.id
+    assert child.path != parent.path and load_package("squares@1").id == parent.id
+    assert json.loads((cls_package / "manifest.json").read_text())["id"] == parent.id

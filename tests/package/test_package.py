@@ -11,6 +11,7 @@ import pytest
 
 import medsight
 from medsight.errors import ConfigError
+from medsight.files import sha256_file
 from medsight.package import PackageError, derive_package, load_package, save_package
 from medsight.package import package as package_module
 
@@ -104,10 +105,36 @@ def test_exchange_is_atomic_rename(tmp_path: Path) -> None:
     assert ((a / "x").read_text(), (b / "x").read_text()) == ("B", "A")
 
 
-def test_derived_version_records_its_parent_and_old_version_no_longer_loads(src: Path, tmp_path: Path) -> None:
+def test_derived_version_gets_its_own_folder_and_the_parent_still_loads(src: Path, tmp_path: Path) -> None:
     parent = save_package(src, tmp_path / "pkg", task="segmentation", name="brain")
+    before = {p.name: sha256_file(p) for p in (tmp_path / "pkg").rglob("*") if p.is_file()}
     child = derive_package(parent, files={"calibration.json": b'{"t": 2.0}'}, extra={"calibration": "temperature"})
     assert child.parent_id == parent.id and child.version == 2 and child.has("calibration.json")
+    assert child.path == (tmp_path / f"pkg-{child.id[:12]}").resolve()  # content-addressed, beside the parent
     assert load_package("brain").id == child.id == load_package("brain@2").id
-    with pytest.raises(PackageError, match="brain@1 .* was replaced on disk"):
-        load_package("brain@1")
+    assert load_package("brain@1").id == parent.id  # the registered version never changed on disk
+    assert {p.name: sha256_file(p) for p in (tmp_path / "pkg").rglob("*") if p.is_file()} == before
+    grandchild = derive_package(child, files={"x.json": b"{}"})  # names do not nest: pkg-<id12>, not pkg-a-b
+    assert grandchild.path.name == f"pkg-{grandchild.id[:12]}" and grandchild.parent_id == child.id
+    with pytest.raises(ConfigError, match="its own folder"):
+        derive_package(parent, files={"y.json": b"{}"}, dest_dir=tmp_path / "pkg")
+
+
+def test_saving_over_a_registered_version_keeps_it_loadable(src: Path, tmp_path: Path) -> None:
+    """Retraining into the same --out: the folder gets the new package, the registered one keeps its bytes
+    (copied to pkg.versions/<id12>, the registry row follows), so NAME@1 still loads and verifies."""
+    old = save_package(src, tmp_path / "pkg", task="segmentation", name="brain")
+    (src / "plan.json").write_text('{"patch_size": [8, 8, 8]}')
+    new = save_package(src, tmp_path / "pkg", task="segmentation", name="brain")
+    assert load_package(tmp_path / "pkg").id == new.id and new.version == 2
+    kept = load_package("brain@1")
+    assert kept.id == old.id and kept.path == (tmp_path / "pkg.versions" / old.id[:12]).resolve()
+    assert json.loads(kept.file("plan.json").read_text()) != {"patch_size": [8, 8, 8]}
+
+
+def test_saving_the_same_content_again_keeps_no_copy(src: Path, tmp_path: Path) -> None:
+    """A rerun that writes identical content (same id) neither archives nor registers anything new."""
+    first = save_package(src, tmp_path / "pkg", task="segmentation", name="brain")
+    again = save_package(src, tmp_path / "pkg", task="segmentation", name="brain")
+    assert again.id == first.id and again.version == first.version == 1
+    assert not (tmp_path / "pkg.versions").exists()

@@ -118,7 +118,7 @@ def test_evaluate_killed_leaves_old_or_new_never_a_mix(tmp_path: Path) -> None:
     site = rng.choice(["a", "b", "c"], 400)
     csv_path.write_text("case_id,y_true,y_score,site\n" +
                         "".join(f"c{i},{y[i]},{s[i]:.4f},{site[i]}\n" for i in range(400)))
-    argv = ("evaluate", "cls", str(csv_path), "--n-boot", "400", "--group-by", "site", "--min-cases", "5")
+    argv = ("evaluate", "cls", str(csv_path), "--threshold", "0.5", "--n-boot", "400", "--group-by", "site", "--min-cases", "5")
     ref = tmp_path / "ref"
     whole = _run(*argv, "--out", str(ref))
     landed = 0

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from medsight.package.package import load_package, save_package
-from medsight.report.cards import card_for, package_info
+from medsight.report.cards import card_for, package_info, write_card_version
 from medsight.report.results import ValidationResults
 
 
@@ -19,7 +19,9 @@ def test_card_from_results_and_folder(results: ValidationResults, tmp_path: Path
     (tmp_path / "config.json").write_text("{}")
     pkg = save_package(tmp_path, tmp_path.parent / f"{tmp_path.name}_pkg", task="classification", name="toy")
     doc = results.to_dict()
-    card = card_for(doc, "classification", pkg.path, "toy", worst_cases=doc["worst_cases"])
+    manifest_before = (pkg.path / "manifest.json").read_bytes()
+    card = card_for(doc, "classification", pkg.path, "toy", worst_cases=doc["worst_cases"],
+                    card_path=tmp_path.parent / "report" / "model_card.md")
     assert card["intended_use"] == "Triage of head CT in adults." and card["out_of_scope_use"]
     assert card["extra"]["package_id"] == pkg.id and card["extra"]["energy"] == energy
     assert card["version"] == (str(pkg.version) if pkg.version is not None else "unregistered")
@@ -30,11 +32,16 @@ def test_card_from_results_and_folder(results: ValidationResults, tmp_path: Path
     assert card["limitations"][0] == "not for children" and "worst case c001" in card["limitations"][1]
     few = [r for r in doc["classification"]["subgroups"] if r["too_few"]]
     assert few and f"{few[0]['attribute']}={few[0]['group']}" in card["limitations"][-1]
-    # the card goes into the package as a new version (listed and hashed), so the package still verifies
-    new = load_package(pkg.path)
-    md = new.file("model_card.md").read_text()
-    assert new.parent_id == pkg.id and md.startswith("# Model card: toy") and pkg.id in md and "RAPL" in md
-    assert Path(card["file"]) == new.path / "model_card.md" and "Triage" in md
+    # the card goes beside the report: the evaluated package is not touched and still verifies as the same id
+    assert Path(card["file"]) == (tmp_path.parent / "report" / "model_card.md").resolve()
+    md = Path(card["file"]).read_text()
+    assert md.startswith("# Model card: toy") and pkg.id in md and "RAPL" in md and "Triage" in md
+    assert load_package(pkg.path).id == pkg.id and (pkg.path / "manifest.json").read_bytes() == manifest_before
+    assert not (pkg.path / "model_card.md").exists()
+    # on request (validate --write-card) it becomes a NEW version in its own folder, parent recorded
+    new = write_card_version(pkg.path, Path(card["file"]))
+    assert new.parent_id == pkg.id and new.path != pkg.path and new.file("model_card.md").read_text() == md
+    assert load_package(pkg.path).id == pkg.id
 
 
 def test_unregistered_folder_gets_an_id_from_its_hashes(tmp_path: Path) -> None:

@@ -221,7 +221,7 @@ def test_every_number_in_the_html_equals_the_json(run: tuple[dict, str, Path]) -
 
 
 def test_worst_cases_have_images_and_models_have_cards(run: tuple[dict, str, Path]) -> None:
-    doc, page, _ = run
+    doc, page, report_dir = run
     assert len(doc["worst_cases"]) == 10
     for w in doc["worst_cases"]:
         assert w["thumbnail"] and w["thumbnail"].startswith("data:image/png"), (w["case_id"], w["note"])
@@ -230,7 +230,9 @@ def test_worst_cases_have_images_and_models_have_cards(run: tuple[dict, str, Pat
     assert [c["task"] for c in cards] == ["segmentation", "classification"]
     for card in cards:
         text = Path(card["file"]).read_text()
-        assert Path(card["file"]).name == "model_card.md" and card["name"] in text
+        # beside the report, never in the model's folder (the evaluated package is not modified)
+        assert Path(card["file"]).name == f"model_card_{card['task']}.md" and card["name"] in text
+        assert Path(card["file"]).parent == report_dir.resolve()
         assert card["intended_use"] and card["out_of_scope_use"] and card["extra"]["package_id"]
         assert "sha256" in card["data"]["training data fingerprint"] and card["performance"]["by_cohort"]
         assert any("worst case" in s for s in card["limitations"]) and card["name"] in page

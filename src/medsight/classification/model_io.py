@@ -26,6 +26,7 @@ from medsight.errors import ConfigError, InputNotFoundError, IntegrityError
 from medsight.files import atomic_write_bytes, atomic_write_text, sha256_file
 from medsight.image import Image
 from medsight.package.calibration import Calibration, load_calibration
+from medsight.package.manifest import PackageError
 from medsight.package.package import Package, load_package
 
 FORMAT = "medsight-classifier"
@@ -97,14 +98,20 @@ def _json(value: Any) -> Any:
     return str(value)
 
 
-def load_classifier(model: str | Path | Package, allow_retired: bool = False) -> ClassifierBundle:
+def load_classifier(model: str | Path | Package, allow_retired: bool = False, *,
+                    unpackaged: bool = False) -> ClassifierBundle:
     """Rebuild the network from ``config.json`` and load ``model.pt`` (hash checked) in eval mode.
 
-    ``model``: a ``Package``, a package folder or registered NAME[@VERSION] (verified by ``load_package``), or a
-    plain training folder without manifest (weights and config only: for library code before packaging).
+    ``model``: a ``Package``, a package folder or registered NAME[@VERSION] (verified by ``load_package``). A plain
+    training folder without manifest is refused (PackageError with the packaging hint) unless ``unpackaged`` —
+    for the library code that packages a fresh training folder (weights and config only, no side file read).
     """
     pkg = model if isinstance(model, Package) else None
-    if pkg is None and (not Path(model).exists() or (Path(model) / "manifest.json").exists()):
+    if pkg is None and not unpackaged:
+        if Path(model).is_dir() and not (Path(model) / "manifest.json").exists():
+            raise PackageError("not a model package (no manifest.json): an unverified classifier is not run; "
+                               f"package it with `medsight models package {model} PACKAGE_DIR --task classification "
+                               "--name NAME`", model)
         pkg = load_package(model, allow_retired=allow_retired)
     if pkg is not None:
         if pkg.task != "classification":

@@ -50,7 +50,7 @@ def package_classifier(train_dir: str | Path, out_dir: str | Path, *, name: str,
                        energy: dict[str, Any] | None = None, registry_url: str | None = None,
                        register: bool = True) -> Package:
     """Add validation predictions (and energy) to a training folder's files and save them as a package."""
-    bundle = load_classifier(train_dir)
+    bundle = load_classifier(train_dir, unpackaged=True)  # the fresh training folder this packages
     # Named with the owner tag so that a rerun after a kill sweeps it (an untagged ".cls-package-*" folder
     # left by a kill during packaging was never removed: the kill test's "staging folder was left").
     work = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir, "cls-package-"),
@@ -73,12 +73,15 @@ def package_classifier(train_dir: str | Path, out_dir: str | Path, *, name: str,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def recalibrated_config(config: dict[str, Any], validation: dict[str, Any], calibration: Calibration) -> dict[str, Any]:
-    """The config with thresholds re-chosen on calibrated validation probabilities for the same target."""
+def recalibrated_config(config: dict[str, Any], validation: dict[str, Any], calibration: Calibration,
+                        target_sensitivity: float | None = None) -> dict[str, Any]:
+    """The config with thresholds re-chosen on calibrated validation probabilities for the same target (or
+    ``target_sensitivity``)."""
     config = json.loads(json.dumps(config))
     if config.get("task") == "multiclass":
         return config  # argmax decisions: no thresholds to move
-    target = float((config.get("training") or {}).get("target_sensitivity", 0.9))
+    target = float(target_sensitivity if target_sensitivity is not None
+                   else (config.get("training") or {}).get("target_sensitivity", 0.9))
     z = np.asarray(calibration.apply(np.asarray(validation["logits"], dtype=np.float64)))
     prob = torch.sigmoid(torch.as_tensor(z, dtype=torch.float32)).numpy()  # as predict-cls computes them
     info = choose_thresholds(np.asarray(validation["y"]), prob, config["labels"], target, calibrated=True)
@@ -89,16 +92,21 @@ def recalibrated_config(config: dict[str, Any], validation: dict[str, Any], cali
 
 
 def calibrate_package(pkg: Package | str | Path, calibration: Calibration,
-                      extra_files: dict[str, bytes] | None = None, registry_url: str | None = None) -> Package:
-    """A new package version holding ``calibration.json`` and thresholds re-derived on calibrated probabilities."""
+                      extra_files: dict[str, bytes] | None = None, registry_url: str | None = None,
+                      dest_dir: str | Path | None = None, validation: dict[str, Any] | None = None,
+                      extra: dict[str, Any] | None = None, target_sensitivity: float | None = None) -> Package:
+    """A new package version (own folder: ``dest_dir`` or beside the parent) holding ``calibration.json`` and
+    thresholds re-derived on calibrated probabilities of ``validation`` (default: the package's own validation
+    predictions; ``medsight calibrate`` passes those of its calibration split)."""
     pkg = pkg if isinstance(pkg, Package) else load_package(pkg, registry_url=registry_url)
-    if not pkg.has(VALIDATION):
+    if validation is None and not pkg.has(VALIDATION):
         raise ConfigError(f"package {pkg.label} has no {VALIDATION}, so its thresholds cannot be re-derived after "
                           "calibration; retrain it with this medsight version", pkg.path)
-    config = recalibrated_config(pkg.read_json(CONFIG), pkg.read_json(VALIDATION), calibration)
+    config = recalibrated_config(pkg.read_json(CONFIG), validation if validation is not None
+                                 else pkg.read_json(VALIDATION), calibration, target_sensitivity)
     files = {CONFIG: json.dumps(config, indent=2, sort_keys=True).encode(),
              CALIBRATION_FILE: json.dumps(calibration.to_dict(), indent=2, sort_keys=True).encode(),
              **(extra_files or {})}
     return derive_package(pkg, files=files, extra={"calibration": calibration.method,
-                                                   "thresholds": config.get("thresholds")},
-                          registry_url=registry_url)
+                                                   "thresholds": config.get("thresholds"), **(extra or {})},
+                          registry_url=registry_url, dest_dir=dest_dir)

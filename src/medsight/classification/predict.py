@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from medsight.classification.dataset import spatial_array
 from medsight.classification.model_io import ClassifierBundle, load_classifier
-from medsight.errors import InputNotFoundError, MedsightError
+from medsight.errors import ConfigError, InputNotFoundError, MedsightError
 from medsight.explain.gradcam import gradcam_maps, to_image_grid
 from medsight.explain.overlays import save_overlay
-from medsight.files import atomic_dir, atomic_write_text, atomic_write_with, sweep_stale
+from medsight.files import atomic_dir, atomic_write_text, atomic_write_with, read_csv, sweep_stale
 from medsight.image import Image
 from medsight.io import RASTER_SUFFIXES, read_image
 
@@ -40,7 +40,7 @@ def expand_inputs(inputs: Sequence[str | Path], spatial_dims: int = 2) -> list[P
         if not p.exists():
             raise InputNotFoundError("input not found; check the path", p)
         if p.is_file() and p.suffix.lower() == ".csv":
-            table = pd.read_csv(p, dtype=str, keep_default_na=False)
+            table = read_csv(p, "input CSV", dtype=str, keep_default_na=False)
             if "image" not in table.columns:
                 raise MedsightError("input CSV has no image column", p)
             out.extend(q if q.is_absolute() else (p.parent / q) for q in map(Path, table["image"]))
@@ -65,6 +65,18 @@ def _stem(p: Path) -> str:
     return name
 
 
+def require_thresholds(bundle: ClassifierBundle) -> None:
+    """Refuse a thresholded (sigmoid) model that stores no threshold for a label: it cannot decide that label,
+    and a silent 0.5 would be an operating point nobody chose."""
+    if bundle.config.get("activation") == "softmax":
+        return  # argmax decisions
+    missing = [name for name in bundle.labels if name not in bundle.thresholds]
+    if missing:
+        where = bundle.package.label if bundle.package is not None else str(bundle.model_dir)
+        raise ConfigError(f"model {where} stores no decision threshold for label(s) {', '.join(missing)}, so it "
+                          "cannot decide them; fit one with `medsight calibrate` (a new version)")
+
+
 def default_heatmap_dir(output_csv: Path) -> Path:
     """``pred.csv`` -> ``pred_gradcam/`` beside it (the CSV's name without its extension, as the help says)."""
     return output_csv.with_name(output_csv.stem + "_gradcam")
@@ -79,6 +91,7 @@ def predict_images(model_dir: str | Path | ClassifierBundle, inputs: Sequence[st
     adds the accept/refer decision per image; classification itself does not depend on the safety layer.
     """
     bundle = model_dir if isinstance(model_dir, ClassifierBundle) else load_classifier(model_dir)
+    require_thresholds(bundle)
     paths = expand_inputs(inputs, bundle.config["spatial_dims"])
     output_csv = Path(output_csv)
     heat_root = Path(heatmap_dir) if heatmap_dir else default_heatmap_dir(output_csv)
@@ -152,8 +165,8 @@ def _predict_one(bundle: ClassifierBundle, image: Image, path: Path, heat_root: 
         thresholds = bundle.thresholds
         for name, p in zip(labels, prob):
             row[f"p_{name}"] = round(float(p), 6)
-            row[f"threshold_{name}"] = thresholds.get(name, 0.5)
-            row[f"decision_{name}"] = int(p >= thresholds.get(name, 0.5))
+            row[f"threshold_{name}"] = thresholds[name]
+            row[f"decision_{name}"] = int(p >= thresholds[name])
         targets = list(enumerate(labels))
     for index, name in targets if gradcam or heats is not None else []:
         cam = gradcam_maps(bundle.model, x, bundle.config["cam_layer"], class_index=index)[0]

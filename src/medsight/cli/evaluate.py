@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from medsight.cli.audited import audited
 from medsight.cli.evaluate_lesions import lesion_options
 from medsight.files import atomic_dir
 
@@ -64,6 +65,7 @@ def evaluate() -> None:
 @click.option("--alpha", default=0.05, show_default=True, help="1 - confidence level of the intervals.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.pass_context
+@audited("evaluate.seg", inputs=("pred_dir", "ref_dir", "manifest"), outputs=("out_dir",))
 @lesion_options
 def seg(ctx: click.Context, pred_dir: Path, ref_dir: Path, labels_text: str | None, tol: float,
         manifest: Path | None, group_by: tuple[str, ...], min_cases: int, out_dir: Path | None, n_boot: int,
@@ -106,6 +108,31 @@ def seg(ctx: click.Context, pred_dir: Path, ref_dir: Path, labels_text: str | No
             tables.write_csv(tmp / "subgroups.csv", subgroups)
         tables.write_json(tmp / "summary.json", record)
     _print_seg(summary, out, _quiet(ctx))
+
+
+def _operating_thresholds(tasks: list[str], threshold: float | None, model: str | None) -> dict[str, float]:
+    """Each task's threshold: --threshold for all, or the one the package stores (chosen on its validation data).
+    Never derived from the predictions being evaluated."""
+    from medsight.errors import ConfigError
+
+    if (threshold is None) == (model is None):
+        raise ConfigError("give the operating threshold: --threshold T, or --model PACKAGE to use the threshold the "
+                          "package stores (a threshold picked on the test predictions would be optimistic)")
+    if threshold is not None:
+        return dict.fromkeys(tasks, float(threshold))
+    from medsight.cli.audited import current_event
+    from medsight.package.package import load_package
+
+    pkg = load_package(model)
+    current_event().package(pkg)
+    stored = (pkg.read_json("config.json").get("thresholds") or {}) if pkg.has("config.json") else {}
+    if len(stored) == 1 and len(tasks) == 1:
+        return {tasks[0]: float(next(iter(stored.values())))}
+    missing = [t for t in tasks if t not in stored]
+    if missing:
+        raise ConfigError(f"package {pkg.label} stores no threshold for task(s) {', '.join(missing)} (it has: "
+                          f"{', '.join(stored) or 'none'}); pass --threshold or fit one with `medsight calibrate`")
+    return {t: float(stored[t]) for t in tasks}
 
 
 def _seg_labels(labels_text: str | None, ref_dir: Path) -> dict[int, str]:
@@ -157,10 +184,14 @@ def _print_seg(summary: Any, out: Path, quiet: bool) -> None:
 
 @evaluate.command("cls")
 @click.argument("predictions", type=click.Path(path_type=Path))
-@click.option("--threshold", default=0.5, show_default=True, type=float,
-              help="Operating threshold: score >= threshold is called positive.")
-@click.option("--target-sensitivity", default=0.9, show_default=True, type=float,
-              help="Also report the highest threshold reaching this sensitivity, and its metrics.")
+@click.option("--threshold", default=None, type=float,
+              help="Operating threshold for every task: score >= threshold is called positive. Give this or --model.")
+@click.option("--model", "model", default=None, metavar="PACKAGE",
+              help="Take each task's operating threshold from this classifier package (folder or NAME[@VERSION], "
+                   "verified): the one chosen on its validation data, never on these predictions.")
+@click.option("--target-sensitivity", default=None, type=float,
+              help="Also report (descriptively) the threshold that reaches this sensitivity ON THESE PREDICTIONS: "
+                   "optimistic, not an operating point.")
 @click.option("--group-by", "group_by", multiple=True,
               help="Subgroup column (site, sex, scanner, age...); repeatable. 'age' is banded (0-39, 40-59...).")
 @click.option("--kappa", "kappa_pairs", multiple=True, metavar="TRUE_COL:PRED_COL",
@@ -173,7 +204,9 @@ def _print_seg(summary: Any, out: Path, quiet: bool) -> None:
 @click.option("--alpha", default=0.05, show_default=True, help="1 - confidence level of the intervals.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
 @click.pass_context
-def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitivity: float,
+@audited("evaluate.cls", inputs=("predictions",), outputs=("out_dir",))
+def cls(ctx: click.Context, predictions: Path, threshold: float | None, model: str | None,
+        target_sensitivity: float | None,
         group_by: tuple[str, ...], kappa_pairs: tuple[str, ...], min_cases: int, out_dir: Path | None, n_boot: int, alpha: float,
         seed: int) -> None:
     """AUC (DeLong and bootstrap CIs), PR AUC, sensitivity/specificity/PPV/NPV/F1, calibration, subgroups.
@@ -191,6 +224,7 @@ def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitiv
 
     df = tables.read_predictions(predictions)
     tasks = tables.classification_tasks(list(df.columns))
+    thresholds = _operating_thresholds(list(tasks), threshold, model) if tasks else {}
     if not tasks and not kappa_pairs:
         raise MetricError("no task columns found: give NAME and NAME_score columns (or y_true and y_score)",
                           predictions)
@@ -203,9 +237,11 @@ def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitiv
     subgroup_parts = []
     for task, (truth, score) in tasks.items():
         y, s = tables.check_task_columns(df, truth, score, predictions)
-        summaries[task] = tables.summarise_classification(y, s, threshold, target_sensitivity, n_boot, alpha, seed)
+        summaries[task] = tables.summarise_classification(y, s, thresholds[task], target_sensitivity, n_boot, alpha,
+                                                          seed)
+        summaries[task]["threshold_source"] = "--threshold" if model is None else f"package {model}"
         per_case[truth], per_case[score] = y, s
-        per_case[f"{task}_called"] = (s >= threshold).astype(int)
+        per_case[f"{task}_called"] = (s >= thresholds[task]).astype(int)
         per_case[f"{task}_correct"] = (per_case[f"{task}_called"] == y).astype(int)
         for g in group_by:
             groups = age_bands(df[g]) if g == "age" else df[g].to_numpy()
@@ -225,7 +261,8 @@ def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitiv
 
     record = {
         "kind": "classification", "created": _stamp(), "predictions": str(predictions),
-        "predictions_sha256": sha256_file(predictions), "threshold": threshold,
+        "predictions_sha256": sha256_file(predictions), "thresholds": thresholds,
+        "threshold_source": "--threshold" if model is None else f"package {model}",
         "target_sensitivity": target_sensitivity, "n_boot": n_boot, "alpha": alpha, "seed": seed,
         "definitions": "docs/metrics.md", "versions": _versions(), "tasks": summaries,
         "kappa": kappas, "subgroups": [] if subgroups is None else subgroups.to_dict(orient="records"),
@@ -243,7 +280,7 @@ def cls(ctx: click.Context, predictions: Path, threshold: float, target_sensitiv
                    else "AUC undefined (one class)")
             at = m.get("at_threshold", {})
             click.echo(f"{task}: n={m['n']} pos={m['n_pos']}  {auc}  sens {at.get('sensitivity', float('nan')):.3f}"
-                       f"  spec {at.get('specificity', float('nan')):.3f} at {threshold:g}")
+                       f"  spec {at.get('specificity', float('nan')):.3f} at {thresholds[task]:g}")
         for pair, k in kappas.items():
             click.echo(f"{pair}: quadratic weighted kappa {k['kappa']:.3f} [{k['lo']:.3f}, {k['hi']:.3f}]")
         click.echo(f"tables written to {out}")

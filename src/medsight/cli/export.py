@@ -10,6 +10,8 @@ import click
 import torch
 from torch import nn
 
+from medsight.cli.audited import audited, current_event
+
 
 def classifier_for_export(pkg: Any) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
     """The classifier network, an example input and what must happen around it (outputs are raw logits)."""
@@ -50,6 +52,7 @@ def segmenter_for_export(pkg: Any, fold: str | None) -> tuple[nn.Module, torch.T
 @click.option("--fold", default=None, help="Segmentation: which fold's network (default: the first).")
 @click.option("--int8", "int8", is_flag=True, help="Also write OUT.int8.onnx with dynamic int8 weight quantisation.")
 @click.option("--allow-retired", is_flag=True, help="Export a model the registry marks retired.")
+@audited("export", outputs=("out",))
 def export(package: str, out: Path, fold: str | None, int8: bool, allow_retired: bool) -> None:
     """Write PACKAGE's network (a package folder or registered NAME[@VERSION]) as OUT.onnx plus OUT.json.
 
@@ -61,6 +64,7 @@ def export(package: str, out: Path, fold: str | None, int8: bool, allow_retired:
     from medsight.package.package import load_package
 
     pkg = load_package(package, allow_retired=allow_retired)
+    current_event().package(pkg)
     if pkg.task == "classification":
         model, example, meta = classifier_for_export(pkg)
     elif pkg.task == "segmentation":
@@ -78,4 +82,5 @@ def export(package: str, out: Path, fold: str | None, int8: bool, allow_retired:
                f"{out.with_name(out.name.removesuffix('.onnx') + '.json').name})")
     if int8:
         q = quantize_int8(out, out.with_name(out.name.removesuffix(".onnx") + ".int8.onnx"))
+        current_event().outputs([q])
         click.echo(f"{q}  (int8 weights; check its accuracy before use)")

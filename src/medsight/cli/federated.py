@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from medsight.cli.audited import audited, current_event
 from medsight.federated.launch import RUN_DEFAULTS as D  # one place for the run's defaults (stdlib imports only)
 
 
@@ -91,6 +92,7 @@ def federated() -> None:
 @click.option("--batch-size", type=int, default=D["batch-size"], show_default=True)
 @click.option("--lr", type=float, default=D["lr"], show_default=True, help="Each site's Adam learning rate.")
 @click.option("--balanced", is_flag=True, help="Each site draws positives and negatives equally often.")
+@audited("federated.run", outputs=("out_dir",))
 def run(site_args: tuple[str, ...], task: str, plan_path: Path | None, configuration: str,
         feature_args: tuple[str, ...], feature_dim: int, out_dir: Path, rounds: int, local_steps: int, strategy: str,
         mu: float, min_sites: int, round_timeout: float, dp_noise: float, dp_mode: str, dp_clip: float,
@@ -141,10 +143,13 @@ def run(site_args: tuple[str, ...], task: str, plan_path: Path | None, configura
     if result.get("status") == "no_round_aggregated":
         raise NotTrainedError(f"no round aggregated any site's update: no model written to {out_dir}")
     click.echo(f"wrote {out_dir / 'federation.json'} and {out_dir / 'model.pt'}")
+    current_event().note(task=task, sites=sorted(sites), rounds=len(result["rounds"]), strategy=strategy,
+                         dp_noise=dp_noise)
     if package_dir is not None:
         from medsight.federated.package import package_federation
 
         pkg = package_federation(out_dir, package_dir, name, force=force)
+        current_event().package(pkg)
         click.echo(f"package {pkg.id} at {pkg.path}")
 
 

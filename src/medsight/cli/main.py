@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-mil": ("medsight.cli.mil", "train_mil_cmd", "Train a slide-level MIL model on tile features."),
     "predict-mil": ("medsight.cli.mil", "predict_mil_cmd", "Slide predictions with attention heatmaps and GeoJSON."),
     "federated": ("medsight.cli.federated", "federated", "Federated training across sites on Flower (with DP)."),
+    "calibrate": ("medsight.cli.calibrate", "calibrate", "Calibrate a classifier package on unseen patients: "
+                  "a new version with re-derived thresholds and referral rule."),
 }
 
 

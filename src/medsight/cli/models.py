@@ -144,9 +144,13 @@ def promote(model: str, status: str | None, registry_url: str | None) -> None:
 @click.option("--name", required=True, help="Registry name of the package.")
 @click.option("--task", type=click.Choice(["segmentation", "classification", "slide", "mil", "other"]), required=True)
 @_REGISTRY
+@audited("models.package", inputs=("src",), outputs=("dest",))
 def package_cmd(src: Path, dest: Path, name: str, task: str, registry_url: str | None) -> None:
     """Turn a model folder written by an older medsight (SRC) into a verified, registered package at DEST."""
     from medsight.package.package import save_package
 
+    from medsight.cli.audited import current_event
+
     pkg = save_package(src, dest, task=task, name=name, registry_url=registry_url)
+    current_event().package(pkg).note(model=pkg.label, task=task)
     click.echo(f"{pkg.label}  id {pkg.id[:12]}  {len(pkg.files)} files -> {pkg.path}")

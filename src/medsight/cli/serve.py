@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from medsight.cli.audited import audited, current_event
 from medsight.errors import ConfigError
 
 
@@ -39,11 +40,13 @@ def users() -> None:
 @click.option("--role", type=click.Choice(["submitter", "reader", "admin"]), required=True)
 @_HOME
 @_DB
+@audited("users.add")
 def users_add(name: str, role: str, home: Path | None, db_url: str | None) -> None:
     """Add a user and print its access token ONCE (only its SHA-256 is stored)."""
     from medsight.serve.auth import add_user
 
     token = add_user(_store(home, db_url), name, role)
+    current_event().note(user=name, role=role)  # never the token
     click.echo(token)
 
 
@@ -51,9 +54,11 @@ def users_add(name: str, role: str, home: Path | None, db_url: str | None) -> No
 @click.argument("name")
 @_HOME
 @_DB
+@audited("users.revoke")
 def users_revoke(name: str, home: Path | None, db_url: str | None) -> None:
     """Revoke a user's token and end its sessions."""
     _store(home, db_url).revoke_user(name)
+    current_event().note(user=name)
     click.echo(f"revoked {name}")
 
 

@@ -31,15 +31,19 @@ from medsight.cli.audited import audited, current_event
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--allow-retired", is_flag=True, help="Validate a model the registry marks retired.")
+@click.option("--write-card", is_flag=True,
+              help="Also write the generated model card into a NEW package version (parent recorded); the "
+                   "validated version itself is never modified.")
 @audited("validate", inputs=("dataset", "predictions"), outputs=("report_path",))
 def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], report_path: Path,
              predictions: Path | None, threshold: float | None, unit: str, min_cases: int, n_boot: int, seed: int,
-             quiet: bool, allow_retired: bool) -> None:
+             quiet: bool, allow_retired: bool, write_card: bool) -> None:
     """Run MODEL_DIR on the internal test folds of DATASET and on each --external-site, and write the report.
 
     The report holds metrics with bootstrap 95% CIs per cohort and per subgroup (site, scanner, sex, age band),
     calibration, decision curves (classifiers), Dice distributions (segmentation), the worst cases with images,
-    the model card (generated, also written as MODEL_DIR/model_card.md) and the hashes/versions of model and data,
+    the model card (generated, written beside the report as <report>_model_card.md; MODEL is never modified)
+    and the hashes/versions of model and data,
     mapped to CLAIM / TRIPOD+AI items.
     """
     from medsight.files import read_csv
@@ -59,6 +63,8 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
             assemble.model_provenance(model_dir, model_dir.name, "classification"), external_sites,
             min_cases=min_cases, n_boot=n_boot, seed=seed, threshold=threshold, classifier_dir=model_dir,
             base=predictions.parent, unit=unit, op=op)
+        res.data["partitioning"] = assemble.prediction_partitioning(
+            read_csv(predictions, "predictions CSV", dtype=str), pkg)
     elif run_model.is_segmentation_model(model_dir):
         pred_dir = report_path.parent / f"{report_path.stem}_predictions"
         table = run_model.segmentation_table(model_dir, dataset, external_sites, pred_dir, quiet=quiet)
@@ -66,16 +72,26 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
             table, dataset, run_model.labels_of(dataset),
             assemble.model_provenance(model_dir, model_dir.name, "segmentation"), external_sites,
             min_cases=min_cases, n_boot=n_boot, seed=seed, pred_dir=pred_dir)
+        res.notes.append(run_model.scoring_note(table, external_sites))
+        res.data["partitioning"] = run_model.fold_partitioning(model_dir, dataset)
+        res.data["scoring"] = table.drop_duplicates("case_id").set_index("case_id")["scored_by"].to_dict()
     else:
         from medsight.errors import ConfigError
 
         raise ConfigError(f"{model_dir} has no plan.json (segmentation model); for a classifier pass its per-case "
                           "predictions with --predictions CSV")
     task = "classification" if predictions is not None else "segmentation"
+    card_path = report_path.with_name(f"{report_path.stem}_model_card.md")
     res.model_card = card_for(res.to_dict(), task, model_dir, model_dir.name, dataset, None, res.worst_cases,
-                              res.model.get("hashes"))
+                              res.model.get("hashes"), card_path=card_path)
     res.model_cards = [res.model_card]
     res.federated = federated_view_of(pkg)  # None unless the package records a federation
     html, js = write_report(res, report_path)
-    current_event().outputs([js])
-    click.echo(f"report: {html}\nresults: {js}")
+    current_event().outputs([js, card_path])
+    click.echo(f"report: {html}\nresults: {js}\nmodel card: {card_path}")
+    if write_card:
+        from medsight.report.cards import write_card_version
+
+        new = write_card_version(model_dir, card_path)
+        current_event().package(new).note(card_version=new.label)
+        click.echo(f"model card stored in new version {new.label} at {new.path} (parent {pkg.label})")

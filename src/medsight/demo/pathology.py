@@ -25,7 +25,7 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
     from medsight.nets.encoders import efficientnet_lite0
     from medsight.pathology.features import extract_dir
     from medsight.pathology.mil_predict import predict_slides, top_tile_in_outline
-    from medsight.pathology.mil_train import train_mil
+    from medsight.pathology.packaging import train_mil_package
     from medsight.pathology.tiling import TilingParams, tile_slides
     from medsight.synthetic.slides import build_slide_set
 
@@ -43,8 +43,8 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
         extract_dir(d / "tiles", encoder, progress=not quiet)
         sets[name] = d
     model_dir = out / "model-abmil"
-    config = train_mil(sets["train"] / "slides.csv", sets["train"] / "tiles", model_dir, "abmil",
-                       epochs=25 if ctx.fast else 40, seed=ctx.seed)
+    config, _ = train_mil_package(sets["train"] / "slides.csv", sets["train"] / "tiles", model_dir, "abmil",
+                                  "demo-mil", epochs=25 if ctx.fast else 40, seed=ctx.seed)
     rows = predict_slides(model_dir, sets["test"] / "tiles", out / "predictions", progress=not quiet)
     truth = {r["slide_id"]: r for r in csv.DictReader(open(sets["test"] / "slides.csv"))}
     y = [int(truth[r["slide_id"]]["label"]) for r in rows]

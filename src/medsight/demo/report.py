@@ -5,7 +5,8 @@ classification stage left per-case predictions (``ctx.paths["cls_predictions"]``
 unit those rows count, with the operating point the model folder stores; when the safety stage ran, its own table
 (``ctx.paths["safety_scan_predictions"]``: the scans calibrated and thresholded as scans) and its calibrated copy of
 the classifier package (``ctx.paths["safety_classifier"]``) are used instead. Each model gets a generated card
-(``model_card.md`` in its folder, shown in the report), and the per-case tables behind every headline number are
+(``model_card_<task>.md`` beside the report, shown in it; the model packages are only read), and the per-case
+tables behind every headline number are
 copied beside report.json so that anyone can recompute them.
 """
 
@@ -51,11 +52,15 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
                                pred_dir=Path(pred_dir).resolve() if pred_dir else None,
                                title="medsight demo: validation report")
     res.model["seed"] = ctx.seed
+    from medsight.report.checklist import merge_partitioning
+    from medsight.report.run_model import fold_partitioning
+
+    parts = [fold_partitioning(model_dir, data)]
     shutil.copyfile(seg_table, out / SEG_TABLE)
     res.data["per_case_tables"] = {"segmentation": SEG_TABLE}
     doc = res.to_dict()
     cards = [card_for(doc, "segmentation", model_dir, "demo segmentation (DynUNet)", data, CARD_TEXT,
-                      res.worst_cases, res.model["hashes"])]
+                      res.worst_cases, res.model["hashes"], card_path=out / "model_card_segmentation.md")]
     # the safety stage's scan-level table and calibrated package when it ran, else the classification stage's own
     cls_pred = ctx.paths.get("safety_scan_predictions") or ctx.paths.get("cls_predictions")
     if cls_pred and Path(cls_pred).is_file():
@@ -73,12 +78,17 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
         cls_hashes = {f"classifier/{k}": v for k, v in cres.model["hashes"].items()}
         res.model = {**res.model, "classifier": cres.model["dir"], "hashes": {**res.model["hashes"], **cls_hashes}}
         table.to_csv(out / CLS_TABLE, index=False)
+        from medsight.report.assemble import prediction_partitioning
+
+        parts.append(prediction_partitioning(table))
         res.data["per_case_tables"]["classification"] = CLS_TABLE
         cards.append(card_for(res.to_dict(), "classification", cls_model, "demo classifier (lesion on slices)",
-                              cls_data, CARD_TEXT, cres.worst_cases, cres.model["hashes"]))
+                              cls_data, CARD_TEXT, cres.worst_cases, cres.model["hashes"],
+                              card_path=out / "model_card_classification.md"))
     else:
         res.notes.append("no per-case classifier predictions in this run: the classification section (ROC, "
                          "reliability, decision curves) appears when the classification stage writes them")
+    res.data["partitioning"] = merge_partitioning(*parts)
     res.model_cards = cards
     res.model_card = cards[0]
     html, js = write_report(res, out / "report.html")

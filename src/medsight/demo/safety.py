@@ -6,8 +6,9 @@ data can be rebuilt; otherwise the safety layer's small reference task (real MNI
 three sites) so that the stage always runs. Budget: well under a minute.
 
 Everything it writes lies under ``<out>/safety``: the calibration, OOD detectors, referral rule and scan-level
-operating point become versions of its own copy of the classifier package (``safety/classifier``), and the
-scan-level table is ``safety/predictions_per_scan.csv``; the classification stage's outputs are only read.
+operating point become ONE new version of the classifier package in its own folder (``safety/classifier``, parent
+recorded), and the scan-level table is ``safety/predictions_per_scan.csv``; the classification stage's package is
+only read (its registered version never changes).
 """
 
 from __future__ import annotations
@@ -29,13 +30,6 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
 
     out = Path(ctx.out_dir) / "safety"
     cls_model = ctx.paths.get("cls_model")
-    if cls_model is not None and (Path(cls_model) / "manifest.json").is_file():
-        # the calibration, OOD detectors and operating point become versions of this stage's own copy of the
-        # classifier package: the classification stage's package stays as it wrote it (a rerun of this stage
-        # starts from the same uncalibrated model)
-        from medsight.package.package import derive_package, load_package
-
-        cls_model = derive_package(load_package(cls_model), files={}, dest_dir=out / "classifier").path
     task = build_safety_task(cls_model, seed=ctx.seed, fast=ctx.fast, quiet=ctx.quiet, work_dir=out)
     res = task.evaluate(quiet=ctx.quiet, mc_samples=0)  # MC dropout is in the benchmark; the demo keeps to budget
     arts = res.pop("artifacts")
@@ -45,18 +39,24 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
 
     assessor = SafetyAssessor(activation_of(task.bundle), arts["calibration"], arts["mahalanobis"], arts["policy"],
                               QualitySpec.fit(task.train[0]))
-    assessor.save(task.model_dir)
     examples = _examples(task, assessor)
     scan_level: dict[str, Any] = {"skipped": "no per-scan predictions (the reference task has no scans)"}
+    extra_files: dict[str, bytes] = {}
     if task.case_ids and ctx.paths.get("cls_predictions"):
-        ctx.paths["safety_scan_predictions"], scan_level = _scan_predictions(
+        ctx.paths["safety_scan_predictions"], scan_level, level = _scan_predictions(
             task, assessor, Path(ctx.paths["cls_predictions"]), out / "predictions_per_scan.csv",
             ctx.paths.get("cls_manifest"))
-        ctx.paths["cls_scan_level"] = task.model_dir / "scan_level.json"
-    if Path(task.model_dir).resolve() != Path(ctx.paths.get("cls_model", "")).resolve():
-        ctx.paths["safety_classifier"] = task.model_dir  # the calibrated package the report describes
-    ctx.paths["safety_calibration"] = task.model_dir / "calibration.json"
-    ctx.paths["safety_referral"] = task.model_dir / "referral.json"
+        extra_files["scan_level.json"] = json.dumps(level.to_dict(), indent=2, allow_nan=False).encode()
+    # one derived version in this stage's own folder; a rerun replaces it there (the registry keeps the old one)
+    saved = assessor.save(task.model_dir, extra_files=extra_files,
+                          dest_dir=out / "classifier" if (Path(task.model_dir) / "manifest.json").is_file() else None)
+    model_dir = saved.path if saved is not None else Path(task.model_dir)
+    if extra_files:
+        ctx.paths["cls_scan_level"] = model_dir / "scan_level.json"
+    if model_dir.resolve() != Path(ctx.paths.get("cls_model", "")).resolve():
+        ctx.paths["safety_classifier"] = model_dir  # the calibrated package the report describes
+    ctx.paths["safety_calibration"] = model_dir / "calibration.json"
+    ctx.paths["safety_referral"] = model_dir / "referral.json"
 
     cal = res["calibration"]
     ctx.paths["safety_reliability"] = reliability_diagram(
@@ -128,13 +128,13 @@ def _num(v: float | None) -> float | None:
 
 
 def _scan_predictions(task, assessor, source: Path, path: Path,  # noqa: ANN001
-                      manifest: Path | None) -> tuple[Path, dict[str, Any]]:
+                      manifest: Path | None) -> tuple[Path, dict[str, Any], Any]:
     """The classification stage's per-scan table (``source``, left as it is) redone at the unit of decision, the
-    scan, into ``path``: each scan's score is
-    its highest slice logit, calibrated and thresholded by a scan-level fit on the validation scans (stored as
-    ``scan_level.json`` beside the model), and it is referred when any of its slices is. Validation scans are
-    kept (``split`` = val) so the report can show what the fit gave there; the evidence-slice columns ``image``
-    and ``mask`` and the scan's patient and site are carried over."""
+    scan, into ``path``: each scan's score is its highest slice logit, calibrated and thresholded by a scan-level
+    fit on the validation scans (returned, stored as ``scan_level.json`` in the stage's package version), and it
+    is referred when any of its slices is. Validation scans are kept (``split`` = val) so the report can show
+    what the fit gave there; the evidence-slice columns ``image`` and ``mask`` and the scan's patient and site
+    are carried over."""
     import numpy as np
     import pandas as pd
 
@@ -163,7 +163,6 @@ def _scan_predictions(task, assessor, source: Path, path: Path,  # noqa: ANN001
     label = str(task.bundle.labels[0])
     target = float((task.bundle.config.get("training") or {}).get("target_sensitivity", 0.9))
     level = fit_scan_level(val["y_true"].to_numpy(), val["logit"].to_numpy(), label, target)
-    level.save(task.model_dir)
     scans["prob_uncalibrated"] = 1 / (1 + np.exp(-scans["logit"]))
     scans["prob"] = level.probabilities(scans["logit"].to_numpy())
     before = pd.read_csv(source, dtype={"case_id": str}) if source.is_file() else None
@@ -182,7 +181,7 @@ def _scan_predictions(task, assessor, source: Path, path: Path,  # noqa: ANN001
                   "validation_scans": level.validation["n"],
                   "validation_ece": {"before": round(level.validation["ece_before"], 4),
                                      "after": round(level.validation["ece_after"], 4)},
-                  "referral_rate_test_scans": round(float(test["referred"].mean()), 3) if len(test) else None}
+                  "referral_rate_test_scans": round(float(test["referred"].mean()), 3) if len(test) else None}, level
 
 
 def _examples(task, assessor) -> dict[str, dict[str, Any]]:  # noqa: ANN001

@@ -294,10 +294,11 @@ def check_task_columns(df: pd.DataFrame, truth: str, score: str, path: Path) -> 
     return y.astype(int), s
 
 
-def summarise_classification(y: np.ndarray, s: np.ndarray, threshold: float, target_sensitivity: float,
+def summarise_classification(y: np.ndarray, s: np.ndarray, threshold: float, target_sensitivity: float | None,
                              n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
-    """AUC (DeLong and bootstrap CIs), PR AUC, threshold metrics at a given and at a target-sensitivity threshold,
-    and calibration when the scores are probabilities."""
+    """AUC (DeLong and bootstrap CIs), PR AUC, threshold metrics at the given (operating) threshold and, when
+    ``target_sensitivity`` is given, at the threshold reaching it on these very predictions (descriptive and
+    optimistic: marked ``chosen_on``), and calibration when the scores are probabilities."""
     from medsight.metrics import calibration as cal
     from medsight.metrics import classification as cls
 
@@ -313,11 +314,13 @@ def summarise_classification(y: np.ndarray, s: np.ndarray, threshold: float, tar
         log.warning("only one class present: AUC and PR AUC are undefined and left out")
     for tag, thr in (("at_threshold", threshold),
                      ("at_target_sensitivity", cls.threshold_for_sensitivity(y, s, target_sensitivity)
-                      if y.sum() else math.nan)):
+                      if y.sum() and target_sensitivity is not None else math.nan)):
         if not math.isfinite(thr):
             continue
         m = cls.binary_metrics(y, s, thr)
         block: dict[str, Any] = {"threshold": thr, **m}
+        if tag == "at_target_sensitivity":
+            block["chosen_on"] = "these predictions (descriptive, optimistic; not an operating point)"
         for key in ("sensitivity", "specificity", "ppv", "npv"):
             if math.isfinite(m[key]):
                 def fn(yy: np.ndarray, ss: np.ndarray, key: str = key, thr: float = thr) -> float:

@@ -158,8 +158,11 @@ def _performance(section: dict[str, Any], task: str) -> tuple[dict[str, Any], di
                                   "sensitivity": _ci_text(c.get("sensitivity")),
                                   "specificity": _ci_text(c.get("specificity")),
                                   "referred": _ci_text(c.get("referral_rate"))}
+            before = (c.get("ece_before") or {}).get("value")
             calibration[c["name"]] = (f"ECE {_ci_text(c.get('ece_before'))} before, {_ci_text(c.get('ece_after'))} "
-                                      f"after calibration ({unit}s)")
+                                      f"after calibration ({unit}s)" if before is not None else
+                                      f"ECE {_ci_text(c.get('ece_after'))} ({unit}s; no uncalibrated probabilities "
+                                      "were given, so no 'before')")
         else:
             row: dict[str, Any] = {f"n ({unit}s)": c["n"]}
             for lab, d in c.get("dice", {}).items():
@@ -224,7 +227,8 @@ def build_model_card(doc: dict[str, Any], task: str, *, name: str, authored: dic
 
 def write_model_file(model_dir: str | Path, name: str, text: str) -> Path:
     """Store a generated file in a model folder. In a model package (a ``manifest.json`` beside it) the file
-    becomes part of a new package version (``derive_package``: hashed, listed, parent recorded), since a file
+    becomes part of a new package version in its own folder (``derive_package``: hashed, listed, parent
+    recorded; the registered version is left as it was), since a file
     dropped beside a package's listed files would make it fail verification; a plain folder gets an atomic write."""
     from medsight.files import atomic_write_text
 

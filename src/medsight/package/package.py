@@ -6,8 +6,10 @@ swap in one atomic step (Linux), so a crash leaves either the old package or the
 registers the package (``medsight.package.registry``). ``load_package`` takes a folder or a registered
 ``NAME[@VERSION]``, verifies every hash, and refuses a changed, missing or unlisted file and a retired model.
 
-A package is never edited in place: ``derive_package`` writes a new version (e.g. with a fitted calibration)
-whose manifest records the parent's id.
+A registered version never changes on disk: ``derive_package`` writes a new version (e.g. with a fitted
+calibration) into its own folder with the parent's id recorded, and ``save_package`` over a folder that holds a
+registered version first copies that version to ``<folder>.versions/<id12>`` and points the registry there, so
+``NAME@VERSION`` keeps loading the exact bytes it registered.
 """
 
 from __future__ import annotations
@@ -126,14 +128,49 @@ def check_target(dest: Path) -> None:
         raise ConfigError("exists and is not a model package; choose another output folder or remove it", dest)
 
 
+def _keep_registered(dest: Path, registry_url: str | None, new_id: str) -> None:
+    """Before ``dest`` is replaced: copy the registered version(s) it holds to ``<dest>.versions/<id12>`` (fsynced)
+    and move their registry rows there, so a registered version keeps its bytes and keeps loading by name."""
+    if not (dest / MANIFEST).is_file():
+        return
+    from medsight.package.registry import Registry
+
+    try:
+        manifest = read_manifest(dest)
+    except PackageError:
+        return  # a damaged package: nothing registered can be trusted to be in it
+    if manifest.get("id") == new_id:
+        return  # the same content again: nothing changes on disk
+    registry = Registry(registry_url, create=False)
+    records = [r for r in registry.list() if r.id == manifest.get("id") and Path(r.path) == dest.resolve()]
+    if not records:
+        return
+    verify_folder(dest, manifest)  # keep only what still is the registered content
+    archive = dest.with_name(f"{dest.name}.versions") / str(manifest["id"])[:12]
+    if not (archive / MANIFEST).is_file():
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(archive, "keep-"), dir=archive.parent))
+        try:
+            shutil.copytree(dest, tmp, dirs_exist_ok=True, symlinks=False)
+            _fsync_tree(tmp)
+            os.rename(tmp, archive)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _fsync_dir(archive.parent)
+    for rec in records:
+        registry.move(rec, archive.resolve())
+        log.info("%s kept at %s (its folder %s gets a new package)", rec.ref, archive, dest)
+
+
 def save_package(src_dir: str | Path, dest_dir: str | Path, *, task: str, name: str, parent_id: str | None = None,
                  extra: dict[str, Any] | None = None, register: bool = True,
                  registry_url: str | None = None) -> Package:
     """Copy ``src_dir`` into the package ``dest_dir`` with a manifest, atomically, and register it.
 
     ``extra`` (JSON) lands in the manifest: ``data_fingerprint`` and ``metrics`` are what the registry shows.
-    ``dest_dir`` may be an existing package (replaced as a unit) or absent/empty; ``src_dir`` may be ``dest_dir``
-    itself (a new version built from the files now there).
+    ``dest_dir`` may be an existing package (replaced as a unit; a registered version there is first kept at
+    ``<dest_dir>.versions/<id12>``) or absent/empty; ``src_dir`` may be ``dest_dir`` itself (a new version built
+    from the files now there).
     """
     src, dest = Path(src_dir), Path(dest_dir)
     if task not in TASKS:
@@ -154,6 +191,7 @@ def save_package(src_dir: str | Path, dest_dir: str | Path, *, task: str, name: 
         manifest = build_manifest(staging, task=task, name=name, parent_id=parent_id, extra=extra)
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
         _fsync_tree(staging)
+        _keep_registered(dest, registry_url, manifest["id"])
         _publish(staging, dest)
     finally:
         if staging.exists():
@@ -173,12 +211,13 @@ def derive_package(parent: Package, *, files: dict[str, bytes | None], extra: di
                    registry_url: str | None = None) -> Package:
     """A new package version: ``parent``'s files with ``files`` added or replaced (None removes one).
 
-    Written to ``dest_dir`` (default: over the parent's folder, as one atomic swap) with ``parent_id`` recorded.
+    Written to ``dest_dir`` with ``parent_id`` recorded; by default into its own content-addressed folder beside
+    the parent, ``<parent folder>-<id12>``: the parent's folder is never touched.
     """
-    dest = Path(dest_dir) if dest_dir is not None else parent.path
     verify_folder(parent.path, parent.manifest)
-    work = Path(tempfile.mkdtemp(prefix=temp_prefix(dest, "derive-"),
-                                 dir=dest.parent if dest.parent.exists() else None))
+    near = Path(dest_dir) if dest_dir is not None else parent.path
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(near, "derive-"),
+                                 dir=near.parent if near.parent.exists() else None))
     try:
         shutil.copytree(parent.path, work, dirs_exist_ok=True, ignore=_SKIP)
         for rel, data in files.items():
@@ -188,10 +227,24 @@ def derive_package(parent: Package, *, files: dict[str, bytes | None], extra: di
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
+        merged = {**parent.extra, **(extra or {})}
+        if dest_dir is None:
+            pid = build_manifest(work, task=parent.task, name=parent.name, parent_id=parent.id, extra=merged)["id"]
+            dest = parent.path.with_name(f"{_base(parent.path.name)}-{pid[:12]}")
+        else:
+            dest = Path(dest_dir)
+        if dest.resolve() == parent.path.resolve():
+            raise ConfigError("a derived version goes into its own folder, not over its parent's", dest)
         return save_package(work, dest, task=parent.task, name=parent.name, parent_id=parent.id,
-                            extra={**parent.extra, **(extra or {})}, register=register, registry_url=registry_url)
+                            extra=merged, register=register, registry_url=registry_url)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _base(folder_name: str) -> str:
+    """A folder name without the ``-<id12>`` a derived version appended (so versions do not nest names)."""
+    stem, _, tail = folder_name.rpartition("-")
+    return stem if stem and len(tail) == 12 and all(c in "0123456789abcdef" for c in tail) else folder_name
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:

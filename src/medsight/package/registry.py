@@ -172,6 +172,10 @@ class Registry:
         self._update(rec, status=status, status_changed_at=_now())
         return self.get(name, version)
 
+    def move(self, rec: ModelRecord, path: Path) -> None:
+        """Point ``rec`` at a verified copy of its package elsewhere (its content, hence its id, unchanged)."""
+        self._update(rec, path=str(path))
+
     def _update(self, rec: ModelRecord, **values: Any) -> None:
         assert self.engine is not None
         with self.engine.begin() as conn:

@@ -41,21 +41,23 @@ def top_tile_in_outline(boxes: np.ndarray, attention: np.ndarray, geojson: str |
     return False
 
 
-def predict_slides(model_dir: str | Path, features_dir: str | Path, out_dir: str | Path, evidence: bool = True,
-                   top_k: int = 8, progress: bool = True) -> list[dict[str, Any]]:
-    """Predict every slide with features under ``features_dir``; writes predictions.csv/json and evidence."""
+def predict_slides(model: str | Path | Any, features_dir: str | Path, out_dir: str | Path, evidence: bool = True,
+                   top_k: int = 8, progress: bool = True, allow_retired: bool = False) -> list[dict[str, Any]]:
+    """Predict every slide with features under ``features_dir`` with the MIL package ``model`` (folder, registered
+    NAME[@VERSION] or ``Package``; verified first); writes predictions.csv/json and evidence."""
     from tqdm import tqdm
 
     from medsight.safety.referral import ReferralPolicy
     from medsight.safety.temperature import load_calibration
 
-    from medsight.pathology.packaging import verified_model_dir
+    from medsight.pathology.packaging import mil_package
 
     features_dir, out_dir = Path(features_dir), Path(out_dir)
-    model_dir = verified_model_dir(Path(model_dir))
-    model, config = load_mil_model(model_dir)
-    cal = load_calibration(model_dir)
-    policy = ReferralPolicy.load(model_dir / "referral.json") if (model_dir / "referral.json").exists() else None
+    pkg = mil_package(model, allow_retired=allow_retired)  # verified; a plain folder is refused
+    model_dir = pkg.path
+    mil, config = load_mil_model(model_dir)
+    cal = load_calibration(pkg)  # only files the manifest lists
+    policy = ReferralPolicy.load(pkg.file("referral.json")) if pkg.has("referral.json") else None
     files = sorted(features_dir.glob(f"*/{FEATURES}"))
     if not files:
         raise DatasetError(f"no */{FEATURES} here; run `medsight wsi features` first", features_dir)
@@ -74,7 +76,7 @@ def predict_slides(model_dir: str | Path, features_dir: str | Path, out_dir: str
                          "reasons": ["no tissue tiles"]})
             continue
         with torch.no_grad():
-            out = model(torch.from_numpy(feats.features))
+            out = mil(torch.from_numpy(feats.features))
         z = float(out["logit"])
         zc = float(cal.apply(np.array([z]))[0]) if cal else z
         p = 1 / (1 + np.exp(-zc))
@@ -100,6 +102,7 @@ def predict_slides(model_dir: str | Path, features_dir: str | Path, out_dir: str
         atomic_write_with(out_dir / sid / "attention.npy", lambda tmp: np.save(tmp, att), suffix=".npy")
         rows.append(row)
     atomic_write_text(out_dir / "predictions.json", json.dumps({"model": config["model"], "model_dir": str(model_dir),
+                                                                "package_id": pkg.id, "package": pkg.label,
                                                                 "slides": rows}, indent=1, default=str))
     _write_csv(out_dir / "predictions.csv", rows)
     return rows

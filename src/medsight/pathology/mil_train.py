@@ -10,7 +10,6 @@ epoch restored at the end.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
@@ -47,12 +46,10 @@ class Bag:
 
 def read_labels(path: str | Path) -> list[dict[str, str]]:
     """Rows of a label CSV; ``slide_id`` and ``label`` (0/1) are required, ``patient_id`` defaults to the slide."""
+    from medsight.files import read_csv
+
     path = Path(path)
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as err:
-        raise DatasetError(f"cannot read label CSV ({err})", path) from err
+    rows = read_csv(path, "label CSV", dtype=str, keep_default_na=False).to_dict("records")
     if not rows or not {"slide_id", "label"} <= set(rows[0]):
         raise DatasetError("label CSV needs columns slide_id and label (0/1), and optionally patient_id", path)
     for r in rows:

@@ -43,7 +43,9 @@ def read_manifest(dataset: Path) -> pd.DataFrame:
     p = Path(dataset) / "manifest.csv"
     if not p.is_file():
         raise InputNotFoundError(f"{p} not found: the dataset needs a manifest.csv with case_id and site columns", p)
-    m = pd.read_csv(p, dtype={"case_id": str})
+    from medsight.files import read_csv
+
+    m = read_csv(p, "dataset manifest", dtype={"case_id": str})
     if "case_id" not in m.columns:
         raise DatasetError(f"{p} has no case_id column", p)
     return m
@@ -198,10 +200,27 @@ def operating_point(model_dir: Path | None, unit: str = "case", label: str | Non
         sel = {**(info.get(lab) or {}), **(th if isinstance(th, dict) else {})}
         value = float(th["threshold"] if isinstance(th, dict) else th)
         target = sel.get("method") or "not stored"
-        return {"threshold": value, "unit": cfg.get("unit", "slice" if name == "config.json" else unit),
+        return {"threshold": value, "unit": cfg.get("unit") or unit,  # the data's unit, never a fixed "slice"
                 "label": lab, "target": target, "method": target, "source": str(p),
                 "validation": {"sensitivity": sel.get("val_sensitivity"), "specificity": sel.get("val_specificity")}}
     return None
+
+
+def prediction_partitioning(pred: pd.DataFrame, pkg: Any = None) -> dict[str, Any]:
+    """Checked, not asserted: patients of the validation rows (``split`` = val) and of the classifier's recorded
+    validation patients (config.json) against the patients of the test rows."""
+    from medsight.report.checklist import partitioning
+
+    how = "validation patients (split=val rows; the package's recorded val_patients) vs test rows' patients"
+    if "patient_id" not in pred.columns:
+        return partitioning({}, how)
+    is_val = pred["split"].astype(str) == "val" if "split" in pred.columns else pd.Series(False, index=pred.index)
+    test = set(pred.loc[~is_val, "patient_id"].astype(str))
+    pairs = {"validation rows vs test rows": (set(pred.loc[is_val, "patient_id"].astype(str)), test)}
+    if pkg is not None and pkg.has("config.json"):
+        recorded = set((pkg.read_json("config.json").get("data") or {}).get("val_patients") or [])
+        pairs["model's validation patients vs test rows"] = (recorded, test)
+    return partitioning(pairs, how)
 
 
 def classification_results(pred: pd.DataFrame, dataset: Path, model: dict[str, Any], external_sites: Sequence[str],

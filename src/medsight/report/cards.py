@@ -1,7 +1,9 @@
 """The model card of each validated model, generated from the results document and the model's folder.
 
 Kept beside assemble.py because it reads files (the authored ``model_card.json``, the package ``manifest.json``,
-``energy.json``, the training fingerprint in ``plan.json`` / ``config.json``) and writes ``model_card.md``.
+``energy.json``, the training fingerprint in ``plan.json`` / ``config.json``) and writes the card's markdown.
+The card goes beside the report, never into the model's folder: a registered package is never modified by
+the evaluation of it (``write_card_version`` makes a new package version holding it, when asked).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from medsight.package.model_card import AUTHORED_JSON, build_model_card, write_model_card
+from medsight.files import atomic_write_text
+from medsight.package.model_card import AUTHORED_JSON, CARD_MD, build_model_card
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -74,8 +77,9 @@ def training_data(model_dir: Path, dataset: Path | None = None) -> dict[str, Any
 
 def card_for(doc: dict[str, Any], task: str, model_dir: Path, name: str, dataset: Path | None = None,
              defaults: dict[str, Any] | None = None, worst_cases: Sequence[dict[str, Any]] | None = None,
-             hashes: dict[str, str] | None = None) -> dict[str, Any]:
-    """Build the card, write ``model_card.md`` into ``model_dir``, and return it as a dict for the report.
+             hashes: dict[str, str] | None = None, *, card_path: Path) -> dict[str, Any]:
+    """Build the card, write its markdown to ``card_path`` (beside the report; never into the model's folder), and
+    return it as a dict for the report.
 
     ``defaults`` fill written fields (intended use...) that the folder's ``model_card.json`` leaves empty."""
     model_dir = Path(model_dir)
@@ -83,5 +87,16 @@ def card_for(doc: dict[str, Any], task: str, model_dir: Path, name: str, dataset
     card = build_model_card(doc, task, name=name, authored=authored, training_data=training_data(model_dir, dataset),
                             package=package_info(model_dir, hashes), energy=_json(model_dir / "energy.json"),
                             worst_cases=list(worst_cases or []))
-    path = write_model_card(card, model_dir)
-    return {**card.to_dict(), "file": str(path)}
+    path = Path(card_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, card.to_markdown())
+    return {**card.to_dict(), "file": str(path.resolve())}
+
+
+def write_card_version(model: Path, card_file: Path, registry_url: str | None = None):  # noqa: ANN201 - Package
+    """A new package version of ``model`` that holds the card (``model_card.md``, listed and hashed), parent
+    recorded; the evaluated version itself is left as it was."""
+    from medsight.package.package import derive_package, load_package
+
+    return derive_package(load_package(model, allow_retired=True, registry_url=registry_url),
+                          files={CARD_MD: Path(card_file).read_bytes()}, registry_url=registry_url)

@@ -15,7 +15,7 @@ ITEMS: dict[str, tuple[str, list[str], list[str]]] = {
                    ["CLAIM 7 data sources", "CLAIM 23 model description", "CLAIM 41 code/model availability"],
                    ["TRIPOD+AI 8 data sources", "TRIPOD+AI 18 open science (code, model)"]),
     "cohorts": ("Internal test folds and external sites, case counts",
-                ["CLAIM 21 data partitions", "CLAIM 22 level of partitioning (patient)",
+                ["CLAIM 21 data partitions", "CLAIM 22 level of partitioning",
                  "CLAIM 32 external validation", "CLAIM 33 flow of cases"],
                 ["TRIPOD+AI 8 data sources", "TRIPOD+AI 20 participants / flow",
                  "TRIPOD+AI 12 data splitting and external evaluation"]),
@@ -49,8 +49,38 @@ ITEMS: dict[str, tuple[str, list[str], list[str]]] = {
 }
 
 
+def partitioning(pairs: dict[str, tuple[set[str], set[str]]], how: str) -> dict[str, Any]:
+    """Whether every (fitted-on, tested-on) pair of patient sets is disjoint: the patient-level partitioning the
+    checklist reports, computed from the data instead of asserted. ``pairs`` maps a name to the two sets."""
+    if not pairs or not any(a and b for a, b in pairs.values()):
+        return {"checked": False, "patient_level": None, "how": how}
+    bad = {name: sorted(a & b)[:3] for name, (a, b) in pairs.items() if a & b}
+    return {"checked": True, "patient_level": not bad, "how": how, "overlaps": bad}
+
+
+def merge_partitioning(*parts: dict[str, Any]) -> dict[str, Any]:
+    """One verdict for a report with several models: violated if any is, checked if any was."""
+    checked = [p for p in parts if p.get("checked")]
+    if not checked:
+        return {"checked": False, "patient_level": None, "how": "; ".join(p["how"] for p in parts)}
+    return {"checked": True, "patient_level": all(p["patient_level"] for p in checked),
+            "how": "; ".join(p["how"] for p in checked),
+            "overlaps": {k: v for p in checked for k, v in (p.get("overlaps") or {}).items()}}
+
+
+def _claim22(doc: dict[str, Any]) -> str:
+    part = (doc.get("data") or {}).get("partitioning") or {}
+    if not part.get("checked"):
+        return "CLAIM 22 level of partitioning (NOT checked: no patient ids / splits to compare)"
+    if part.get("patient_level"):
+        return f"CLAIM 22 level of partitioning (patient: checked, {part.get('how')})"
+    first = next(iter(part.get("overlaps", {}).items()), ("?", []))
+    return f"CLAIM 22 level of partitioning (VIOLATED: {first[0]} shares patients {', '.join(first[1])})"
+
+
 def checklist_for(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The checklist rows for the sections this results document actually contains."""
+    """The checklist rows for the sections this results document actually contains; the partitioning item says
+    what ``data.partitioning`` found (checked, violated or not checked), never a bare claim."""
     present = {"provenance", "cohorts"}
     if doc.get("classification"):
         present |= {"classification", "calibration", "decision"}
@@ -64,5 +94,6 @@ def checklist_for(doc: dict[str, Any]) -> list[dict[str, Any]]:
         present.add("failures")
     if doc.get("model_card") or doc.get("model_cards"):
         present.add("model_card")
-    return [{"section": s, "shows": d, "claim": c, "tripod_ai": t}
+    return [{"section": s, "shows": d, "tripod_ai": t,
+             "claim": [_claim22(doc) if item.startswith("CLAIM 22") else item for item in c]}
             for s, (d, c, t) in ITEMS.items() if s in present]

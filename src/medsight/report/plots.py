@@ -57,8 +57,11 @@ def reliability(cohorts: list[dict[str, Any]]) -> str | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
     for ax, key, title in ((axes[0], "reliability_before", "before calibration"),
                            (axes[1], "reliability_after", "after calibration")):
-        for c in cohorts:
-            r = c.get(key) or {}
+        drawn = [c for c in cohorts if c.get(key)]
+        if not drawn:
+            title = f"{title}: no uncalibrated probabilities given"
+        for c in drawn:
+            r = c[key]
             x = np.array([np.nan if v is None else v for v in r.get("bin_mean_pred", [])], dtype=float)
             y = np.array([np.nan if v is None else v for v in r.get("bin_frac_pos", [])], dtype=float)
             ok = np.isfinite(x) & np.isfinite(y)
@@ -66,7 +69,8 @@ def reliability(cohorts: list[dict[str, Any]]) -> str | None:
             ax.plot(x[ok], y[ok], marker="o", label=f"{c['name']} ECE {ece:.3f}" if ece is not None else c["name"])
         ax.plot([0, 1], [0, 1], ls=":", c="grey")
         ax.set(xlabel="mean predicted probability", title=f"Reliability {title}", xlim=(0, 1), ylim=(0, 1))
-        ax.legend(fontsize=8, loc="upper left")
+        if drawn:
+            ax.legend(fontsize=8, loc="upper left")
     axes[0].set_ylabel("observed fraction positive")
     return _uri(fig)
 

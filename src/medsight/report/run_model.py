@@ -1,7 +1,10 @@
 """Run a model over the internal test fold and the external sites, giving the per-case tables assemble.py reads.
 
 Segmentation models are medsight plan folders (plan.json + fold_*/); the internal test cases are the validation
-cases of the saved patient-level folds (splits.json), so no training case is ever scored.
+cases of the saved patient-level folds (splits.json). Each internal case is scored **out of fold**: only by the
+model of the fold that held it out (the ensemble of all folds contains models that trained on it, which inflates
+internal Dice). External sites, which no fold trained on, are scored by the ensemble of all trained folds. The
+table's ``scored_by`` column says which model scored each case.
 """
 
 from __future__ import annotations
@@ -39,9 +42,70 @@ def internal_cases(model_dir: Path, folds: Sequence[int] | None = None) -> list[
     return sorted({c for i in trained for c in all_folds[i]["val"]})
 
 
+def out_of_fold(model_dir: Path) -> dict[str, str]:
+    """case_id -> the trained fold (name) that held it out for validation; the model that never saw it."""
+    from medsight.data.splits import load_folds
+    from medsight.segmentation.ensemble import available_folds
+
+    p = Path(model_dir) / "splits.json"
+    folds = load_folds(p) if p.is_file() else []
+    trained = set(available_folds(Path(model_dir)))
+    out: dict[str, str] = {}
+    for i, f in enumerate(folds):
+        if str(i) in trained:
+            for c in f["val"]:
+                out.setdefault(str(c), str(i))
+    return out
+
+
+def fold_partitioning(model_dir: Path, dataset: Path) -> dict[str, Any]:
+    """Checked, not asserted: for each trained fold, do its training and test cases share a patient?"""
+    from medsight.report.checklist import partitioning
+
+    p = Path(model_dir) / "splits.json"
+    m = Path(dataset) / "manifest.csv"
+    how = "each trained fold's training patients vs its test patients (splits.json, manifest patient_id)"
+    if not p.is_file() or not m.is_file():
+        return partitioning({}, how)
+    from medsight.data.splits import load_folds
+    from medsight.files import read_csv
+    from medsight.segmentation.ensemble import available_folds
+
+    table = read_csv(m, "dataset manifest", dtype=str)
+    if "patient_id" not in table.columns:
+        return partitioning({}, how)
+    patient = dict(zip(table["case_id"], table["patient_id"]))
+    trained = set(available_folds(Path(model_dir)))
+    pairs = {f"fold {i}": ({patient.get(c, c) for c in f["train"]}, {patient.get(c, c) for c in f["val"]})
+             for i, f in enumerate(load_folds(p)) if str(i) in trained}
+    return partitioning(pairs, how)
+
+
+def scoring_note(table: pd.DataFrame, external_sites: Sequence[str]) -> str:
+    """One sentence for the report: which model scored the internal and the external cases (read from the table)."""
+    by = table.drop_duplicates("case_id")
+    ext = by["site"].isin(set(external_sites))
+    internal, external = by[~ext], by[ext]
+    oof = internal["scored_by"].astype(str).str.startswith("fold ")
+    parts = []
+    if oof.any():
+        parts.append(f"{int(oof.sum())} internal test case(s) each scored only by the model of the fold that held it "
+                     f"out (out-of-fold, {internal.loc[oof, 'scored_by'].nunique()} fold models)")
+    if (~oof).any():
+        parts.append(f"{int((~oof).sum())} internal test case(s) scored by "
+                     f"{internal.loc[~oof, 'scored_by'].iloc[0]}, which includes models that trained on them")
+    if len(external):
+        parts.append(f"{len(external)} external-site case(s) scored by {external['scored_by'].iloc[0]} "
+                     "(no fold trained on them)")
+    return "Scoring: " + "; ".join(parts) + "."
+
+
 def segmentation_table(model_dir: Path, dataset: Path, external_sites: Sequence[str], pred_dir: Path,
-                       quiet: bool = False) -> pd.DataFrame:
-    """Predict each internal test and external case, write its labels to ``pred_dir``, one row per case/label."""
+                       quiet: bool = False, internal: str = "out-of-fold") -> pd.DataFrame:
+    """Predict each internal test and external case, write its labels to ``pred_dir``, one row per case/label.
+
+    ``internal="out-of-fold"`` (default) scores an internal case with the one fold model that held it out;
+    ``"ensemble"`` uses all folds for it too (leaky: only for measuring the leak, see docs/benchmarks.md)."""
     from medsight.data.dataset import load_dataset
     from medsight.segmentation.predict import Predictor, write_prediction
     from medsight.io.nifti import read_nifti
@@ -57,8 +121,20 @@ def segmentation_table(model_dir: Path, dataset: Path, external_sites: Sequence[
     # external sites alone, as the error message of internal_cases offers
     has_folds = (Path(model_dir) / "splits.json").is_file() or not external_sites
     targets = [c for c in (internal_cases(model_dir) if has_folds else []) if sites.get(c) not in set(external_sites)]
+    internal_ids = set(targets)
     targets += [c.case_id for c in ds.cases if c.site in set(external_sites)]
-    predictor = Predictor(model_dir, mirror_axes=[0])
+    if internal not in ("out-of-fold", "ensemble"):
+        raise ValueError(f"internal must be 'out-of-fold' or 'ensemble', not {internal!r}")
+    fold_of = out_of_fold(model_dir) if internal == "out-of-fold" else {}
+    predictors: dict[str | None, Predictor] = {}
+
+    def predictor_for(cid: str) -> tuple[Predictor, str]:
+        fold = fold_of.get(cid) if cid in internal_ids else None
+        if fold not in predictors:
+            predictors[fold] = Predictor(model_dir, folds=None if fold is None else [fold], mirror_axes=[0])
+        n = len(predictors[fold].models)
+        return predictors[fold], (f"fold {fold} (out-of-fold)" if fold is not None
+                                  else f"ensemble of all folds ({n} models)")
     rows: list[dict[str, Any]] = []
     items: Any = targets
     if not quiet:
@@ -71,9 +147,10 @@ def segmentation_table(model_dir: Path, dataset: Path, external_sites: Sequence[
             raise DatasetError(f"case {cid} has no label file in labelsTr; validation needs the reference")
         channels = [read_nifti(p) for p in case.images]  # every channel the plan was trained on, in order
         image = channels[0]
+        predictor, scored_by = predictor_for(cid)
         pred = predictor.predict(channels if len(channels) > 1 else image)
         write_prediction(pred, Path(pred_dir) / f"{cid}.nii.gz")
         ref = read_nifti(case.label).array
         for m in segmentation_metrics(pred.labels.array, ref, image.spacing, ds.foreground):
-            rows.append({"case_id": cid, "site": case.site, **m})
+            rows.append({"case_id": cid, "site": case.site, "scored_by": scored_by, **m})
     return pd.DataFrame(rows)

@@ -55,7 +55,7 @@ def classification_cohort(name: str, kind: str, y_true: Sequence[int], prob: Seq
     resamples whole patients (AUC CI included), so rows of one patient are not taken as independent."""
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(prob, dtype=float)
-    pb = p if prob_before is None else np.asarray(prob_before, dtype=float)
+    pb = None if prob_before is None else np.asarray(prob_before, dtype=float)  # no "before" unless given
     two = len(np.unique(y)) == 2
     g = None if groups is None else np.asarray(pd.Series(list(groups)).astype(str))
     boot: dict[str, Any] = {"n_boot": n_boot, "seed": seed, **({"strata": y} if g is None else {"groups": g})}
@@ -76,11 +76,11 @@ def classification_cohort(name: str, kind: str, y_true: Sequence[int], prob: Seq
         "sensitivity": _safe_ci(lambda a, b: binary_metrics(a, b, threshold)["sensitivity"], y, p, **boot),
         "specificity": _safe_ci(lambda a, b: binary_metrics(a, b, threshold)["specificity"], y, p, **boot),
         "ppv": cell(bm["ppv"]), "npv": cell(bm["npv"]),
-        "brier_before": cell(brier_score(y, pb)), "brier_after": cell(brier_score(y, p)),
-        "ece_before": cell(expected_calibration_error(y, pb, n_bins=10)),
+        "brier_before": cell(None if pb is None else brier_score(y, pb)), "brier_after": cell(brier_score(y, p)),
+        "ece_before": cell(None if pb is None else expected_calibration_error(y, pb, n_bins=10)),
         "ece_after": cell(expected_calibration_error(y, p, n_bins=10)),
         "referral_rate": cell(None if referred is None else float(np.mean(np.asarray(referred, dtype=bool)))),
-        "reliability_before": clean(reliability_curve(y, pb, n_bins=10)),
+        "reliability_before": None if pb is None else clean(reliability_curve(y, pb, n_bins=10)),
         "reliability_after": clean(reliability_curve(y, p, n_bins=10)),
     }
     if two:

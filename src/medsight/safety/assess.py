@@ -68,25 +68,29 @@ class SafetyAssessor:
         if self.quality is not None:
             self.quality.save(d / QUALITY_FILE)
 
-    def save(self, model_dir: str | Path | Package) -> Package | None:
-        """Store the artifacts: a new version of a model package (returned), or files in a plain folder."""
+    def save(self, model_dir: str | Path | Package, *, extra_files: dict[str, bytes] | None = None,
+             dest_dir: str | Path | None = None) -> Package | None:
+        """Store the artifacts (and ``extra_files``): a new version of a model package in its own folder
+        (``dest_dir``, default beside the parent; returned), or files in a plain folder."""
         pkg = model_dir if isinstance(model_dir, Package) else None
         if pkg is None and (Path(model_dir) / "manifest.json").exists():
             pkg = load_package(model_dir)
         if pkg is None:
             self._write(Path(model_dir))
+            for name, data in (extra_files or {}).items():
+                (Path(model_dir) / name).write_bytes(data)
             return None
         with tempfile.TemporaryDirectory() as tmp:
             self._write(Path(tmp))
-            files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+            files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()} | dict(extra_files or {})
         if pkg.task == "classification" and self.calibration is not None:
             from medsight.classification.package import calibrate_package
 
             files.pop("calibration.json")
-            return calibrate_package(pkg, self.calibration, extra_files=files)
+            return calibrate_package(pkg, self.calibration, extra_files=files, dest_dir=dest_dir)
         from medsight.package.package import derive_package
 
-        return derive_package(pkg, files=files)
+        return derive_package(pkg, files=files, dest_dir=dest_dir)
 
     def assess(self, image: Image | None, logits: np.ndarray, features: np.ndarray | None = None) -> dict[str, Any]:
         """Calibrated probabilities, scores, and the decision with reasons, for ONE image (logits shape (C,))."""

@@ -1,0 +1,81 @@
+"""One audit event per command run (evaluate, export, models package/promote, users add/revoke, calibrate's
+refusal included), the package ids and the user named, never a token; the chain verifies; a command whose audit
+record cannot be written exits 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medsight.cli.main import main
+from medsight.image import Geometry, Image
+from medsight.io.nifti import write_nifti
+
+from test_bad_input import _classifier_packages
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    try:
+        main(["-q", *map(str, args)])
+        code = 0
+    except SystemExit as err:
+        code = int(err.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.slow  # seven commands in one process, an ONNX export among them (~80 s on a loaded 2-core box)
+def test_each_command_leaves_one_event_and_the_chain_verifies(tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("MEDSIGHT_HOME", str(tmp_path / "home"))
+    cls_pkg, _ = _classifier_packages(tmp_path / "m")
+    (tmp_path / "pred.csv").write_text("case_id,y_true,y_score\n" + "".join(
+        f"c{i},{i % 2},{(i % 7) / 7:.3f}\n" for i in range(30)))
+    img = Image(np.zeros((6, 6, 4), dtype=np.uint8), Geometry.identity(3))
+    for d in ("p", "r"):
+        write_nifti(img, tmp_path / d / "c0.nii.gz", sidecar=False)
+    commands = [
+        ("evaluate.cls", ("evaluate", "cls", tmp_path / "pred.csv", "--threshold", "0.5", "--out", tmp_path / "e",
+                          "--n-boot", "10")),
+        ("evaluate.seg", ("evaluate", "seg", tmp_path / "p", tmp_path / "r", "--labels", "1=x", "--out",
+                          tmp_path / "s", "--n-boot", "10")),
+        ("models.package", ("models", "package", cls_pkg.parent / "cls_pkg_src", tmp_path / "pkg", "--name", "aud",
+                            "--task", "classification")),
+        ("models.promote", ("models", "promote", "aud@1")),
+        ("export", ("export", "aud@1", tmp_path / "m.onnx")),
+        ("users.add", ("users", "add", "dr-a", "--role", "reader", "--home", tmp_path / "svc")),
+        ("users.revoke", ("users", "revoke", "dr-a", "--home", tmp_path / "svc")),
+    ]
+    token = None
+    for event, args in commands:
+        code, out, err = _run(capsys, *args)
+        assert code == 0, (event, out, err)
+        if event == "users.add":
+            token = out.strip().splitlines()[-1]
+    code, out, _ = _run(capsys, "audit", "list", "--json", "-n", "100")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["event"] for r in records] == [e for e, _ in commands]  # exactly one event per command, in order
+    by = {r["event"]: r["details"] for r in records}
+    pkg_id = json.loads((tmp_path / "pkg" / "manifest.json").read_text())["id"]
+    assert by["models.package"]["package_id"] == by["export"]["package_id"] == pkg_id
+    assert by["models.promote"]["status"] == "approved" and by["users.add"]["user"] == "dr-a"
+    assert token and token not in out  # the access token never reaches the log
+    assert by["evaluate.cls"]["inputs"][0]["sha256"] and by["export"]["outputs"]
+    code, out, _ = _run(capsys, "audit", "verify")
+    assert code == 0 and f"{len(commands)} records, chain intact" in out
+
+
+def test_a_lost_audit_record_fails_the_command(tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("MEDSIGHT_HOME", str(tmp_path / "home"))
+    from medsight.audit import log as audit_log
+
+    def broken(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise OSError("disk full")
+
+    monkeypatch.setattr(audit_log.AuditLog, "append", broken)
+    (tmp_path / "pred.csv").write_text("case_id,y_true,y_score\nc1,1,0.9\nc2,0,0.2\nc3,1,0.7\nc4,0,0.4\n")
+    code, _, err = _run(capsys, "evaluate", "cls", tmp_path / "pred.csv", "--threshold", "0.5", "--out",
+                        tmp_path / "e", "--n-boot", "10")
+    assert code == 2 and "audit record could not be written" in err and len(err.strip().splitlines()) == 1
