@@ -62,5 +62,17 @@ def seg_package(tmp_path_factory) -> Path:
     r = runner.invoke(cli, ["-q", "train", str(root), "--fold", "0", "--model-dir", str(model)])
     assert r.exit_code == 0, r.output
     if not (model / "manifest.json").exists():
-        return save_package(model, base / "package", task="segmentation", name="toy-seg").path
-    return load_package(model).path
+        pkg = save_package(model, base / "package", task="segmentation", name="toy-seg")
+    else:
+        pkg = load_package(model)
+    approve(pkg)
+    return pkg.path
+
+
+def approve(pkg) -> None:  # noqa: ANN001
+    """The service serves approved versions only: approve ``pkg`` in the registry ($MEDSIGHT_HOME)."""
+    from medsight.package.registry import Registry
+
+    rec = Registry().find_id(pkg.id)
+    if rec.status == "candidate":
+        Registry().set_status(rec.name, rec.version, "approved")

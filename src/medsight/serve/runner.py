@@ -32,10 +32,11 @@ class ModelRef:
     package_id: str
     task: str  # segmentation | classification
     path: Path
+    input: dict[str, Any] | None = None  # the InputSpec the package declares (serve.routing)
 
 
-def load_series(folder: Path) -> tuple[Any, list[Any]]:
-    """The study's image series as an Image, and its source datasets (for references in SEG/SR)."""
+def load_series(folder: Path, series_uid: str | None = None) -> tuple[Any, list[Any]]:
+    """One image series of the study (the routed one) as an Image, and its source datasets (for SEG/SR)."""
     import pydicom
 
     from medsight.io.dicom import read_dicom
@@ -43,7 +44,7 @@ def load_series(folder: Path) -> tuple[Any, list[Any]]:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     if not files:
         raise RunError("the study holds no files")
-    image = read_dicom(folder)
+    image = read_dicom(folder, series_uid=series_uid)
     uid = image.provenance.series_uid
     source = []
     for p in files:
@@ -63,13 +64,14 @@ def _write_thumbnail(path: Path, image: Any, heat: np.ndarray, mask: np.ndarray)
     path.write_bytes(base64.b64decode(uri.split(",", 1)[1]))
 
 
-def run_segmentation(model: ModelRef, folder: Path, out: Path, uid_seed: str, tta: bool = True) -> dict[str, Any]:
+def run_segmentation(model: ModelRef, folder: Path, out: Path, uid_seed: str, tta: bool = True,
+                     series_uid: str | None = None) -> dict[str, Any]:
     from medsight.image import Image
     from medsight.io.dicom_out import Algorithm, Segment, build_seg, build_sr
     from medsight.segmentation.lesions import measure_lesions
     from medsight.segmentation.predict import Predictor
 
-    image, source = load_series(folder)
+    image, source = load_series(folder, series_uid)
     predictor = Predictor(model.path, mirror=tta)
     pred = predictor.predict(image)
     labels = np.asarray(pred.labels.array)
@@ -100,7 +102,8 @@ def run_segmentation(model: ModelRef, folder: Path, out: Path, uid_seed: str, tt
             "files": ["seg.dcm", "sr.dcm", "thumbnail.png"]}
 
 
-def run_classification(model: ModelRef, folder: Path, out: Path, uid_seed: str, tta: bool = True) -> dict[str, Any]:
+def run_classification(model: ModelRef, folder: Path, out: Path, uid_seed: str, tta: bool = True,
+                       series_uid: str | None = None) -> dict[str, Any]:
     import torch
 
     from medsight.classification.model_io import load_classifier
@@ -108,14 +111,17 @@ def run_classification(model: ModelRef, folder: Path, out: Path, uid_seed: str, 
 
     from medsight.package import load_package
 
-    image, source = load_series(folder)
+    image, source = load_series(folder, series_uid)
     pkg = load_package(model.path)
     bundle = load_classifier(pkg)
     x = bundle.preprocess(image)[None]
     prob = bundle.probabilities(bundle.predict_logits(x))[0]
     label = bundle.labels[-1]
     p = float(prob[-1])
-    threshold = float(bundle.thresholds.get(label, 0.5))
+    if label not in bundle.thresholds:  # 0.5 is no operating point anyone chose: refuse rather than guess
+        raise RunError(f"package {model.name}@{model.version} has no decision threshold for '{label}'; choose one "
+                       "on validation data (the package's thresholds) before serving it")
+    threshold = float(bundle.thresholds[label])
     referred, reason = False, ""
     if pkg.has("referral.json"):  # the package's calibrated referral rule (safety layer)
         from medsight.safety.assess import SafetyAssessor
@@ -133,7 +139,8 @@ def run_classification(model: ModelRef, folder: Path, out: Path, uid_seed: str, 
             "size": "", "sr_sop_uid": str(sr.SOPInstanceUID), "files": ["sr.dcm"]}
 
 
-def run_job(model: ModelRef, folder: Path, result_dir: Path, uid_seed: str, tta: bool = True) -> dict[str, Any]:
+def run_job(model: ModelRef, folder: Path, result_dir: Path, uid_seed: str, tta: bool = True,
+            series_uid: str | None = None) -> dict[str, Any]:
     """Run and write the result set atomically at ``result_dir``; returns the worklist summary."""
     result_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in result_dir.parent.glob(f".{result_dir.name}.*"):  # a killed attempt's half-written folder: only
@@ -141,7 +148,7 @@ def run_job(model: ModelRef, folder: Path, result_dir: Path, uid_seed: str, tta:
     tmp = Path(tempfile.mkdtemp(prefix=f".{result_dir.name}.", dir=result_dir.parent))
     try:
         fn = run_segmentation if model.task == "segmentation" else run_classification
-        summary = fn(model, folder, tmp, uid_seed, tta)
+        summary = fn(model, folder, tmp, uid_seed, tta, series_uid)
         summary.update({"model": model.name, "model_version": model.version, "package_id": model.package_id})
         (tmp / "result.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         for f in tmp.iterdir():

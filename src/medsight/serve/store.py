@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from medsight.errors import MedsightError
 
 ROLES = ("submitter", "reader", "admin")
-STATUSES = ("queued", "running", "done", "failed")
+STATUSES = ("queued", "running", "done", "failed", "unsupported")  # unsupported: no served model reads the study
 
 metadata = MetaData()
 users = Table("users", metadata,
@@ -307,9 +307,9 @@ class Store:
                              .values(status="done", finished_at=time.time(), lease_until=None, result_key=result_key,
                                      summary_json=json.dumps(summary, sort_keys=True))).rowcount == 1
 
-    def fail(self, job_id: str, worker: str, error: str) -> bool:
+    def fail(self, job_id: str, worker: str, error: str, status: str = "failed") -> bool:
         with self._write() as c:
             return c.execute(update(jobs).where((jobs.c.id == job_id) & (jobs.c.worker == worker)
                                                 & (jobs.c.status == "running"))
-                             .values(status="failed", finished_at=time.time(), lease_until=None,
+                             .values(status=status, finished_at=time.time(), lease_until=None,
                                      error=error[:2000])).rowcount == 1
