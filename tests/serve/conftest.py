@@ -76,3 +76,26 @@ def approve(pkg) -> None:  # noqa: ANN001
     rec = Registry().find_id(pkg.id)
     if rec.status == "candidate":
         Registry().set_status(rec.name, rec.version, "approved")
+
+
+@pytest.fixture(scope="session")
+def study_with_localizer(tmp_path_factory, ct_series) -> Path:
+    """The CT volume plus, in the same study, a 3-slice, 3-plane localizer (as scanners make them)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out = tmp_path_factory.mktemp("study_with_localizer")
+    for p in ct_series.glob("*.dcm"):
+        shutil.copy(p, out / p.name)
+    first = pydicom.dcmread(next(iter(sorted(ct_series.glob("*.dcm")))))
+    series_uid = generate_uid(entropy_srcs=["localizer"])
+    planes = ([1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, -1], [0, 1, 0, 0, 0, -1])  # axial, coronal, sagittal
+    for i, iop in enumerate(planes):
+        ds = copy.deepcopy(first)
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, 1, "Localizer"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=["localizer", str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.ImageOrientationPatient, ds.InstanceNumber = iop, i + 1
+        ds.save_as(out / f"loc_{i}.dcm", enforce_file_format=True)
+    return out
