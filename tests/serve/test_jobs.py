@@ -149,10 +149,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(home: Path, port: int, seg_package: Path, tmp_path: Path) -> subprocess.Popen:
+def _serve(home: Path, port: int, seg_package: Path, tmp_path: Path, workers: int = 1) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDSIGHT_AUDIT_URL": f"sqlite:///{tmp_path / 'audit.sqlite'}"}
     return subprocess.Popen([sys.executable, "-m", "medsight.cli.main", "serve", "--home", str(home), "--port",
-                             str(port), "--model", str(seg_package), "--workers", "1", "--no-tta"], env=env,
+                             str(port), "--model", str(seg_package), "--workers", str(workers), "--no-tta"], env=env,
                             start_new_session=True)
 
 
