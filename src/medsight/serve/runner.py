@@ -54,6 +54,24 @@ def load_series(folder: Path, series_uid: str | None = None) -> tuple[Any, list[
     return image, source
 
 
+def _lesion_segments(mask: np.ndarray, rows: list[dict[str, Any]], name: str) -> tuple[np.ndarray, list[Any]]:
+    """One SEG segment per measured lesion (its own number, matching its SR tracking identifier).
+
+    The lesion table numbers connected components in scan order, as ``components`` does; each component's voxel
+    count is checked against its row, so a mismatch can never attach a measurement to the wrong outline.
+    """
+    from medsight.io.dicom_out import Segment
+    from medsight.segmentation.lesions import components
+
+    comp, n = components(mask)
+    sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
+    if n != len(rows) or any(int(sizes[i]) != int(r["n_voxels"]) for i, r in enumerate(rows)):
+        raise RunError(f"the lesion table ({len(rows)} lesions) does not match the label map ({n} components)")
+    if n == 0:  # an empty segment still says what was looked for
+        return mask.astype(np.uint16), [Segment(1, name)]
+    return comp.astype(np.uint16), [Segment(i + 1, f"{name} {i + 1}") for i in range(n)]
+
+
 def _write_thumbnail(path: Path, image: Any, heat: np.ndarray, mask: np.ndarray) -> None:
     """The evidence panel (explain.evidence: heat over the image, the finding outlined) as a small PNG."""
     import base64
@@ -82,13 +100,15 @@ def run_segmentation(model: ModelRef, folder: Path, out: Path, uid_seed: str, tt
     if table is None:  # the plan names no lesion class: measure the last one with the same rules
         _, table = measure_lesions(labels, pred.probabilities, image.geometry, {lesion_label: names[lesion_label]},
                                    policy=predictor.lesion_policy)
-    rows = [dict(r, segment_number=1) for r in table.rows if r["label"] == names.get(lesion_label, r["label"])]
+    rows = [r for r in table.rows if r["label"] == names.get(lesion_label, r["label"])]
+    lesion_map, segments = _lesion_segments(labels == lesion_label, rows, str(names.get(lesion_label, "lesion")))
+    rows = [dict(r, segment_number=i + 1) for i, r in enumerate(rows)]  # SEG segment i+1 is lesion i+1
     referred = [r for r in rows if r["decision"] == "refer"]
     kinds = sorted({part.split(" (")[0].strip() for r in referred for part in str(r["reasons"]).split(";") if part.strip()})
     reason = f"{len(referred)} of {len(rows)} lesion(s): {', '.join(kinds)}" if referred else ""  # per lesion: "lesions"
     algo = Algorithm(model.name, model.package_id[:64], parameters={"version": model.version})
-    seg_img = Image((labels == lesion_label).astype(np.uint8), image.geometry, image.provenance)
-    seg = build_seg(source, seg_img, [Segment(1, str(names.get(lesion_label, "lesion")))], algo, uid_seed)
+    seg_img = Image(lesion_map, image.geometry, image.provenance)
+    seg = build_seg(source, seg_img, segments, algo, uid_seed)
     sr = build_sr(source, algo, uid_seed, findings=rows, referred=bool(referred), referral_reason=reason, seg=seg)
     seg.save_as(out / "seg.dcm", enforce_file_format=True)
     sr.save_as(out / "sr.dcm", enforce_file_format=True)
