@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel
 
@@ -116,9 +117,10 @@ def create_app(settings: Settings) -> FastAPI:
         _audit(audit, request, response.status_code)
         return response
 
-    def current_user(request: Request) -> auth.User:
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    bearer = HTTPBearer(auto_error=False, description="A token from `medsight users add` / `users rotate`.")
+
+    def current_user(request: Request, cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> auth.User:
+        token = cred.credentials.strip() if cred is not None else None
         user = auth.user_for_token(store, token) or auth.user_for_session(store, request.cookies.get(
             auth.SESSION_COOKIE))
         if user is None:
@@ -149,7 +151,13 @@ def create_app(settings: Settings) -> FastAPI:
         return [{"name": m.name, "version": m.version, "package_id": m.package_id, "task": m.task}
                 for m in settings.models]
 
-    @app.post("/api/v1/studies", status_code=202)
+    @app.post("/api/v1/studies", status_code=202, openapi_extra={"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": "the study's DICOM Part 10 instances (one patient, one study); total body at "
+                                     "most --max-upload-mb"},
+            "model": {"type": "string", "description": "NAME or NAME@VERSION; empty: routed by the study's series"},
+        }}}}}})
     async def submit(request: Request, user: auth.User = Depends(allowed("submit"))) -> dict[str, str]:
         """Submit one study as DICOM instances (multipart field ``files``, STOW-RS style); optional ``model``."""
         form = await request.form()
