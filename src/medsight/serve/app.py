@@ -168,9 +168,10 @@ def create_app(settings: Settings) -> FastAPI:
         except IntakeError as e:
             raise HTTPException(400, str(e)) from None
         job_id = _new_id()
-        store_study(study, settings.home / "inputs" / job_id)
+        folder = store_study(study, settings.home / "inputs" / job_id)
         store.add_job(job_id=job_id, model=model, study_uid=study.study_uid,
                       source="upload", submitted_by=user.name)
+        _note_study(store, job_id, folder)
         return {"job_id": job_id, "status": "queued"}
 
     @app.post("/api/v1/studies/pull", status_code=202)
@@ -255,6 +256,16 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     return app
+
+
+def _note_study(store: Store, job_id: str, folder: Path) -> None:
+    """Patient, accession, date... for the worklist from the moment a study is queued (headers only)."""
+    from medsight.serve.routing import describe_study
+
+    try:
+        store.set_study(job_id, describe_study(folder).public())
+    except Exception:  # noqa: BLE001 - the worker describes the study again before it runs; the queue goes on
+        log.exception("could not describe study of job %s", job_id)
 
 
 def _model_label(model: ModelRef | None) -> str:

@@ -78,7 +78,8 @@ def _write_thumbnail(path: Path, image: Any, heat: np.ndarray, mask: np.ndarray)
 
     from medsight.explain.evidence import evidence_thumbnail
 
-    uri = evidence_thumbnail(image, heat=heat, finding_mask=mask, long_side=256)
+    uri = evidence_thumbnail(image, heat=heat, finding_mask=mask if np.any(mask) else None, long_side=256,
+                             outline_peak=False)  # outlines only where the model reports a finding
     path.write_bytes(base64.b64decode(uri.split(",", 1)[1]))
 
 
