@@ -77,6 +77,26 @@ def users_rotate(name: str, home: Path | None, db_url: str | None) -> None:
     click.echo(rotate_user(_store(home, db_url), name))
 
 
+@users.command("orthanc-hook")
+@click.argument("name")
+@click.option("--service", "service_url", required=True, help="URL of `medsight serve` as Orthanc reaches it.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Lua file to write (mode 600).")
+@_HOME
+@_DB
+def users_orthanc_hook(name: str, service_url: str, out: Path, home: Path | None, db_url: str | None) -> None:
+    """Write Orthanc's Lua hook that queues each stable study, with a new token for NAME (a submitter, added if
+    missing; an existing NAME's token is rotated). Add the file to Orthanc's "LuaScripts" and restart Orthanc."""
+    from medsight.files import atomic_write_text
+    from medsight.serve.auth import add_user, rotate_user
+    from medsight.serve.orthanc import lua_hook
+
+    store = _store(home, db_url)
+    token = rotate_user(store, name) if store.user(name) else add_user(store, name, "submitter")
+    atomic_write_text(out, lua_hook(service_url, token))
+    out.chmod(0o600)
+    click.echo(f"wrote {out} (token of '{name}' inside: keep it readable by Orthanc only)")
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int)

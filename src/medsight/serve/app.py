@@ -190,6 +190,9 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(400, f"{e}; configured: {', '.join(settings.dicomweb_endpoints()) or 'none'}"
                                 ) from None
         model = _model_label(settings.model(req.model))
+        pending = store.pending_for(req.study_uid, model, "dicomweb")
+        if pending is not None:  # PACS hooks fire again as instances arrive: one job per study in the queue
+            return {"job_id": pending.id, "status": pending.status}
         job_id = store.add_job(model=model, study_uid=req.study_uid, source="dicomweb",
                                dicomweb_url=url, push=req.push, submitted_by=user.name)
         return {"job_id": job_id, "status": "queued"}

@@ -284,6 +284,14 @@ class Store:
         with self._write() as c:
             c.execute(update(jobs).where(jobs.c.id == job_id).values(study_json=json.dumps(study, sort_keys=True)))
 
+    def pending_for(self, study_uid: str, model: str, source: str) -> Job | None:
+        """A queued or running job for the same study, model and source (a repeated trigger joins it)."""
+        with self.engine.connect() as c:
+            row = c.execute(select(jobs).where((jobs.c.study_uid == study_uid) & (jobs.c.model == model)
+                                               & (jobs.c.source == source)
+                                               & jobs.c.status.in_(("queued", "running"))).limit(1)).first()
+        return _job(row) if row else None
+
     def done_with_key(self, result_key: str) -> Job | None:
         """The finished job that already holds the result for (study, series, package), if any."""
         with self.engine.connect() as c:

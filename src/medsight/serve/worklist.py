@@ -94,8 +94,11 @@ def _study_fields(j: Any) -> dict[str, str]:
 def order_rows(jobs: list[Any]) -> list[dict[str, Any]]:
     """Worklist rows (dicts) from jobs, in priority order: the studies to read, then those not analysed."""
     rows = []
+    ids = {j.id for j in jobs}
     for j in jobs:
         s = j.summary or {}
+        if s.get("same_result_as") in ids:  # the same study pulled again: its result is already listed
+            continue
         problem = j.status in PROBLEM_STATUSES
         rows.append({"job_id": j.id, "study_uid": j.study_uid, "status": j.status, "model": j.model,
                      "submitted_at": j.submitted_at, **_study_fields(j),
