@@ -2,7 +2,7 @@
 
 Why highdicom rather than hand-built datasets: it fills the IOD's required modules (Enhanced General Equipment,
 Multi-frame Functional Groups, SR document tree) the way viewers and `dciodvfy` expect, and references the source
-series properly. UIDs are derived from the caller's ``uid_seed`` (job id + package id), so writing the same
+series properly. UIDs are derived from the caller's ``uid_seed`` (the service: study, series and package id), so writing the same
 result twice gives the same SOP Instance UIDs and a PACS stores it once.
 """
 

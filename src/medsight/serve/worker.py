@@ -2,7 +2,7 @@
 atomically, push SEG/SR back to the PACS, and only then mark the job done.
 
 A lease renewed by a heartbeat thread keeps a job with its worker; a killed worker stops renewing, and another
-worker claims the job once the lease has run out. Result UIDs are derived from the job id and package id, so a
+worker claims the job once the lease has run out. Result UIDs are derived from (study, series, package id), so a
 retried push stores the same instances again rather than duplicates.
 """
 
