@@ -89,7 +89,8 @@ def _service(tmp_path, models, **kw):
     settings = Settings(home=home, db_url=f"sqlite:///{home / 'serve.sqlite'}",
                         audit_url=f"sqlite:///{tmp_path / 'audit.sqlite'}", models=models, **kw)
     store = Store(settings.db_url)
-    return TestClient(create_app(settings)), settings, store, {"Authorization": f"Bearer {add_user(store, 'u', 'admin')}"}
+    h = {"Authorization": f"Bearer {add_user(store, 'u', 'admin')}"}
+    return TestClient(create_app(settings)), settings, store, h
 
 
 def test_a_study_no_package_reads_is_unsupported_not_a_crash(tmp_path, ct_series):

@@ -2,8 +2,8 @@
 
 Why highdicom rather than hand-built datasets: it fills the IOD's required modules (Enhanced General Equipment,
 Multi-frame Functional Groups, SR document tree) the way viewers and `dciodvfy` expect, and references the source
-series properly. UIDs are derived from the caller's ``uid_seed`` (the service: study, series and package id), so writing the same
-result twice gives the same SOP Instance UIDs and a PACS stores it once.
+series properly. UIDs are derived from the caller's ``uid_seed`` (the service's: study, series, package), so
+writing the same result twice gives the same SOP Instance UIDs and a PACS stores it once.
 """
 
 from __future__ import annotations

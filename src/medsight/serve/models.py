@@ -36,7 +36,8 @@ def resolve_models(refs: list[str], allow_candidates: bool = False) -> list[Mode
             status = pkg.status or "unregistered"
             if status not in ok:
                 raise ConfigError(f"package {pkg.label} is {status}; only approved versions are served (`medsight "
-                                  f"models promote {pkg.name}@{pkg.version}`), or start with --allow-candidates for a trial")
+                                  f"models promote {pkg.name}@{pkg.version}`), or start with --allow-candidates "
+                                  "for a trial")
             served.append(_ref(pkg))
         return served
     newest: dict[str, object] = {}  # a package's folder holds its newest version; older ones are superseded

@@ -1,5 +1,6 @@
-"""Worker processes: claim a job, fetch the study (upload store or DICOMweb), run the model, write results
-atomically, push SEG/SR back to the PACS, and only then mark the job done.
+"""Worker processes: claim a job, fetch the study (upload store or a configured DICOMweb server), pick the series
+and the model (serve.routing), run it, write results atomically, audit ``job_done``, push SEG/SR back to the
+PACS, and only then mark the job done.
 
 A lease renewed by a heartbeat thread keeps a job with its worker; a killed worker stops renewing, and another
 worker claims the job once the lease has run out. Result UIDs are derived from (study, series, package id), so a
