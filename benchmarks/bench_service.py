@@ -50,7 +50,8 @@ def _toy_package(work: Path) -> Path:
     from click.testing import CliRunner
 
     from medsight.cli.main import cli
-    from medsight.package import save_package
+    from medsight.package import load_package, save_package
+    from medsight.package.registry import Registry
     from medsight.synthetic.toy import make_toy_dataset
 
     root = make_toy_dataset(work / "Dataset001_Toy", n_cases=10, shape=(24, 20, 16), channels=1)
@@ -59,8 +60,13 @@ def _toy_package(work: Path) -> Path:
                           "--iterations", "4"]).exit_code == 0
     assert r.invoke(cli, ["-q", "train", str(root), "--fold", "0", "--model-dir", str(work / "model")]).exit_code == 0
     if (work / "model" / "manifest.json").exists():
-        return work / "model"
-    return save_package(work / "model", work / "package", task="segmentation", name="bench-seg").path
+        pkg = load_package(work / "model")
+    else:
+        pkg = save_package(work / "model", work / "package", task="segmentation", name="bench-seg")
+    rec = Registry().find_id(pkg.id)  # the service serves approved versions only
+    if rec.status == "candidate":
+        Registry().set_status(rec.name, rec.version, "approved")
+    return pkg.path
 
 
 def _port() -> int:

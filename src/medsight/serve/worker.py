@@ -169,7 +169,8 @@ def _run(settings, store: Store, audit, worker: str, job: Job) -> None:  # noqa:
     else:
         summary = run_job(model, inputs, result_dir, uid_seed=key, tta=settings.tta, series_uid=series.uid)
     summary.update({"series_uid": series.uid, "series": series.label(), **({"rerouted": note} if note else {})})
-    push = bool(job.push and url and "same_result_as" not in summary)
+    already = summary.get("pushed_to") if "same_result_as" in summary else None
+    push = bool(job.push and url and already != url)  # a result reused from an upload still goes to the PACS
     if not store.renew(job.id, worker, settings.lease_s):
         return  # the lease ran out and another worker owns the job now: its attempt records the result
     try:  # the outbox: the audit record first; a job is never done (or pushed) without it
