@@ -52,3 +52,13 @@ def test_an_older_store_gains_the_new_columns_and_keeps_its_jobs(tmp_path):
     assert job.id == "a" and job.result_key is None
     assert store.complete("a", "w", {}, result_key="k" * 64)
     assert store.done_with_key("k" * 64).id == "a"
+
+
+def test_a_dead_worker_s_jobs_go_back_to_the_queue(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    a = store.add_job(model="m@1", study_uid="1", source="upload", submitted_by="x")
+    b = store.add_job(model="m@1", study_uid="2", source="upload", submitted_by="x")
+    assert store.claim("dead", 600).id == a and store.claim("alive", 600).id == b
+    assert store.release_worker("dead") == 1
+    assert (store.job(a).status, store.job(a).lease_until, store.job(b).status) == ("queued", None, "running")
+    assert store.claim("alive-2", 600).id == a

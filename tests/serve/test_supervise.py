@@ -10,7 +10,9 @@ import time
 import httpx
 import pytest
 
-from medsight.serve.store import Store
+from sqlalchemy import insert
+
+from medsight.serve.store import Store, jobs
 
 from .test_jobs import _free_port, _serve, _up, _upload, _wait
 
@@ -50,6 +52,12 @@ def test_killed_workers_are_replaced_and_the_next_study_finishes(tmp_path, seg_p
         assert code == 200 and body["queue"]["queued"] == 0
         old = [w["pid"] for w in body["workers"]]
         assert len(old) == 2 and all(not _gone(p) for p in old)
+        store = Store(f"sqlite:///{home / 'serve.sqlite'}")
+        held = "f" * 32  # a job that worker is running (written as claimed: no live worker can take it first)
+        with store.engine.begin() as c:
+            c.execute(insert(jobs).values(id=held, status="running", model="auto", study_uid="1.2.3", source="upload",
+                                          push=False, submitted_by="ward", submitted_at=time.time(), attempts=1,
+                                          worker=body["workers"][0]["name"], lease_until=time.time() + 600))
         for pid in old:
             os.kill(pid, signal.SIGKILL)
         t0 = time.time()
@@ -57,6 +65,9 @@ def test_killed_workers_are_replaced_and_the_next_study_finishes(tmp_path, seg_p
         assert seen[1]["workers_alive"] == 0 and seen[1]["status"] == "no worker alive"
         _wait(lambda: _health(url)[1]["workers_alive"] == 2, 30, "both workers replaced")
         assert time.time() - t0 < 30
+        # the dead worker's job was put back at once, not after its 600-s lease (it then fails: no inputs)
+        assert _wait(lambda: store.job(held).status == "failed", 60, "the held job back in the queue and retried")
+        assert store.job(held).attempts == 2
         body = _health(url)[1]
         assert {w["restarts"] for w in body["workers"]} == {1} and {w["last_exit_code"] for w in body["workers"]} \
             == {-signal.SIGKILL}
@@ -64,7 +75,6 @@ def test_killed_workers_are_replaced_and_the_next_study_finishes(tmp_path, seg_p
         assert not set(new) & set(old) and all(_gone(p) for p in old)
         r = httpx.post(f"{url}/api/v1/studies", files=_upload(ct_series), timeout=60,
                        headers={"Authorization": f"Bearer {token}"})
-        store = Store(f"sqlite:///{home / 'serve.sqlite'}")
         job = _wait(lambda: (j := store.job(r.json()["job_id"])) and j.status in ("done", "failed") and j, 240,
                     "the next study")
         assert job.status == "done", job.error

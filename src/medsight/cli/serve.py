@@ -138,7 +138,7 @@ def serve(host: str, port: int, workers: int, models: tuple[str, ...], allow_can
                         dicomweb_url=dicomweb_urls[0] if dicomweb_urls else None,
                         dicomweb_others=list(dicomweb_urls[1:]), tta=tta)
     app = create_app(settings)  # opens (and creates) the store before the workers start
-    supervisor = Supervisor(settings.to_json(), workers)
+    supervisor = Supervisor(settings.to_json(), workers, on_death=app.state.store.release_worker)
     app.state.supervisor = supervisor
 
     def _stop(signum: int, _frame: object) -> None:

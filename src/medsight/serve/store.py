@@ -274,6 +274,13 @@ class Store:
                                                 & (jobs.c.status == "running"))
                              .values(status="queued", lease_until=None)).rowcount == 1
 
+    def release_worker(self, worker: str) -> int:
+        """Put back in the queue every job a worker held when it died (its supervisor saw it die), without
+        waiting for the lease to run out. Returns how many."""
+        with self._write() as c:
+            return c.execute(update(jobs).where((jobs.c.worker == worker) & (jobs.c.status == "running"))
+                             .values(status="queued", lease_until=None)).rowcount
+
     def reroute(self, job_id: str, worker: str, model: str) -> bool:
         """Record the model a job now runs (a newer approved version replaced the one it was queued for)."""
         with self._write() as c:

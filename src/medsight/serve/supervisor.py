@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ class Supervisor:
     """Keep ``n`` workers running ``worker_main(settings_json, name, parent_pid=...)``."""
 
     def __init__(self, settings_json: str, n: int, check_s: float = 0.5, min_backoff_s: float = 2.0,
-                 max_backoff_s: float = 30.0) -> None:
-        self.settings_json, self.check_s = settings_json, check_s
+                 max_backoff_s: float = 30.0, on_death: Callable[[str], object] | None = None) -> None:
+        self.settings_json, self.check_s, self.on_death = settings_json, check_s, on_death
         self.min_backoff_s, self.max_backoff_s = min_backoff_s, max_backoff_s
         self.slots = [_Slot(i) for i in range(n)]
         self._ctx = mp.get_context("spawn")
@@ -80,10 +80,20 @@ class Supervisor:
                         slot.backoff_s = min(self.max_backoff_s, max(self.min_backoff_s, slot.backoff_s * 2))
                         log.warning("%s (pid %s) died with exit code %s; restarting in %.0f s", slot.name,
                                     slot.proc.pid, slot.last_exit, slot.backoff_s)
+                        self._released(slot.name)
                     elif now - slot.died_at >= slot.backoff_s:
                         slot.restarts += 1
                         self._spawn(slot)
                         log.warning("restarted worker slot %d as %s (pid %s)", slot.index, slot.name, slot.proc.pid)
+
+    def _released(self, name: str) -> None:
+        """The dead worker's jobs go back to the queue now (it is reaped: it cannot finish them)."""
+        if self.on_death is None:
+            return
+        try:
+            self.on_death(name)
+        except Exception:  # noqa: BLE001 - the lease still returns them later
+            log.exception("could not re-queue the jobs of %s", name)
 
     def status(self) -> list[dict[str, Any]]:
         """One entry per worker slot, for /healthz."""
