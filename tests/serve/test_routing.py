@@ -75,7 +75,7 @@ def test_routing_picks_the_volume_and_the_package_that_reads_it(busy_study, ct_s
     study = describe_study(busy_study)
     model, series = route(study, [CLS2D, MR_ONLY, SEG3D])
     assert (model.name, series.uid) == ("toy-seg", pydicom.dcmread(next(ct_series.glob("*.dcm"))).SeriesInstanceUID)
-    with pytest.raises(Unsupported, match="a-xray-classifier@1: CT '.*' \\(8 slice\\(s\\)\\): 8 slices, the model "
+    with pytest.raises(Unsupported, match="a-xray-classifier@1: CT .*\\(8 slice\\(s\\)\\): 8 slices, the model "
                                           "reads one 2D image"):
         route(study, [CLS2D, MR_ONLY])
     with pytest.raises(Unsupported, match="modality CT, the model reads MR"):

@@ -92,7 +92,8 @@ def test_reader_signs_in_and_sees_the_ordered_worklist(tmp_path):
             == problems
         why = browser.js("[...document.querySelectorAll('#not-analysed tbody tr')].map(r => r.cells[5].innerText)")
         assert why[0].startswith("The model could not analyse this study: cannot read (a file on the server)")
-        assert why[1].startswith("No served model reads this study. The study holds: CR 'chest PA'")
+        assert why[1] == ("No served model reads this study. The study holds: CR 'chest PA' (1 slice(s)). Why not: "
+                          "1 slice(s), the model needs a volume.")
         assert not any("/srv" in w or "RunError" in w for w in why)
         # everything fits a 1366-px screen: no horizontal scrolling, the Evidence column inside it
         assert browser.js("document.documentElement.scrollWidth") <= 1366

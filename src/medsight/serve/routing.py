@@ -86,7 +86,8 @@ class Series:
     excluded: str | None = None
 
     def label(self) -> str:
-        return f"{self.modality or '?'} '{self.description}' ({self.slices} slice(s))"
+        desc = f" '{self.description}'" if self.description else ""
+        return f"{self.modality or '?'}{desc} ({self.slices} slice(s))"
 
 
 @dataclass(frozen=True)

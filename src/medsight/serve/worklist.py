@@ -75,7 +75,9 @@ def plain_reason(status: str, error: str | None) -> str:
     if status == "unsupported":
         head = text.split(" It holds:")[0].rstrip(".")
         held = text.split(" It holds: ", 1)[1].split(". Model rules:")[0] if " It holds: " in text else ""
-        return f"{head[:1].upper()}{head[1:]}." + (f" The study holds: {held}." if held else "")
+        rule = text.split("Model rules: ", 1)[1].split(";")[0].rsplit(": ", 1)[-1] if "Model rules: " in text else ""
+        return (f"{head[:1].upper()}{head[1:]}." + (f" The study holds: {held}." if held else "")
+                + (f" Why not: {rule}." if rule else ""))
     text = re.sub(r"^[A-Za-z_.]*(Error|Exception|Unsupported)\b:\s*", "", text)
     if "attempts" in text and text.startswith("gave up"):
         return "The analysis stopped three times (the worker ended each time); an administrator has the details."
