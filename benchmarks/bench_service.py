@@ -50,7 +50,8 @@ def _toy_package(work: Path) -> Path:
     from click.testing import CliRunner
 
     from medsight.cli.main import cli
-    from medsight.package import save_package
+    from medsight.package import load_package, save_package
+    from medsight.package.registry import Registry
     from medsight.synthetic.toy import make_toy_dataset
 
     root = make_toy_dataset(work / "Dataset001_Toy", n_cases=10, shape=(24, 20, 16), channels=1)
@@ -59,8 +60,13 @@ def _toy_package(work: Path) -> Path:
                           "--iterations", "4"]).exit_code == 0
     assert r.invoke(cli, ["-q", "train", str(root), "--fold", "0", "--model-dir", str(work / "model")]).exit_code == 0
     if (work / "model" / "manifest.json").exists():
-        return work / "model"
-    return save_package(work / "model", work / "package", task="segmentation", name="bench-seg").path
+        pkg = load_package(work / "model")
+    else:
+        pkg = save_package(work / "model", work / "package", task="segmentation", name="bench-seg")
+    rec = Registry().find_id(pkg.id)  # the service serves approved versions only
+    if rec.status == "candidate":
+        Registry().set_status(rec.name, rec.version, "approved")
+    return pkg.path
 
 
 def _port() -> int:
@@ -101,7 +107,23 @@ def in_process(package: Path, studies: list[Path], out: Path, dicom: bool) -> fl
     return time.perf_counter() - t0
 
 
-def service(package: Path, studies: list[Path], work: Path, clients: int, workers: int) -> dict:
+def _kill_one_worker(url: str, h: dict, ids: list[str]) -> int | None:
+    """Once a third of the jobs are done, SIGKILL one worker (pid from /healthz); its job must not be lost."""
+    import httpx
+
+    while True:
+        rows = httpx.get(f"{url}/api/v1/worklist", headers=h, timeout=60).json()
+        if sum(r["status"] == "done" for r in rows) >= len(ids) // 3:
+            break
+        time.sleep(0.2)
+    workers = httpx.get(f"{url}/healthz", timeout=10).json()["workers"]
+    pid = next((w["pid"] for w in workers if w["alive"]), None)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def service(package: Path, studies: list[Path], work: Path, clients: int, workers: int, kill: bool = False) -> dict:
     import httpx
 
     home, port = work / "home", _port()
@@ -128,10 +150,11 @@ def service(package: Path, studies: list[Path], work: Path, clients: int, worker
         with ThreadPoolExecutor(clients) as pool:
             submitted = list(pool.map(submit, payloads))
         ids = [i for i, _ in submitted]
+        killed = _kill_one_worker(url, h, ids) if kill else None
         deadline = time.time() + 3600
         while time.time() < deadline:
             rows = httpx.get(f"{url}/api/v1/worklist", headers=h, timeout=60).json()
-            if sum(r["status"] in ("done", "failed") for r in rows) >= len(ids):
+            if sum(r["status"] in ("done", "failed", "unsupported") for r in rows) >= len(ids):
                 break
             time.sleep(0.5)
         total = time.perf_counter() - t0
@@ -144,7 +167,7 @@ def service(package: Path, studies: list[Path], work: Path, clients: int, worker
     done_events = [r.details["job_id"] for r in AuditLog(env["MEDSIGHT_AUDIT_URL"]).records()
                    if r.event == "job_done"]
     lat = sorted(x for _, x in submitted)
-    return {"seconds": total, "lost": len(set(ids) - {r["job_id"] for r in rows if r["status"] == "done"}),
+    return {"seconds": total, "killed": killed, "lost": len(set(ids) - {r["job_id"] for r in rows if r["status"] == "done"}),
             "failed": sum(r["status"] == "failed" for r in rows),
             "duplicated": len(done_events) - len(set(done_events)),
             "p50": statistics.median(lat), "p95": lat[int(0.95 * (len(lat) - 1))]}
@@ -156,6 +179,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--slices", type=int, default=8)
+    ap.add_argument("--kill-worker", action="store_true", help="SIGKILL one worker a third of the way through")
     ap.add_argument("--record", action="store_true", help="write the section of docs/benchmarks.md")
     args = ap.parse_args()
     from pydicom.data import data_manager
@@ -169,7 +193,7 @@ def main() -> None:
         (work / "inproc_nii").mkdir()
         t_nii = in_process(package, studies, work / "inproc_nii", dicom=False)
         t_dcm = in_process(package, studies, work / "inproc", dicom=True)
-        svc = service(package, studies, work / "svc", args.clients, args.workers)
+        svc = service(package, studies, work / "svc", args.clients, args.workers, args.kill_worker)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     n = args.studies
@@ -181,13 +205,14 @@ def main() -> None:
         "ratios compare runs made back to back in one invocation.",
         "",
         f"Command: `python benchmarks/bench_service.py --studies {n} --clients {args.clients} --workers "
-        f"{args.workers} --record`. Studies: {n} CT studies of {args.slices} slices (128x128, built from pydicom's "
+        f"{args.workers}{' --kill-worker' if args.kill_worker else ''} --record`. Studies: {n} CT studies of {args.slices} slices (128x128, built from pydicom's "
         "real CT_small.dcm, distinct UIDs); model: a toy 3D DynUNet package (8 filters), no test-time mirroring on "
         "either side; unit: study.",
         "",
         "| figure | value |",
         "|---|---|",
         f"| jobs lost / failed / duplicated | {svc['lost']} / {svc['failed']} / {svc['duplicated']} (n = {n}) |",
+        f"| a worker killed (SIGKILL) a third of the way through | {'yes' if svc['killed'] else 'no'} |",
         f"| submit latency p50 / p95 ({args.clients} concurrent clients) | {svc['p50']:.3f} s / {svc['p95']:.3f} s |",
         f"| service throughput, first submit to last job done ({args.workers} worker) | {rate:.2f} studies/s |",
         f"| one process, same model + same SEG/SR/thumbnail output | {n / t_dcm:.2f} studies/s |",
@@ -198,7 +223,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.record:
-        record_section("service-load", text)
+        record_section("service-load" if args.workers == 1 else f"service-load-{args.workers}w", text)
 
 
 if __name__ == "__main__":

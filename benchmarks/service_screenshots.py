@@ -53,12 +53,14 @@ def main() -> None:
             httpx.post(f"{url}/api/v1/studies", files=files, headers=h, timeout=120).raise_for_status()
         for _ in range(3600):
             rows = httpx.get(f"{url}/api/v1/worklist", headers=h, timeout=60).json()
-            if all(r["status"] in ("done", "failed") for r in rows):
+            if all(r["status"] in ("done", "failed", "unsupported") for r in rows):
                 break
             time.sleep(1)
         browser = Chromium(work / "profile")
         try:
             browser.open(f"{url}/login")
+            browser.call("Emulation.setDeviceMetricsOverride", width=1366, height=768, deviceScaleFactor=1,
+                         mobile=False)  # a common hospital workstation screen
             browser.wait_for("document.getElementById('token') !== null")
             browser.screenshot(ROOT / "docs" / "service-login.png")
             browser.js(f"document.getElementById('token').value = {json.dumps(token)}; document.forms[0].submit()")

@@ -62,5 +62,40 @@ def seg_package(tmp_path_factory) -> Path:
     r = runner.invoke(cli, ["-q", "train", str(root), "--fold", "0", "--model-dir", str(model)])
     assert r.exit_code == 0, r.output
     if not (model / "manifest.json").exists():
-        return save_package(model, base / "package", task="segmentation", name="toy-seg").path
-    return load_package(model).path
+        pkg = save_package(model, base / "package", task="segmentation", name="toy-seg")
+    else:
+        pkg = load_package(model)
+    approve(pkg)
+    return pkg.path
+
+
+def approve(pkg) -> None:  # noqa: ANN001
+    """The service serves approved versions only: approve ``pkg`` in the registry ($MEDSIGHT_HOME)."""
+    from medsight.package.registry import Registry
+
+    rec = Registry().find_id(pkg.id)
+    if rec.status == "candidate":
+        Registry().set_status(rec.name, rec.version, "approved")
+
+
+@pytest.fixture(scope="session")
+def study_with_localizer(tmp_path_factory, ct_series) -> Path:
+    """The CT volume plus, in the same study, a 3-slice, 3-plane localizer (as scanners make them)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out = tmp_path_factory.mktemp("study_with_localizer")
+    for p in ct_series.glob("*.dcm"):
+        shutil.copy(p, out / p.name)
+    first = pydicom.dcmread(next(iter(sorted(ct_series.glob("*.dcm")))))
+    series_uid = generate_uid(entropy_srcs=["localizer"])
+    planes = ([1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, -1], [0, 1, 0, 0, 0, -1])  # axial, coronal, sagittal
+    for i, iop in enumerate(planes):
+        ds = copy.deepcopy(first)
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, 1, "Localizer"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=["localizer", str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.ImageOrientationPatient, ds.InstanceNumber = iop, i + 1
+        ds.save_as(out / f"loc_{i}.dcm", enforce_file_format=True)
+    return out

@@ -24,8 +24,8 @@ def _free_port() -> int:
 class Orthanc:
     """``with Orthanc(tmp) as pacs: pacs.dicomweb`` — a fresh, empty PACS in a temporary folder."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, **extra: object) -> None:
+        self.folder, self.extra = folder, extra
         self.http_port, self.dicom_port = _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.dicomweb = f"{self.url}/dicom-web"
@@ -39,7 +39,7 @@ class Orthanc:
                   "IndexDirectory": str(self.folder / "db"), "HttpPort": self.http_port,
                   "DicomPort": self.dicom_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
                   "Plugins": [PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-                  "StableAge": 2, "HttpTimeout": 60}
+                  "StableAge": 2, "HttpTimeout": 60, **self.extra}
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         self.log = open(self.folder / "orthanc.log", "w")
         self.proc = subprocess.Popen([exe, str(self.folder / "orthanc.json")], stdout=self.log,

@@ -120,3 +120,51 @@ def test_login_sets_an_httponly_cookie_and_shows_the_worklist(service):
     assert page.status_code == 200 and "Signed in as reader-user" in page.text
     client.post("/logout")
     assert client.get("/worklist", follow_redirects=False).status_code == 303
+
+
+def test_rotate_gives_a_new_token_and_ends_the_old_one(service, ct_series):
+    from medsight.serve.auth import rotate_user
+
+    client, settings, store, tokens = service
+    old = tokens["reader"]
+    client.post("/login", data={"token": old}, follow_redirects=False)
+    assert client.get("/worklist").status_code == 200
+    store.revoke_user("reader-user")
+    new = rotate_user(store, "reader-user")  # a revoked user's name can be given a new token
+    assert new != old and new.startswith("msk_")
+    assert client.get("/api/v1/worklist", headers=_auth(old)).status_code == 401
+    assert client.get("/worklist", follow_redirects=False).status_code == 303  # the old session ended too
+    assert client.get("/api/v1/worklist", headers=_auth(new)).status_code == 200
+
+
+def test_users_rotate_on_the_command_line(tmp_path, capsys):
+    from medsight.cli.main import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = 0
+        try:
+            main([*args, "--home", str(tmp_path / "h")])
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out.strip(), out.err
+
+    code, first, _ = run("users", "add", "ann", "--role", "reader")
+    assert code == 0 and first.startswith("msk_")
+    code, _, err = run("users", "add", "ann", "--role", "reader")
+    assert code == 2 and "users rotate ann" in err and "Traceback" not in err
+    code, second, _ = run("users", "rotate", "ann")
+    assert code == 0 and second.startswith("msk_") and second != first
+    code, _, err = run("users", "rotate", "bob")
+    assert code == 2 and "no user 'bob'" in err
+
+
+def test_openapi_declares_bearer_auth_and_the_multipart_upload(service):
+    client, *_ = service
+    spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert [(v["type"], v["scheme"]) for v in schemes.values()] == [("http", "bearer")]
+    submit = spec["paths"]["/api/v1/studies"]["post"]
+    assert submit["security"] == [{name: []} for name in schemes]
+    body = submit["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["properties"]["files"]["items"]["format"] == "binary" and body["required"] == ["files"]

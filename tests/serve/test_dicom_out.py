@@ -20,17 +20,30 @@ def _errors(path) -> list[str]:
     return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
 
 
+REASON = ("2 of 2 lesion(s): low confidence (mean probability 0.55 < 0.60), high uncertainty (entropy 0.71 nats "
+          "> 0.60), out of distribution (Mahalanobis 41.2 > 30.0)")  # 159 characters: more than one LO value
+
+
+def _warnings(path) -> list[str]:
+    r = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Warning")]
+
+
 def _objects(ct_series, tmp_path):
     image = read_image(ct_series)
     source = [pydicom.dcmread(p) for p in sorted(ct_series.glob("*.dcm"))]
     lab = np.zeros(image.array.shape, np.uint8)
     lab[40:60, 30:50, 2:5] = 1  # i (columns), j (rows), k (slices)
+    lab[80:90, 80:90, 6:8] = 2  # a second lesion: its own segment
     algo = Algorithm("toy-seg", "a" * 64, parameters={"version": "3"})
-    seg = build_seg(source, Image(lab, image.geometry, image.provenance), [Segment(1, "lesion")], algo, "job-1")
+    seg = build_seg(source, Image(lab, image.geometry, image.provenance), [Segment(1, "lesion 1"),
+                                                                           Segment(2, "lesion 2")], algo, "job-1")
     rows = [{"lesion_id": 1, "segment_number": 1, "volume_ml": 0.872, "longest_diameter_mm": 21.5,
-             "mean_probability": 0.81}]
+             "mean_probability": 0.81},
+            {"lesion_id": 2, "segment_number": 2, "volume_ml": 0.1, "longest_diameter_mm": 9.0,
+             "mean_probability": 0.55}]
     sr = build_sr(source, algo, "job-1", findings=rows, probability=0.93, referred=True,
-                  referral_reason="entropy high", seg=seg)
+                  referral_reason=REASON, seg=seg)
     seg.save_as(tmp_path / "seg.dcm", enforce_file_format=True)
     sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
     return image, source, lab, seg, sr
@@ -41,6 +54,47 @@ def test_seg_and_sr_pass_dciodvfy(ct_series, tmp_path):
     assert _errors(ct_series / "slice_00.dcm") == []  # the input is clean, so any error would be ours
     assert _errors(tmp_path / "seg.dcm") == []
     assert _errors(tmp_path / "sr.dcm") == []
+    inherited = set(_warnings(ct_series / "slice_00.dcm"))  # CT_small's Patient's Weight of 0, copied as is
+    assert set(_warnings(tmp_path / "seg.dcm")) <= inherited and set(_warnings(tmp_path / "sr.dcm")) <= inherited
+
+
+def test_each_lesion_has_its_own_segment_tracking_id_and_the_whole_reason(ct_series, tmp_path):
+    _, _, lab, seg, sr = _objects(ct_series, tmp_path)
+    back = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert back.SeriesDescription == "medsight toy-seg segmentation"
+    assert [s.SegmentNumber for s in back.SegmentSequence] == [1, 2]
+    per_segment = {}
+    for f, item in enumerate(back.PerFrameFunctionalGroupsSequence):
+        n = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        per_segment[n] = per_segment.get(n, 0) + int(back.pixel_array[f].sum())
+    assert per_segment == {1: int((lab == 1).sum()), 2: int((lab == 2).sum())}
+    report = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert report.SeriesDescription == "medsight toy-seg report"
+    groups, params = [], []
+
+    def walk(items, group=None):
+        for it in items:
+            name = it.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in it else ""
+            if name == "Measurement Group":
+                group = {}
+                groups.append(group)
+            if group is not None and name == "Tracking Unique Identifier":
+                group["uid"] = it.UID
+            if group is not None and name == "Tracking Identifier":
+                group["id"] = it.TextValue
+            if group is not None and "ReferencedSOPSequence" in it and it.ValueType == "IMAGE":
+                group["segment"] = int(it.ReferencedSOPSequence[0].ReferencedSegmentNumber)
+            if name == "Algorithm Parameters":
+                params.append(it.TextValue)
+            if "ContentSequence" in it:
+                walk(it.ContentSequence, group)
+
+    walk(report.ContentSequence)
+    lesions = [g for g in groups if "segment" in g]
+    assert sorted((g["id"], g["segment"]) for g in lesions) == [("lesion 1", 1), ("lesion 2", 2)]
+    assert len({g["uid"] for g in lesions}) == 2
+    reason = [p.split("]=", 1)[1] for p in dict.fromkeys(params) if p.startswith("referral_reason[")]
+    assert "".join(reason) == REASON and all(len(p) <= 64 for p in params)
 
 
 def test_seg_frames_match_the_label_map_on_the_source_slices(ct_series, tmp_path):
@@ -48,12 +102,15 @@ def test_seg_frames_match_the_label_map_on_the_source_slices(ct_series, tmp_path
     back = pydicom.dcmread(tmp_path / "seg.dcm")
     assert back.ReferencedSeriesSequence[0].SeriesInstanceUID == source[0].SeriesInstanceUID
     assert back.SegmentSequence[0].SegmentAlgorithmName == "toy-seg"
-    frames = back.pixel_array  # (frames, rows, cols), one frame per source slice
-    pos = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in back.PerFrameFunctionalGroupsSequence]
-    for f, z in enumerate(pos):
+    frames = back.pixel_array  # (frames, rows, cols), one frame per source slice and segment
+    groups = back.PerFrameFunctionalGroupsSequence
+    assert len(groups) == 2 * lab.shape[2]
+    for f, item in enumerate(groups):
+        z = float(item.PlanePositionSequence[0].ImagePositionPatient[2])
+        n = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
         k = int(round(image.geometry.world_to_index(np.array([*image.geometry.origin[:2], z]))[2]))
-        np.testing.assert_array_equal(frames[f].astype(bool), lab[:, :, k].T.astype(bool))
-    assert frames.sum() == lab.sum()
+        np.testing.assert_array_equal(frames[f].astype(bool), (lab[:, :, k] == n).T)
+    assert frames.sum() == (lab > 0).sum()
 
 
 def test_sr_carries_measurements_and_referral(ct_series, tmp_path):
@@ -72,9 +129,9 @@ def test_sr_carries_measurements_and_referral(ct_series, tmp_path):
                 walk(it.ContentSequence)
 
     walk(sr.ContentSequence)
-    assert values["Volume"] == [pytest.approx(0.872)]
-    assert values["Diameter"] == [pytest.approx(21.5)]
-    assert sorted(values["Probability"]) == [pytest.approx(0.81), pytest.approx(0.93)]
+    assert values["Volume"] == [pytest.approx(0.872), pytest.approx(0.1)]
+    assert values["Diameter"] == [pytest.approx(21.5), pytest.approx(9.0)]
+    assert sorted(values["Probability"]) == [pytest.approx(0.55), pytest.approx(0.81), pytest.approx(0.93)]
     assert values["Recommended Follow-up"] == ["Yes"]
     refs = {r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
             for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}

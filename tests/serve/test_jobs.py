@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from medsight.audit.log import AuditLog
 from medsight.serve.app import Settings, create_app
 from medsight.serve.auth import add_user
 from medsight.serve.models import resolve_models
+from medsight.serve.routing import InputSpec
+from medsight.serve.runner import ModelRef
 from medsight.serve.store import Store
 from medsight.serve.worker import process_one
 
@@ -41,28 +44,51 @@ def _done_events(settings, job_id):
     return [r for r in AuditLog(settings.audit_url).records() if r.event == "job_done" and r.details["job_id"] == job_id]
 
 
-def test_a_job_runs_end_to_end(tmp_path, seg_package, ct_series):
+def test_a_study_with_a_localizer_runs_on_its_volume_once(tmp_path, seg_package, study_with_localizer, ct_series):
+    """Acceptance: a 3-slice localizer + the volume, no model named -> done, SEG + SR for the volume series only;
+    the same study uploaded again, and a job queued for an older version, store nothing new."""
     settings = _settings(tmp_path, seg_package)
+    cls2d = ModelRef("a-xray-classifier", "1", "b" * 64, "classification", tmp_path,
+                     InputSpec(dims=2, min_slices=1).to_dict())  # alphabetically first, as after the demo
+    settings.models = [cls2d, *settings.models]
     client = TestClient(create_app(settings))
     store = Store(settings.db_url)
     token = add_user(store, "ward", "admin")
     h = {"Authorization": f"Bearer {token}"}
-    job_id = client.post("/api/v1/studies", files=_upload(ct_series), headers=h).json()["job_id"]
+    job_id = client.post("/api/v1/studies", files=_upload(study_with_localizer), headers=h).json()["job_id"]
     assert process_one(settings, store, AuditLog(settings.audit_url), "w1") is True
     job = client.get(f"/api/v1/jobs/{job_id}", headers=h).json()
     assert job["status"] == "done", job["error"]
-    res = job["result"]
-    assert res["package_id"] == settings.models[0].package_id and res["task"] == "segmentation"
+    res, seg = job["result"], settings.models[1]
+    volume = pydicom.dcmread(next(ct_series.glob("*.dcm"))).SeriesInstanceUID
+    assert res["package_id"] == settings.models[1].package_id and res["task"] == "segmentation"
+    assert res["series_uid"] == volume and job["model"] == seg.name + "@" + seg.version
+    name = seg.name
     seg = pydicom.dcmread(settings.home / "results" / job_id / "seg.dcm")
-    series = pydicom.dcmread(next(ct_series.glob("*.dcm"))).SeriesInstanceUID
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
-    assert seg.SegmentSequence[0].SegmentAlgorithmName == settings.models[0].name
+    sr = pydicom.dcmread(settings.home / "results" / job_id / "sr.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == volume
+    assert {s.SeriesInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
+            for s in e.ReferencedSeriesSequence} == {volume, seg.SeriesInstanceUID}  # no localizer reference
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == settings.models[1].name
     assert client.get(f"/api/v1/jobs/{job_id}/files/sr.dcm", headers=h).status_code == 200
     assert client.get(f"/api/v1/jobs/{job_id}/files/../../serve.sqlite", headers=h).status_code == 404
     row = client.get("/api/v1/worklist", headers=h).json()[0]
     assert row["job_id"] == job_id and row["thumbnail"].endswith("thumbnail.png")
     assert len(_done_events(settings, job_id)) == 1
     assert process_one(settings, store, AuditLog(settings.audit_url), "w1") is False  # queue empty
+    # the same study again (a re-upload), and one queued for a version no longer served: the same result
+    again = client.post("/api/v1/studies", files=_upload(study_with_localizer), headers=h).json()["job_id"]
+    old = store.add_job(model=f"{name}@0", study_uid=job["study_uid"], source="upload", submitted_by="ward")
+    shutil.copytree(settings.home / "inputs" / again, settings.home / "inputs" / old)
+    for jid in (again, old):
+        assert process_one(settings, store, AuditLog(settings.audit_url), "w1")
+        other = store.job(jid)
+        assert other.status == "done" and other.summary["same_result_as"] == job_id, other.error
+        seg2 = pydicom.dcmread(settings.home / "results" / jid / "seg.dcm")
+        assert (seg2.SOPInstanceUID, seg2.SeriesInstanceUID) == (seg.SOPInstanceUID, seg.SeriesInstanceUID)
+    assert store.job(old).model == job["model"] and f"queued for {name}@0" in store.job(old).summary["rerouted"]
+    rerouted = [r for r in AuditLog(settings.audit_url).records() if r.event == "job_rerouted"]
+    assert [(r.details["job_id"], r.details["model"]) for r in rerouted] == [(old, f"{name}@0")]
 
 
 def _worker(settings: Settings, name: str) -> subprocess.Popen:
@@ -123,10 +149,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(home: Path, port: int, seg_package: Path, tmp_path: Path) -> subprocess.Popen:
+def _serve(home: Path, port: int, seg_package: Path, tmp_path: Path, workers: int = 1) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDSIGHT_AUDIT_URL": f"sqlite:///{tmp_path / 'audit.sqlite'}"}
     return subprocess.Popen([sys.executable, "-m", "medsight.cli.main", "serve", "--home", str(home), "--port",
-                             str(port), "--model", str(seg_package), "--workers", "1", "--no-tta"], env=env,
+                             str(port), "--model", str(seg_package), "--workers", str(workers), "--no-tta"], env=env,
                             start_new_session=True)
 
 
@@ -154,7 +180,10 @@ def test_a_restarted_server_loses_no_job(tmp_path, seg_package, ct_series):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(20)
-    assert sorted(r["job_id"] for r in rows) == sorted(ids)
+    # the same study twice: the second job reuses the first's result, and the worklist lists the study once
+    reused = [store.job(i) for i in ids if "same_result_as" in store.job(i).summary]
+    assert len(reused) == 1 and reused[0].summary["same_result_as"] in ids
+    assert [r["job_id"] for r in rows] == [i for i in ids if i != reused[0].id]
     done = [r for r in AuditLog(f"sqlite:///{tmp_path / 'audit.sqlite'}").records() if r.event == "job_done"]
     assert sorted(r.details["job_id"] for r in done) == sorted(ids)
 

@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "audit": ("medsight.cli.audit", "audit", "Inspect and verify the tamper-evident audit log."),
     "validate": ("medsight.cli.validate", "validate", "External validation report (HTML + JSON)."),
     "serve": ("medsight.cli.serve", "serve", "Triage service: DICOM in, SEG/SR out, an authenticated worklist."),
-    "users": ("medsight.cli.serve", "users", "Add, revoke and list users of the triage service."),
+    "users": ("medsight.cli.serve", "users", "Add, rotate, revoke and list users of the triage service."),
     "wsi": ("medsight.cli.wsi", "wsi", "Whole-slide images: tile into a hashed manifest, extract tile features."),
     "train-mil": ("medsight.cli.mil", "train_mil_cmd", "Train a slide-level MIL model on tile features."),
     "predict-mil": ("medsight.cli.mil", "predict_mil_cmd", "Slide predictions with attention heatmaps and GeoJSON."),

@@ -267,10 +267,12 @@ def slide_figure(thumbnail: np.ndarray, heat: np.ndarray, finding: Finding, *,
 
 
 def evidence_thumbnail(image: Image, heat: np.ndarray | None = None, finding_mask: np.ndarray | None = None,
-                       reference: np.ndarray | None = None, long_side: int = 192, through_reference: bool = False) -> str:
+                       reference: np.ndarray | None = None, long_side: int = 192, through_reference: bool = False,
+                       outline_peak: bool = True) -> str:
     """The evidence panel of the main view (axial when there is one), shrunk, as a PNG data URI. The view cuts
     through the largest predicted component, else the heat's peak, else the reference (``through_reference``:
-    the reference first, so a missed finding is in view)."""
+    the reference first, so a missed finding is in view). ``outline_peak=False``: with no finding, the heat's
+    peak is shown but not outlined (an outline reads as a finding the model did not report)."""
     heat = _on_grid(heat, image, "heatmap")
     finding_mask = _on_grid(finding_mask, image, "mask")
     reference = _on_grid(reference, image, "reference mask")
@@ -281,7 +283,8 @@ def evidence_thumbnail(image: Image, heat: np.ndarray | None = None, finding_mas
     elif finding_mask is not None and np.any(finding_mask):
         at = _largest_centre(finding_mask)
     elif heat is not None and float(heat.max()) > 0:
-        at, finding_mask = _peak_component(heat)
+        at, peak = _peak_component(heat)
+        finding_mask = peak if outline_peak else None
     elif reference is not None and np.any(reference):
         at = _inside_centre(reference > 0)
     else:

@@ -2,8 +2,8 @@
 
 Why highdicom rather than hand-built datasets: it fills the IOD's required modules (Enhanced General Equipment,
 Multi-frame Functional Groups, SR document tree) the way viewers and `dciodvfy` expect, and references the source
-series properly. UIDs are derived from the caller's ``uid_seed`` (job id + package id), so writing the same
-result twice gives the same SOP Instance UIDs and a PACS stores it once.
+series properly. UIDs are derived from the caller's ``uid_seed`` (the service's: study, series, package), so
+writing the same result twice gives the same SOP Instance UIDs and a PACS stores it once.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def sort_source_by_slice(source: Sequence[Dataset], labels: Image) -> list[tuple
 
 
 def build_seg(source: Sequence[Dataset], labels: Image, segments: Sequence[Segment], algorithm: Algorithm,
-              uid_seed: str, series_number: int = 901) -> Dataset:
+              uid_seed: str, series_number: int = 901, series_description: str | None = None) -> Dataset:
     """A binary DICOM SEG with one segment per entry of ``segments``, frames aligned to the source slices."""
     import highdicom as hd
 
@@ -99,7 +99,7 @@ def build_seg(source: Sequence[Dataset], labels: Image, segments: Sequence[Segme
         segmented_property_type=_code(seg.property_type),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algo) for i, seg in enumerate(segments)]
-    return hd.seg.Segmentation(
+    out = hd.seg.Segmentation(
         source_images=[ds for _, ds in pairs], pixel_array=mask,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
         series_instance_uid=uid_for(uid_seed, "series-seg"), series_number=series_number,
@@ -107,12 +107,30 @@ def build_seg(source: Sequence[Dataset], labels: Image, segments: Sequence[Segme
         manufacturer_model_name=algorithm.name[:64], software_versions=algorithm.version[:64],
         device_serial_number="0", omit_empty_frames=False,
         content_description=f"medsight {algorithm.name}"[:64], content_label="MEDSIGHT")
+    out.SeriesDescription = (series_description or f"medsight {algorithm.name} segmentation")[:64]
+    return out
+
+
+def text_parameters(key: str, text: str, width: int = 64) -> list[str]:
+    """``text`` as ``key=...`` parameters of at most ``width`` characters each (LO), numbered when it needs
+    several, so nothing is cut: ``referral_reason[1/3]=...``."""
+    first = f"{key}={text}"
+    if len(first) <= width:
+        return [first]
+    n = 1
+    while True:  # the prefix grows with the count's digits; find the smallest count that fits
+        prefix = len(f"{key}[{n}/{n}]=")
+        size = width - prefix
+        need = -(-len(text) // size)
+        if need <= n:
+            return [f"{key}[{i + 1}/{n}]={text[i * size:(i + 1) * size]}" for i in range(need)]
+        n = need
 
 
 def build_sr(source: Sequence[Dataset], algorithm: Algorithm, uid_seed: str, *,
              findings: Sequence[dict[str, Any]] = (), probability: float | None = None,
              referred: bool | None = None, referral_reason: str = "", seg: Dataset | None = None,
-             series_number: int = 902) -> Dataset:
+             series_number: int = 902, series_description: str | None = None) -> Dataset:
     """A Comprehensive 3D SR (TID 1500 Measurement Report) of the model's findings.
 
     ``findings`` are lesion rows (keys lesion_id, segment_number, volume_ml, longest_diameter_mm, mean_probability);
@@ -125,11 +143,11 @@ def build_sr(source: Sequence[Dataset], algorithm: Algorithm, uid_seed: str, *,
 
     if not source:
         raise DicomOutError("no source images to reference in the SR")
-    params = {"package": algorithm.version[:64]}
-    if referral_reason:
-        params["referral_reason"] = referral_reason[:64]
-    algo = hd.sr.AlgorithmIdentification(name=algorithm.name[:64], version=algorithm.version[:64], parameters=[
-        f"{k}={v}"[:64] for k, v in params.items()])
+    parameters = [f"package={algorithm.version}"[:64]]
+    if referral_reason:  # whole, over as many parameters as it needs
+        parameters += text_parameters("referral_reason", referral_reason)
+    algo = hd.sr.AlgorithmIdentification(name=algorithm.name[:64], version=algorithm.version[:64],
+                                         parameters=parameters)
     device = hd.sr.DeviceObserverIdentifyingAttributes(uid=uid_for(uid_seed, "device"), name=algorithm.name[:64],
                                                        manufacturer_name=MANUFACTURER)
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
@@ -174,7 +192,9 @@ def build_sr(source: Sequence[Dataset], algorithm: Algorithm, uid_seed: str, *,
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
                                      imaging_measurements=groups or None)
     evidence = list(source) + ([seg] if seg is not None else [])
-    return hd.sr.Comprehensive3DSR(evidence=evidence, content=report,
-                                   series_instance_uid=uid_for(uid_seed, "series-sr"), series_number=series_number,
-                                   sop_instance_uid=uid_for(uid_seed, "sr"), instance_number=1,
-                                   manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
+    sr = hd.sr.Comprehensive3DSR(evidence=evidence, content=report,
+                                 series_instance_uid=uid_for(uid_seed, "series-sr"), series_number=series_number,
+                                 sop_instance_uid=uid_for(uid_seed, "sr"), instance_number=1,
+                                 manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
+    sr.SeriesDescription = (series_description or f"medsight {algorithm.name} report")[:64]
+    return sr

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel
 
@@ -37,17 +38,23 @@ class Settings:
     audit_url: str
     models: list[ModelRef]
     max_upload_bytes: int = 512 * 1024 * 1024
-    dicomweb_url: str | None = None  # the PACS to pull from and push results to
+    dicomweb_url: str | None = None  # the PACS to pull from and push results to (the default endpoint)
     lease_s: float = 60.0
     tta: bool = True  # mirrored test-time augmentation for segmentation (8x the network time in 3D)
+    dicomweb_others: list[str] = field(default_factory=list)  # more configured PACS a pull may name
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         d = {"home": str(self.home), "db_url": self.db_url, "audit_url": self.audit_url,
              "models": [{**m.__dict__, "path": str(m.path)} for m in self.models],
              "max_upload_bytes": self.max_upload_bytes, "dicomweb_url": self.dicomweb_url, "lease_s": self.lease_s,
-             "tta": self.tta}
+             "tta": self.tta, "dicomweb_others": self.dicomweb_others}
         return json.dumps(d, indent=2)
+
+    def dicomweb_endpoints(self) -> list[str]:
+        """The only DICOMweb servers this service contacts (configuration, never a request's input)."""
+        urls = ([self.dicomweb_url] if self.dicomweb_url else []) + list(self.dicomweb_others)
+        return list(dict.fromkeys(u.rstrip("/") for u in urls))
 
     @classmethod
     def from_json(cls, text: str) -> "Settings":
@@ -56,11 +63,12 @@ class Settings:
         d["models"] = [ModelRef(**{**m, "path": Path(m["path"])}) for m in d["models"]]
         return cls(**d)
 
-    def model(self, name: str | None) -> ModelRef:
+    def model(self, name: str | None) -> ModelRef | None:
+        """The served model ``name`` names; None (no name) means: route by the study's series when it runs."""
         if not self.models:
             raise HTTPException(503, "this service has no model to run; register and approve one, then restart")
         if not name:
-            return self.models[0]
+            return None
         for m in self.models:
             if name in (m.name, f"{m.name}@{m.version}", m.package_id):
                 return m
@@ -84,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="DICOM in, DICOM SEG/SR out, a worklist ordered by urgency. Bearer tokens from "
                               "`medsight users add`.")
     app.state.settings, app.state.store, app.state.audit = settings, store, audit
+    app.state.supervisor = None  # set by `medsight serve` (serve.supervisor); None: workers run elsewhere
 
     @app.middleware("http")
     async def audit_and_limit(request: Request, call_next):  # noqa: ANN202
@@ -108,9 +117,10 @@ def create_app(settings: Settings) -> FastAPI:
         _audit(audit, request, response.status_code)
         return response
 
-    def current_user(request: Request) -> auth.User:
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    bearer = HTTPBearer(auto_error=False, description="A token from `medsight users add` / `users rotate`.")
+
+    def current_user(request: Request, cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> auth.User:
+        token = cred.credentials.strip() if cred is not None else None
         user = auth.user_for_token(store, token) or auth.user_for_session(store, request.cookies.get(
             auth.SESSION_COOKIE))
         if user is None:
@@ -127,38 +137,63 @@ def create_app(settings: Settings) -> FastAPI:
         return check
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> JSONResponse:
+        """Each supervised worker and the queue; 503 when no worker is alive (jobs would wait forever)."""
+        sup = app.state.supervisor
+        workers = sup.status() if sup is not None else None
+        alive = sum(w["alive"] for w in workers) if workers is not None else None
+        body = {"status": "ok" if alive is None or alive > 0 else "no worker alive", "workers": workers,
+                "workers_alive": alive, "queue": store.counts()}
+        return JSONResponse(body, status_code=200 if alive is None or alive > 0 else 503)
 
     @app.get("/api/v1/models")
     def models(user: auth.User = Depends(allowed("read_job"))) -> list[dict[str, str]]:
         return [{"name": m.name, "version": m.version, "package_id": m.package_id, "task": m.task}
                 for m in settings.models]
 
-    @app.post("/api/v1/studies", status_code=202)
+    @app.post("/api/v1/studies", status_code=202, openapi_extra={"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": "the study's DICOM Part 10 instances (one patient, one study); total body at "
+                                     "most --max-upload-mb"},
+            "model": {"type": "string", "description": "NAME or NAME@VERSION; empty: routed by the study's series"},
+        }}}}}})
     async def submit(request: Request, user: auth.User = Depends(allowed("submit"))) -> dict[str, str]:
         """Submit one study as DICOM instances (multipart field ``files``, STOW-RS style); optional ``model``."""
         form = await request.form()
         files = [(f.filename or "", await f.read()) for f in form.getlist("files") if hasattr(f, "read")]
-        model = settings.model(str(form.get("model") or "") or None)
+        model = _model_label(settings.model(str(form.get("model") or "") or None))
         try:
             study = check_study(files)
         except IntakeError as e:
             raise HTTPException(400, str(e)) from None
         job_id = _new_id()
-        store_study(study, settings.home / "inputs" / job_id)
-        store.add_job(job_id=job_id, model=model.name + "@" + model.version, study_uid=study.study_uid,
+        folder = store_study(study, settings.home / "inputs" / job_id)
+        store.add_job(job_id=job_id, model=model, study_uid=study.study_uid,
                       source="upload", submitted_by=user.name)
+        _note_study(store, job_id, folder)
         return {"job_id": job_id, "status": "queued"}
 
     @app.post("/api/v1/studies/pull", status_code=202)
     def pull(req: PullRequest, user: auth.User = Depends(allowed("submit"))) -> dict[str, str]:
-        """Queue a study held by a DICOMweb server (the service's PACS unless ``dicomweb_url`` is given)."""
-        url = req.dicomweb_url or settings.dicomweb_url
-        if not url:
-            raise HTTPException(400, "no DICOMweb server configured; start with --dicomweb URL or send dicomweb_url")
-        model = settings.model(req.model)
-        job_id = store.add_job(model=model.name + "@" + model.version, study_uid=req.study_uid, source="dicomweb",
+        """Queue a study held by the service's PACS (a configured DICOMweb server; ``dicomweb_url`` may only name
+        one of those: any other URL is refused and audited, so a submitter cannot make the service fetch or push
+        elsewhere)."""
+        from medsight.serve.worker import check_dicomweb
+
+        try:
+            url = check_dicomweb(settings, req.dicomweb_url)
+        except PermissionError as e:
+            if req.dicomweb_url:
+                _audit_event(audit, "pull_refused", user.name, study_uid=req.study_uid[:128],
+                             dicomweb_url=req.dicomweb_url[:500], reason=str(e))
+            raise HTTPException(400, f"{e}; configured: {', '.join(settings.dicomweb_endpoints()) or 'none'}"
+                                ) from None
+        model = _model_label(settings.model(req.model))
+        pending = store.pending_for(req.study_uid, model, "dicomweb")
+        if pending is not None:  # PACS hooks fire again as instances arrive: one job per study in the queue
+            return {"job_id": pending.id, "status": pending.status}
+        job_id = store.add_job(model=model, study_uid=req.study_uid, source="dicomweb",
                                dicomweb_url=url, push=req.push, submitted_by=user.name)
         return {"job_id": job_id, "status": "queued"}
 
@@ -224,6 +259,30 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     return app
+
+
+def _note_study(store: Store, job_id: str, folder: Path) -> None:
+    """Patient, accession, date... for the worklist from the moment a study is queued (headers only)."""
+    from medsight.serve.routing import describe_study
+
+    try:
+        store.set_study(job_id, describe_study(folder).public())
+    except Exception:  # noqa: BLE001 - the worker describes the study again before it runs; the queue goes on
+        log.exception("could not describe study of job %s", job_id)
+
+
+def _model_label(model: ModelRef | None) -> str:
+    from medsight.serve.worker import AUTO
+
+    return AUTO if model is None else model.name + "@" + model.version
+
+
+def _audit_event(audit: Any, event: str, actor: str, **details: Any) -> None:
+    """A security event: logged loudly if the audit log cannot take it (the request is refused either way)."""
+    try:
+        audit.append(event, actor, **details)
+    except Exception:  # noqa: BLE001
+        log.exception("audit write failed for %s", event)
 
 
 def _new_id() -> str:

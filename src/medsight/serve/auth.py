@@ -52,6 +52,13 @@ def add_user(store: Store, name: str, role: str) -> str:
     return token
 
 
+def rotate_user(store: Store, name: str) -> str:
+    """A new token for ``name`` (shown once); the old one and the user's sessions stop working at once."""
+    token = new_token()
+    store.rotate_user(name, digest(token))
+    return token
+
+
 def user_for_token(store: Store, token: str | None) -> User | None:
     """The active (not revoked) user holding ``token``, or None."""
     if not token:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from medsight.errors import MedsightError
 
 ROLES = ("submitter", "reader", "admin")
-STATUSES = ("queued", "running", "done", "failed")
+STATUSES = ("queued", "running", "done", "failed", "unsupported")  # unsupported: no served model reads the study
 
 metadata = MetaData()
 users = Table("users", metadata,
@@ -51,7 +51,9 @@ jobs = Table("jobs", metadata,
              Column("lease_until", Float),
              Column("finished_at", Float),
              Column("error", Text),
-             Column("summary_json", Text))  # the worklist row: finding, probability, referral, size, thumbnail
+             Column("summary_json", Text),  # the worklist row: finding, probability, referral, size, thumbnail
+             Column("result_key", String(64), index=True),  # sha256(study, series, package id) of a done job
+             Column("study_json", Text))  # what the worklist shows of the study: patient, accession, date...
 
 
 class StoreError(MedsightError):
@@ -69,15 +71,49 @@ def open_engine(url: str) -> Engine:
         if engine.dialect.name == "sqlite":
             @event.listens_for(engine, "connect")
             def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+                dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (below), not the driver
                 cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA busy_timeout=30000")
+                cur.execute("PRAGMA journal_mode=WAL")
                 cur.close()
-        metadata.create_all(engine)
+
+            @event.listens_for(engine, "begin")
+            def _begin(conn):  # noqa: ANN001
+                # A write transaction takes the write lock at BEGIN: a deferred one that read first and then
+                # writes gets SQLITE_BUSY at once when another writer committed meanwhile (the busy timeout is
+                # not applied to that upgrade), which killed workers in claim() with "database is locked".
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+        _retry_locked(lambda: metadata.create_all(engine))
+        _retry_locked(lambda: _add_missing_columns(engine))
         return engine
     except Exception as e:  # a bad URL or an unreachable server is a user's configuration mistake
         raise StoreError(f"cannot open the job store at {url.split('@')[-1]}: {e.__class__.__name__}: "
                          f"{str(e).splitlines()[0][:200]}") from e
+
+
+def _retry_locked(fn, tries: int = 8):  # noqa: ANN001, ANN202
+    """Run ``fn`` again when SQLite still reports a locked database after its busy timeout (start-up races)."""
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(tries):
+        try:
+            return fn()
+        except OperationalError as e:
+            if "locked" not in str(e) or attempt == tries - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return None
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add columns introduced after a store was created (nullable ones only), so an upgrade keeps its jobs."""
+    from sqlalchemy import inspect
+
+    have = {c["name"] for c in inspect(engine).get_columns("jobs")}
+    with engine.connect().execution_options(write=True) as c, c.begin():
+        for col in jobs.columns:
+            if col.name not in have:
+                c.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN {col.name} {col.type.compile(engine.dialect)}")
 
 
 def _now() -> str:
@@ -101,6 +137,8 @@ class Job:
     finished_at: float | None
     error: str | None
     summary: dict[str, Any]
+    result_key: str | None = None
+    study: dict[str, Any] | None = None
 
     def public(self) -> dict[str, Any]:
         """What the API shows: no worker internals."""
@@ -113,7 +151,8 @@ class Job:
 def _job(row: Any) -> Job:
     d = dict(row._mapping)
     summary = json.loads(d.pop("summary_json") or "{}")
-    return Job(summary=summary, **d)
+    study = json.loads(d.pop("study_json") or "null")
+    return Job(summary=summary, study=study, **d)
 
 
 class Store:
@@ -122,21 +161,34 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = open_engine(url)
+        self._writer = self.engine.execution_options(write=True)
+
+    def _write(self):  # noqa: ANN202
+        """A write transaction (BEGIN IMMEDIATE on SQLite)."""
+        return self._writer.begin()
 
     # users -------------------------------------------------------------------------------------------------
     def add_user(self, name: str, role: str, token_sha256: str) -> None:
         if role not in ROLES:
             raise StoreError(f"unknown role '{role}'; use one of {', '.join(ROLES)}")
-        with self.engine.begin() as c:
+        with self._write() as c:
             if c.execute(select(users.c.name).where(users.c.name == name)).first():
-                raise StoreError(f"user '{name}' exists; revoke it first or pick another name")
+                raise StoreError(f"user '{name}' exists; give it a new token with `medsight users rotate {name}`")
             c.execute(insert(users).values(name=name, role=role, token_sha256=token_sha256, created=_now(),
                                            revoked=False))
 
     def revoke_user(self, name: str) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             if c.execute(update(users).where(users.c.name == name).values(revoked=True)).rowcount != 1:
                 raise StoreError(f"no user '{name}'")
+            c.execute(sessions.delete().where(sessions.c.user == name))
+
+    def rotate_user(self, name: str, token_sha256: str) -> None:
+        """Give a user a new token (also re-activates a revoked one); the old token and its sessions end."""
+        with self._write() as c:
+            if c.execute(update(users).where(users.c.name == name).values(token_sha256=token_sha256, revoked=False)
+                         ).rowcount != 1:
+                raise StoreError(f"no user '{name}'; add it with `medsight users add {name} --role ...`")
             c.execute(sessions.delete().where(sessions.c.user == name))
 
     def user_by_token(self, token_sha256: str) -> dict[str, Any] | None:
@@ -156,7 +208,7 @@ class Store:
 
     # sessions ----------------------------------------------------------------------------------------------
     def add_session(self, id_sha256: str, user: str, ttl_s: float) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(insert(sessions).values(id_sha256=id_sha256, user=user, expires=time.time() + ttl_s))
 
     def session_user(self, id_sha256: str) -> str | None:
@@ -167,14 +219,14 @@ class Store:
         return row.user
 
     def drop_session(self, id_sha256: str) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(sessions.delete().where(sessions.c.id_sha256 == id_sha256))
 
     # jobs --------------------------------------------------------------------------------------------------
     def add_job(self, *, model: str, study_uid: str, source: str, submitted_by: str, job_id: str | None = None,
                 dicomweb_url: str | None = None, push: bool = False) -> str:
         jid = job_id or uuid.uuid4().hex
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(insert(jobs).values(id=jid, status="queued", model=model, study_uid=study_uid, source=source,
                                           dicomweb_url=dicomweb_url, push=push, submitted_by=submitted_by,
                                           submitted_at=time.time(), attempts=0))
@@ -196,7 +248,7 @@ class Store:
         """Take the oldest queued job, or a running one whose lease ran out (its worker died)."""
         now = time.time()
         claimable = ((jobs.c.status == "queued") | ((jobs.c.status == "running") & (jobs.c.lease_until < now)))
-        with self.engine.begin() as c:
+        with self._write() as c:
             for row in c.execute(select(jobs.c.id, jobs.c.attempts).where(claimable)
                                  .order_by(jobs.c.submitted_at).limit(8)):
                 if row.attempts >= max_attempts:
@@ -210,22 +262,69 @@ class Store:
         return None
 
     def renew(self, job_id: str, worker: str, lease_s: float) -> bool:
-        with self.engine.begin() as c:
+        with self._write() as c:
             return c.execute(update(jobs).where((jobs.c.id == job_id) & (jobs.c.worker == worker)
                                                 & (jobs.c.status == "running"))
                              .values(lease_until=time.time() + lease_s)).rowcount == 1
 
-    def complete(self, job_id: str, worker: str, summary: dict[str, Any]) -> bool:
-        """Mark done, only for the worker holding the claim; False means another attempt owns the job now."""
-        with self.engine.begin() as c:
+    def release(self, job_id: str, worker: str) -> bool:
+        """Give a claimed job back to the queue (its audit record could not be written: retry it later)."""
+        with self._write() as c:
             return c.execute(update(jobs).where((jobs.c.id == job_id) & (jobs.c.worker == worker)
                                                 & (jobs.c.status == "running"))
-                             .values(status="done", finished_at=time.time(), lease_until=None,
+                             .values(status="queued", lease_until=None)).rowcount == 1
+
+    def release_worker(self, worker: str) -> int:
+        """Put back in the queue every job a worker held when it died (its supervisor saw it die), without
+        waiting for the lease to run out. Returns how many."""
+        with self._write() as c:
+            return c.execute(update(jobs).where((jobs.c.worker == worker) & (jobs.c.status == "running"))
+                             .values(status="queued", lease_until=None)).rowcount
+
+    def reroute(self, job_id: str, worker: str, model: str) -> bool:
+        """Record the model a job now runs (a newer approved version replaced the one it was queued for)."""
+        with self._write() as c:
+            return c.execute(update(jobs).where((jobs.c.id == job_id) & (jobs.c.worker == worker))
+                             .values(model=model)).rowcount == 1
+
+    def set_study(self, job_id: str, study: dict[str, Any]) -> None:
+        with self._write() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id).values(study_json=json.dumps(study, sort_keys=True)))
+
+    def pending_for(self, study_uid: str, model: str, source: str) -> Job | None:
+        """A queued or running job for the same study, model and source (a repeated trigger joins it)."""
+        with self.engine.connect() as c:
+            row = c.execute(select(jobs).where((jobs.c.study_uid == study_uid) & (jobs.c.model == model)
+                                               & (jobs.c.source == source)
+                                               & jobs.c.status.in_(("queued", "running"))).limit(1)).first()
+        return _job(row) if row else None
+
+    def done_with_key(self, result_key: str) -> Job | None:
+        """The finished job that already holds the result for (study, series, package), if any."""
+        with self.engine.connect() as c:
+            row = c.execute(select(jobs).where((jobs.c.result_key == result_key) & (jobs.c.status == "done"))
+                            .order_by(jobs.c.finished_at).limit(1)).first()
+        return _job(row) if row else None
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per status (for /healthz)."""
+        from sqlalchemy import func
+
+        with self.engine.connect() as c:
+            got = dict(c.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)).all())
+        return {s: int(got.get(s, 0)) for s in STATUSES}
+
+    def complete(self, job_id: str, worker: str, summary: dict[str, Any], result_key: str | None = None) -> bool:
+        """Mark done, only for the worker holding the claim; False means another attempt owns the job now."""
+        with self._write() as c:
+            return c.execute(update(jobs).where((jobs.c.id == job_id) & (jobs.c.worker == worker)
+                                                & (jobs.c.status == "running"))
+                             .values(status="done", finished_at=time.time(), lease_until=None, result_key=result_key,
                                      summary_json=json.dumps(summary, sort_keys=True))).rowcount == 1
 
-    def fail(self, job_id: str, worker: str, error: str) -> bool:
-        with self.engine.begin() as c:
+    def fail(self, job_id: str, worker: str, error: str, status: str = "failed") -> bool:
+        with self._write() as c:
             return c.execute(update(jobs).where((jobs.c.id == job_id) & (jobs.c.worker == worker)
                                                 & (jobs.c.status == "running"))
-                             .values(status="failed", finished_at=time.time(), lease_until=None,
+                             .values(status=status, finished_at=time.time(), lease_until=None,
                                      error=error[:2000])).rowcount == 1
