@@ -158,18 +158,27 @@ def align(fixed: Image, moving: Image, mode: str = "deformable", moving_labels: 
 
 def write_outputs(reg: Registered, out: str | Path, checks: dict[str, Any] | None = None) -> Path:
     """Write the folder described in the module doc, as one unit."""
+    with atomic_dir(out, replaces=OUTPUTS) as tmp:
+        write_files(reg, tmp, checks)
+    return Path(out)
+
+
+OUTPUTS = ("moved.nii.gz", "moved.provenance.json", "moved_labels.nii.gz", "moved_labels.provenance.json",
+           "transform.h5", "linear.tfm", "quality.json")
+
+
+def write_files(reg: Registered, folder: Path, checks: dict[str, Any] | None = None) -> None:
+    """The registration's files into an existing (temporary) folder."""
     import SimpleITK as sitk
 
     from medsight.io.nifti import write_nifti
 
     quality = {**reg.quality, "checks": checks or {}, "transform_direction":
                "transform.h5 maps FIXED world points (LPS mm) to MOVING world points (ITK resampling convention)"}
-    with atomic_dir(out, replaces=("moved.nii.gz", "moved_labels.nii.gz", "transform.h5", "linear.tfm",
-                                   "quality.json")) as tmp:
-        write_nifti(reg.moved, tmp / "moved.nii.gz", dtype=np.float32)
-        if reg.moved_labels is not None:
-            write_nifti(reg.moved_labels, tmp / "moved_labels.nii.gz")
-        sitk.WriteTransform(reg.result.transform, str(tmp / "transform.h5"))
-        sitk.WriteTransform(reg.result.linear, str(tmp / "linear.tfm"))
-        (tmp / "quality.json").write_text(json.dumps(quality, indent=2, sort_keys=True))
-    return Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_nifti(reg.moved, folder / "moved.nii.gz", dtype=np.float32)
+    if reg.moved_labels is not None:
+        write_nifti(reg.moved_labels, folder / "moved_labels.nii.gz")
+    sitk.WriteTransform(reg.result.transform, str(folder / "transform.h5"))
+    sitk.WriteTransform(reg.result.linear, str(folder / "linear.tfm"))
+    (folder / "quality.json").write_text(json.dumps(quality, indent=2, sort_keys=True))
