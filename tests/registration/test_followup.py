@@ -150,3 +150,52 @@ def test_follow_up_needs_a_model_or_both_label_maps(tmp_path, capsys):
         main(["follow-up", str(tmp_path), str(tmp_path), "-o", str(tmp_path / "o"), "--prior-labels", "x.nii.gz"])
     assert exc.value.code == 2
     assert "either --model" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def toy_package(tmp_path_factory):
+    """A one-channel toy segmentation package (label 1 = a ball), planned and trained through the CLI."""
+    from click.testing import CliRunner
+
+    from medsight.cli.main import cli
+    from medsight.package import load_package, save_package
+    from medsight.synthetic.toy import make_toy_dataset
+
+    base = tmp_path_factory.mktemp("toy_pkg")
+    root = make_toy_dataset(base / "Dataset001_Toy", n_cases=10, shape=(32, 28, 24), channels=1)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["-q", "plan", str(root), "--memory-gb", "0.05", "--filters", "8", "--epochs", "3",
+                            "--iterations", "6"])
+    assert r.exit_code == 0, r.output
+    model = base / "model"
+    r = runner.invoke(cli, ["-q", "train", str(root), "--fold", "0", "--model-dir", str(model)])
+    assert r.exit_code == 0, r.output
+    pkg = load_package(model) if (model / "manifest.json").exists() else \
+        save_package(model, base / "package", task="segmentation", name="toy-seg")
+    return root, pkg.path
+
+
+@pytest.mark.slow
+def test_follow_up_with_a_model_package_is_audited_and_a_tampered_package_is_refused(toy_package, tmp_path, capsys):
+    import shutil as sh
+
+    root, pkg = toy_package
+    prior, current = root / "imagesTr" / "toy_000_0000.nii.gz", root / "imagesTr" / "toy_002_0000.nii.gz"
+    out = tmp_path / "out"
+    main(["follow-up", str(prior), str(current), "-o", str(out), "--model", str(pkg), "--lesion-value", "1",
+          "--mode", "rigid"])
+    summary = json.loads((out / "followup.json").read_text())
+    assert summary["n_tracks"] >= 1 and summary["dicom"].startswith("not written")
+    from medsight.audit.log import default_audit_log
+    from medsight.package import load_package
+
+    event = [r for r in default_audit_log().records() if r.event == "follow-up"][-1]
+    assert event.details["package_id"] == load_package(pkg).id
+    bad = tmp_path / "bad_pkg"
+    sh.copytree(pkg, bad)
+    weights = next(p for p in bad.rglob("*.pt"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
+    with pytest.raises(SystemExit) as exc:
+        main(["follow-up", str(prior), str(current), "-o", str(tmp_path / "out2"), "--model", str(bad)])
+    assert exc.value.code == 2 and not (tmp_path / "out2").exists()
+    capsys.readouterr()
