@@ -41,9 +41,10 @@ def downsampled_template(spacing_mm: float) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def known_transform(geometry: Geometry, shape: tuple[int, ...], rotation_deg: float, shift_mm: float,
-                    warp_mm: float, seed: int) -> Any:
-    """Rotation (about a random axis through the grid centre) + shift (random direction) + smooth B-spline warp
-    whose control point displacements are N(0, warp_mm) per axis, on a 4x4x4-cell mesh."""
+                    warp_mm: float, seed: int, scale: float = 0.0) -> Any:
+    """Rotation (about a random axis through the grid centre) + shift (random direction) + optional anisotropic
+    scaling (factors 1 +- ``scale``, random per axis: the affine case) + smooth B-spline warp whose control point
+    displacements are N(0, warp_mm) per axis, on a 4x4x4-cell mesh."""
     import SimpleITK as sitk
 
     rng = np.random.default_rng([seed, 34])
@@ -64,7 +65,13 @@ def known_transform(geometry: Geometry, shape: tuple[int, ...], rotation_deg: fl
     params = rng.normal(0.0, warp_mm, len(bspline.GetParameters()))
     bspline.SetParameters([float(p) for p in params])
     composite = sitk.CompositeTransform(rigid)
-    composite.AddTransform(bspline)  # warp first, then the rigid motion
+    if scale:
+        stretch = sitk.AffineTransform(3)
+        stretch.SetCenter([float(c) for c in centre])
+        stretch.SetMatrix([float(v) for v in np.diag(1.0 + rng.uniform(-scale, scale, 3)).ravel()])
+        composite.AddTransform(stretch)
+    if warp_mm:
+        composite.AddTransform(bspline)  # warp first, then the stretch, then the rigid motion
     return composite
 
 
@@ -85,23 +92,37 @@ def _labels(gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
 
 
 def mni_pair(spacing_mm: float = 2.5, rotation_deg: float = 12.0, shift_mm: float = 14.0, warp_mm: float = 3.0,
-             seed: int = 0, n_landmarks: int = 50) -> Pair:
+             seed: int = 0, n_landmarks: int = 50, scale: float = 0.0) -> Pair:
     """The template (fixed) and its known deformation (moving), with labels and landmarks; see the module doc."""
     t1, gm, wm, geom = downsampled_template(spacing_mm)
-    shape = t1.shape
-    truth = known_transform(geom, shape, rotation_deg, shift_mm, warp_mm, seed)
+    truth = known_transform(geom, t1.shape, rotation_deg, shift_mm, warp_mm, seed, scale)
     prov = Provenance(format="simulated", modality="MR", protocol="MNI ICBM152 2009a T1 (nilearn)")
-    fixed = Image((t1 * 1000).astype(np.float32), geom, prov)
-    fixed_labels = Image(_labels(gm, wm), geom, prov)
     mt1, mgm, mwm = (_warp(v, geom, truth) for v in (t1, gm, wm))
-    moving = Image((mt1 * 1000).astype(np.float32), geom, prov.with_step("known_deformation", seed=seed,
-                                                                        rotation_deg=rotation_deg, shift_mm=shift_mm,
-                                                                        warp_mm=warp_mm))
-    moving_labels = Image(_labels(mgm, mwm), geom, moving.provenance)
+    return _pair(Image((t1 * 1000).astype(np.float32), geom, prov), _labels(gm, wm), (mt1 * 1000).astype(np.float32),
+                 _labels(mgm, mwm), truth, seed, n_landmarks, dict(rotation_deg=rotation_deg, shift_mm=shift_mm,
+                                                                   warp_mm=warp_mm, scale=scale))
+
+
+def deformed_pair(fixed: Image, fixed_labels: np.ndarray, rotation_deg: float = 12.0, shift_mm: float = 14.0,
+                  warp_mm: float = 3.0, seed: int = 0, n_landmarks: int = 50, scale: float = 0.0) -> Pair:
+    """Any volume (e.g. a real CT) and its label map through a known transform; labels are carried by nearest
+    neighbour (for masks without probability maps)."""
+    truth = known_transform(fixed.geometry, fixed.shape, rotation_deg, shift_mm, warp_mm, seed, scale)
+    moving = _warp(np.asarray(fixed.array, np.float32), fixed.geometry, truth)
+    moving_labels = _warp(np.asarray(fixed_labels, np.float32), fixed.geometry, truth, order=0).astype(np.uint8)
+    return _pair(fixed, np.asarray(fixed_labels, np.uint8), moving, moving_labels, truth, seed, n_landmarks,
+                 dict(rotation_deg=rotation_deg, shift_mm=shift_mm, warp_mm=warp_mm, scale=scale))
+
+
+def _pair(fixed: Image, fixed_labels: np.ndarray, moving: np.ndarray, moving_labels: np.ndarray, truth: Any, seed: int,
+          n_landmarks: int, params: dict[str, float]) -> Pair:
+    geom = fixed.geometry
+    mov = Image(moving, geom, fixed.provenance.with_step("known_deformation", seed=seed, **params))
     rng = np.random.default_rng([seed, 35])
-    inside = np.argwhere(ndimage.binary_erosion(moving_labels.array > 0, iterations=2))
+    inside = np.argwhere(ndimage.binary_erosion(moving_labels > 0, iterations=2))
     picks = inside[rng.choice(len(inside), size=min(n_landmarks, len(inside)), replace=False)]
-    return Pair(fixed, fixed_labels, moving, moving_labels, truth, geom.index_to_world(picks.astype(float)))
+    return Pair(fixed, Image(fixed_labels, geom, fixed.provenance), mov, Image(moving_labels, geom, mov.provenance),
+                truth, geom.index_to_world(picks.astype(float)))
 
 
 def target_errors(pair: Pair, estimated: Any) -> np.ndarray:
