@@ -2,7 +2,7 @@
 
 Known deformations (the truth is the transform we applied, synthetic.deform):
 - MNI ICBM152 2009a T1 (nilearn wheel) at 3 mm with GM/WM labels (argmax of the probability maps);
-- the real head CT of Debian's invesalius-examples (Cranium.inv3, raw int16 HU) at 2.5 mm, labels by threshold
+- the real head CT of Debian's invesalius-examples (Cranium.inv3, raw int16 HU) at 3 mm, labels by threshold
   (soft tissue -200..300 HU, bone > 300 HU: thresholds, not expert labels), when the package is installed.
 Kinds: rigid (12 deg + 14 mm), affine (+ scaling up to 8 %), deformable (+ smooth B-spline warp, N(0, 3 mm) per
 control point). Per pair: mean target registration error at 50 landmarks (mm), mean label Dice before/after,
@@ -44,7 +44,7 @@ KINDS = {"rigid": dict(warp_mm=0.0, scale=0.0), "affine": dict(warp_mm=0.0, scal
 CRANIUM = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
 
 
-def cranium(spacing_mm: float = 2.5) -> tuple[Image, np.ndarray] | None:
+def cranium(spacing_mm: float = 3.0) -> tuple[Image, np.ndarray] | None:
     """The invesalius head CT resampled to ``spacing_mm`` and its threshold labels, or None when not installed."""
     if not CRANIUM.is_file():
         return None
@@ -126,14 +126,14 @@ def ants_run(pair: Pair) -> dict[str, float] | None:
     return {"tre": float(tre.mean()), "dice_after": _dice(pair.fixed_labels.array, moved), "seconds": seconds}
 
 
-def registration_rows(name: str, make, seeds: list[int]) -> list[str]:  # noqa: ANN001
+def registration_rows(name: str, make, seeds: list[int], peers: bool = True) -> list[str]:  # noqa: ANN001
     rows = []
     for kind, params in KINDS.items():
         runs: dict[str, list[dict[str, float]]] = {}
         for seed in seeds:
             pair = make(seed=seed, **params)
             runs.setdefault(f"medsight {kind}", []).append(medsight_run(pair, kind))
-            if kind == "deformable":
+            if kind == "deformable" and peers:
                 for peer, fn in (("elastix defaults (rigid+affine+B-spline)", elastix_run), ("ANTsPy SyN", ants_run)):
                     r = fn(pair)
                     if r is not None:
@@ -184,13 +184,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one seed per case")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    seeds = [0] if args.quick else [0, 1, 2]
+    seeds = [0] if args.quick else [0, 1]
     load = os.getloadavg()
     rows = registration_rows("MNI T1, 3 mm", lambda seed, **kw: mni_pair(3.0, seed=seed, **kw), seeds)
     ct = cranium()
     if ct is not None:
-        rows += registration_rows("head CT (invesalius), 2.5 mm",
-                                  lambda seed, **kw: deformed_pair(ct[0], ct[1], seed=seed, **kw), seeds)
+        rows += registration_rows("head CT (invesalius), 3 mm",  # one seed, no peers: the 2-core time budget
+                                  lambda seed, **kw: deformed_pair(ct[0], ct[1], seed=seed, **kw), seeds[:1], False)
     fu_rows, correct, total, errors = followup_rows(seeds)
     load_end = os.getloadavg()
     peers = [p for p, mod in (("ITK-elastix", "itk"), ("ANTsPy", "ants")) if _importable(mod)]
@@ -204,7 +204,9 @@ Known deformations of the real MNI T1 template and of the real invesalius head C
 axis, 14 mm shift; affine adds up to 8 % scaling; deformable adds a smooth B-spline warp, N(0, 3 mm) per control
 point). n = pairs (seeds); TRE = mean target registration error at 50 landmarks per pair (mm); Dice = mean over
 labels (GM/WM for MNI; threshold soft tissue/bone for the CT) of the moving labels before/after, unit = pair;
-folding = % of fixed-foreground voxels with Jacobian determinant <= 0.
+folding = % of fixed-foreground voxels with Jacobian determinant <= 0. Peers ran on the MNI deformable pairs only
+(the CT rows are medsight alone, one seed, to fit the time budget of a loaded 2-core machine). Peer rows give TRE,
+Dice after and seconds (their folding is not measured here); ITK and ANTs use both cores, as SimpleITK does.
 
 | volume | deformation | method | n | TRE mm | Dice before | Dice after | folding % | seconds |
 |---|---|---|---|---|---|---|---|---|

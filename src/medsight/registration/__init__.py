@@ -2,6 +2,7 @@
 matched across time points with their change in size.
 
 ``engine`` holds everything that touches SimpleITK (conversion, the multi-resolution stages, resampling, Jacobian);
-``register`` checks inputs and writes the outputs of ``medsight register``; ``followup`` matches lesions and
-classifies their change; ``followup_out`` writes the follow-up's CSV, DICOM SR and evidence figure.
+``register`` checks inputs, measures quality and writes the outputs of ``medsight register``; ``followup`` matches
+lesions and classifies their change; ``followup_report`` builds the CSV, DICOM SEG/SR and evidence figure;
+``followup_run`` ties them into ``medsight follow-up``.
 """

@@ -87,8 +87,7 @@ def _paint(t1: np.ndarray, geom: Geometry, lesions: list[tuple[SimLesion, float]
     idx = np.indices(t1.shape).reshape(3, -1).T.astype(float)
     world = geom.index_to_world(idx)
     if motion is not None:
-        world = np.asarray([motion.TransformPoint(p) for p in world.tolist()]) if len(world) < 1000 else \
-            _apply_rigid(motion, world)
+        world = _apply_rigid(motion, world)
     img, lab = t1.copy(), np.zeros(t1.shape, np.uint8)
     wm_level = float(np.percentile(t1, 95))
     for les, scale in lesions:
