@@ -198,3 +198,18 @@ def test_follow_up_with_a_model_package_is_audited_and_a_tampered_package_is_ref
         main(["follow-up", str(prior), str(current), "-o", str(tmp_path / "out2"), "--model", str(bad)])
     assert exc.value.code == 2 and not (tmp_path / "out2").exists()
     capsys.readouterr()
+
+
+def test_a_label_map_off_its_image_grid_is_refused_before_any_work(tmp_path, capsys):
+    from medsight.image import Image
+
+    img = Image(np.zeros((12, 12, 12), np.float32), Geometry.identity(3, (1.0, 1.0, 1.0)))
+    write_nifti(img, tmp_path / "a.nii.gz")
+    write_nifti(Image(np.zeros((10, 12, 12), np.uint8), img.geometry), tmp_path / "lab_small.nii.gz")
+    write_nifti(Image(np.zeros((12, 12, 12), np.uint8), img.geometry), tmp_path / "lab.nii.gz")
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as exc:
+        main(["follow-up", str(tmp_path / "a.nii.gz"), str(tmp_path / "a.nii.gz"), "-o", str(out),
+              "--prior-labels", str(tmp_path / "lab.nii.gz"), "--current-labels", str(tmp_path / "lab_small.nii.gz")])
+    assert exc.value.code == 2 and not out.exists()
+    assert "current label map is not on the current image's grid" in capsys.readouterr().err
