@@ -92,7 +92,14 @@ def elastix_run(pair: Pair) -> dict[str, float] | None:
     t0 = time.perf_counter()
     _, result = itk.elastix_registration_method(f, m, parameter_object=params, log_to_console=False)
     seconds = time.perf_counter() - t0
-    field = itk.array_from_image(itk.transformix_deformation_field(m, result)).transpose(2, 1, 0, 3)  # x,y,z,3
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:  # transformix writes deformationField.nii into the working folder
+        os.chdir(tmp)
+        try:
+            field = itk.array_from_image(itk.transformix_deformation_field(m, result))
+        finally:
+            os.chdir(here)
+    field = field.transpose(2, 1, 0, 3)  # x, y, z, component
     tre = []
     for y in pair.landmarks:
         x = np.asarray(pair.truth.TransformPoint([float(v) for v in y]))
