@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "federated": ("medsight.cli.federated", "federated", "Federated training across sites on Flower (with DP)."),
     "calibrate": ("medsight.cli.calibrate", "calibrate", "Calibrate a classifier package on unseen patients: "
                   "a new version with re-derived thresholds and referral rule."),
+    "register": ("medsight.cli.register", "register", "Align one study onto another (rigid/affine/deformable)."),
+    "follow-up": ("medsight.cli.followup", "follow_up", "Match lesions across two studies of a patient; report change."),
 }
 
 

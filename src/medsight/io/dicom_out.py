@@ -154,8 +154,9 @@ def build_sr(source: Sequence[Dataset], algorithm: Algorithm, uid_seed: str, *,
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     groups: list[Any] = []
     for row in findings:
-        tracking = hd.sr.TrackingIdentifier(uid=uid_for(uid_seed, f"lesion-{row['lesion_id']}"),
-                                            identifier=f"lesion {row['lesion_id']}")
+        tracking = hd.sr.TrackingIdentifier(  # a caller tracking lesions over time passes its own UID and name
+            uid=row.get("tracking_uid") or uid_for(uid_seed, f"lesion-{row['lesion_id']}"),
+            identifier=row.get("tracking_identifier") or f"lesion {row['lesion_id']}")
         measurements = [
             hd.sr.Measurement(name=codes.SCT.Volume, value=float(row["volume_ml"]),
                               unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter"), algorithm_id=algo),
