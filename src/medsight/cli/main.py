@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-mil": ("medsight.cli.mil", "train_mil_cmd", "Train a slide-level MIL model on tile features."),
     "predict-mil": ("medsight.cli.mil", "predict_mil_cmd", "Slide predictions with attention heatmaps and GeoJSON."),
     "federated": ("medsight.cli.federated", "federated", "Federated training across sites on Flower (with DP)."),
+    "pretrain": ("medsight.cli.pretrain", "pretrain", "Self-supervised pretraining on unlabelled scans -> encoder."),
 }
 
 
