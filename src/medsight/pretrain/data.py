@@ -16,15 +16,17 @@ import numpy as np
 
 from medsight.data.preprocess import preprocess_image
 from medsight.errors import ConfigError, InputNotFoundError, MedsightError
-from medsight.io import read_image
+from medsight.io import RASTER_SUFFIXES, read_image
 from medsight.plan.plan import ConfigPlan, Plan
 
 log = logging.getLogger(__name__)
 NIFTI = (".nii", ".nii.gz")
+FILES = NIFTI + RASTER_SUFFIXES  # images read one file each; any other file is taken for a DICOM series' slice
 
 
 def find_volumes(root: str | Path) -> list[Path]:
-    """Image files and DICOM series folders under ``root`` (sorted; labels of an MSD dataset left out)."""
+    """Image files (NIfTI, PNG/JPEG/TIFF) and DICOM series folders under ``root`` (sorted; labels of an MSD
+    dataset left out)."""
     root = Path(root)
     if not root.exists():
         raise InputNotFoundError("no such folder of unlabelled images", root)
@@ -34,14 +36,14 @@ def find_volumes(root: str | Path) -> list[Path]:
         found = [p for d in ("imagesTr", "imagesTs") if (root / d).is_dir()
                  for p in sorted((root / d).iterdir()) if p.name.endswith(NIFTI)]
     else:
-        found = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(NIFTI))
+        found = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(FILES))
         nifti_dirs = {p.parent for p in found}
-        for d in sorted({p.parent for p in root.rglob("*") if p.is_file() and not p.name.endswith(NIFTI)
+        for d in sorted({p.parent for p in root.rglob("*") if p.is_file() and not p.name.lower().endswith(FILES)
                          and not p.name.endswith((".json", ".csv", ".txt", ".md"))}):
             if d not in nifti_dirs:
                 found.append(d)
     if not found:
-        raise InputNotFoundError("no NIfTI file or DICOM series found for pretraining", root)
+        raise InputNotFoundError("no NIfTI, PNG/JPEG or DICOM series found for pretraining", root)
     return found
 
 

@@ -104,21 +104,69 @@ def pretrain(data: str | Path, package_dir: str | Path, plan: Plan, config: str 
     return pkg, summary
 
 
+def pretrain_backbone(data: str | Path, package_dir: str | Path, backbone: str, input_size: tuple[int, ...],
+                      epochs: int = 10, iterations: int = 20, batch_size: int | None = None, seed: int = 0,
+                      max_seconds: float | None = None, name: str | None = None, quiet: bool = False,
+                      registry_url: str | None = None) -> tuple[Package | None, dict[str, Any]]:
+    """Contrastive pretraining of a ``train-cls`` backbone on the 2D or 3D images under ``data``."""
+    from medsight.classification.dataset import load_tensors
+    from medsight.nets.backbones import check_backbone
+    from medsight.pretrain.backbone import BackbonePretrainTask, backbone_tensors
+
+    check_backbone(backbone)
+    if epochs < 1 or iterations < 1:
+        raise ConfigError(f"epochs and iterations must be >= 1, got {epochs} and {iterations}")
+    package_dir = Path(package_dir)
+    check_target(package_dir)
+    paths = find_volumes(data)
+    fingerprint = pool_fingerprint(paths)
+    x = load_tensors(paths, input_size, quiet=quiet)
+    bs = int(batch_size or 16)
+    task = BackbonePretrainTask(x, backbone, bs, iterations, seed)
+    train_dir = training_dir(package_dir)
+    train_dir.mkdir(parents=True, exist_ok=True)
+    engine = EngineConfig(epochs=epochs, seed=seed, max_seconds=max_seconds, lr_schedule="poly", lr=1e-3,
+                          grad_clip=12.0, out_dir=train_dir, quiet=quiet, name="pretrain contrastive",
+                          restore_best=False, identity={"backbone": backbone, "input_size": list(input_size),
+                                                        "pool_sha256": fingerprint, "batch_size": bs,
+                                                        "iterations": iterations})
+    result = fit(task, engine)
+    state = backbone_tensors(result.model)
+    history = result.history
+    summary = {"method": "contrastive", "network": backbone, "kind": "classification backbone",
+               "spatial_dims": len(input_size), "input_size": list(input_size), "in_channels": 1, "parts": "backbone",
+               "normalisation": "classification: resize to input_size, then (x - q01) / (IQR / 1.349) per image",
+               "data": {"volumes": int(len(x)), "files": len(paths), "pool_sha256": fingerprint},
+               "training": {"epochs_planned": epochs, "epochs_done": len(history), "iterations": iterations,
+                            "batch_size": task.bs, "seed": seed, "processes": 1,
+                            "stopped_by_time_budget": result.stopped_by_time_budget,
+                            "seconds_this_run": round(result.seconds, 1),
+                            "final_loss": history[-1]["loss"] if history else None,
+                            "final_val_loss": history[-1].get("val_loss") if history else None,
+                            "parameters_trained": count_parameters(result.model)},
+               "tensors": len(state), "medsight_version": __version__, "torch_version": torch.__version__}
+    if result.energy:
+        summary["energy"] = result.energy
+    return _write_package(train_dir, package_dir, state, summary, None, name or package_dir.name, registry_url), \
+        summary
+
+
 def _write_package(train_dir: Path, package_dir: Path, state: dict[str, torch.Tensor], summary: dict[str, Any],
-                   plan: Plan, name: str, registry_url: str | None) -> Package:
+                   plan: Plan | None, name: str, registry_url: str | None) -> Package:
     package_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=temp_prefix(package_dir, "enc-"), dir=package_dir.parent))
     try:
         torch.save(state, work / WEIGHTS)
         atomic_write_text(work / DESCRIPTION, json.dumps(summary, indent=2, default=str))
-        plan.save(work / "plan.json")
+        if plan is not None:
+            plan.save(work / "plan.json")
         if (train_dir / "log.jsonl").is_file():
             shutil.copy2(train_dir / "log.jsonl", work / "log.jsonl")
         if summary.get("energy"):
             atomic_write_text(work / "energy.json", json.dumps(summary["energy"], indent=2))
         t = summary["training"]
         extra = {"data_fingerprint": summary["data"]["pool_sha256"], "method": summary["method"],
-                 "network": summary["network"], "config": summary["config_name"],
+                 "network": summary["network"], "config": summary.get("config_name", summary.get("kind")),
                  "metrics": {"final_val_loss": t["final_val_loss"]} if t["final_val_loss"] is not None else {},
                  **({"energy_kwh": summary["energy"]["kwh"]} if summary.get("energy") else {})}
         return save_package(work, package_dir, task="encoder", name=name, extra=extra, registry_url=registry_url)
