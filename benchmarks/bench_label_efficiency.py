@@ -105,19 +105,24 @@ def run(args: argparse.Namespace) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MEDSIGHT_HOME", str(work / "home"))
-    results_path = work / f"results_{'_'.join(args.arms)}.json"  # one file per process: arms may run in parallel
+    # one file per process: arms and sizes may run in parallel processes
+    results_path = work / f"results_{'_'.join(args.arms)}_{'_'.join(args.sizes)}.json"
     res: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {"arms": {}}
     ds, plan, test, labelled, unlabelled = prepare(work, args.cases, 0)
     res.update({"test_cases": test, "labelled_pool": len(labelled), "unlabelled_pool": len(labelled),
                 "fine_tune_steps": args.epochs * args.iterations, "threads": args.threads})
     enc = work / "encoder"
-    if "pretrained" in args.arms and "pretrain" not in res:
+    while args.wait_encoder and not (enc / "manifest.json").is_file():  # another process pretrains it
+        time.sleep(10)
+    if "pretrained" in args.arms and "pretrain" not in res and not args.wait_encoder:
         t, load0 = time.perf_counter(), _load()
         _, summary = pretrain(unlabelled, enc, plan, "3d", args.method, args.pre_epochs, args.pre_iterations,
-                              seed=0, quiet=True)
+                              seed=0, quiet=True, max_seconds=None if args.pre_minutes is None else
+                              args.pre_minutes * 60)
         res["pretrain"] = {"method": args.method, "epochs": args.pre_epochs, "iterations": args.pre_iterations,
                            "batch": summary["training"]["batch_size"], "wall_s": round(time.perf_counter() - t, 1),
                            "train_s": summary["training"]["seconds_this_run"], "energy": summary.get("energy"),
+                           "epochs_done": summary["training"]["epochs_done"],
                            "final_val_loss": summary["training"]["final_val_loss"], "load_1min": [load0, _load()]}
         results_path.write_text(json.dumps(res, indent=2))
     cache: dict = {}
@@ -234,6 +239,8 @@ def main() -> None:
     ap.add_argument("--pre-epochs", type=int, default=20)
     ap.add_argument("--pre-iterations", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pre-minutes", type=float, default=None, help="Pretraining time budget (engine's).")
+    ap.add_argument("--wait-encoder", action="store_true", help="Wait for another process's encoder package.")
     ap.add_argument("--arms", nargs="+", default=["scratch", "pretrained"], choices=["scratch", "pretrained"])
     ap.add_argument("--record", action="store_true", help="Write the docs section from the results JSON.")
     ap.add_argument("--reduced", default="none", help="What was reduced, for the docs section.")
