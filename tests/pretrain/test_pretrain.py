@@ -5,7 +5,6 @@ does not fit and a tampered package, and records the package id; a killed pretra
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -109,8 +108,8 @@ def test_a_network_the_encoder_does_not_fit_is_refused(encoders, toy, tmp_path):
     _, ds, plan = toy
     wider = replace(plan, configurations={"3d": replace(plan.config("3d"), filters=[8, 16, 32])})
     ids = [c.case_id for c in ds.cases]
-    with pytest.raises(ConfigError, match=r"does not fit this network: input_block.conv1.conv.weight is \(4, 1, 3, 3, 3\) "
-                                          r"in the package, \(8, 1, 3, 3, 3\) here"):
+    with pytest.raises(ConfigError, match=r"does not fit this network: input_block.conv1.conv.weight is "
+                                          r"\(4, 1, 3, 3, 3\) in the package, \(8, 1, 3, 3, 3\) here"):
         train_fold(ds, wider, "3d", 0, tmp_path / "m", ids[:3], ids[3:], epochs=1, quiet=True,
                    init=encoders["restore"].path)
     assert not (tmp_path / "m/fold_0/checkpoint.pt").exists()

@@ -43,7 +43,8 @@ class EncoderPath(nn.Module):
             raise ConfigError(f"contrastive pretraining needs a DynUNet-style encoder ({', '.join(ENCODER_PARTS)}); "
                               f"{type(net).__name__} has no {missing[0]}: use --method restore for this network")
         self.input_block, self.downsamples, self.bottleneck = net.input_block, net.downsamples, net.bottleneck
-        self.projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, PROJECTION_DIM))
+        self.projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True),
+                                        nn.Linear(width, PROJECTION_DIM))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, *S) -> (N, D): global average of the bottleneck."""
@@ -82,7 +83,8 @@ class PretrainTask(Task):
             raise ConfigError(f"unknown pretraining method {method!r}; use {' or '.join(METHODS)}")
         if batch_size < 2 and method == "contrastive":
             raise ConfigError("contrastive pretraining needs --batch-size >= 2 (the other views are the negatives)")
-        self.cfg, self.in_channels, self.method, self.bs, self.iterations = cfg, in_channels, method, batch_size, iterations
+        self.cfg, self.in_channels, self.method = cfg, in_channels, method
+        self.bs, self.iterations = batch_size, iterations
         self.samples = [Sample(v, np.zeros(v.shape[1:], dtype=np.int8), {}) for v in volumes]
         self.val = [self._batch(np.random.default_rng([seed, 23, i])) for i in range(VAL_BATCHES)]
 
