@@ -180,10 +180,7 @@ def record(args: argparse.Namespace) -> None:
         f"{res['labelled_pool']} cases are both the unlabelled pretraining pool (images only) and the labelled pool "
         "(first n of a seeded order). Network: the demo's 3D DynUNet (plan of `medsight demo`, filters 8-128, patch "
         "48x64x64, batch 2).",
-        f"Pretraining: `{pre['method']}` (Models Genesis restoration), {pre['epochs']} epochs x {pre['iterations']} "
-        f"steps, batch {pre['batch']}: {pre['train_s']:.0f} s training ({pre['wall_s']:.0f} s wall with loading), "
-        f"energy {e.get('kwh', float('nan')):.5f} kWh ({'measured' if e.get('measured') else 'estimated'}), final "
-        f"held-out restoration MSE {pre['final_val_loss']:.4f}.",
+        _pretraining_line(Path(args.work) / "encoder", pre),
         f"Fine-tuning: {res['fine_tune_steps']} optimiser steps for every arm (equal iterations), poly schedule, "
         f"no validation selection (last weights), torch threads {res['threads']}.",
         f"Machine load: 1-minute load average {min(loads):.1f}-{max(loads):.1f} on 2 cores during the runs (other "
@@ -225,6 +222,29 @@ def record(args: argparse.Namespace) -> None:
     lines += ["", f"Reduced from the issue's protocol (machine shared by 8 sessions): {args.reduced}", "",
               "Command: `" + args.command + "`"]
     record_section("label-efficiency", "\n".join(lines))
+
+
+def _pretraining_line(enc: Path, pre: dict[str, Any]) -> str:
+    """Pretraining cost from the encoder package: wall seconds over every run (a resumed run restarts the log's
+    clock) and CPU-seconds per step from the last run's energy record."""
+    desc = json.loads((enc / "encoder.json").read_text())
+    log = [json.loads(x) for x in (enc / "log.jsonl").read_text().splitlines()]
+    runs: list[list[float]] = [[]]
+    for r in log:
+        if runs[-1] and r["seconds"] < runs[-1][-1]:
+            runs.append([])
+        runs[-1].append(r["seconds"])
+    t, e = desc["training"], pre.get("energy") or {}
+    steps_last_run = pre["iterations"] * len(runs[-1])
+    resumed = ", resumed once after a stop" if len(runs) > 1 else ""
+    cpu_step = e.get("cpu_seconds", float("nan")) / max(1, steps_last_run)
+    return (f"Pretraining: `{desc['method']}` (Models Genesis restoration) on {desc['data']['volumes']} unlabelled "
+            f"volumes, {t['epochs_done']} epochs x {pre['iterations']} steps (batch {t['batch_size']}; planned "
+            f"{t['epochs_planned']} epochs, stopped by the time budget{resumed}): {sum(r[-1] for r in runs):.0f} s "
+            f"wall under the load below; **{cpu_step:.1f} CPU-seconds per step** (the last run: "
+            f"{e.get('cpu_seconds', float('nan')):.1f} CPU-s for {steps_last_run} steps with validation, energy "
+            f"{e.get('kwh', float('nan')) * 1000:.3f} Wh {'measured' if e.get('measured') else 'estimated'}); held-out "
+            f"restoration MSE {log[0]['val_loss']:.3f} after epoch 1 -> {t['final_val_loss']:.3f}.")
 
 
 def main() -> None:

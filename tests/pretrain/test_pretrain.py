@@ -192,3 +192,23 @@ def test_cli_pretrain_then_train_init_and_one_line_errors(toy, tmp_path, capsys)
         main(["-q", "train", str(root), "--model-dir", str(tmp_path / "m2"), "--epochs", "1", "--init", str(enc)])
     err = capsys.readouterr().err
     assert bad.value.code == 2 and err.count("\n") == 1 and "encoder.pt was changed" in err
+
+
+@pytest.mark.slow
+def test_pretrain_runs_data_parallel(toy, tmp_path):
+    """--nproc 2: two DDP processes (gloo) each take half of every batch; rank 0 writes one verified package."""
+    import os
+    import subprocess
+    import sys
+
+    root, _, plan = toy
+    plan.save(tmp_path / "plan.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDSIGHT_HOME": str(tmp_path / "home")}
+    p = subprocess.run([sys.executable, "-m", "medsight.cli.main", "-q", "pretrain", str(root), "-o",
+                        str(tmp_path / "enc"), "--plan", str(tmp_path / "plan.json"), "--method", "contrastive",
+                        "--epochs", "2", "--iterations", "2", "--nproc", "2"], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    pkg = load_package(tmp_path / "enc")
+    t = pkg.read_json("encoder.json")["training"]
+    assert t["processes"] == 2 and t["epochs_done"] == 2 and t["batch_size"] == 4
