@@ -221,6 +221,11 @@ def record(args: argparse.Namespace) -> None:
             gain = means[("pretrained", n)] - means[("scratch", n)]
             lines.append(f"- gain over scratch at {n} cases: {gain:+.3f} Dice -> target >= +0.05: "
                          f"**{'met' if gain >= 0.05 else 'not met'}**.")
+    lines += ["", "Fine-tune s: wall seconds of the process that finished the arm, under shifting load (an arm resumed "
+              "after a restart counts only its last run): not a comparison of the arms' cost, which is equal by design "
+              "(same steps, same network)."]
+    if args.reading:
+        lines += ["", f"Reading: {args.reading}"]
     lines += ["", f"Acceptance (`medsight pretrain` on the demo's 40 unlabelled volumes within 20 minutes on 2 cores): "
               f"the default run is 10 epochs x 20 steps = 200 steps; at the CPU cost measured here that is about "
               f"{200 * _cpu_per_step(Path(args.work) / 'encoder', pre) / 60:.1f} CPU-minutes of training plus ~4 "
@@ -285,6 +290,7 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=["scratch", "pretrained"], choices=["scratch", "pretrained"])
     ap.add_argument("--record", action="store_true", help="Write the docs section from the results JSON.")
     ap.add_argument("--reduced", default="none", help="What was reduced, for the docs section.")
+    ap.add_argument("--reading", default="", help="What the table says, for the docs section.")
     ap.add_argument("--command", default="benchmarks/bench_label_efficiency.py")
     args = ap.parse_args()
     record(args) if args.record else run(args)
