@@ -15,7 +15,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("image", "errors", "files", "layers"),
     ("io", "deid", "data", "plan", "nets", "metrics", "audit"),
     ("engine", "package"),
-    ("segmentation", "classification", "pathology", "safety", "explain", "synthetic", "registration"),
+    ("segmentation", "classification", "pathology", "safety", "explain", "synthetic", "registration", "pretrain"),
     ("report", "serve", "federated", "demo"),
     ("cli",),
 )

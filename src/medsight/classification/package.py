@@ -66,6 +66,7 @@ def package_classifier(train_dir: str | Path, out_dir: str | Path, *, name: str,
         extra = {"data_fingerprint": (cfg.get("data") or {}).get("manifest_sha256"),
                  "metrics": {f"val_auc_{k}": v for k, v in ((cfg.get("validation") or {}).get("auc") or {}).items()},
                  "backbone": cfg.get("backbone"), "labels": cfg.get("labels"),
+                 **({"init": [cfg["initial_encoder"]]} if cfg.get("initial_encoder") else {}),
                  **({"energy_kwh": energy["kwh"], "energy_method": energy["method"]} if energy else {})}
         return save_package(work, out_dir, task="classification", name=name, extra=extra, register=register,
                             registry_url=registry_url)

@@ -38,6 +38,7 @@ from medsight.io import read_image
 from medsight.nets import registry
 from medsight.nets.backbones import GROUP, build_classifier, check_backbone
 from medsight.nets.weights import load_backbone_weights, set_trainable
+from medsight.package.encoder import apply_encoder, load_encoder_package
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class TrainConfig:
     labels: list[str] | None = None
     task: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # encoder package (medsight pretrain --backbone) whose backbone tensors start training
 
 
 def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainConfig, quiet: bool = False,
@@ -80,6 +82,7 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
     """
     t0 = time.perf_counter()
     check_backbone(cfg.backbone)  # a typo should not cost the minutes of loading the images first
+    init = load_encoder_package(cfg.init) if cfg.init else None  # verified before any image is read
     loss_factory = registry.load("medsight.losses", cfg.loss)
     manifest = read_manifest(manifest_path, cfg.labels, cfg.task)
     train_idx, val_idx = _split(manifest, cfg)
@@ -92,12 +95,13 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
     use_masks = (cfg.mask_weight > 0 or cfg.carvemix > 0) and any(p is not None for p in manifest.mask_paths)
     masks = load_masks(manifest.mask_paths, size, quiet=quiet) if use_masks else torch.zeros(len(x), 1)
     loss_fn = loss_factory(task=manifest.task, gamma=cfg.focal_gamma)
-    task = ClsTask(manifest, cfg, x, masks, train_idx, val_idx, size, dims, use_masks, loss_fn)
+    task = ClsTask(manifest, cfg, x, masks, train_idx, val_idx, size, dims, use_masks, loss_fn, init)
     budget = None if cfg.time_budget_s is None else max(0.0, cfg.time_budget_s - (time.perf_counter() - t0))
     result = fit(task, EngineConfig(epochs=cfg.epochs, seed=cfg.seed, max_seconds=budget, lr_schedule="onecycle",
                                     lr=cfg.lr, onecycle_pct=0.2, out_dir=Path(work_dir) if work_dir else None,
                                     quiet=quiet, name=f"train {cfg.backbone}",
-                                    identity={"training": asdict(cfg), "manifest": sha256_file(manifest.path)}))
+                                    identity={"training": asdict(cfg), "manifest": sha256_file(manifest.path),
+                                              **({"init_package_id": init[0].id} if init else {})}))
     model = result.model
     history = [{"epoch": r["epoch"] + 1, "train_loss": r["loss"],
                 **{k: v for k, v in r.items() if k not in ("epoch", "loss", "lr")}} for r in result.history]
@@ -125,6 +129,7 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
         "training": {**asdict(cfg), "input_size": list(size)},
         "initial_weights": {"path": cfg.weights, "sha256": sha256_file(cfg.weights), **(task.loaded or {})}
         if cfg.weights else None,
+        "initial_encoder": task.init_record,
         "trainable_parameters": task.n_trainable,
         "data": {"manifest": str(manifest.path), "manifest_sha256": sha256_file(manifest.path),
                  "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
@@ -147,7 +152,8 @@ class ClsTask(Task):
 
     def __init__(self, manifest: ClsManifest, cfg: TrainConfig, x: torch.Tensor, masks: torch.Tensor,
                  train_idx: np.ndarray, val_idx: np.ndarray, size: tuple[int, ...], dims: int, use_masks: bool,
-                 loss_fn: nn.Module) -> None:
+                 loss_fn: nn.Module, init: tuple[Any, ...] | None = None) -> None:
+        self.init, self.init_record = init, None  # a verified encoder package (package, state, description)
         self.manifest, self.cfg, self.x, self.masks, self.size, self.dims = manifest, cfg, x, masks, size, dims
         self.y = torch.as_tensor(manifest.y)
         self.train_idx, self.val_idx, self.use_masks, self.loss_fn = train_idx, val_idx, use_masks, loss_fn
@@ -165,6 +171,8 @@ class ClsTask(Task):
         model, cam_layer = build_classifier(cfg.backbone, self.dims, 1, self.n_out, self.size, cfg.dropout)
         self.cam_layer = cfg.cam_layer or cam_layer
         self.loaded = load_backbone_weights(model, cfg.weights) if cfg.weights else None
+        if self.init is not None:  # a resumed run then loads its checkpoint over these weights
+            self.init_record = apply_encoder(model, *self.init, network=cfg.backbone)
         if self.use_masks and cfg.mask_weight > 0:
             self.localisation = attach_localisation(model, self.cam_layer, self.size, self.dims)
         self.n_trainable = set_trainable(model, cfg.mode)

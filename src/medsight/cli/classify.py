@@ -54,13 +54,15 @@ def _size(value: str | None) -> tuple[int, ...] | None:
 @click.option("--time-budget", type=float, help="Stop after the epoch that passes this many seconds.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--name", default=None, help="Registry name of the model package (default: the --out folder's name).")
+@click.option("--init", "init", default=None, help="Start from this encoder package (`medsight pretrain --backbone`): "
+              "verified, must fit the backbone; its id is recorded in the model's config, manifest and card.")
 @click.pass_context
 @audited("train-cls", inputs=("manifest",), outputs=("out_dir",))
 def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[str, ...], task: str | None,
               backbone: str, input_size: str | None, epochs: int, batch_size: int, lr: float, loss: str,
               focal_gamma: float, weighted_sampling: bool, target_sensitivity: float, val_fraction: float,
               weights: Path | None, freeze: bool, mask_weight: float, carvemix: float, time_budget: float | None,
-              seed: int, name: str | None) -> None:
+              seed: int, name: str | None, init: str | None) -> None:
     """Train an image classifier from MANIFEST.csv (columns image, patient_id, site, label columns[, split]).
 
     The whole manifest is checked first (missing files, label values, a patient in two splits); the split is
@@ -82,7 +84,7 @@ def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[s
                       target_sensitivity=target_sensitivity, val_fraction=val_fraction, seed=seed,
                       weights=str(weights) if weights else None, mode="frozen" if freeze else "finetune",
                       time_budget_s=time_budget, labels=list(labels) or None, task=task, mask_weight=mask_weight,
-                      carvemix=carvemix)
+                      carvemix=carvemix, init=init)
     check_target(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(out_dir)  # a killed run's training folder and package staging beside --out

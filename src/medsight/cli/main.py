@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                   "a new version with re-derived thresholds and referral rule."),
     "register": ("medsight.cli.register", "register", "Align one study onto another (rigid/affine/deformable)."),
     "follow-up": ("medsight.cli.followup", "follow_up", "Match lesions across two studies of a patient; report change."),
+    "pretrain": ("medsight.cli.pretrain", "pretrain", "Self-supervised pretraining on unlabelled scans -> encoder."),
 }
 
 

@@ -28,11 +28,13 @@ from medsight.cli.audited import audited, current_event
 @click.option("--nproc", type=int, default=1, show_default=True, help="Data-parallel processes on this machine "
               "(PyTorch DDP: gloo on CPU, NCCL on GPU). For several machines use torchrun (docs/segmentation.md).")
 @click.option("--name", default=None, help="Registry name of the model package (default: <dataset>-<config>).")
+@click.option("--init", "init", default=None, help="Start from this encoder package (`medsight pretrain`): "
+              "verified, must fit the network; its id is recorded in the model's summary, manifest and card.")
 @click.pass_context
 @audited("train", inputs=("dataset",))
 def train(ctx: click.Context, dataset: Path, config: str, fold: str, plan_path: Path | None, model_dir: Path | None,
           epochs: int | None, seed: int, sites: str | None, max_minutes: float | None, network: str | None,
-          nproc: int, name: str | None) -> None:
+          nproc: int, name: str | None, init: str | None) -> None:
     """Train a segmentation network on DATASET with a patient-level 5-fold split.
 
     Writes a checkpoint after every epoch (atomically); run the same command again after a kill and it resumes,
@@ -90,7 +92,7 @@ def train(ctx: click.Context, dataset: Path, config: str, fold: str, plan_path: 
     with EnergyMeter() as meter:
         for k, tr, va in todo:
             s = train_fold(ds, p, config, k, model_dir, tr, va, seed=seed, epochs=epochs,
-                           max_seconds=None if max_minutes is None else max_minutes * 60, quiet=quiet)
+                           max_seconds=None if max_minutes is None else max_minutes * 60, quiet=quiet, init=init)
             if dd.is_main():
                 click.echo(f"fold {k}: {s['epochs_done']}/{s['epochs_planned']} epochs, loss {s['final_loss']:.4f}, "
                            f"val Dice {s['final_val_dice']}")

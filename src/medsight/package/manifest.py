@@ -26,7 +26,7 @@ from medsight.files import sha256_file
 MANIFEST = "manifest.json"
 FORMAT = "medsight-package"
 FORMAT_VERSION = 1
-TASKS = ("segmentation", "classification", "slide", "mil", "other")
+TASKS = ("segmentation", "classification", "slide", "mil", "encoder", "other")
 TRACKED_LIBRARIES = ("torch", "monai", "numpy", "scipy", "scikit-learn", "pydicom", "SimpleITK", "nibabel")
 _UNHASHED = ("id", "created_at")
 

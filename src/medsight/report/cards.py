@@ -47,7 +47,12 @@ def training_data(model_dir: Path, dataset: Path | None = None) -> dict[str, Any
     model_dir = Path(model_dir)
     out: dict[str, Any] = {}
     plan, cfg = _json(model_dir / "plan.json"), _json(model_dir / "config.json")
-    fed = ((_json(model_dir / "manifest.json") or {}).get("extra") or {}).get("federated")
+    extra = (_json(model_dir / "manifest.json") or {}).get("extra") or {}
+    if extra.get("init"):  # fine-tuned from a pretrained encoder package: say which one
+        out["initialised from"] = "; ".join(f"encoder package {r.get('name')} (id {str(r.get('package_id'))[:12]}, "
+                                            f"{r.get('method')} pretraining on {r.get('pretrained_on')} unlabelled "
+                                            "volumes)" for r in extra["init"])
+    fed = extra.get("federated")
     if fed:  # trained where the data are: the sites that sent updates, never the data themselves
         out["training"] = (f"federated ({fed.get('strategy')}, {fed.get('rounds')} rounds); images never left "
                            "the sites")

@@ -59,14 +59,17 @@ def package_segmentation(train_dir: str | Path, model_dir: str | Path, *, name: 
         for f in PACKAGE_FILES:
             if (src / f).is_file():
                 shutil.copy2(src / f, work / f)
-        dice = []
+        dice, inits = [], {}
         for fold in folds:
             (work / fold.name).mkdir()
             for f in FOLD_FILES:
                 if (fold / f).is_file():
                     shutil.copy2(fold / f, work / fold.name / f)
             if (fold / "summary.json").is_file():
-                value = json.loads((fold / "summary.json").read_text()).get("final_val_dice")
+                fold_summary = json.loads((fold / "summary.json").read_text())
+                if fold_summary.get("init"):  # initialised from an encoder package (medsight pretrain)
+                    inits[fold_summary["init"]["package_id"]] = fold_summary["init"]
+                value = fold_summary.get("final_val_dice")
                 if isinstance(value, (int, float)):
                     dice.append(float(value))
                 elif isinstance(value, dict):
@@ -77,6 +80,7 @@ def package_segmentation(train_dir: str | Path, model_dir: str | Path, *, name: 
         extra = {"data_fingerprint": sha256_file(src / "dataset.json") if (src / "dataset.json").is_file() else None,
                  "metrics": {"val_dice_mean": float(np.mean(dice))} if dice else {},
                  "folds": [f.name for f in folds],
+                 **({"init": sorted(inits.values(), key=lambda r: r["package_id"])} if inits else {}),
                  **({"energy_kwh": merged["kwh"], "energy_method": merged["method"]} if merged else {})}
         return save_package(work, dest, task="segmentation", name=name, extra=extra, registry_url=registry_url)
     finally:

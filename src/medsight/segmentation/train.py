@@ -30,6 +30,7 @@ from medsight.engine.task import EngineConfig, Task
 from medsight.errors import ConfigError, DatasetError
 from medsight.files import atomic_write_text
 from medsight.nets.segmentation import build_model, count_parameters, network_provenance
+from medsight.package.encoder import apply_encoder, load_encoder_package
 from medsight.plan.plan import ConfigPlan, Plan
 from medsight.segmentation.losses import segmentation_loss, soft_dice_per_class
 from medsight.segmentation.sampling import Sample, batch, prepare
@@ -51,8 +52,9 @@ class SegTask(Task):
     """Patch-based segmentation of one fold: the plan says network, patch, batch and optimiser."""
 
     def __init__(self, ds: SegDataset, plan: Plan, cfg: ConfigPlan, train_ids: list[str], val_ids: list[str],
-                 seed: int, quiet: bool) -> None:
+                 seed: int, quiet: bool, init: tuple[Any, ...] | None = None) -> None:
         self.ds, self.plan, self.cfg, self.seed, self.quiet = ds, plan, cfg, seed, quiet
+        self.init = init  # (package, state, description) of a verified encoder package, or None: from scratch
         self.train_ids, self.val_ids = train_ids, val_ids
         self.n_classes = len(plan.labels)
         self.loss_fn = segmentation_loss(cfg.loss)
@@ -69,7 +71,10 @@ class SegTask(Task):
             self.val_batch = batch(val, vcfg, np.random.default_rng([self.seed, 17]), do_augment=False)
 
     def build_model(self) -> torch.nn.Module:
-        return build_model(self.cfg, len(self.plan.channels), self.n_classes)
+        model = build_model(self.cfg, len(self.plan.channels), self.n_classes)
+        if self.init is not None:  # a resumed run then loads its checkpoint over these weights
+            apply_encoder(model, *self.init, network=self.cfg.network)
+        return model
 
     def configure_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -102,8 +107,12 @@ class SegTask(Task):
 
 def train_fold(ds: SegDataset, plan: Plan, config: str, fold: int | str, model_dir: str | Path,
                train_ids: list[str], val_ids: list[str], seed: int = 0, epochs: int | None = None,
-               max_seconds: float | None = None, quiet: bool = False) -> dict[str, Any]:
+               max_seconds: float | None = None, quiet: bool = False, init: str | Path | None = None
+               ) -> dict[str, Any]:
     """Train (or resume) one fold; returns its summary and writes ``fold_K/model_final.pt`` when done.
+
+    ``init``: an encoder package (``medsight pretrain``) whose tensors replace the fresh network's before the first
+    epoch; it is verified, must fit the network, and its id becomes part of the checkpoint identity.
 
     Under ``torchrun`` (WORLD_SIZE > 1) every process runs this; the engine shards each batch and only rank 0
     writes files.
@@ -118,10 +127,16 @@ def train_fold(ds: SegDataset, plan: Plan, config: str, fold: int | str, model_d
     provenance = network_provenance(cfg.network)
     out = fold_dir(Path(model_dir), fold)
     out.mkdir(parents=True, exist_ok=True)
-    task = SegTask(ds, plan, cfg, train_ids, val_ids, seed, quiet)
+    loaded = load_encoder_package(init) if init is not None else None
+    task = SegTask(ds, plan, cfg, train_ids, val_ids, seed, quiet, loaded)
+    init_record = None
+    if loaded is not None:  # check the fit now: a one-line refusal before any data is prepared
+        init_record = apply_encoder(build_model(cfg, len(plan.channels), len(plan.labels)), *loaded,
+                                    network=cfg.network)
+    identity = {"plan_sha256": plan.sha256(), **({"init_package_id": loaded[0].id} if loaded else {})}
     engine = EngineConfig(epochs=epochs, seed=seed, fold=fold, max_seconds=max_seconds, lr_schedule="poly",
                           lr=cfg.learning_rate, grad_clip=GRAD_CLIP, out_dir=out, quiet=quiet or not dd.is_main(),
-                          name=f"train {config} fold {fold}", identity={"plan_sha256": plan.sha256()})
+                          name=f"train {config} fold {fold}", identity=identity)
     result = fit(task, engine)
     if result.start_epoch >= epochs and (out / "model_final.pt").is_file() and (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
@@ -135,6 +150,8 @@ def train_fold(ds: SegDataset, plan: Plan, config: str, fold: int | str, model_d
                "final_loss": history[-1]["loss"] if history else None,
                "final_val_dice": history[-1].get("val_dice") if history else None,
                "train_seconds_this_run": round(result.seconds, 1)}
+    if init_record is not None:
+        summary["init"] = init_record
     if result.energy:
         summary["energy"] = result.energy
     if dd.is_main():
