@@ -133,11 +133,11 @@ def main() -> None:
     md = table(results, a, load0, load1, time.perf_counter() - t0)
     print(md)
     if not a.no_record:
-        record_section(f"robustness ({a.recipe} recipe{', reduced' if a.reduced else ''})", md)
+        record_section(f"robustness-{a.recipe}{'-reduced' if a.reduced else ''}", md)
 
 
 def table(results: list[dict], a: argparse.Namespace, load0: tuple, load1: tuple, wall: float) -> str:
-    lines = [machine_line(), "",
+    lines = [f"## Robustness: the demo classifier over seeds and thread counts ({a.recipe} recipe)", "", machine_line(), "",
              f"Command: `python benchmarks/bench_robustness.py --seeds {' '.join(map(str, a.seeds))} --threads "
              f"{' '.join(map(str, a.threads))} --recipe {a.recipe}" + (f" --epochs {a.epochs}" if a.epochs else "")
              + (f" --reduced {a.reduced}" if a.reduced else "") + f" --jobs {a.jobs}`", "",
