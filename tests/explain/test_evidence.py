@@ -176,8 +176,9 @@ def test_measured_lesions_against_brute_force() -> None:
     rows = lesion_table.measure(mask, g)
     assert [r["lesion_id"] for r in rows] == [1, 2]
     assert rows[0]["volume_ml"] == pytest.approx(60 * 6 / 1000)
-    assert rows[0]["longest_diameter_mm"] == pytest.approx(np.sqrt(2 ** 2 + 6 ** 2 + 12 ** 2))
-    assert rows[1]["longest_diameter_mm"] == 0.0 and rows[1]["volume_ml"] == pytest.approx(0.006)
+    # outer corner to outer corner of the 3 x 4 x 5 voxel box (1 x 2 x 3 mm voxels); a lone voxel: its diagonal
+    assert rows[0]["longest_diameter_mm"] == pytest.approx(np.sqrt(3 ** 2 + 8 ** 2 + 15 ** 2))
+    assert rows[1]["longest_diameter_mm"] == pytest.approx(np.sqrt(1 + 4 + 9)) and rows[1]["volume_ml"] == pytest.approx(0.006)
     np.testing.assert_allclose(rows[0]["centroid"], (2.0, 3.5 * 2, 5.0 * 3))
 
 

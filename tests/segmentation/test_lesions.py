@@ -45,8 +45,9 @@ def test_box_lesion_volume_diameter_centroid_in_world_space() -> None:
     assert np.array_equal(out, labels) and len(table.rows) == 1
     row = table.rows[0]
     assert row["volume_ml"] == pytest.approx(24 * 0.5 * 2.0 * 3.0 / 1000)
-    # corner-to-corner distance between voxel centres; a rotation does not change lengths
-    diagonal = np.sqrt((3 * 0.5) ** 2 + (2 * 2.0) ** 2 + (1 * 3.0) ** 2)
+    # caliper (Feret) diameter of the voxel boxes: the box's outer corner-to-corner diagonal, 4 x 3 x 2 voxels of
+    # 0.5 x 2 x 3 mm; a rotation does not change lengths
+    diagonal = np.sqrt((4 * 0.5) ** 2 + (3 * 2.0) ** 2 + (2 * 3.0) ** 2)
     assert row["longest_diameter_mm"] == pytest.approx(diagonal, abs=1e-3)
     centre_index = np.array([3.5, 4.0, 1.5])
     want = np.asarray(ORIGIN) + GEOM.direction_matrix @ (np.asarray(SPACING) * centre_index)
@@ -57,14 +58,27 @@ def test_box_lesion_volume_diameter_centroid_in_world_space() -> None:
     assert row["mean_entropy"] == pytest.approx((23 * ent(0.9) + ent(0.3)) / 24, abs=1e-4)
 
 
-def test_longest_diameter_of_a_ball_matches_all_pairs() -> None:
+def test_longest_diameter_of_a_ball_matches_all_corner_pairs() -> None:
     idx = np.indices((15, 13, 9)).reshape(3, -1).T
     world = GEOM.index_to_world(idx.astype(float)).reshape(15, 13, 9, 3)
     centre = world[7, 6, 4]
     mask = np.linalg.norm(world - centre, axis=-1) <= 9.0
-    pts = world[mask]
-    brute = max(np.linalg.norm(a - b) for a, b in itertools.combinations(pts, 2))
+    offsets = np.array(list(itertools.product((-0.5, 0.5), repeat=3)))
+    corners = GEOM.index_to_world((np.argwhere(mask)[:, None, :] + offsets).reshape(-1, 3))
+    brute = max(np.linalg.norm(a - b) for a, b in itertools.combinations(np.unique(corners, axis=0), 2))
     assert longest_diameter_mm(mask, GEOM) == pytest.approx(brute, rel=1e-9)
+
+
+def test_one_voxel_and_one_row_measure_their_voxel_extent() -> None:
+    """A one-voxel lesion is its voxel's diagonal long (not 0 mm); a row of n voxels along an axis is n voxels
+    long in-plane, plus the other two edges: sqrt((n s0)^2 + s1^2 + s2^2)."""
+    one = np.zeros((5, 5, 5), bool)
+    one[2, 2, 2] = True
+    assert longest_diameter_mm(one, GEOM) == pytest.approx(np.sqrt(0.5 ** 2 + 2.0 ** 2 + 3.0 ** 2))
+    row = np.zeros((12, 5, 5), bool)
+    row[1:9, 2, 2] = True  # 8 voxels along the 0.5 mm axis
+    assert longest_diameter_mm(row, GEOM) == pytest.approx(np.sqrt(4.0 ** 2 + 2.0 ** 2 + 3.0 ** 2))
+    assert longest_diameter_mm(np.zeros((3, 3, 3), bool), GEOM) == 0.0
 
 
 def test_small_lesions_dropped_and_counted_and_low_confidence_referred() -> None:

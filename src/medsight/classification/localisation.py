@@ -8,16 +8,33 @@ import torch
 from torch import nn
 
 
+KINDS = ("dense", "inside")
+
+
 class Localisation:
     """Scores the model's lesion-mask prediction during training (mask supervision where masks are known).
 
     For an evidence-map model the supervised map is the evidence map of the first output itself (captured at
     ``head``): the map whose maximum is the logit learns where the finding is, not only that it is there. For
-    other models a 1x1 auxiliary head on ``layer`` predicts the mask from that layer's features."""
+    other models a 1x1 auxiliary head on ``layer`` predicts the mask from that layer's features.
 
-    def __init__(self, model: nn.Module, layer: str) -> None:
-        self.model, self.features = model, None
+    ``kind``: ``dense`` scores every cell against its mask coverage (binary cross-entropy); on the demo slices it
+    drove the whole map to "no lesion anywhere" (a lesion covers ~1% of the cells). ``inside`` (evidence maps
+    only) is the image-level loss restricted to the finding: the evidence map pooled as the model pools it (the
+    same log-sum-exp) but over the finding's cells only, weighted by their coverage, must say "positive". It
+    sends the positive gradient to the lesion's cells from the first step, instead of spreading it over all
+    576 cells until the network happens to find them (the plateau at the prior that made the demo classifier
+    fail on some thread counts), and it never pushes a cell down, which the image-level loss already does."""
+
+    def __init__(self, model: nn.Module, layer: str, kind: str = "dense") -> None:
+        from medsight.errors import ConfigError
+
+        if kind not in KINDS:
+            raise ConfigError(f"mask loss must be one of {', '.join(KINDS)}, got {kind!r}")
+        self.model, self.features, self.kind = model, None, kind
         self.direct = bool(getattr(model, "evidence_map", False))
+        if kind == "inside" and not self.direct:
+            raise ConfigError("the 'inside' mask loss needs an evidence-map backbone (e.g. resnet10-slim-evidence)")
         self.layer = "head" if self.direct else layer
         dict(model.named_modules())[self.layer].register_forward_hook(self._keep)
 
@@ -27,21 +44,45 @@ class Localisation:
     def loss(self, masks: torch.Tensor) -> torch.Tensor:
         logits = self.features[:, :1] if self.direct else self.model.aux_head(self.features)
         pool = nn.functional.adaptive_avg_pool2d if logits.ndim == 4 else nn.functional.adaptive_avg_pool3d
-        return nn.functional.binary_cross_entropy_with_logits(logits, pool(masks, logits.shape[2:]))
+        cover = pool(masks, logits.shape[2:])
+        if self.kind == "inside":
+            return inside_loss(logits, cover, float(self.model.evidence_sharpness))
+        return nn.functional.binary_cross_entropy_with_logits(logits, cover)
 
     def describe(self, weight: float) -> dict[str, Any]:
         if self.direct:
-            return {"layer": "head", "evidence_map_output": 0, "weight": weight}
+            return {"layer": "head", "evidence_map_output": 0, "weight": weight, "kind": self.kind}
         return {"layer": self.layer, "channels": int(self.model.aux_head.in_channels), "weight": weight}
 
 
-def attach_localisation(model: nn.Module, layer: str, size: tuple[int, ...], dims: int) -> Localisation:
+def inside_loss(evidence: torch.Tensor, cover: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """Binary cross-entropy (target 1) of the evidence pooled over the finding's cells only, for the images that
+    have one: (log sum_i w_i exp(r e_i) - log sum_i w_i) / r with w = the cells' mask coverage (the model's own
+    log-sum-exp pooling, restricted and weighted; the weighted mean when r = 0 would be degenerate, so the hard
+    maximum over covered cells is used then). Zero (with a gradient path) when no image in the batch has one."""
+    e, w = evidence.flatten(1), cover.flatten(1)
+    has = w.sum(1) > 0
+    if not bool(has.any()):
+        return evidence.sum() * 0.0
+    e, w = e[has], w[has]
+    if sharpness > 0:
+        scored = torch.where(w > 0, sharpness * e + torch.log(w.clamp_min(1e-12)), torch.full_like(e, -torch.inf))
+        pooled = (torch.logsumexp(scored, 1) - torch.log(w.sum(1))) / sharpness
+    else:
+        pooled = torch.where(w > 0, e, torch.full_like(e, -torch.inf)).amax(1)
+    return nn.functional.binary_cross_entropy_with_logits(pooled, torch.ones_like(pooled))
+
+
+def attach_localisation(model: nn.Module, layer: str, size: tuple[int, ...], dims: int,
+                        kind: str = "dense") -> Localisation:
     """Mask supervision: on the evidence map itself, or through a new 1x1 mask head on ``layer`` (its channel
     count found by one probe pass)."""
     from medsight.nets.backbones import get_layer
 
     if getattr(model, "evidence_map", False):
-        return Localisation(model, layer)
+        return Localisation(model, layer, kind)
+    if kind != "dense":
+        return Localisation(model, layer, kind)  # refuses with a clear message
     seen: list[torch.Tensor] = []
     handle = get_layer(model, layer).register_forward_hook(lambda m, i, o: seen.append(o))
     model.eval()

@@ -48,8 +48,11 @@ def validation_predictions(bundle: ClassifierBundle, batch_size: int = 64) -> di
 
 def package_classifier(train_dir: str | Path, out_dir: str | Path, *, name: str,
                        energy: dict[str, Any] | None = None, registry_url: str | None = None,
-                       register: bool = True) -> Package:
-    """Add validation predictions (and energy) to a training folder's files and save them as a package."""
+                       register: bool = True, force: bool = False) -> Package:
+    """Add validation predictions (and energy) to a training folder's files and save them as a package.
+
+    A model that missed its own validation target (``config.json`` ``validation.target``) is saved with
+    ``below_target`` in its manifest, which keeps it out of the registry (no serving candidate) unless ``force``."""
     bundle = load_classifier(train_dir, unpackaged=True)  # the fresh training folder this packages
     # Named with the owner tag so that a rerun after a kill sweeps it (an untagged ".cls-package-*" folder
     # left by a kill during packaging was never removed: the kill test's "staging folder was left").
@@ -68,8 +71,13 @@ def package_classifier(train_dir: str | Path, out_dir: str | Path, *, name: str,
                  "backbone": cfg.get("backbone"), "labels": cfg.get("labels"),
                  **({"init": [cfg["initial_encoder"]]} if cfg.get("initial_encoder") else {}),
                  **({"energy_kwh": energy["kwh"], "energy_method": energy["method"]} if energy else {})}
+        target = (cfg.get("validation") or {}).get("target")
+        if target is not None:
+            extra["validation_target"] = target
+            if not target.get("met"):
+                extra["below_target"] = target["text"]
         return save_package(work, out_dir, task="classification", name=name, extra=extra, register=register,
-                            registry_url=registry_url)
+                            registry_url=registry_url, force=force)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -56,13 +56,18 @@ def _size(value: str | None) -> tuple[int, ...] | None:
 @click.option("--name", default=None, help="Registry name of the model package (default: the --out folder's name).")
 @click.option("--init", "init", default=None, help="Start from this encoder package (`medsight pretrain --backbone`): "
               "verified, must fit the backbone; its id is recorded in the model's config, manifest and card.")
+@click.option("--validation-target", type=float, default=None,
+              help="Mean validation AUC the model must reach; a model below it is marked 'below target' in its "
+              "package and card and is not registered as a serving candidate (unless --force).")
+@click.option("--force", is_flag=True, help="Register the package even when it is below its validation target.")
 @click.pass_context
 @audited("train-cls", inputs=("manifest",), outputs=("out_dir",))
 def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[str, ...], task: str | None,
               backbone: str, input_size: str | None, epochs: int, batch_size: int, lr: float, loss: str,
               focal_gamma: float, weighted_sampling: bool, target_sensitivity: float, val_fraction: float,
               weights: Path | None, freeze: bool, mask_weight: float, carvemix: float, time_budget: float | None,
-              seed: int, name: str | None, init: str | None) -> None:
+              seed: int, name: str | None, init: str | None, validation_target: float | None,
+              force: bool) -> None:
     """Train an image classifier from MANIFEST.csv (columns image, patient_id, site, label columns[, split]).
 
     The whole manifest is checked first (missing files, label values, a patient in two splits); the split is
@@ -84,7 +89,7 @@ def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[s
                       target_sensitivity=target_sensitivity, val_fraction=val_fraction, seed=seed,
                       weights=str(weights) if weights else None, mode="frozen" if freeze else "finetune",
                       time_budget_s=time_budget, labels=list(labels) or None, task=task, mask_weight=mask_weight,
-                      carvemix=carvemix, init=init)
+                      carvemix=carvemix, init=init, validation_target=validation_target)
     check_target(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(out_dir)  # a killed run's training folder and package staging beside --out
@@ -92,13 +97,19 @@ def train_cls(ctx: click.Context, manifest: Path, out_dir: Path, labels: tuple[s
     try:
         with EnergyMeter() as meter:
             result = train_classifier(manifest, work / "model", cfg, quiet=quiet)
-        pkg = package_classifier(work / "model", out_dir, name=name or out_dir.resolve().name, energy=meter.record())
+        pkg = package_classifier(work / "model", out_dir, name=name or out_dir.resolve().name, energy=meter.record(),
+                                 force=force)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     current_event().package(pkg)
     result.update(model_dir=str(out_dir), package={"name": pkg.name, "version": pkg.version, "id": pkg.id,
                                                    "status": pkg.status})
     click.echo(json.dumps(result, indent=2))
+    if pkg.extra.get("below_target"):
+        click.secho(f"BELOW TARGET: {pkg.extra['below_target']}; "
+                    + ("registered anyway (--force)" if pkg.version is not None else
+                       "the package was written but not registered as a serving candidate (--force registers it)"),
+                    fg="red", err=True)
 
 
 @click.command("predict-cls")

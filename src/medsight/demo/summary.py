@@ -47,6 +47,10 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def is_below_target(value: str) -> bool:
+    return value.startswith("below target")
+
+
 def print_table(results: Mapping[str, Any]) -> None:
     """Render the rows with rich (stage names shown once per block)."""
     from rich.console import Console
@@ -60,7 +64,9 @@ def print_table(results: Mapping[str, Any]) -> None:
     table.add_column("value", style="cyan", overflow="fold")
     last = None
     for stage, key, value in rows(results):
-        table.add_row(stage if stage != last else "", key, value, end_section=False)
+        # a model that missed its own validation target is a red line, not one figure among others
+        table.add_row(stage if stage != last else "", key, value, end_section=False,
+                      style="bold red" if is_below_target(value) else None)
         last = stage
     # a log file or pipe gets a fixed width wide enough for the longest figure names (rich would pick 80)
     Console(width=None if sys.stdout.isatty() else 132).print(table)

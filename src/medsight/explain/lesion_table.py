@@ -3,8 +3,9 @@ listed lesion's connected component, so the id drawn beside an outline is the id
 
 The table is taken as given (list of dicts or a DataFrame with ``lesion_id``, ``volume_ml``,
 ``longest_diameter_mm`` and, ideally, a centroid in LPS mm). Only when a prediction comes without one do we
-measure components here (volume = voxels x voxel volume; longest diameter = the largest distance between two
-voxel centres of the component, in world mm) and say so in the caption.
+measure components here (volume = voxels x voxel volume; longest diameter = the maximum Feret diameter of the
+component's voxels, in world mm, as ``medsight.metrics.diameter`` and the segmentation's own table measure it) and
+say so in the caption.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
-from scipy.spatial.distance import pdist
 
 from medsight.image import Geometry
+from medsight.metrics.diameter import longest_diameter_mm
 
 STRUCTURE_3D = np.ones((3, 3, 3), bool)  # 26-connectivity: voxels touching at a corner are one lesion
 
@@ -93,19 +93,8 @@ def measure(mask: np.ndarray, geometry: Geometry) -> list[dict[str, Any]]:
     for comp, sl in enumerate(ndimage.find_objects(labelled), start=1):
         pts = np.argwhere(labelled[sl] == comp) + np.array([s.start for s in sl])
         world = geometry.index_to_world(pts)
-        rows.append({"volume_ml": len(pts) * voxel_ml, "longest_diameter_mm": _longest(world),
+        rows.append({"volume_ml": len(pts) * voxel_ml,  # a diameter does not depend on the origin: the crop will do
+                     "longest_diameter_mm": longest_diameter_mm(labelled[sl] == comp, geometry),
                      "centroid": tuple(float(v) for v in world.mean(axis=0))})
     rows.sort(key=lambda r: (-r["volume_ml"], r["centroid"]))
     return [{"lesion_id": i, **r} for i, r in enumerate(rows, start=1)]
-
-
-def _longest(points: np.ndarray) -> float:
-    """Largest distance between two points: over the convex hull's vertices when there are many."""
-    if len(points) < 2:
-        return 0.0
-    if len(points) > 200:
-        try:
-            points = points[ConvexHull(points).vertices]
-        except QhullError:  # flat (one slice): a joggled hull still picks real points
-            points = points[ConvexHull(points, qhull_options="QJ").vertices]
-    return float(pdist(points).max()) if len(points) <= 4000 else float(pdist(points[:: len(points) // 4000 + 1]).max())

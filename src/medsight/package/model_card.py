@@ -72,6 +72,9 @@ class ModelCard:
         """A Markdown document with one section per field that has content."""
         title = f"# Model card: {self.name or 'unnamed model'}" + (f" ({self.version})" if self.version else "")
         out = [title, ""]
+        if self.extra.get("below_target"):
+            out += [f"> **BELOW TARGET** - this model missed its own validation target ({self.extra['below_target']}); "
+                    "it is not a serving candidate.", ""]
         if self.task:
             out += [f"**Task:** {self.task}", ""]
         for heading, text in (("Intended use", self.intended_use), ("Out-of-scope use", self.out_of_scope_use),
@@ -219,6 +222,8 @@ def build_model_card(doc: dict[str, Any], task: str, *, name: str, authored: dic
     if few:
         card.limitations.append("subgroups too small to estimate: " + ", ".join(few))
     card.extra["package_id"] = pkg.get("id")
+    if pkg.get("below_target"):
+        card.extra["below_target"] = pkg["below_target"]
     keep = ("kwh", "co2_kg", "seconds", "method", "measured")  # the record's headline; per-run detail stays in it
     card.extra["energy"] = ({k: energy[k] for k in keep if k in energy} if energy
                             else "not measured (no energy.json with the model)")

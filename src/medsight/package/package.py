@@ -164,8 +164,11 @@ def _keep_registered(dest: Path, registry_url: str | None, new_id: str) -> None:
 
 def save_package(src_dir: str | Path, dest_dir: str | Path, *, task: str, name: str, parent_id: str | None = None,
                  extra: dict[str, Any] | None = None, register: bool = True,
-                 registry_url: str | None = None) -> Package:
+                 registry_url: str | None = None, force: bool = False) -> Package:
     """Copy ``src_dir`` into the package ``dest_dir`` with a manifest, atomically, and register it.
+
+    A package whose ``extra`` says ``below_target`` (it missed its own validation target) is written but not
+    registered, so it never becomes a serving candidate, unless ``force``; versions derived from it inherit that.
 
     ``extra`` (JSON) lands in the manifest: ``data_fingerprint`` and ``metrics`` are what the registry shows.
     ``dest_dir`` may be an existing package (replaced as a unit; a registered version there is first kept at
@@ -197,6 +200,10 @@ def save_package(src_dir: str | Path, dest_dir: str | Path, *, task: str, name: 
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     pkg = Package(dest.resolve(), manifest)
+    if register and (extra or {}).get("below_target") and not force:
+        log.warning("model package %s is below target (%s): written to %s but not registered; --force registers it",
+                    name, extra["below_target"], dest)
+        register = False
     if register:
         from medsight.package.registry import Registry
 

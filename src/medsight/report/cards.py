@@ -36,7 +36,8 @@ def package_info(model_dir: Path, hashes: dict[str, str] | None = None) -> dict[
 
         pkg = load_package(model_dir, allow_retired=True)
         return {"id": pkg.id, "version": str(pkg.version) if pkg.version is not None else "unregistered",
-                "name": pkg.name}
+                "name": pkg.name, **({"below_target": pkg.extra["below_target"]}
+                                     if pkg.extra.get("below_target") else {})}
     text = json.dumps(sorted((hashes or {}).items()))
     return {"id": "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16] + " (unregistered: file hashes)",
             "version": "unregistered"}

@@ -8,8 +8,8 @@ Rules (docs/segmentation.md "lesions.csv"):
 - lesions are connected components of the predicted lesion label, full connectivity (as medsight.metrics.lesions);
 - components smaller than the plan's ``min_lesion_volume_ml`` are dropped: their voxels take the most probable
   other class in the label map, and the number and total volume dropped are reported;
-- longest diameter = largest distance between the centres of two surface voxels, in world mm (direction and
-  spacing applied), so a one-voxel lesion measures 0 mm;
+- longest diameter = the maximum Feret (caliper) diameter of the lesion's voxels taken as boxes, in world mm
+  (``medsight.metrics.diameter``): a row of n voxels measures n voxels, a one-voxel lesion its voxel's diagonal;
 - refer when the safety layer's ``ReferralPolicy`` (``lesion_referral.json`` in the model folder, else the plan's
   defaults) flags ``low_confidence`` = 1 - mean lesion probability or ``high_uncertainty`` = mean entropy (nats).
 """
@@ -25,16 +25,15 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial.distance import pdist
 
 from medsight.files import atomic_write_text
 from medsight.image import Geometry
+from medsight.metrics.diameter import longest_diameter_mm
 from medsight.metrics.lesions import components
 from medsight.safety.referral import ReferralPolicy
 
 COLUMNS = ("lesion_id", "label", "volume_ml", "n_voxels", "longest_diameter_mm", "centroid_l_mm", "centroid_p_mm",
            "centroid_s_mm", "mean_probability", "max_probability", "mean_entropy", "decision", "reasons")
-HULL_FROM = 64  # above this many surface points, take the convex hull's vertices first (same maximum, far fewer pairs)
 
 
 @dataclass
@@ -57,23 +56,6 @@ class LesionTable:
         return {"n_lesions": len(self.rows), "total_volume_ml": float(sum(r["volume_ml"] for r in self.rows)),
                 "n_referred": sum(1 for r in self.rows if r["decision"] == "refer"), "n_dropped": self.n_dropped,
                 "dropped_volume_ml": self.dropped_volume_ml, "min_volume_ml": self.min_volume_ml}
-
-
-def longest_diameter_mm(mask: np.ndarray, geometry: Geometry) -> float:
-    """Largest distance between two surface-voxel centres of ``mask``, in world mm."""
-    m = np.asarray(mask, dtype=bool)
-    surface = m & ~ndimage.binary_erosion(m, border_value=0)
-    pts = geometry.index_to_world(np.argwhere(surface).astype(float))
-    if len(pts) < 2:
-        return 0.0
-    if len(pts) > HULL_FROM:
-        from scipy.spatial import ConvexHull, QhullError
-
-        try:
-            pts = pts[ConvexHull(pts).vertices]
-        except (QhullError, ValueError):  # flat or degenerate lesion: every point is on the hull anyway
-            pass
-    return float(pdist(pts).max())
 
 
 def default_policy(plan_postprocess: Mapping[str, Any]) -> ReferralPolicy:
