@@ -153,6 +153,16 @@ def _create_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def _refuse_non_sqlite(path: Path, shown: str) -> None:
+    """A file that exists but is not a SQLite database is refused before anything (a lock file) is written
+    beside it: it is a user's mistake (a wrong path), not a log to initialise."""
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                raise ConfigError(f"{shown} is not an audit log (not a SQLite database); check --audit / "
+                                  "MEDSIGHT_AUDIT_URL")
+
+
 class AuditLog:
     """The audit log at ``url`` (SQLAlchemy URL or a file path; None -> ``default_url()``)."""
 
@@ -169,6 +179,8 @@ class AuditLog:
         # SQLite's busy handler polls with sleeps of up to 100 ms; a blocking file lock beside the database wakes
         # the next writer the moment the previous one commits (BEGIN IMMEDIATE still guards other clients)
         self._lock_path = f"{database}.lock" if database and database != ":memory:" else None
+        if database and database != ":memory:":
+            _refuse_non_sqlite(Path(database), self._safe_url())
         # First use creates the file, switches it to WAL and creates the tables: several processes doing that at
         # the same instant got "database is locked" (SQLite does not wait on a lock upgrade inside CREATE TABLE),
         # so creation is serialised by the same file lock as appends.
