@@ -191,7 +191,7 @@ def build_slide_set(out_dir: str | Path, n_patients: int = 12, slides_per_patien
         gj = None
         if ring is not None:
             gj = write_features(out_dir / "annotations" / f"{sid}_tumour.geojson",
-                                [feature([ring], "Tumor", (200, 0, 0), simulated=True)])
+                                [feature([[ring]], "Tumor", (200, 0, 0), simulated=True)])
         made.append(SimulatedSlide(sid, path, f"P{i // slides_per_patient:03d}", int(labels[i]), gj))
     rows: list[dict[str, Any]] = [{"slide_id": s.slide_id, "path": str(s.path.relative_to(out_dir)),
                                    "patient_id": s.patient_id, "label": s.label,
