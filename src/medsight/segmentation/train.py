@@ -162,11 +162,16 @@ def fold_mirror_study(model: torch.nn.Module, ds: SegDataset, plan: Plan, cfg: C
     ids = sorted(val_ids)[:n_cases]
     if not ids or not cfg.mirror_axes:
         return None
+    from medsight.segmentation.runtime import choose_runtime
+
     net = copy.deepcopy(model).cpu().eval()
     cases = [(pre.image, pre.label) for pre in (preprocess_case(ds.case(c), plan, cfg) for c in ids)]
+    channels = len(plan.channels) * (2 * cfg.context_slices + 1 if cfg.spatial_dims == 2 else 1)
+    forward, _ = choose_runtime(net, torch.randn(1, channels, *cfg.patch_size,
+                                                 generator=torch.Generator().manual_seed(0)))  # as predict runs
 
     def probabilities(image: np.ndarray, combos: list[tuple[int, ...]]) -> np.ndarray:
-        return plan_grid_probabilities([net], image, cfg, [], combos=combos)[0].numpy()
+        return plan_grid_probabilities([forward], image, cfg, [], combos=combos, window_batch=1)[0].numpy()
 
     study = mirror_study(probabilities, cases, cfg.mirror_axes, len(plan.labels))
     log.info("mirror study on %d validation cases: Dice gain by axis %s -> mirror %s", study["n_cases"],
