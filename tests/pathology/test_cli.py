@@ -46,14 +46,20 @@ def test_missing_mpp_exits_2_and_given_mpp_is_recorded(capsys, no_mpp_tiff: Path
 
 
 @pytest.mark.slow
-def test_tile_features_train_predict(capsys, tmp_path: Path) -> None:  # noqa: ANN001
+def test_tile_features_train_predict(capsys, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     from medsight.synthetic.slides import build_slide_set
 
     made = build_slide_set(tmp_path / "data", n_patients=4, slides_per_patient=2, seed=3, piece=760,
                            progress=False)
     tiles = tmp_path / "tiles"
-    _run(capsys, "-q", "wsi", "tile", *[str(m.path) for m in made], "--out", str(tiles), "--tile-mpp", "2",
-         "--size", "64")
+    monkeypatch.chdir(tmp_path)  # slides named by relative paths, as a user types them
+    _run(capsys, "-q", "wsi", "tile", *[str(m.path.relative_to(tmp_path)) for m in made], "--out", "tiles",
+         "--tile-mpp", "2", "--size", "64")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # later steps from another working directory still find the slides
+    manifest = json.loads((tiles / made[0].slide_id / "tiles.json").read_text())
+    assert Path(manifest["slide"]["path"]) == made[0].path.resolve()
+    assert manifest["slide"]["relative_path"] == f"../../data/slides/{made[0].slide_id}.tif"
     out, _ = _run(capsys, "-q", "wsi", "features", str(tiles), "--batch", "64")
     assert out.count("(extracted)") == len(made)
     out, _ = _run(capsys, "-q", "wsi", "features", str(tiles))

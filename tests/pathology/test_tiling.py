@@ -62,16 +62,35 @@ def test_tiling_hash_is_stable_and_sensitive(real_svs: Path, tmp_path: Path) -> 
     assert again["status"] == "resumed" and again["tiling_hash"] == a["tiling_hash"]
     other = tile_slides([real_svs], tmp_path / "c", replace(params, overlap=0), progress=False)[0]
     assert other["tiling_hash"] != a["tiling_hash"]
-    manifest = tmp_path / "a" / "cmu_small_region" / MANIFEST
+    manifest = tmp_path / "a" / real_svs.stem / MANIFEST
     d = json.loads(manifest.read_text())
     assert d["n_tiles"] == len(d["tiles"]) == a["n_tiles"] and d["slide"]["mpp_source"] == "file"
     d["tiles"][0][0] += 1
     manifest.write_text(json.dumps(d))
     with pytest.raises(DatasetError, match="tiling_hash"):
         load_tiling(manifest)
-    assert (tmp_path / "a" / "cmu_small_region" / "tissue.geojson").exists()
+    assert (tmp_path / "a" / real_svs.stem / "tissue.geojson").exists()
 
 
 def test_finer_tiles_than_the_slide_are_refused(real_svs: Path) -> None:
     with open_slide(real_svs) as s, pytest.raises(ConfigError, match="finer"):
         tile_slide(s, TilingParams(mpp=0.25))
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_tiles_read_as_row_regions_equal_one_read_per_tile(real_svs: Path, backend: str, tmp_path: Path) -> None:
+    """read_tiles_mpp cuts neighbouring tiles out of one region read; the pixels are read_region_mpp's exactly,
+    on the real SVS (one level) and on a pyramid read from levels 1-3."""
+    from medsight.synthetic.slides import load_source, make_slide, write_pyramid
+
+    img, _ = make_slide(load_source(), np.random.default_rng(0), False, 600)
+    pyramid = write_pyramid(tmp_path / "p.tif", img, 0.499)
+    for path, settings in ((real_svs, ((1.0, 224), (0.499, 112), (4.0, 64))), (pyramid, ((1.0, 64), (2.0, 32)))):
+        with open_slide(path, backend=backend) as s:
+            for mpp, size in settings:
+                tiling, _ = tile_slide(s, TilingParams(mpp=mpp, size=size, min_tissue=0.1), sha="-")
+                assert len(tiling.boxes) > 1
+                one_by_one = [s.read_region_mpp(int(x), int(y), mpp, size, size) for x, y, _, _ in tiling.boxes]
+                merged = list(s.read_tiles_mpp(tiling.boxes, mpp, size))
+                assert len(merged) == len(one_by_one)
+                assert all(np.array_equal(a, b) for a, b in zip(one_by_one, merged))

@@ -9,6 +9,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from medsight.cli.main import cli
+from medsight.errors import ConfigError
 from medsight.synthetic.toy import make_toy_dataset
 
 
@@ -29,6 +30,21 @@ def test_plan_train_predict_on_msd_dataset(tmp_path):
     assert list((training / "fold_0/tensorboard").glob("events.out.tfevents.*"))
     log = [json.loads(x) for x in (training / "fold_0/log.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in log] == [0, 1, 2, 3] and log[-1]["loss"] < log[0]["loss"]
+
+    # the fold measured each mirror axis on its validation cases; the package records the choice, predict uses it
+    study = json.loads((model / "fold_0/summary.json").read_text())["mirror_study"]
+    assert set(study["gain_by_axis"]) == {"0", "1", "2"} and study["n_cases"] >= 1
+    choice = json.loads((model / "inference.json").read_text())
+    assert choice["mirror_axes"] == study["chosen"] == sorted(
+        int(a) for a, g in study["gain_by_axis"].items() if g >= choice["min_gain"])
+    from medsight.segmentation.predict import Predictor
+
+    assert Predictor(model, runtime="torch").mirror_axes == choice["mirror_axes"]
+    assert Predictor(model, mirror_axes="all", runtime="torch").mirror_axes == [0, 1, 2]
+    assert Predictor(model, mirror=False, runtime="torch").mirror_axes == []
+    r = runner.invoke(cli, ["-q", "predict", str(model), str(root / "imagesTr"), str(tmp_path / "x"),
+                            "--mirror-axes", "5"])
+    assert isinstance(r.exception, ConfigError) and "not axes of this plan" in str(r.exception)  # exit 2 in main
 
     out = tmp_path / "pred"
     r = runner.invoke(cli, ["-q", "predict", str(model), str(root / "imagesTr"), str(out), "--uncertainty",

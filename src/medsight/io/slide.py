@@ -13,6 +13,7 @@ wsidicom for DICOM files and folders. Every read returns an RGB ``uint8`` array 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,51 @@ class Slide:
         arr = self.read_region(x, y, level, w, h)
         return np.asarray(Image.fromarray(arr).resize((width, height), Image.Resampling.BOX))
 
+    def read_tiles_mpp(self, boxes: Any, mpp: float, size: int, max_run: int = 4096) -> Iterator[np.ndarray]:
+        """``read_region_mpp(x, y, mpp, size, size)`` for each level-0 box, in order, with the same pixels, but
+        neighbouring boxes of a row are read as one region (up to ``max_run`` level pixels wide) and cut in memory:
+        one library call and one decode of each shared JPEG tile instead of one per box."""
+        level, scale = self.level_for(mpp)
+        ds = self.levels[level].downsample
+        w = max(1, round(size * scale))
+        boxes = [(int(b[0]), int(b[1])) for b in boxes]
+        i = 0
+        while i < len(boxes):
+            x0, y0 = boxes[i]
+            j = i + 1
+            while j < len(boxes) and boxes[j][1] == y0 and 0 <= boxes[j][0] - boxes[j - 1][0] <= w * ds and \
+                    round(boxes[j][0] / ds) - round(x0 / ds) + w <= max_run:
+                j += 1
+            lx0 = round(x0 / ds)
+            region = self.read_region(x0, y0, level, round(boxes[j - 1][0] / ds) - lx0 + w, w)
+            for x, _ in boxes[i:j]:
+                cut = region[:, round(x / ds) - lx0:round(x / ds) - lx0 + w]
+                yield cut.copy() if abs(scale - 1) < 1e-6 else \
+                    np.asarray(Image.fromarray(cut).resize((size, size), Image.Resampling.BOX))
+            i = j
+
+    def _aligned_thumbnail(self) -> np.ndarray | None:
+        """The file's own thumbnail image when it shows exactly level 0 (same aspect within 0.5%): an extra,
+        coarse pyramid level that costs one small decode (Aperio SVS stores one; a single-level slide has no
+        other). None when absent or not aligned."""
+        if "thumbnail" not in self.associated or self.backend == "wsidicom":
+            return None
+        img = self.associated_image("thumbnail")
+        w, h = self.dimensions
+        if abs((img.shape[1] / img.shape[0]) / (w / h) - 1) > 0.005 or img.shape[1] >= w:
+            return None
+        return img
+
     def read_downsampled(self, mpp: float, strip: int = 2048) -> np.ndarray:
         """The whole slide at ``mpp`` (coarser than the slide), read in strips so memory stays bounded by the
-        output image plus one strip, whatever the size of level 0."""
+        output image plus one strip, whatever the size of level 0. When the file's aligned thumbnail is at least
+        as fine as ``mpp`` and finer than the coarsest pyramid level that is, it is the source (the right level)."""
+        level, scale = self.level_for(mpp)
+        thumb = self._aligned_thumbnail() if scale > 1.5 else None
+        if thumb is not None and self.mpp * self.dimensions[0] / thumb.shape[1] <= mpp * 1.001:
+            lv0 = self.levels[level]
+            out_w, out_h = max(1, math.floor(lv0.width / scale)), max(1, math.floor(lv0.height / scale))
+            return np.asarray(Image.fromarray(thumb).resize((out_w, out_h), Image.Resampling.BOX))
         level, scale = self.level_for(mpp)
         lv = self.levels[level]
         out_w, out_h = max(1, math.floor(lv.width / scale)), max(1, math.floor(lv.height / scale))
@@ -114,7 +157,16 @@ class Slide:
         return out
 
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
-        """RGB thumbnail whose longer side is at most ``max_size``; its mpp is ``thumbnail_mpp(max_size)``."""
+        """RGB thumbnail whose longer side is at most ``max_size`` (a display image: the file's aligned thumbnail
+        when its longer side is at least half of ``max_size``, else read from the pyramid at
+        ``thumbnail_mpp(max_size)``). Callers take its scale from its shape."""
+        thumb = self._aligned_thumbnail()
+        if thumb is not None and 2 * max(thumb.shape[:2]) >= max_size:
+            if max(thumb.shape[:2]) <= max_size:
+                return thumb
+            f = max_size / max(thumb.shape[:2])
+            return np.asarray(Image.fromarray(thumb).resize((max(1, int(thumb.shape[1] * f)),
+                                                             max(1, int(thumb.shape[0] * f))), Image.Resampling.BOX))
         return self.read_downsampled(self.thumbnail_mpp(max_size))
 
     def thumbnail_mpp(self, max_size: int) -> float:
@@ -161,6 +213,8 @@ def _to_rgb(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.shape[2] == 4:
+        if arr[..., 3].min() == 255:  # fully opaque (nearly every tissue read): no compositing arithmetic
+            return np.ascontiguousarray(arr[..., :3])
         alpha = arr[..., 3:4].astype(np.uint16)
         rgb = (arr[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha)) // 255
         return rgb.astype(np.uint8)

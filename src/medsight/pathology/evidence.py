@@ -23,7 +23,8 @@ THUMB_SIDE = 1024
 
 
 def _save_png(path: Path, img: Image.Image) -> Path:
-    atomic_write_with(path, lambda tmp: img.save(tmp, format="PNG"), suffix=".png")
+    """PNG at zlib level 1: lossless all the same, files ~10% larger, written several times faster."""
+    atomic_write_with(path, lambda tmp: img.save(tmp, format="PNG", compress_level=1), suffix=".png")
     return path
 
 
@@ -36,9 +37,9 @@ def save_tissue_outputs(slide: Slide, tiling: Any, mask: TissueMask, out_dir: Pa
     for x, y, w, h in tiling.boxes:
         draw.rectangle([x / scale, y / scale, (x + w) / scale, (y + h) / scale], outline=(0, 110, 255))
     paths = {"thumbnail": _save_png(out_dir / "thumbnail.png", img)}
-    rings = mask_to_polygons(mask.mask, mask.scale)
+    polygons = mask_to_polygons(mask.mask, mask.scale)
     paths["tissue_geojson"] = write_features(out_dir / "tissue.geojson", [
-        feature(rings, "Tissue", (0, 160, 0), threshold=round(mask.threshold, 4))])
+        feature(polygons, "Tissue", (0, 160, 0), threshold=round(mask.threshold, 4))])
     return paths
 
 
@@ -94,7 +95,7 @@ def write_attention_evidence(slide: Slide, boxes: np.ndarray, attention: np.ndar
     hot = heat_canvas(boxes, (rank >= np.sort(rank)[-n_top]).astype(float), thumb.shape[:2], scale) >= 0.5
     paths["geojson"] = write_features(out_dir / "attention.geojson", [
         feature(mask_to_polygons(hot, scale), "High attention", (255, 40, 40), top_share=top_share),
-        *[feature([[[b[0], b[1]], [b[0] + b[2], b[1]], [b[0] + b[2], b[1] + b[3]], [b[0], b[1] + b[3]],
-                    [b[0], b[1]]]], f"Top tile {t['rank']}", (255, 200, 0), attention=t["attention"])
+        *[feature([[[[b[0], b[1]], [b[0] + b[2], b[1]], [b[0] + b[2], b[1] + b[3]], [b[0], b[1] + b[3]],
+                     [b[0], b[1]]]]], f"Top tile {t['rank']}", (255, 200, 0), attention=t["attention"])
           for t in top for b in [t["box"]]]])
     return paths

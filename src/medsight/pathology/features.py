@@ -25,7 +25,7 @@ from medsight.errors import DatasetError, IntegrityError
 from medsight.files import atomic_write_with
 from medsight.io.slide import Slide, open_slide
 from medsight.nets.encoders import Encoder
-from medsight.pathology.tiling import MANIFEST, Tiling, load_tiling, slide_sha256
+from medsight.pathology.tiling import MANIFEST, Tiling, load_tiling, locate_slide, slide_sha256
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,9 @@ def load_features(path: str | Path) -> SlideFeatures:
 def iter_tile_batches(slide: Slide, tiling: Tiling, batch: int) -> Iterator[np.ndarray]:
     """(b, size, size, 3) uint8 batches of the tiling's tiles, in order, at the tiling's mpp."""
     p = tiling.params
+    tiles = slide.read_tiles_mpp(tiling.boxes, p.mpp, p.size)  # neighbours read as one region, cut in memory
     for i in range(0, len(tiling.boxes), batch):
-        yield np.stack([slide.read_region_mpp(int(x), int(y), p.mpp, p.size, p.size)
-                        for x, y, _, _ in tiling.boxes[i:i + batch]])
+        yield np.stack([next(tiles) for _ in tiling.boxes[i:i + batch]])
 
 
 def _prefetch(it: Iterator[np.ndarray], depth: int) -> Iterator[np.ndarray]:
@@ -143,7 +143,7 @@ def extract_dir(tiles_dir: str | Path, encoder: Encoder, out_dir: str | Path | N
                     old.encoder.get("weights_sha256") == encoder.provenance.get("weights_sha256"):
                 rows.append({"id": sid, "n_tiles": len(old.boxes), "status": "resumed"})
                 continue
-        path = Path(tiling.slide["path"])
+        path = locate_slide(tiling, m)
         if verify and slide_sha256(path) != tiling.slide["sha256"]:
             raise IntegrityError("slide changed since it was tiled (SHA-256 differs); tile it again", path)
         with open_slide(path, mpp=tiling.slide["mpp"] if tiling.slide["mpp_source"] == "user" else None) as slide:

@@ -19,26 +19,67 @@ from medsight.errors import DatasetError
 from medsight.files import atomic_write_text
 
 
+def _signed_area(ring: np.ndarray) -> float:
+    """Shoelace area of a closed (row, col) ring; its sign gives the winding."""
+    r, c = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(c[:-1], r[1:]) - np.dot(c[1:], r[:-1]))
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """A closed ring without the vertices that lie on a straight line between their neighbours (same shape)."""
+    pts = ring[:-1] if len(ring) > 1 and np.array_equal(ring[0], ring[-1]) else ring
+    if len(pts) < 4:
+        return ring
+    d_in, d_out = pts - np.roll(pts, 1, axis=0), np.roll(pts, -1, axis=0) - pts
+    keep = np.abs(d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]) > 1e-9
+    kept = pts[keep]
+    return np.vstack([kept, kept[:1]]) if len(kept) >= 3 else ring
+
+
 def mask_to_polygons(mask: np.ndarray, scale: float, min_points: int = 4,
-                     tolerance: float = 0.75) -> list[list[list[float]]]:
-    """Closed rings (level-0 coordinates) around each region of ``mask``; holes come out as rings too."""
+                     tolerance: float = 0.0) -> list[list[list[list[float]]]]:
+    """Polygons (level-0 coordinates) of the regions of ``mask``: each is its outer ring followed by its holes as
+    interior rings, as GeoJSON requires (a lumen is a hole in the tissue, not more tissue).
+
+    Contours are traced with the foreground on one side (skimage, ``positive_orientation="high"``), so an outer
+    boundary and a hole boundary wind in opposite directions; each hole goes to the smallest outer ring that holds
+    it (an island inside a hole is an outer ring of its own). By default the outline is exact at the mask's
+    resolution (only collinear vertices dropped); ``tolerance`` > 0 simplifies it further (Douglas-Peucker)."""
+    from matplotlib.path import Path as MplPath
+
     padded = np.pad(mask.astype(np.uint8), 1)
-    rings = []
-    for contour in measure.find_contours(padded, 0.5):
-        contour = measure.approximate_polygon(contour, tolerance)
+    outers, holes = [], []
+    for contour in measure.find_contours(padded, 0.5, positive_orientation="high"):
+        contour = _drop_collinear(contour)  # exact and vectorised: the simplifier then sees few points
+        if tolerance > 0 and len(contour) > min_points:
+            contour = measure.approximate_polygon(contour, tolerance)
         if len(contour) < min_points:
             continue
-        pts = [[round(float((c - 1 + 0.5) * scale), 1), round(float((r - 1 + 0.5) * scale), 1)] for r, c in contour]
-        if pts[0] != pts[-1]:
-            pts.append(pts[0])
-        rings.append(pts)
-    return rings
+        if not np.array_equal(contour[0], contour[-1]):
+            contour = np.vstack([contour, contour[:1]])
+        area = _signed_area(contour)
+        if area == 0:
+            continue
+        (outers if area < 0 else holes).append(contour)
+    polygons = [[o] for o in outers]
+    paths = [MplPath(o[:, ::-1]) for o in outers]
+    areas = [abs(_signed_area(o)) for o in outers]
+    for h in holes:
+        inside = [i for i, p in enumerate(paths) if areas[i] > abs(_signed_area(h))
+                  and p.contains_point(tuple(h[:-1, ::-1].mean(0)))]
+        if inside:
+            polygons[min(inside, key=lambda i: areas[i])].append(h)
+
+    def to_xy(ring: np.ndarray) -> list[list[float]]:
+        pts = [[round(float((c - 1 + 0.5) * scale), 1), round(float((r - 1 + 0.5) * scale), 1)] for r, c in ring]
+        return pts if pts[0] == pts[-1] else pts + [pts[0]]
+    return [[to_xy(r) for r in poly] for poly in polygons]
 
 
-def feature(rings: list[list[list[float]]], name: str, colour: tuple[int, int, int],
+def feature(polygons: list[list[list[list[float]]]], name: str, colour: tuple[int, int, int],
             **props: Any) -> dict[str, Any]:
-    """One QuPath annotation made of several polygons (each ring its own polygon; holes are drawn as outlines)."""
-    return {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [[r] for r in rings]},
+    """One QuPath annotation: a MultiPolygon whose polygons are [outer ring, hole rings...]."""
+    return {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [list(p) for p in polygons]},
             "properties": {"objectType": "annotation", "name": name,
                            "classification": {"name": name, "color": list(colour)}, **props}}
 

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsight.errors import ConfigError, DatasetError
+from medsight.errors import ConfigError, DatasetError, InputNotFoundError
 from medsight.files import atomic_write_text, atomic_write_with
 from medsight.io.slide import open_slide
 from medsight.pathology.evidence import write_attention_evidence
 from medsight.pathology.features import FEATURES, load_features
 from medsight.pathology.geojson import read_polygons
 from medsight.pathology.mil_train import load_mil_model
-from medsight.pathology.tiling import MANIFEST, load_tiling
+from medsight.pathology.tiling import MANIFEST, load_tiling, locate_slide
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,13 @@ def predict_slides(model: str | Path | Any, features_dir: str | Path, out_dir: s
                                "reasons": list(decision.reasons) if decision else [],
                                "tiling_hash": feats.tiling_hash}
         if evidence:
-            tiling = load_tiling(features_dir / sid / MANIFEST) if (features_dir / sid / MANIFEST).exists() else None
-            slide_path = Path(tiling.slide["path"]) if tiling else None
-            if slide_path is None or not slide_path.exists():
+            manifest = features_dir / sid / MANIFEST
+            tiling = load_tiling(manifest) if manifest.exists() else None
+            try:
+                slide_path = locate_slide(tiling, manifest) if tiling else None
+            except InputNotFoundError:
+                slide_path = None
+            if slide_path is None:
                 log.warning("%s: slide file not found, evidence without the slide image is skipped", sid)
             else:
                 mpp = tiling.slide["mpp"] if tiling.slide["mpp_source"] == "user" else None

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from medsight import __version__
-from medsight.errors import ConfigError, DatasetError
+from medsight.errors import ConfigError, DatasetError, InputNotFoundError
 from medsight.files import atomic_write_text, sha256_file
 from medsight.io.slide import Slide, open_slide
 from medsight.pathology.tissue import MASK_MPP, TissueMask, detect_tissue
@@ -77,7 +78,13 @@ class Tiling:
                 "tiles": [[*map(int, b), round(float(t), 4)] for b, t in zip(self.boxes, self.tissue)]}
 
     def save(self, path: str | Path) -> Path:
-        atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")))
+        """Write the manifest; the slide is recorded by absolute path and by path relative to the manifest's
+        folder, so later steps find it from any working directory, and after slides and tiles move together."""
+        d = self.to_dict()
+        slide_abs = Path(d["slide"]["path"]).resolve()
+        d["slide"] = {**d["slide"], "path": str(slide_abs),
+                      "relative_path": os.path.relpath(slide_abs, Path(path).resolve().parent)}
+        atomic_write_text(path, json.dumps(d, separators=(",", ":")))
         return Path(path)
 
 
@@ -154,6 +161,19 @@ def load_tiling(path: str | Path) -> Tiling:
     if t.tiling_hash != d["tiling_hash"]:
         raise DatasetError("tiling manifest was edited: its tiles no longer match its tiling_hash; tile again", path)
     return t
+
+
+def locate_slide(tiling: Tiling, manifest: str | Path) -> Path:
+    """The slide file a tiling was made from: its recorded path, else the path recorded relative to the manifest."""
+    rec = tiling.slide
+    candidates = [Path(rec["path"])]
+    if rec.get("relative_path"):
+        candidates.append((Path(manifest).resolve().parent / rec["relative_path"]).resolve())
+    for c in candidates:
+        if c.exists():
+            return c
+    raise InputNotFoundError(f"the slide this tiling was made from ({rec.get('name')}) is neither at {rec['path']} "
+                             "nor where it was relative to the tiles; put it back or tile it again", manifest)
 
 
 def slide_id(path: Path, taken: set[str]) -> str:

@@ -3,7 +3,8 @@
 Training keeps its resumable state (checkpoints, TensorBoard logs) in a training folder beside the package
 (``<model_dir>.training``); what prediction needs — plan, dataset description, splits, each finished fold's
 ``model_final.pt`` and ``summary.json``, and the run's energy record — is copied into the package ``model_dir``,
-which is replaced as a unit each time a fold finishes.
+which is replaced as a unit each time a fold finishes. ``inference.json`` records the test-time mirror axes
+chosen from the folds' mirror studies (segmentation/tta.py), which ``predict`` uses by default.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from medsight.errors import InputNotFoundError
 from medsight.files import atomic_write_text, sha256_file, temp_prefix
 from medsight.package.package import Package, save_package
+from medsight.segmentation.tta import INFERENCE_FILE, combine_studies
 
 PACKAGE_FILES = ("plan.json", "dataset.json", "splits.json")
 FOLD_FILES = ("model_final.pt", "summary.json")
@@ -59,7 +61,7 @@ def package_segmentation(train_dir: str | Path, model_dir: str | Path, *, name: 
         for f in PACKAGE_FILES:
             if (src / f).is_file():
                 shutil.copy2(src / f, work / f)
-        dice, inits = [], {}
+        dice, inits, studies = [], {}, []
         for fold in folds:
             (work / fold.name).mkdir()
             for f in FOLD_FILES:
@@ -69,11 +71,16 @@ def package_segmentation(train_dir: str | Path, model_dir: str | Path, *, name: 
                 fold_summary = json.loads((fold / "summary.json").read_text())
                 if fold_summary.get("init"):  # initialised from an encoder package (medsight pretrain)
                     inits[fold_summary["init"]["package_id"]] = fold_summary["init"]
+                if fold_summary.get("mirror_study"):
+                    studies.append(fold_summary["mirror_study"])
                 value = fold_summary.get("final_val_dice")
                 if isinstance(value, (int, float)):
                     dice.append(float(value))
                 elif isinstance(value, dict):
                     dice.extend(float(v) for v in value.values() if isinstance(v, (int, float)))
+        choice = combine_studies(studies)
+        if choice is not None:
+            atomic_write_text(work / INFERENCE_FILE, json.dumps(choice, indent=2, sort_keys=True))
         merged = _merge_energy(previous, energy)
         if merged is not None:
             atomic_write_text(work / "energy.json", json.dumps(merged, indent=2, sort_keys=True))

