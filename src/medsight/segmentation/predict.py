@@ -66,7 +66,7 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, folds: list[str] | None = None, mirror: bool = True,
                  mirror_axes: list[int] | str | None = None, overlap: float = 0.5, network: str | None = None,
-                 runtime: str = "auto", window_batch: int | None = None) -> None:
+                 runtime: str = "torch", window_batch: int | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.plan, self.cfg, self.models = load_models(model_dir, folds, network=network)
         if mirror_axes is None:

@@ -185,7 +185,7 @@ def fold_mirror_study(model: torch.nn.Module, ds: SegDataset, plan: Plan, cfg: C
     cases = [(pre.image, pre.label) for pre in (preprocess_case(ds.case(c), plan, cfg) for c in ids)]
     channels = len(plan.channels) * (2 * cfg.context_slices + 1 if cfg.spatial_dims == 2 else 1)
     forward, _ = choose_runtime(net, torch.randn(1, channels, *cfg.patch_size,
-                                                 generator=torch.Generator().manual_seed(0)))  # as predict runs
+                                                 generator=torch.Generator().manual_seed(0)), "torch")  # predict's default
 
     def probabilities(image: np.ndarray, combos: list[tuple[int, ...]]) -> np.ndarray:
         return plan_grid_probabilities([forward], image, cfg, [], combos=combos, window_batch=1)[0].numpy()
