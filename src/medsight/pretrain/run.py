@@ -82,18 +82,13 @@ def pretrain(data: str | Path, package_dir: str | Path, plan: Plan, config: str 
                                     "pool_sha256": fingerprint, "batch_size": bs, "iterations": iterations})
     result = fit(task, engine)
     state = transferable(result.model, method, cfg, len(plan.channels))
-    history = result.history
     summary = {"method": method, "network": cfg.network, "config_name": config, "config": asdict(cfg),
                "in_channels": in_channels, "parts": "encoder+decoder" if method == "restore" else "encoder",
                "plan": {"sha256": plan.sha256(), "dataset": plan.dataset, "channels": plan.channels,
                         "normalisation": plan.normalisation, "target_spacing": plan.target_spacing},
                "data": {"volumes": len(volumes), "files": len(paths), "pool_sha256": fingerprint},
-               "training": {"epochs_planned": epochs, "epochs_done": len(history), "iterations": iterations,
-                            "batch_size": bs, "seed": seed, "processes": dd.world_size(),
-                            "stopped_by_time_budget": result.stopped_by_time_budget,
-                            "seconds_this_run": round(result.seconds, 1), "final_loss": history[-1]["loss"]
-                            if history else None, "final_val_loss": history[-1].get("val_loss") if history else None,
-                            "parameters_trained": count_parameters(dd.unwrap(result.model))},
+               "training": _training_record(result, epochs, iterations, bs, seed, dd.world_size(),
+                                            dd.unwrap(result.model)),
                "tensors": len(state), "medsight_version": __version__, "torch_version": torch.__version__}
     if result.energy:
         summary["energy"] = result.energy
@@ -132,23 +127,28 @@ def pretrain_backbone(data: str | Path, package_dir: str | Path, backbone: str, 
                                                         "iterations": iterations})
     result = fit(task, engine)
     state = backbone_tensors(result.model)
-    history = result.history
     summary = {"method": "contrastive", "network": backbone, "kind": "classification backbone",
                "spatial_dims": len(input_size), "input_size": list(input_size), "in_channels": 1, "parts": "backbone",
                "normalisation": "classification: resize to input_size, then (x - q01) / (IQR / 1.349) per image",
                "data": {"volumes": int(len(x)), "files": len(paths), "pool_sha256": fingerprint},
-               "training": {"epochs_planned": epochs, "epochs_done": len(history), "iterations": iterations,
-                            "batch_size": task.bs, "seed": seed, "processes": 1,
-                            "stopped_by_time_budget": result.stopped_by_time_budget,
-                            "seconds_this_run": round(result.seconds, 1),
-                            "final_loss": history[-1]["loss"] if history else None,
-                            "final_val_loss": history[-1].get("val_loss") if history else None,
-                            "parameters_trained": count_parameters(result.model)},
+               "training": _training_record(result, epochs, iterations, task.bs, seed, 1, result.model),
                "tensors": len(state), "medsight_version": __version__, "torch_version": torch.__version__}
     if result.energy:
         summary["energy"] = result.energy
     return _write_package(train_dir, package_dir, state, summary, None, name or package_dir.name, registry_url), \
         summary
+
+
+def _training_record(result: Any, epochs: int, iterations: int, batch_size: int, seed: int, processes: int,
+                     model: torch.nn.Module) -> dict[str, Any]:
+    """What a pretraining run did (the ``training`` block of ``encoder.json``), the same for both entry points."""
+    history = result.history
+    return {"epochs_planned": epochs, "epochs_done": len(history), "iterations": iterations,
+            "batch_size": batch_size, "seed": seed, "processes": processes,
+            "stopped_by_time_budget": result.stopped_by_time_budget, "seconds_this_run": round(result.seconds, 1),
+            "final_loss": history[-1]["loss"] if history else None,
+            "final_val_loss": history[-1].get("val_loss") if history else None,
+            "parameters_trained": count_parameters(model)}
 
 
 def _write_package(train_dir: Path, package_dir: Path, state: dict[str, torch.Tensor], summary: dict[str, Any],
