@@ -118,3 +118,38 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers("requires_tool"):
         require_tool(*mark.args, why=mark.kwargs.get("why", ""))
+
+
+class Killed(BaseException):
+    """A simulated kill: a BaseException, so no ``except Exception`` in the code under test swallows it."""
+
+
+class CheckpointKiller:
+    """Makes the engine's Nth checkpoint save raise ``Killed`` right after the file reached the disk."""
+
+    Killed = Killed
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import medsight.engine.loop as engine_loop
+
+        self._mp, self._loop, self._real = monkeypatch, engine_loop, engine_loop.save_checkpoint
+
+    def arm(self, n: int) -> None:
+        real, saves = self._real, {"n": 0}
+
+        def dying_save(path, state):  # type: ignore[no-untyped-def]
+            real(path, state)
+            saves["n"] += 1
+            if saves["n"] == n:
+                raise Killed()
+
+        self._mp.setattr(self._loop, "save_checkpoint", dying_save)
+
+    def disarm(self) -> None:
+        self._mp.setattr(self._loop, "save_checkpoint", self._real)
+
+
+@pytest.fixture
+def checkpoint_killer(monkeypatch: pytest.MonkeyPatch) -> CheckpointKiller:
+    """A kill right after a chosen checkpoint (the resume tests of every engine task share it)."""
+    return CheckpointKiller(monkeypatch)

@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-import medsight.engine.loop as engine_loop
 from medsight.cli.main import main
 from medsight.data.dataset import load_dataset
 from medsight.data.fingerprint import compute_fingerprint
@@ -23,10 +22,6 @@ from medsight.plan.planner import make_plan
 from medsight.pretrain.run import head_keys, pretrain
 from medsight.segmentation.train import SegTask, train_fold
 from medsight.synthetic.toy import make_toy_dataset
-
-
-class Killed(BaseException):
-    """Stands in for SIGKILL: not an Exception, so nothing in the loop can catch it."""
 
 
 @pytest.fixture(autouse=True)
@@ -145,23 +140,14 @@ def test_the_encoders_registry_serves_the_package(encoders, toy):
     assert feats.shape == (2, 16)  # the bottleneck's width: filters [4, 8, 16]
 
 
-def test_pretrain_resumes_after_a_kill_to_the_same_weights(toy, tmp_path, monkeypatch):
+def test_pretrain_resumes_after_a_kill_to_the_same_weights(toy, tmp_path, checkpoint_killer):
     root, _, plan = toy
     ref = pretrain(root, tmp_path / "straight", plan, "3d", "restore", epochs=3, iterations=2, quiet=True)[0]
-    real_save = engine_loop.save_checkpoint
-    saves = {"n": 0}
-
-    def dying_save(path, state):
-        real_save(path, state)
-        saves["n"] += 1
-        if saves["n"] == 2:  # killed right after the epoch-1 checkpoint reached the disk
-            raise Killed()
-
-    monkeypatch.setattr(engine_loop, "save_checkpoint", dying_save)
-    with pytest.raises(Killed):
+    checkpoint_killer.arm(2)  # killed right after the epoch-1 checkpoint reached the disk
+    with pytest.raises(checkpoint_killer.Killed):
         pretrain(root, tmp_path / "killed", plan, "3d", "restore", epochs=3, iterations=2, quiet=True)
     assert not (tmp_path / "killed").exists()  # no half-written package
-    monkeypatch.setattr(engine_loop, "save_checkpoint", real_save)
+    checkpoint_killer.disarm()
     got = pretrain(root, tmp_path / "killed", plan, "3d", "restore", epochs=3, iterations=2, quiet=True)[0]
     a = torch.load(ref.file(WEIGHTS), weights_only=True)
     b = torch.load(got.file(WEIGHTS), weights_only=True)

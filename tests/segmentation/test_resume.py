@@ -5,17 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import medsight.engine.loop as engine_loop
 import medsight.segmentation.train as loop
 from medsight.data.dataset import load_dataset
 from medsight.data.fingerprint import compute_fingerprint
 from medsight.synthetic.toy import make_toy_dataset
 from medsight.plan.planner import make_plan
 from medsight.engine.checkpoint import load_checkpoint
-
-
-class Killed(BaseException):
-    """Stands in for SIGKILL: not an Exception, so nothing in the loop can catch it."""
 
 
 @pytest.fixture(scope="module")
@@ -31,27 +26,18 @@ def _train(ds, plan, model_dir):
     return loop.train_fold(ds, plan, "3d", 0, model_dir, ids[:3], ids[3:], seed=7, quiet=True)
 
 
-def test_resume_after_kill_gives_identical_weights(setup, tmp_path, monkeypatch):
+def test_resume_after_kill_gives_identical_weights(setup, tmp_path, checkpoint_killer):
     torch.set_num_threads(1)
     ds, plan = setup
     _train(ds, plan, tmp_path / "straight")
     ref = load_checkpoint(tmp_path / "straight/fold_0/model_final.pt")["model"]
 
-    real_save = engine_loop.save_checkpoint
-    saves = {"n": 0}
-
-    def dying_save(path, state):
-        real_save(path, state)
-        saves["n"] += 1
-        if saves["n"] == 2:  # killed right after the epoch-1 checkpoint reached the disk
-            raise Killed()
-
-    monkeypatch.setattr(engine_loop, "save_checkpoint", dying_save)
-    with pytest.raises(Killed):
+    checkpoint_killer.arm(2)  # killed right after the epoch-1 checkpoint reached the disk
+    with pytest.raises(checkpoint_killer.Killed):
         _train(ds, plan, tmp_path / "killed")
     assert load_checkpoint(tmp_path / "killed/fold_0/checkpoint.pt")["epoch"] == 1
     assert not (tmp_path / "killed/fold_0/model_final.pt").exists()
-    monkeypatch.setattr(engine_loop, "save_checkpoint", real_save)
+    checkpoint_killer.disarm()
     summary = _train(ds, plan, tmp_path / "killed")
     assert summary["epochs_done"] == 3
     got = load_checkpoint(tmp_path / "killed/fold_0/model_final.pt")["model"]
