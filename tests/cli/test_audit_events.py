@@ -47,13 +47,16 @@ def test_each_command_leaves_one_event_and_the_chain_verifies(tmp_path: Path, ca
         ("export", ("export", "aud@1", tmp_path / "m.onnx")),
         ("users.add", ("users", "add", "dr-a", "--role", "reader", "--home", tmp_path / "svc")),
         ("users.revoke", ("users", "revoke", "dr-a", "--home", tmp_path / "svc")),
+        ("users.rotate", ("users", "rotate", "dr-a", "--home", tmp_path / "svc")),
+        ("users.orthanc-hook", ("users", "orthanc-hook", "orthanc", "--service", "http://127.0.0.1:9", "--out",
+                                tmp_path / "hook.lua", "--home", tmp_path / "svc")),
     ]
-    token = None
+    tokens = []
     for event, args in commands:
         code, out, err = _run(capsys, *args)
         assert code == 0, (event, out, err)
-        if event == "users.add":
-            token = out.strip().splitlines()[-1]
+        if event in ("users.add", "users.rotate"):
+            tokens.append(out.strip().splitlines()[-1])
     code, out, _ = _run(capsys, "audit", "list", "--json", "-n", "100")
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["event"] for r in records] == [e for e, _ in commands]  # exactly one event per command, in order
@@ -61,7 +64,8 @@ def test_each_command_leaves_one_event_and_the_chain_verifies(tmp_path: Path, ca
     pkg_id = json.loads((tmp_path / "pkg" / "manifest.json").read_text())["id"]
     assert by["models.package"]["package_id"] == by["export"]["package_id"] == pkg_id
     assert by["models.promote"]["status"] == "approved" and by["users.add"]["user"] == "dr-a"
-    assert token and token not in out  # the access token never reaches the log
+    assert len(tokens) == 2 and not any(t in out for t in tokens)  # an access token never reaches the log
+    assert by["users.rotate"]["user"] == "dr-a" and by["users.orthanc-hook"]["rotated"] is False
     assert by["evaluate.cls"]["inputs"][0]["sha256"] and by["export"]["outputs"]
     code, out, _ = _run(capsys, "audit", "verify")
     assert code == 0 and f"{len(commands)} records, chain intact" in out
@@ -79,3 +83,25 @@ def test_a_lost_audit_record_fails_the_command(tmp_path: Path, capsys, monkeypat
     code, _, err = _run(capsys, "evaluate", "cls", tmp_path / "pred.csv", "--threshold", "0.5", "--out",
                         tmp_path / "e", "--n-boot", "10")
     assert code == 2 and "audit record could not be written" in err and len(err.strip().splitlines()) == 1
+
+
+# commands that write no clinical or model event: they read, print or prepare data (the service audits each job
+# it runs in its worker, tests/serve); every other command of the table must be wrapped by ``audited``
+NOT_AUDITED = {"info": "reads one image", "audit list": "reads the log", "audit verify": "reads the log",
+               "models list": "reads the registry", "models show": "reads the registry",
+               "models verify": "re-hashes a package, changes nothing", "users list": "reads the user table",
+               "federated app": "writes the Flower app code", "federated node-config": "prints a config line",
+               "wsi info": "reads one slide", "wsi tile": "prepares data (hashed tiling manifest)",
+               "wsi features": "prepares data (hashed feature files)", "plan": "prepares data (a plan JSON)",
+               "serve": "each job is audited by the worker", "demo": "a walkthrough on synthetic data"}
+
+
+def test_every_command_is_audited_or_named_as_not_an_event() -> None:
+    """A command added to the table must either be ``audited`` (it then takes --actor) or be named above."""
+    from test_malformed_sweep import _leaves
+
+    audited = {" ".join(path) for path, cmd in _leaves() if any(p.name == "actor" for p in cmd.params)}
+    everything = {" ".join(path) for path, _ in _leaves()}
+    assert everything - audited == set(NOT_AUDITED)
+    assert {"users add", "users revoke", "users rotate", "models package", "models promote", "export", "evaluate cls",
+            "evaluate seg", "federated run", "train-mil", "predict-mil", "calibrate"} <= audited
