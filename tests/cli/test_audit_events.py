@@ -1,6 +1,7 @@
-"""One audit event per command run (evaluate, export, models package/promote, users add/revoke, calibrate's
-refusal included), the package ids and the user named, never a token; the chain verifies; a command whose audit
-record cannot be written exits 2."""
+"""One audit event per command run (predict-cls, deid, evaluate, export, models package/promote, users
+add/revoke/rotate/orthanc-hook, calibrate's refusal included), the package ids and the user named, never a token;
+the chain verifies; a command whose audit record cannot be written exits 2; every command of the table is audited
+or named as not an event."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.data import data_manager
 
 from medsight.cli.main import main
 from medsight.image import Geometry, Image
@@ -27,7 +29,7 @@ def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, s
     return code, out.out, out.err
 
 
-@pytest.mark.slow  # seven commands in one process, an ONNX export among them (~80 s on a loaded 2-core box)
+@pytest.mark.slow  # eleven commands in one process, an ONNX export among them (~80 s on a loaded 2-core box)
 def test_each_command_leaves_one_event_and_the_chain_verifies(tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("MEDSIGHT_HOME", str(tmp_path / "home"))
     cls_pkg, _ = _classifier_packages(tmp_path / "m")
@@ -36,7 +38,14 @@ def test_each_command_leaves_one_event_and_the_chain_verifies(tmp_path: Path, ca
     img = Image(np.zeros((6, 6, 4), dtype=np.uint8), Geometry.identity(3))
     for d in ("p", "r"):
         write_nifti(img, tmp_path / d / "c0.nii.gz", sidecar=False)
+    slice2d = Image(np.arange(400, dtype=np.float32).reshape(20, 20), Geometry.identity(2))
+    write_nifti(slice2d, tmp_path / "slice.nii.gz", sidecar=False)
+    (tmp_path / "dicom").mkdir()
+    (tmp_path / "dicom" / "a.dcm").write_bytes((Path(data_manager.DATA_ROOT) / "test_files" / "CT_small.dcm")
+                                               .read_bytes())
     commands = [
+        ("predict-cls", ("predict-cls", cls_pkg, tmp_path / "slice.nii.gz", tmp_path / "cls.csv")),
+        ("deid.run", ("deid", tmp_path / "dicom", tmp_path / "deid", "-j", "1")),
         ("evaluate.cls", ("evaluate", "cls", tmp_path / "pred.csv", "--threshold", "0.5", "--out", tmp_path / "e",
                           "--n-boot", "10")),
         ("evaluate.seg", ("evaluate", "seg", tmp_path / "p", tmp_path / "r", "--labels", "1=x", "--out",
@@ -67,6 +76,8 @@ def test_each_command_leaves_one_event_and_the_chain_verifies(tmp_path: Path, ca
     assert len(tokens) == 2 and not any(t in out for t in tokens)  # an access token never reaches the log
     assert by["users.rotate"]["user"] == "dr-a" and by["users.orthanc-hook"]["rotated"] is False
     assert by["evaluate.cls"]["inputs"][0]["sha256"] and by["export"]["outputs"]
+    cls_id = json.loads((cls_pkg / "manifest.json").read_text())["id"]
+    assert by["predict-cls"]["package_id"] == cls_id and by["deid.run"]["outputs"]
     code, out, _ = _run(capsys, "audit", "verify")
     assert code == 0 and f"{len(commands)} records, chain intact" in out
 
