@@ -91,11 +91,13 @@ def bags_of(rows: list[dict[str, str]], features_dir: str | Path, require_all: b
 
 def patient_split(bags: list[Bag], val_share: float, seed: int) -> tuple[list[Bag], list[Bag]]:
     """(train, val) bags by the one patient splitter (``medsight.data.splits.patient_holdout``): every patient on
-    one side, stratified by slide label so both sides keep both classes."""
+    one side, stratified by slide label. The share is raised to two patients when ``val_share`` would hold out
+    fewer (at most half), so that a small cohort still validates on both classes (AUC picks the epoch)."""
     patients = sorted({b.patient_id for b in bags})
+    share = min(max(val_share, 2 / len(patients)), 0.5) if patients else val_share
     try:
         mask = patient_holdout(np.array([b.patient_id for b in bags]), np.array([b.label for b in bags]),
-                               val_share, seed)
+                               share, seed)
     except DatasetError:
         mask = np.zeros(len(bags), dtype=bool)  # too few patients: refused below with the MIL wording
     val = {b.patient_id for b, h in zip(bags, mask) if h}
