@@ -71,13 +71,8 @@ def main() -> None:
                 assert not err.code, argv
         new = load_package(tmp / "cal")
         rep = new.read_json("calibration_report.json")
-        cal = new.read_json("calibration_predictions.json")
         temp = new.read_json("calibration.json")["temperature"]["square"]
-        z, y = np.asarray(cal["logits"])[:, 0], np.asarray(cal["y"])[:, 0]
-        p = 1 / (1 + np.exp(-z / temp))
-        k = int(np.ceil(rep["target_sensitivity"] * y.sum()))
-        rederived = float(np.sort(p[y == 1])[::-1][k - 1])
-        stored = new.read_json("config.json")["thresholds"]["square"]
+        stored, rederived = rederive(new, "square", 0, rep["target_sensitivity"])
     sp, unit = rep["splits"], rep["unit"]
     lines = [
         "## `medsight calibrate` (classifier calibration on unseen patients)", "",
@@ -155,7 +150,8 @@ def demo(out: Path, record: bool) -> None:
         "## `medsight calibrate` on the demo's classifier", "",
         f"Command: `OMP_NUM_THREADS=1 python benchmarks/bench_calibrate.py --demo DEMO_OUT --record` on the package "
         f"of a full `medsight demo` (seed 0; package id {parent.id[:12]}; {cls_summary['epochs']} epochs, held-out "
-        f"lesion AUC {cls_summary['held_out_lesion_auc'][0]}; resnet10-slim-evidence, labels {', '.join(labels)}). DATA: the demo manifest's held-out test slices of the training sites "
+        f"lesion AUC {cls_summary['held_out_lesion_auc'][0]}; resnet10-slim-evidence, labels {', '.join(labels)}). "
+        "DATA: the demo manifest's held-out test slices of the training sites "
         f"({', '.join(sites)}): patients used neither for training nor for early stopping; `calibrate` splits them "
         "by patient into a calibration part (temperature fitted, thresholds re-derived, referral rule fitted) and a "
         "check part (`--check-share 0.5`, nothing fitted). Temperature T: "
@@ -171,8 +167,8 @@ def demo(out: Path, record: bool) -> None:
             lines.append(f"| {name}{' (held out: nothing fitted)' if name == 'check' else ' (fitted here)'} | "
                          f"{sp[name]['n']} | {sp[name]['patients']} | {lab} | {bb['ece']:.4f} | {aa['ece']:.4f} | "
                          f"{bb['brier']:.4f} | {aa['brier']:.4f} |")
-    ops = "; ".join(f"{lab}: stored {st:.6f}, re-derived {rd:.6f} ({'reproduced' if abs(st - rd) < 1e-6 else 'DIFFERS'})"
-                    for lab, (st, rd) in points.items())
+    ops = "; ".join(f"{lab}: stored {st:.6f}, re-derived {rd:.6f} "
+                    f"({'reproduced' if abs(st - rd) < 1e-6 else 'DIFFERS'})" for lab, (st, rd) in points.items())
     lines += ["", f"Operating points (sensitivity >= {rep['target_sensitivity']:g} per label, unit {unit}), re-derived "
               f"independently from the package's calibration-split logits and temperature: {ops}. ECE: 15 "
               "equal-width bins. " + machine_line() + f" Machine shared with other jobs (load average "
