@@ -58,10 +58,10 @@ def one_run(manifest: Path, out: Path, seed: int, threads: int, epochs: int | No
     """Train the demo recipe once and score the held-out patients of the training sites and site_C."""
     import pandas as pd
     import torch
+    from sklearn.metrics import roc_auc_score
 
     torch.set_num_threads(threads)
     from medsight.classification import load_classifier
-    from medsight.metrics.classification import roc_auc
     from medsight.classification.evaluate import predict_paths
     from medsight.classification.train import train_classifier
     from medsight.demo.classification import demo_config
@@ -84,7 +84,7 @@ def one_run(manifest: Path, out: Path, seed: int, threads: int, epochs: int | No
                                 for h in json.loads((out / "config.json").read_text())["history"]]}
     for name, rows in (("held_out", test[test["site"] != "site_C"]), ("site_C", test[test["site"] == "site_C"])):
         _, prob = predict_paths(bundle, [manifest.parent / p for p in rows["image"]])
-        res[f"{name}_auc"] = float(roc_auc(rows["lesion"], prob[:, 0]))
+        res[f"{name}_auc"] = float(roc_auc_score(rows["lesion"], prob[:, 0]))
     return res
 
 
