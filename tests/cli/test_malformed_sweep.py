@@ -29,6 +29,7 @@ MODEL_NAMES = {"model", "model_dir", "package", "inputs"}  # text arguments that
 STATE_NAMES = {"home"}  # a service home: created when missing, a folder is what it is; only files are malformed
 DB_URL_NAMES = {"url", "registry_url", "db_url"}  # a database path: an empty file is a valid empty SQLite database
 REQUIRED_VALUES = {"site": "A", "name": "x", "service_url": "http://127.0.0.1:9"}
+SITE_DATA = {"site_args"}  # `federated run --site NAME=DATA`, twice (a federation needs two sites): DATA is an input
 KINDS = ("missing", "text", "unterminated_csv", "empty", "directory")
 GUARD_S = 120
 
@@ -61,6 +62,8 @@ def _role(p: click.Parameter) -> str:
         return "state"
     if p.name in DB_URL_NAMES:
         return "db"
+    if p.name in SITE_DATA:
+        return "input"
     if is_path or (isinstance(p, click.Argument) and p.name in MODEL_NAMES):
         return "input"
     return "other"
@@ -131,6 +134,9 @@ def _malformed(root: Path, kind: str) -> Path:
 def _argv(path: list[str], cmd: click.Command, kind: str, bad: Path, out: Path) -> list[str]:
     argv = list(path)
     for p, role in _case(cmd, kind) or []:
+        if p.name in SITE_DATA:
+            argv += [_opt(p), f"A={bad}", _opt(p), f"B={bad}"]  # type: ignore[arg-type]
+            continue
         if role == "output":
             value = str(out / (p.name or "out"))
         elif role in ("input", "state", "db"):
