@@ -177,7 +177,7 @@ def test_malformed_input_is_one_line_and_exit_2(path: list[str], kind: str, tmp_
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("WARNING")]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2, f"medsight {' '.join(argv)}: exit {code}, stderr:\n{err}"
     assert "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith("medsight: error:"), f"medsight {' '.join(argv)}:\n{err}"
