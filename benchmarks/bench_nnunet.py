@@ -33,8 +33,9 @@ from _record import machine_line, record_section  # noqa: E402
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum() + b.sum())
-    return 1.0 if s == 0 else 2.0 * float((a & b).sum()) / s
+    from medsight.metrics.segmentation import dice  # the same Dice for both tools
+
+    return dice(a, b)
 
 
 def _score(pred_dir: Path, ds, cases: list[str], name_of: dict[int, str]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Benchmark of the clinical safety layer: calibration, OOD detection, referral and risk-coverage.
 
-Runs the whole safety evaluation (``medsight.safety.tasks``) for several seeds and records, in the "safety"
+Runs the whole safety evaluation (``medsight.demo.safety_task``) for several seeds and records, in the "safety"
 section of docs/benchmarks.md: ECE before/after temperature scaling, every OOD detector on every OOD set (AUROC,
 FPR at 95% TPR), referral keep rates, and the unseen site's risk at 80% vs 100% coverage.
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import machine_line, record_section  # noqa: E402
 
 from medsight.synthetic.ood_sets import CORRUPTIONS, SOURCES, corrupt  # noqa: E402
-from medsight.safety.tasks import build_safety_task  # noqa: E402
+from medsight.demo.safety_task import build_safety_task  # noqa: E402
 
 
 def one_run(seed: int, cls_model: Path | None) -> dict:

@@ -71,7 +71,7 @@ def test_node_config_writes_the_sites_policy(tmp_path) -> None:
 
     from medsight.cli.federated import federated
 
-    (tmp_path / "m.csv").write_text("image,site\n")
+    (tmp_path / "m.csv").write_text("image,site\nx.nii.gz,A\n")
     r = CliRunner().invoke(federated, ["node-config", "--site", "A", "--manifest", str(tmp_path / "m.csv"),
                                        "--epsilon", "8", "--min-noise", "1.2", "--delta", "1e-6",
                                        "--dp-modes", "client"])
@@ -79,6 +79,11 @@ def test_node_config_writes_the_sites_policy(tmp_path) -> None:
     words = dict(w.split("=", 1) for w in r.output.split())
     assert words["epsilon-budget"] == "8.0" and words["dp-min-noise"] == "1.2" and words["dp-delta"] == "1e-06"
     assert words["dp-modes"] == '"client"' and "dp-max-clip" not in words
+    for body, why in (("image,site\n", "no rows"), ("image,site\nx.nii.gz,B\n", "no row of its site column is 'A'")):
+        (tmp_path / "m.csv").write_text(body)  # a typo caught when the site is set up, not at the first round
+        r = CliRunner().invoke(federated, ["node-config", "--site", "A", "--manifest", str(tmp_path / "m.csv")],
+                               standalone_mode=False)
+        assert why in str(r.exception), r.output
 
 
 # --- pre-flight --------------------------------------------------------------------------------------------------

@@ -158,3 +158,75 @@ def test_a_changed_file_makes_every_command_exit_2(two_fold_package: tuple[Path,
     assert code == 2 and "calibration.json was changed" in out and len(out.strip().splitlines()) == 1, out
     code, out = _run("predict-mil", mil_src, feats, "--out", tmp_path / "mp")
     assert code == 2 and "medsight models package" in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_every_other_command_that_loads_a_changed_package_exits_2(two_fold_package: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    """The commands the test above leaves out, per package kind: follow-up, serve, models verify/promote and a
+    training rerun into the package folder (segmentation); serve and models for a classifier and a MIL package; a
+    federated package (federation.json beside the model) for predict, validate, export, follow-up and models; an
+    encoder package for ``train --init`` and ``train-cls --init``. Each exits 2 naming the changed file."""
+    import shutil
+
+    from medsight.package import load_package, save_package
+
+    root, model = two_fold_package
+    pkg = load_package(model)
+    image = root / "imagesTr" / "toy_000_0000.nii.gz"
+
+    def changed(src: Path, dest: Path, task: str, name: str, file: str, extra: dict | None = None) -> Path:
+        path = save_package(src, dest, task=task, name=name, register=False, extra=extra).path
+        (path / file).write_bytes((path / file).read_bytes() + b" ")
+        return path
+
+    def refused(path: Path, file: str, *commands: tuple[object, ...]) -> None:
+        for args in commands:
+            code, out = _run(*args)
+            assert code == 2 and f"{file} was changed" in out and len(out.strip().splitlines()) == 1, (args, out)
+
+    plain = tmp_path / "seg_src"
+    shutil.copytree(pkg.path, plain, ignore=shutil.ignore_patterns("manifest.json"))
+    seg = changed(plain, tmp_path / "seg", "segmentation", "chg-seg", "plan.json")
+    common = [("models", "verify", "{p}"), ("models", "promote", "{p}"), ("serve", "--model", "{p}", "--home",
+                                                                          tmp_path / "svc")]
+
+    def each(path: Path, *extra: tuple[object, ...]) -> list[tuple[object, ...]]:
+        return [tuple(str(path) if a == "{p}" else a for a in args) for args in (*common, *extra)]
+
+    refused(seg, "plan.json", *each(seg, ("follow-up", image, image, "-o", tmp_path / "f", "--model", seg),
+                                    ("train", root, "--fold", "0", "--model-dir", seg, "--epochs", "1")))
+
+    cls_src = tmp_path / "cls_src"
+    cls_src.mkdir()
+    (cls_src / "config.json").write_text(json.dumps({"format": "medsight-classifier", "thresholds": {"x": 0.3}}))
+    (cls_src / "model.pt").write_bytes(b"weights")
+    cls = changed(cls_src, tmp_path / "cls", "classification", "chg-cls", "config.json")
+    refused(cls, "config.json", *each(cls))
+
+    mil_src = tmp_path / "mil_src"
+    mil_src.mkdir()
+    (mil_src / "config.json").write_text("{}")
+    (mil_src / "model.pt").write_bytes(b"weights")
+    mil = changed(mil_src, tmp_path / "mil", "mil", "chg-mil", "model.pt")
+    refused(mil, "model.pt", *each(mil)[:2])
+
+    fed_src = tmp_path / "fed_src"
+    shutil.copytree(plain, fed_src)
+    (fed_src / "federation.json").write_text(json.dumps({"rounds": [], "config": {"task": "segmentation"}}))
+    fed = changed(fed_src, tmp_path / "fed", "segmentation", "chg-fed", "federation.json",
+                  extra={"federated": {"task": "segmentation", "sites": ["A", "B"], "rounds": 0}})
+    assert json.loads((fed / "manifest.json").read_text())["extra"]["federated"]["sites"] == ["A", "B"]
+    refused(fed, "federation.json", *each(fed, ("predict", fed, image, tmp_path / "o.nii.gz"),
+                                          ("validate", fed, root, "--report", tmp_path / "r.html"),
+                                          ("export", fed, tmp_path / "e"),
+                                          ("follow-up", image, image, "-o", tmp_path / "f2", "--model", fed)))
+
+    enc_src = tmp_path / "enc_src"
+    enc_src.mkdir()
+    (enc_src / "encoder.json").write_text("{}")
+    (enc_src / "encoder.pt").write_bytes(b"weights")
+    enc = changed(enc_src, tmp_path / "enc", "encoder", "chg-enc", "encoder.pt")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,x,patient_id\n" + "".join(f"{image},{i % 2},p{i}\n" for i in range(8)))
+    refused(enc, "encoder.pt", ("train", root, "--fold", "0", "--model-dir", tmp_path / "t", "--init", enc),
+            ("train-cls", manifest, "--out", tmp_path / "tc", "--init", enc, "--epochs", "1"))

@@ -73,6 +73,12 @@ def test_patient_split_keeps_patients_whole() -> None:
     train, val = patient_split(bags, 0.25, seed=0)
     assert not {b.patient_id for b in train} & {b.patient_id for b in val}
     assert {b.label for b in val} == {0, 1} and len(train) + len(val) == 24
+    small = [Bag(f"s{i}", f"q{i // 2}", int(i < 4), b.features, b.boxes, "h", b.encoder)
+             for i, b in enumerate(bags[:8])]
+    for seed in range(5):  # 4 patients (2 positive): a quarter would be one patient; two keep both classes in val
+        train, val = patient_split(small, 0.25, seed=seed)
+        assert {b.label for b in val} == {b.label for b in train} == {0, 1}
+        assert len({b.patient_id for b in val}) == 2 and not {b.patient_id for b in train} & {b.patient_id for b in val}
 
 
 @pytest.mark.parametrize("model", ["abmil", "clam-sb"])

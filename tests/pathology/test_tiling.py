@@ -12,9 +12,10 @@ import pytest
 
 from medsight.errors import ConfigError, DatasetError
 from medsight.io.slide import open_slide
+from medsight.metrics.segmentation import dice
 from medsight.pathology.geojson import read_polygons, rasterize
 from medsight.pathology.tiling import MANIFEST, TilingParams, grid_boxes, load_tiling, tile_slide, tile_slides
-from medsight.pathology.tissue import TissueMask, detect_tissue, dice
+from medsight.pathology.tissue import TissueMask, detect_tissue
 
 HAND_MASK = Path(__file__).parent / "data" / "cmu_small_region_tissue.geojson"
 

@@ -120,3 +120,21 @@ def test_plan_names_its_loss_and_an_unknown_loss_is_a_config_error() -> None:
     assert not hasattr(segmentation_loss("dice_ce"), "dice")
     with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'"):
         segmentation_loss("focal")
+
+
+def test_segmentation_losses_are_built_through_the_registry(monkeypatch) -> None:
+    """The planner's ``dice_balanced_ce`` is a registered ``medsight.losses`` entry, and ``segmentation_loss`` looks
+    every name up there: a plug-in subclass of DeepSupervisionLoss registered under a new name is what it builds."""
+    from medsight.errors import ConfigError
+    from medsight.nets import registry
+    from medsight.segmentation.losses import dice_balanced_ce, segmentation_loss
+
+    assert {"dice_ce", "dice_balanced_ce"} <= set(registry.available("medsight.losses"))
+    assert registry.load("medsight.losses", "dice_balanced_ce") is dice_balanced_ce
+    real = registry._entries
+    monkeypatch.setattr(registry, "_entries", lambda group: {
+        **real(group), "my_dice": ("medsight.segmentation.losses:dice_balanced_ce", "my-plugin", "1.0")})
+    built = segmentation_loss("my_dice")
+    assert isinstance(built, DeepSupervisionLoss) and hasattr(built, "dice")  # the balanced variant
+    with pytest.raises(ConfigError, match="'bce' .* not a segmentation loss"):
+        segmentation_loss("bce")

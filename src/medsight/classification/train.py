@@ -35,6 +35,7 @@ from medsight.engine.task import EngineConfig, Task
 from medsight.errors import ConfigError, DatasetError
 from medsight.files import sha256_file
 from medsight.io import read_image
+from medsight.metrics.classification import roc_auc
 from medsight.nets import registry
 from medsight.nets.backbones import GROUP, build_classifier, check_backbone
 from medsight.nets.weights import load_backbone_weights, set_trainable
@@ -289,16 +290,15 @@ def _selection_score(manifest: ClsManifest, val_idx: np.ndarray, logits: torch.T
 
 
 def _val_auc(manifest: ClsManifest, val_idx: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import roc_auc_score
-
+    """Validation AUC per label (``medsight.metrics.roc_auc``); multiclass: the macro one-vs-rest mean."""
     out: dict[str, float] = {}
     if manifest.task == "multiclass":
         y = manifest.y[val_idx]
         if len(set(y.tolist())) == prob.shape[1]:
-            out["macro_ovr"] = float(roc_auc_score(y, prob, multi_class="ovr"))
+            out["macro_ovr"] = float(np.mean([roc_auc(y == c, prob[:, c]) for c in range(prob.shape[1])]))
         return out
     for j, name in enumerate(manifest.labels):
         yj = manifest.y[val_idx, j]
         if 0 < yj.sum() < len(yj):
-            out[name] = float(roc_auc_score(yj, prob[:, j]))
+            out[name] = float(roc_auc(yj, prob[:, j]))
     return out

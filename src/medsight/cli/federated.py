@@ -185,9 +185,10 @@ def node_config(site: str, manifest: Path, features: Path | None, audit: str | N
     the site enforces whatever the coordinator's run config asks."""
     import math
 
-    from medsight.federated.launch import site_node_config
+    from medsight.federated.launch import check_site_data, site_node_config
     from medsight.federated.site_privacy import SitePolicy
 
+    check_site_data(site, manifest)
     policy = SitePolicy(min_noise=min_noise, max_clip=max_clip if max_clip is not None else math.inf, delta=delta,
                         budget=epsilon if epsilon is not None else math.inf,
                         modes=tuple(m.strip() for m in dp_modes.split(",") if m.strip()))

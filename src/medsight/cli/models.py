@@ -151,6 +151,21 @@ def package_cmd(src: Path, dest: Path, name: str, task: str, registry_url: str |
 
     from medsight.cli.audited import current_event
 
+    _check_model_folder(src, task)
     pkg = save_package(src, dest, task=task, name=name, registry_url=registry_url)
     current_event().package(pkg).note(model=pkg.label, task=task)
     click.echo(f"{pkg.label}  id {pkg.id[:12]}  {len(pkg.files)} files -> {pkg.path}")
+
+
+# what a model folder of each task holds (glob patterns), so that a folder of something else is not packaged
+_MODEL_FILES = {"segmentation": ("plan.json", "fold_*/model_final.pt"), "classification": ("config.json", "model.pt"),
+                "mil": ("config.json", "model.pt"), "slide": ("*.pt",)}
+
+
+def _check_model_folder(src: Path, task: str) -> None:
+    from medsight.errors import InputNotFoundError
+
+    missing = [pattern for pattern in _MODEL_FILES.get(task, ()) if not any(src.glob(pattern))]
+    if missing:
+        raise InputNotFoundError(f"not a {task} model folder: no {' and no '.join(missing)} in it; package the "
+                                 f"folder that training wrote (or use --task other)", src)

@@ -74,12 +74,15 @@ def users_list(home: Path | None, db_url: str | None) -> None:
 @click.argument("name")
 @_HOME
 @_DB
+@audited("users.rotate")
 def users_rotate(name: str, home: Path | None, db_url: str | None) -> None:
     """Give NAME a new token (printed ONCE); the old token and its sessions stop working. Re-activates a revoked
     user."""
     from medsight.serve.auth import rotate_user
 
-    click.echo(rotate_user(_store(home, db_url), name))
+    token = rotate_user(_store(home, db_url), name)
+    current_event().note(user=name)  # never the token
+    click.echo(token)
 
 
 @users.command("orthanc-hook")
@@ -88,6 +91,7 @@ def users_rotate(name: str, home: Path | None, db_url: str | None) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Lua file to write (mode 600).")
 @_HOME
 @_DB
+@audited("users.orthanc-hook", outputs=("out",))
 def users_orthanc_hook(name: str, service_url: str, out: Path, home: Path | None, db_url: str | None) -> None:
     """Write Orthanc's Lua hook that queues each stable study, with a new token for NAME (a submitter, added if
     missing; an existing NAME's token is rotated). Add the file to Orthanc's "LuaScripts" and restart Orthanc."""
@@ -96,7 +100,9 @@ def users_orthanc_hook(name: str, service_url: str, out: Path, home: Path | None
     from medsight.serve.orthanc import lua_hook
 
     store = _store(home, db_url)
-    token = rotate_user(store, name) if store.user(name) else add_user(store, name, "submitter")
+    existed = bool(store.user(name))
+    token = rotate_user(store, name) if existed else add_user(store, name, "submitter")
+    current_event().note(user=name, rotated=existed)  # never the token
     atomic_write_text(out, lua_hook(service_url, token))
     out.chmod(0o600)
     click.echo(f"wrote {out} (token of '{name}' inside: keep it readable by Orthanc only)")

@@ -6,8 +6,6 @@ seeded sample, as nnU-Net does, so the fingerprint is deterministic); per class:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 import nibabel as nib
@@ -66,7 +64,3 @@ def compute_fingerprint(ds: SegDataset, seed: int = 0, quiet: bool = True) -> di
         "class_volume_ml": {k: {"median": float(np.median(v)) if v else 0.0, "min": float(min(v)) if v else 0.0,
                                 "max": float(max(v)) if v else 0.0} for k, v in volumes.items()},
     }
-
-
-def fingerprint_hash(fp: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()

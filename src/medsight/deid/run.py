@@ -39,7 +39,7 @@ from medsight.deid.pseudonym import Pseudonymizer
 from medsight.deid.redact import RedactOptions, redact_dataset
 from medsight.deid.regions import DEFAULT_REGIONS, load_regions
 from medsight.deid.words import phi_terms
-from medsight.errors import ConfigError, InputNotFoundError
+from medsight.errors import ConfigError, DatasetError, InputNotFoundError
 from medsight.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,13 @@ def _init_worker(pseudo: Pseudonymizer, options: RunOptions, input_dir: str, out
 def _init_pool_worker(*args) -> None:
     _init_worker(*args)
     logging.getLogger("pydicom").setLevel(logging.ERROR)  # value warnings from every worker would flood stderr
+
+
+def _is_dicom(path: Path) -> bool:
+    """A DICOM preamble, or a header that parses as DICOM (old files without one)."""
+    from pydicom.misc import is_dicom
+
+    return is_dicom(path) or _read(path) is not None
 
 
 def _read(path: Path) -> pydicom.Dataset | None:
@@ -366,6 +373,9 @@ def deidentify_folder(input_dir: str | Path, output_dir: str | Path, pseudo: Pse
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise ConfigError(f"output folder {output_dir} must not be inside the input folder {input_dir}")
     files = find_files(input_dir)
+    if not any(_is_dicom(p) for p in files):  # stops at the first DICOM file: one short read in a real folder
+        raise DatasetError(f"none of its {len(files)} file(s) is DICOM; point at the folder that holds the DICOM "
+                           "files", input_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _check_state(output_dir, pseudo, options)
     report = output_dir / REPORT_NAME

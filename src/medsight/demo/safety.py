@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily by the runner
     from medsight.safety.plots import reliability_diagram
-    from medsight.safety.tasks import build_safety_task
+    from medsight.demo.safety_task import build_safety_task
 
     out = Path(ctx.out_dir) / "safety"
     cls_model = ctx.paths.get("cls_model")
@@ -93,7 +93,7 @@ def _segmentation(ctx, out: Path) -> dict[str, Any]:  # noqa: ANN001
 
     from medsight.data.dataset import load_dataset
     from medsight.io.nifti import read_nifti
-    from medsight.safety.segmentation import case_safety
+    from medsight.segmentation.safety import case_safety
 
     try:
         ds = load_dataset(ctx.paths["seg_data"])

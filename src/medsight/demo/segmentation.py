@@ -174,17 +174,9 @@ def _lesion_summary(cases: dict[str, list[Any]], out: Path, seed: int) -> dict[s
 
 
 def _metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], labels: dict[int, str]) -> list[dict]:
-    try:
-        from medsight.metrics.segmentation import segmentation_metrics
-    except ImportError:  # the metrics module is another issue's; Dice alone until it lands
-        return [{"label": k, "name": n, "dice": _dice(pred == k, ref == k),
-                 "volume_ref_ml": float((ref == k).sum() * np.prod(spacing) / 1000)} for k, n in labels.items()]
+    from medsight.metrics.segmentation import segmentation_metrics
+
     return segmentation_metrics(pred, ref, tuple(spacing), labels)
-
-
-def _dice(p: np.ndarray, r: np.ndarray) -> float:
-    s = int(p.sum() + r.sum())
-    return 1.0 if s == 0 else 2.0 * float((p & r).sum()) / s
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

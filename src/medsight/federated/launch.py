@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medsight.errors import ConfigError, MedsightError
+from medsight.errors import ConfigError, DatasetError, MedsightError
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,24 @@ clientapp = "medsight.federated.client:app"
 def audit_location(audit: str) -> str:
     """A database URL as given; a file path made absolute (the SuperNodes run in other working folders)."""
     return audit if "://" in audit else str(Path(audit).resolve())
+
+
+def check_site_data(site: str, data: Path) -> None:
+    """Refuse, with one line, site data a SuperNode could never read: a folder that is not a segmentation dataset,
+    a CSV that does not parse or has no rows, or one whose ``site`` column never names this site. What the run's
+    task needs of the rows (classes, labels) is the run's pre-flight; this catches the typo when the site is set up."""
+    from medsight.data.dataset import load_dataset
+    from medsight.files import read_csv
+
+    data = Path(data)
+    if data.is_dir():
+        load_dataset(data)
+        return
+    table = read_csv(data, "site data CSV (classification manifest or MIL label CSV)")
+    if table.empty:
+        raise DatasetError("the site data CSV has a header but no rows", data)
+    if "site" in table.columns and site not in set(table["site"].astype(str).str.strip()):
+        raise DatasetError(f"no row of its site column is {site!r}; use the site's name as written there", data)
 
 
 def site_node_config(site: str, manifest: Path, audit: str | None = None, epsilon_budget: float | None = None,

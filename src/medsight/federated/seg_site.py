@@ -108,6 +108,7 @@ class SegSiteTask(Task):
 
     def validate(self, model: nn.Module) -> dict[str, Any]:
         """Per-class hard Dice and voxel top-label ECE of ``model`` on the held-out cases (plan grid)."""
+        from medsight.metrics.segmentation import dice as mask_dice
         from medsight.segmentation.predict import plan_grid_probabilities
 
         self.setup()
@@ -122,9 +123,8 @@ class SegSiteTask(Task):
             pred, ref = p.argmax(0), pre.label
             for c in dice:
                 a, b = pred == c, ref == c
-                total = int(a.sum() + b.sum())
-                if total:
-                    dice[c].append(2.0 * float((a & b).sum()) / total)
+                if a.any() or b.any():  # a class absent from both says nothing about this case
+                    dice[c].append(mask_dice(a, b))
             conf.append(p.max(0).ravel())
             right.append((pred == ref).ravel())
         out: dict[str, Any] = {f"dice_{names[c]}": float(np.mean(v)) if v else float("nan") for c, v in dice.items()}

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsight.data.splits import patient_holdout
 from medsight.engine.loop import fit
 from medsight.engine.task import EngineConfig, Task
 from medsight.errors import DatasetError
@@ -89,18 +90,17 @@ def bags_of(rows: list[dict[str, str]], features_dir: str | Path, require_all: b
 
 
 def patient_split(bags: list[Bag], val_share: float, seed: int) -> tuple[list[Bag], list[Bag]]:
-    """(train, val) with every patient on one side, stratified so both sides keep both classes."""
-    rng = np.random.default_rng(seed)
-    by_patient: dict[str, list[Bag]] = {}
-    for b in bags:
-        by_patient.setdefault(b.patient_id, []).append(b)
-    patients = sorted(by_patient)
-    pos = [p for p in patients if any(b.label for b in by_patient[p])]
-    neg = [p for p in patients if p not in pos]
-    val: set[str] = set()
-    for group in (pos, neg):
-        group = list(rng.permutation(group)) if group else []
-        val.update(group[:max(1, int(round(val_share * len(group))))] if len(group) > 1 else [])
+    """(train, val) bags by the one patient splitter (``medsight.data.splits.patient_holdout``): every patient on
+    one side, stratified by slide label. The share is raised to two patients when ``val_share`` would hold out
+    fewer (at most half), so that a small cohort still validates on both classes (AUC picks the epoch)."""
+    patients = sorted({b.patient_id for b in bags})
+    share = min(max(val_share, 2 / len(patients)), 0.5) if patients else val_share
+    try:
+        mask = patient_holdout(np.array([b.patient_id for b in bags]), np.array([b.label for b in bags]),
+                               share, seed)
+    except DatasetError:
+        mask = np.zeros(len(bags), dtype=bool)  # too few patients: refused below with the MIL wording
+    val = {b.patient_id for b, h in zip(bags, mask) if h}
     train = [b for b in bags if b.patient_id not in val]
     held = [b for b in bags if b.patient_id in val]
     if not held or len({b.label for b in train}) < 2:

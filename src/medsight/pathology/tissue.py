@@ -108,10 +108,3 @@ def detect_tissue(slide: Slide, mask_mpp: float = MASK_MPP, max_side: int = MAX_
     scale = w / rgb.shape[1]
     log.debug("tissue mask %s at %.2f um/px: %.1f%% tissue, threshold %.3f", mask.shape, mpp, 100 * mask.mean(), t)
     return TissueMask(mask, slide.mpp * scale, scale, t)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (1.0 when both are empty)."""
-    a, b = a.astype(bool), b.astype(bool)
-    denom = int(a.sum()) + int(b.sum())
-    return 1.0 if denom == 0 else 2.0 * float((a & b).sum()) / denom

@@ -40,7 +40,7 @@ class ConfigPlan:
     weight_decay: float = 3e-5
     foreground_oversample: float = 0.33
     class_sampling: dict[str, float] = field(default_factory=dict)  # label -> share of foreground-forced patches
-    loss: str = "dice_ce"  # segmentation/losses.py LOSSES: "dice_ce" or "dice_balanced_ce"
+    loss: str = "dice_ce"  # a segmentation loss of the medsight.losses registry: "dice_ce" or "dice_balanced_ce"
     context_slices: int = 0  # 2.5D: this many neighbouring slices on each side become extra input channels
     mirror_axes: list[int] = field(default_factory=list)
     estimated_memory_gb: float = 0.0

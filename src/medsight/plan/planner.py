@@ -13,14 +13,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from medsight.data.fingerprint import fingerprint_hash
 from medsight.errors import ConfigError
+from medsight.files import sha256_bytes
 from medsight.plan.plan import ConfigPlan, Plan
 
 BYTES_PER_ACTIVATION = 4 * 12  # float32 x (conv, norm, activation, their gradients and the decoder's share)
@@ -32,6 +33,11 @@ MIN_SLICES_3D = 16
 LESION_PATCH_SHARE = 0.75  # of the foreground-centred patches, the share centred on a lesion class
 LESION_OVERSAMPLE = 0.5  # foreground-centred share of all patches when lesion labels exist (nnU-Net: 0.33)
 MIN_LESION_VOXELS = 2  # a one-voxel component is more often noise than a lesion the network can resolve
+
+
+def fingerprint_hash(fp: dict[str, Any]) -> str:
+    """The SHA-256 of a dataset fingerprint (``medsight.data.fingerprint``) as canonical JSON, stored in the plan."""
+    return sha256_bytes(json.dumps(fp, sort_keys=True).encode())
 
 
 def make_plan(fp: dict[str, Any], memory_gb: float = 8.0, base_filters: int | None = None,

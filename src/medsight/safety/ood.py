@@ -21,6 +21,7 @@ from scipy.special import expit, logsumexp
 
 from medsight.errors import ConfigError, MetricError
 from medsight.files import atomic_write_text
+from medsight.metrics.classification import roc_auc
 
 
 def _logits(logits: np.ndarray) -> np.ndarray:
@@ -116,19 +117,17 @@ class Mahalanobis:
 
 
 def ood_detection_metrics(scores_in: np.ndarray, scores_out: np.ndarray) -> dict[str, float]:
-    """AUROC (OOD = positive class, via scikit-learn) and the FPR at 95% TPR.
+    """AUROC (OOD = positive class, ``medsight.metrics.roc_auc``) and the FPR at 95% TPR.
 
     FPR at 95% TPR: the share of in-distribution cases flagged when the threshold is set so that 95% of the
     OOD cases are caught: the highest threshold with TPR >= 95% (scores >= threshold are flagged), the point
     scikit-learn's ``roc_curve`` reports.
     """
-    from sklearn.metrics import roc_auc_score
-
     s_in, s_out = np.asarray(scores_in, dtype=float), np.asarray(scores_out, dtype=float)
     if len(s_in) == 0 or len(s_out) == 0:
         raise MetricError("OOD metrics need at least one in-distribution and one OOD score")
     y = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]
-    auroc = float(roc_auc_score(y, np.r_[s_in, s_out]))
+    auroc = float(roc_auc(y, np.r_[s_in, s_out]))
     threshold = float(np.sort(s_out)[len(s_out) - int(np.ceil(0.95 * len(s_out) - 1e-9))])
     fpr95 = float(np.mean(s_in >= threshold))
     return {"auroc": auroc, "fpr_at_95tpr": fpr95, "n_in": int(len(s_in)), "n_out": int(len(s_out))}

@@ -11,12 +11,15 @@ plain DiceCE predicted no lesion voxel after 150 steps while the balanced loss r
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
 from medsight.errors import ConfigError
+from medsight.metrics.segmentation import dice
 
 
 class DeepSupervisionLoss(nn.Module):
@@ -54,26 +57,37 @@ class DeepSupervisionLoss(nn.Module):
         return total
 
 
-LOSSES = {"dice_ce": {}, "dice_balanced_ce": {"balanced_ce": True}}
+def dice_balanced_ce(**options: Any) -> DeepSupervisionLoss:
+    """The planner's loss for lesion datasets (registered as ``dice_balanced_ce`` in ``medsight.losses``)."""
+    return DeepSupervisionLoss(balanced_ce=True, **options)
 
 
 def segmentation_loss(name: str) -> DeepSupervisionLoss:
-    """The plan's loss by name (plans written before the field existed say nothing: plain DiceCE)."""
-    if name not in LOSSES:
-        raise ConfigError(f"unknown segmentation loss '{name}' in the plan; use {', '.join(LOSSES)}")
-    return DeepSupervisionLoss(**LOSSES[name])
+    """The plan's loss, built through the ``medsight.losses`` registry (plans written before the field existed
+    say nothing: ``dice_ce``). A plug-in segmentation loss subclasses ``DeepSupervisionLoss`` (it must take
+    DynUNet's deep-supervision heads); a classification loss of the same registry is refused by name."""
+    from medsight.nets import registry
+
+    known = [n for n in registry.available("medsight.losses") if n.startswith("dice")]
+    if name not in registry.available("medsight.losses"):
+        raise ConfigError(f"unknown segmentation loss '{name}' in the plan; use {', '.join(known)}")
+    loss = registry.load("medsight.losses", name)()
+    if not isinstance(loss, DeepSupervisionLoss):
+        raise ConfigError(f"unknown segmentation loss '{name}' in the plan: it is registered in medsight.losses "
+                          f"but is not a segmentation loss (a DeepSupervisionLoss); use {', '.join(known)}")
+    return loss
 
 
 def soft_dice_per_class(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> list[float]:
-    """Hard Dice per foreground class over the whole batch (NaN where absent in both)."""
-    pred = logits.argmax(1)
-    tgt = target[:, 0]
+    """Hard Dice (``medsight.metrics.segmentation.dice``) per foreground class over the whole batch (NaN where the
+    class is absent in both)."""
+    pred = logits.argmax(1).cpu().numpy()
+    tgt = target[:, 0].cpu().numpy()
     out = []
     for c in range(1, n_classes):
         p, t = pred == c, tgt == c
-        denom = int(p.sum() + t.sum())
-        out.append(float("nan") if denom == 0 else 2.0 * float((p & t).sum()) / denom)
+        out.append(dice(p, t) if p.any() or t.any() else float("nan"))
     return out
 
 
-__all__ = ["DeepSupervisionLoss", "LOSSES", "segmentation_loss", "soft_dice_per_class"]
+__all__ = ["DeepSupervisionLoss", "dice_balanced_ce", "segmentation_loss", "soft_dice_per_class"]

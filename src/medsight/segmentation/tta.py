@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsight.metrics.segmentation import dice
+
 MIN_GAIN = 0.001  # mean Dice gain (over validation cases) an axis must bring to be worth one more pass per window
 STUDY_CASES = 4  # validation cases per fold the study predicts (each 1 + n_axes passes)
 INFERENCE_FILE = "inference.json"  # in the model package: the mirror axes predict uses by default, and why
@@ -58,12 +60,7 @@ def mirrored_softmax(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
 def hard_dice(prob: np.ndarray, ref: np.ndarray, n_classes: int) -> float:
     """Mean hard Dice over the foreground classes present in the reference or the prediction (NaN if none)."""
     pred = prob.argmax(0)
-    values = []
-    for c in range(1, n_classes):
-        a, b = pred == c, ref == c
-        total = int(a.sum()) + int(b.sum())
-        if total:
-            values.append(2.0 * int((a & b).sum()) / total)
+    values = [dice(pred == c, ref == c) for c in range(1, n_classes) if (pred == c).any() or (ref == c).any()]
     return float(np.mean(values)) if values else float("nan")
 
 

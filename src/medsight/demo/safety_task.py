@@ -64,7 +64,7 @@ def build_safety_task(cls_model: Path | None, seed: int = 0, fast: bool = False,
 def _project_task(cls_model: Path, seed: int) -> SafetyTask | None:
     """Hook for the project classifier (medsight.classification); None when it or its data cannot be loaded."""
     try:
-        from medsight.safety.project_task import project_task
+        from medsight.demo.project_task import project_task
     except ImportError:
         return None
     try:

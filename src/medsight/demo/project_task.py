@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def project_task(model_dir: Path, seed: int = 0, unseen_site: str = "site_C",
                  manifest: Path | None = None):  # noqa: ANN201 - SafetyTask (import cycle)
     """A ``SafetyTask`` for the classifier in ``model_dir``; raises when its data cannot be found unchanged."""
-    from medsight.safety.tasks import SafetyTask
+    from medsight.demo.safety_task import SafetyTask
 
     bundle = load_classifier(model_dir)
     data = bundle.config.get("data") or {}
