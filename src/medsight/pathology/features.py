@@ -71,7 +71,8 @@ def load_features(path: str | Path) -> SlideFeatures:
 def iter_tile_batches(slide: Slide, tiling: Tiling, batch: int) -> Iterator[np.ndarray]:
     """(b, size, size, 3) uint8 batches of the tiling's tiles, in order, at the tiling's mpp."""
     p = tiling.params
-    tiles = slide.read_tiles_mpp(tiling.boxes, p.mpp, p.size)  # neighbours read as one region, cut in memory
+    # neighbours read as one region, cut in memory; JPEG tiles decoded at 1/2-1/8 scale where the tiles shrink
+    tiles = slide.read_tiles_mpp(tiling.boxes, p.mpp, p.size, fast=True)
     for i in range(0, len(tiling.boxes), batch):
         yield np.stack([next(tiles) for _ in tiling.boxes[i:i + batch]])
 
