@@ -110,3 +110,20 @@ def test_layout_lines_equal_component_images(need_tool):
     ref = [(c[1]["x"], c[1]["y"], c[1]["x"] + c[1]["w"], c[1]["y"] + c[1]["h"])
            for c in eng.api.GetComponentImages(tesserocr.RIL.TEXTLINE, True)]
     assert got and sorted(got) == sorted(ref)
+
+
+def test_wide_layout_block_gives_way_to_the_morphology_lines_inside():
+    """Layout analysis joined a turned date with the bright bone beside it into one block 101 px across (seen on
+    a planted head CT in the burned-in benchmark: the block read as junk and its bright background hid the
+    text's polarity); the 36-px morphology line inside replaces it. A block with no line inside (two lines of
+    small print) and a one-line layout box stay."""
+    from medsight.deid.textfind import FindSettings, _blocks_to_lines
+
+    s = FindSettings()
+    block, line = (386, 5, 487, 467), (451, 0, 487, 193)
+    assert _blocks_to_lines([block], [line], s, vertical=True) == []
+    assert _blocks_to_lines([block], [(10, 10, 40, 100)], s, vertical=True) == [block]  # line elsewhere
+    one_line = (440, 0, 490, 200)  # 50 px across: a line, kept even with a line inside
+    assert _blocks_to_lines([one_line], [line], s, vertical=True) == [one_line]
+    # level text: "across" is the height
+    assert _blocks_to_lines([(0, 0, 300, 100)], [(10, 40, 200, 60)], s, vertical=False) == []

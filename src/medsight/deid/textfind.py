@@ -196,6 +196,7 @@ def find_text(greys: dict[str, np.ndarray], hats: dict[str, np.ndarray], pages: 
                 morph_boxes += [(a + x0, b + y0, c + x0, d + y0)
                                 for a, b, c, d in _morphology(hat[y0:y1, x0:x1], s, vertical)]
             morph[(polarity, vertical)] = morph_boxes
+            boxes = _blocks_to_lines(boxes, morph_boxes, s, vertical)
             # morphology adds what layout analysis missed; where both saw text, layout's lines are cleaner
             share = coverage(morph_boxes, boxes) if boxes else np.zeros(len(morph_boxes))
             boxes += [b for b, c in zip(morph_boxes, share) if c < 0.3]
@@ -207,6 +208,21 @@ def find_text(greys: dict[str, np.ndarray], hats: dict[str, np.ndarray], pages: 
         out += [Candidate(b, polarity, vertical, _line_height(b, lines, vertical)) for b in boxes]
     if windows is not None and previous is not None:
         out += [c for c in previous if _outside(c.box, windows)]
+    return out
+
+
+def _blocks_to_lines(layout: list[Box], lines: list[Box], s: FindSettings, vertical: bool) -> list[Box]:
+    """Layout boxes wider across than one line (> ``max_across``) that hold morphology lines are dropped in
+    favour of those lines: such a block is often text joined with anatomy beside it (a turned date along the
+    skull), which then reads as junk and whose background hides the text's polarity. A block without
+    morphology lines inside (two lines of small text, say) stays."""
+    out = []
+    for b in layout:
+        across = (b[2] - b[0]) if vertical else (b[3] - b[1])
+        if across > s.max_across and any(b[0] <= (m[0] + m[2]) / 2 <= b[2] and b[1] <= (m[1] + m[3]) / 2 <= b[3]
+                                         for m in lines):
+            continue
+        out.append(b)
     return out
 
 
