@@ -442,6 +442,12 @@ def _markdown(rows: dict, args, presidio_why: str | None, real: list[dict], rate
     lines.append(f"Throughput of the default method, {n_rate} files (the {len(BASES)} bases and their planted "
                  f"copies) through {args.workers} worker processes, model loaded: **{rate:.2f} files/s** (wall, "
                  "under the load above).")
+    if rows.get("medsight", {}).get("cpu"):
+        cpu = rows["medsight"]["cpu"]
+        lines.append(f"CPU seconds per planted file (medsight, single process): mean {statistics.mean(cpu):.2f}, "
+                     f"median {statistics.median(cpu):.2f}, max {max(cpu):.2f} (n = {len(cpu)}); on {args.workers} "
+                     f"idle cores that is ~{args.workers / statistics.mean(cpu):.2f} files/s (CPU-bound estimate, "
+                     "not measured idle).")
     lines.append("")
     for tool, r in rows.items():
         parts = [f"{k}: {v[1]}/{v[0]}" for k, v in sorted(r["by"].items())]
