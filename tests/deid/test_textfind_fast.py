@@ -127,3 +127,39 @@ def test_wide_layout_block_gives_way_to_the_morphology_lines_inside():
     assert _blocks_to_lines([one_line], [line], s, vertical=True) == [one_line]
     # level text: "across" is the height
     assert _blocks_to_lines([(0, 0, 300, 100)], [(10, 40, 200, 60)], s, vertical=False) == []
+
+
+def _merge_reference(boxes, vertical, gap=4):
+    """The pairwise loop merge() replaced (kept here as the reference it must equal)."""
+    a0, a1, b0, b1 = (1, 3, 0, 2) if vertical else (0, 2, 1, 3)
+    boxes = [tuple(b) for b in boxes]
+    changed = True
+    while changed:
+        changed = False
+        out = []
+        for b in sorted(boxes):
+            for o in out:
+                overlap = min(b[b1], o[b1]) - max(b[b0], o[b0])
+                if (overlap >= 0.5 * min(b[b1] - b[b0], o[b1] - o[b0]) and b[a0] <= o[a1] + gap
+                        and o[a0] <= b[a1] + gap):
+                    o[0], o[1], o[2], o[3] = min(o[0], b[0]), min(o[1], b[1]), max(o[2], b[2]), max(o[3], b[3])
+                    changed = True
+                    break
+            else:
+                out.append(list(b))
+        boxes = [tuple(o) for o in out]
+    return boxes
+
+
+@pytest.mark.parametrize("vertical", [False, True])
+def test_vectorised_merge_equals_the_pairwise_loop(vertical):
+    from medsight.deid.textfind import merge
+
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 5, 60, 300):
+        x0, y0 = rng.integers(0, 400, n), rng.integers(0, 400, n)
+        w, h = rng.integers(3, 60, n), rng.integers(3, 30, n)
+        boxes = [(int(a), int(b), int(a + c), int(b + d)) for a, b, c, d in zip(x0, y0, w, h)]
+        got = merge(boxes, vertical)
+        assert got == _merge_reference(boxes, vertical)
+        assert len(got) < len(boxes) or n < 60  # many random boxes do touch: merging happened

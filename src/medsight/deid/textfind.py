@@ -112,25 +112,36 @@ def _layout(pg: np.ndarray, eng: Engine, s: FindSettings, vertical: bool, at: tu
 
 def merge(boxes: list[Box], vertical: bool, gap: int = 4) -> list[Box]:
     """Union of boxes on one printed line (they overlap across the line by >= half the smaller one's size) that
-    overlap or lie within ``gap`` px along it, repeated until none do. Lines above each other stay apart."""
+    overlap or lie within ``gap`` px along it, repeated until none do. Lines above each other stay apart.
+
+    Each box (in sorted order) joins the first earlier union it touches; the test against all earlier unions is
+    one vectorised step (a textured radiograph gives hundreds of boxes: a pairwise Python loop cost ~10 % of a
+    file's redaction)."""
     a0, a1, b0, b1 = (1, 3, 0, 2) if vertical else (0, 2, 1, 3)  # along, across index pairs
-    boxes = [tuple(b) for b in boxes]
+    cur = sorted(tuple(int(v) for v in b) for b in boxes)
+    result: list = []
     changed = True
     while changed:
         changed = False
-        out: list[list[int]] = []
-        for b in sorted(boxes):
-            for o in out:
-                overlap = min(b[b1], o[b1]) - max(b[b0], o[b0])
-                if (overlap >= 0.5 * min(b[b1] - b[b0], o[b1] - o[b0]) and b[a0] <= o[a1] + gap
-                        and o[a0] <= b[a1] + gap):
-                    o[0], o[1], o[2], o[3] = min(o[0], b[0]), min(o[1], b[1]), max(o[2], b[2]), max(o[3], b[3])
+        out = np.empty((len(cur), 4), np.int64)
+        k = 0
+        for b in cur:
+            if k:
+                o = out[:k]
+                overlap = np.minimum(b[b1], o[:, b1]) - np.maximum(b[b0], o[:, b0])
+                ok = ((overlap >= 0.5 * np.minimum(b[b1] - b[b0], o[:, b1] - o[:, b0]))
+                      & (b[a0] <= o[:, a1] + gap) & (o[:, a0] <= b[a1] + gap))
+                i = int(ok.argmax())
+                if ok[i]:
+                    out[i, :2] = np.minimum(out[i, :2], b[:2])
+                    out[i, 2:] = np.maximum(out[i, 2:], b[2:])
                     changed = True
-                    break
-            else:
-                out.append(list(b))
-        boxes = [tuple(o) for o in out]
-    return boxes  # type: ignore[return-value]
+                    continue
+            out[k] = b
+            k += 1
+        result = [tuple(int(v) for v in r) for r in out[:k]]
+        cur = sorted(result)
+    return result if cur else []  # type: ignore[return-value]
 
 
 def background_polarity(grey: np.ndarray, box: Box) -> str:
@@ -158,8 +169,8 @@ def coverage(boxes: list[Box], others: list[Box]) -> np.ndarray:
     m = np.zeros((int(b[:, 3].max()) - gy0, int(b[:, 2].max()) - gx0), bool)
     for ox0, oy0, ox1, oy1 in others:
         m[max(0, oy0 - gy0):max(0, oy1 - gy0), max(0, ox0 - gx0):max(0, ox1 - gx0)] = True
-    sat = np.zeros((m.shape[0] + 1, m.shape[1] + 1), np.int64)
-    sat[1:, 1:] = m.cumsum(0).cumsum(1)
+    sat = np.zeros((m.shape[0] + 1, m.shape[1] + 1), np.int64 if m.size >= 2**31 else np.int32)
+    sat[1:, 1:] = m.cumsum(0, dtype=sat.dtype).cumsum(1, dtype=sat.dtype)
     x0, y0, x1, y1 = b[:, 0] - gx0, b[:, 1] - gy0, b[:, 2] - gx0, b[:, 3] - gy0
     inside = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
     area = (x1 - x0) * (y1 - y0)
