@@ -22,8 +22,8 @@ strings each (a name, a date, an ID) with a random font (PIL's default + TTFs un
 
 ``medsight`` is the default method (find text, read only there, redact identifiers); ``medsight full-frame`` the
 earlier one (whole frame read 8 ways, every word redacted), run in the same process on the first ``--old``
-planted copies of the two ultrasound bases and on the real ultrasounds (it takes ~30 s of CPU per file). presidio-image-redactor is run on the same files when
-it imports and its analyzer can start offline.
+planted copies of the two ultrasound bases and on the real ultrasounds (~30 s of CPU per file; ``--old 0``: not
+run). presidio-image-redactor runs on the same files in its own venv (``--presidio-python``, ``presidio_runner.py``).
 
     python benchmarks/bench_burned_in.py --variants 3 [--write-md docs/benchmarks.md]
 """
@@ -244,68 +244,99 @@ def _frame_words(frame: np.ndarray) -> list[str]:
     return [t.strip() for t, c in zip(d["text"], d["conf"]) if t.strip() and float(c) >= 50]
 
 
-def real_ultrasounds(modes: list[str]) -> list[dict]:
+def _real_datasets() -> dict[str, pydicom.Dataset]:
     import importlib.util
 
     root = Path(importlib.util.find_spec("deid_data").origin).parent / "data" / "ultrasounds"
+    return {name: pydicom.dcmread(root / name) for name in REAL}
+
+
+def _real_row(name: str, ds: pydicom.Dataset, mode: str, after, seconds: float, cpu: float, written: bool) -> dict:
+    identifiers, annotations = REAL[name]
+    before = _frame_words(ds.pixel_array)
+    words = _frame_words(after) if written else []
+    text = " ".join(words)
+    seen = [w for w in annotations if w in before]
+    return {"file": name, "mode": mode, "seconds": seconds, "cpu": cpu, "written": written,
+            "id_chars": sum(len(s) for s in identifiers),
+            "id_left": sum(len(s) for s in identifiers if s in text),
+            "seen": len(seen), "kept": sum(w in words for w in seen)}
+
+
+def real_ultrasounds(modes: list[str]) -> list[dict]:
     out = []
-    for name, (identifiers, annotations) in REAL.items():
-        ds = pydicom.dcmread(root / name)
-        before = _frame_words(ds.pixel_array)
+    for name, ds in _real_datasets().items():
         for mode in modes:
             after, seconds, written = run_medsight(ds, mode, regions=())
-            words = _frame_words(after) if written else []
-            text = " ".join(words)
-            seen = [w for w in annotations if w in before]
-            out.append({"file": name, "mode": mode, "seconds": seconds, "cpu": CPU[-1], "written": written,
-                        "id_chars": sum(len(s) for s in identifiers),
-                        "id_left": sum(len(s) for s in identifiers if s in text),
-                        "seen": len(seen), "kept": sum(w in words for w in seen)})
+            out.append(_real_row(name, ds, mode, after, seconds, CPU[-1], written))
     return out
 
 
-def presidio_engine(tmp: Path):
-    """(engine, note) for presidio-image-redactor as far as it runs offline here, or (None, why not).
+def run_presidio(python: str, files: dict[str, pydicom.Dataset], tmp: Path) -> tuple[dict, dict, str]:
+    """Redact ``files`` (name -> dataset) with presidio-image-redactor in its own venv (``presidio_runner.py``):
+    (name -> pixel array or None when not written, its report, a note on how it ran)."""
+    import json
+    import subprocess
 
-    Its default analyzer loads spaCy's en_core_web_lg, which is a download (it fails here). What does run
-    offline: a blank spaCy English pipeline (no NER, so no PERSON entities), leaving presidio's pattern
-    recognisers (dates, phone numbers, IDs...).
-    """
-    try:
-        from presidio_image_redactor import DicomImageRedactorEngine
-    except Exception as err:  # noqa: BLE001 - report whatever stops it
-        return None, (f"not installed here ({type(err).__name__}: {str(err)[:80]}); it would also need a spaCy "
-                      "model for names, which is a download")
-    try:
-        DicomImageRedactorEngine()
-        return DicomImageRedactorEngine(), "default analyzer (spaCy en_core_web_lg)"
-    except Exception as err:  # noqa: BLE001
-        why = f"{type(err).__name__}: {' '.join(str(err).split())[:100]}"
-    try:
-        import spacy
-        from presidio_analyzer import AnalyzerEngine
-        from presidio_analyzer.nlp_engine import NlpEngineProvider
-        from presidio_image_redactor import ImageAnalyzerEngine
-
-        spacy.blank("en").to_disk(tmp / "blank_en")
-        provider = NlpEngineProvider(nlp_configuration={
-            "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": str(tmp / "blank_en")}]})
-        analyzer = AnalyzerEngine(nlp_engine=provider.create_engine())
-        engine = DicomImageRedactorEngine(image_analyzer_engine=ImageAnalyzerEngine(analyzer_engine=analyzer))
-    except Exception as err:  # noqa: BLE001
-        return None, f"its analyzer does not start offline ({why}); a blank spaCy pipeline failed too ({err})"
-    return engine, (f"its default analyzer needs spaCy's en_core_web_lg, a download that fails offline ({why}); "
-                    "run with a blank spaCy English pipeline instead: pattern recognisers only, no PERSON names")
+    src, out = tmp / "presidio-in", tmp / "presidio-out"
+    src.mkdir(parents=True)
+    for name, ds in files.items():
+        ds.save_as(src / name)
+    runner = Path(__file__).with_name("presidio_runner.py")
+    proc = subprocess.run([python, str(runner), str(src), str(out)], capture_output=True, text=True,
+                          env={**__import__("os").environ, "OMP_THREAD_LIMIT": "1"})
+    if proc.returncode != 0:
+        return {}, {}, f"did not run ({' '.join(proc.stderr.split()[-30:])})"
+    report = json.loads((out / "presidio.json").read_text())
+    arrays = {name: (pydicom.dcmread(out / name).pixel_array if report["files"][name]["written"] else None)
+              for name in files}
+    note = (f"presidio-image-redactor {report['version']} (spaCy {report['spacy']}, model {report['model']}: "
+            "spaCy's own models are GitHub downloads, this is a PyPI re-upload of en_core_web_sm 3.8.0), "
+            "DicomImageRedactorEngine.redact(fill='contrast', use_metadata=True), its own venv (its pins clash "
+            f"with ours), one process, model loaded once ({report['startup_s']:.1f} s, not counted); its CPU "
+            "seconds include the tesseract processes it starts")
+    return arrays, report, note
 
 
-def run_presidio(engine, ds: pydicom.Dataset) -> tuple[np.ndarray | None, float, bool]:
-    t = time.perf_counter()
-    try:
-        out = engine.redact(copy.deepcopy(ds), fill="contrast", use_metadata=True)
-        return out.pixel_array, time.perf_counter() - t, True
-    except Exception as err:  # noqa: BLE001 - an image it cannot process counts as not written
-        print(f"  presidio failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return None, time.perf_counter() - t, False
+def _account(r: dict, case: dict, after: np.ndarray | None, seconds: float, cpu: float | None, written: bool,
+             own_base: bool) -> None:
+    """Add one tool's result on one planted file to its row."""
+    r["seconds"].append(seconds)
+    if cpu is not None:
+        r["cpu"].append(cpu)
+    r["files"] += 1
+    frame, mono1 = case["frame"], case["mono1"]
+    for p, before_read in zip(case["planted"], case["before"]):
+        n = sum(ch.isalnum() for ch in p.text)
+        r["before"] += before_read
+        r["chars"] += n
+        r["ink"] += int(p.ink.sum())
+        if not written:
+            continue
+        left = readable_chars(after, p, mono1)
+        r["after"] += left
+        print(f"  {r['tool']} {case['base']} {p.font} {p.size}px rot{p.rotation} contrast {p.contrast}: "
+              f"read {before_read}/{n} before, {left} after", file=sys.stderr)
+        mask = redacted_mask(frame, after)
+        r["ink_left"] += int((p.ink & ~mask).sum())
+        key = f"{'rot90' if p.rotation else 'rot0'} size {'8-15' if p.size < 16 else '16-40'}"
+        by = r["by"].setdefault(key, [0, 0])
+        by[0] += n
+        by[1] += left
+    if not written:
+        r["held"] += 1
+        return
+    mask = redacted_mask(frame, after)
+    # outside the planted strings, and (for medsight, whose redaction of the unplanted base is known) outside
+    # what it removes from the base's own annotations
+    extra = mask & ~case["planted_box"] & ~(case["base_mask"] if own_base and case["base_mask"] is not None
+                                             else False)
+    r["false"].append(float(extra.mean()))
+
+
+def _row(rows: dict, tool: str) -> dict:
+    return rows.setdefault(tool, {"tool": tool, "chars": 0, "before": 0, "after": 0, "ink": 0, "ink_left": 0,
+                                  "false": [], "seconds": [], "cpu": [], "held": 0, "files": 0, "by": {}})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-md", type=Path, default=None)
     ap.add_argument("--old", type=int, default=1, help="planted copies per base also run the full-frame way")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--presidio-python", default=None,
+                    help="python of a venv with presidio-image-redactor and a spaCy English model")
     args = ap.parse_args(argv)
     import os
 
@@ -323,9 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     rng, fonts = random.Random(args.seed), _fonts()
     import tempfile
 
-    presidio, presidio_why = presidio_engine(Path(tempfile.mkdtemp()))
+    tmp = Path(tempfile.mkdtemp())
     rows: dict[str, dict] = {}
     planted_sets: list[pydicom.Dataset] = []
+    cases: list[dict] = []
     for base_name in BASES:
         base = pydicom.dcmread(_base_path(base_name))
         mono1 = str(base.PhotometricInterpretation).upper() == "MONOCHROME1"
@@ -336,51 +370,38 @@ def main(argv: list[str] | None = None) -> int:
             ds, planted = plant(base, rng, fonts)
             planted_sets.append(ds)
             frame = ds.pixel_array
-            before = [readable_chars(frame, p, mono1) for p in planted]
             planted_box = np.zeros(frame.shape[:2], bool)
             for p in planted:
                 x0, y0, x1, y1 = p.box
                 planted_box[max(0, y0 - 3):y1 + 3, max(0, x0 - 3):x1 + 3] = True
+            case = {"base": base_name, "ds": ds, "planted": planted, "frame": frame, "mono1": mono1,
+                    "before": [readable_chars(frame, p, mono1) for p in planted], "planted_box": planted_box,
+                    "base_mask": base_mask}
+            cases.append(case)
             tools = [("medsight", run_medsight)]
             if v < args.old and base_name in BASES[:2]:  # the ultrasounds: the old way costs ~30 s per file
                 tools.append(("medsight full-frame (before)", lambda d: run_medsight(d, "full-frame")))
-            if presidio is not None:
-                tools.append(("presidio", lambda d: run_presidio(presidio, d)))
             for tool, fn in tools:
-                r = rows.setdefault(tool, {"chars": 0, "before": 0, "after": 0, "ink": 0, "ink_left": 0,
-                                           "false": [], "seconds": [], "cpu": [], "held": 0, "files": 0, "by": {}})
-                n_cpu = len(CPU)
                 after, seconds, written = fn(ds)
-                r["seconds"].append(seconds)
-                if len(CPU) > n_cpu:
-                    r["cpu"].append(CPU[-1])
-                r["files"] += 1
-                for p, before_read in zip(planted, before):
-                    n = sum(ch.isalnum() for ch in p.text)
-                    r["before"] += before_read
-                    r["chars"] += n
-                    r["ink"] += int(p.ink.sum())
-                    if not written:
-                        continue
-                    left = readable_chars(after, p, mono1)
-                    r["after"] += left
-                    print(f"  {tool} {base_name} {p.font} {p.size}px rot{p.rotation} contrast {p.contrast}: "
-                          f"read {before_read}/{n} before, {left} after", file=sys.stderr)
-                    mask = redacted_mask(frame, after)
-                    r["ink_left"] += int((p.ink & ~mask).sum())
-                    key = f"{'rot90' if p.rotation else 'rot0'} size {'8-15' if p.size < 16 else '16-40'}"
-                    by = r["by"].setdefault(key, [0, 0])
-                    by[0] += n
-                    by[1] += left
-                if not written:
-                    r["held"] += 1
-                    continue
-                if tool == "medsight":  # the base's own redaction is known for the default method only
-                    mask = redacted_mask(frame, after)
-                    extra = mask & ~planted_box & ~(base_mask if base_mask is not None else False)
-                    r["false"].append(float(extra.mean()))
+                _account(_row(rows, tool), case, after, seconds, CPU[-1], written, tool == "medsight")
             print(f"{base_name} #{v}: {[p.text for p in planted]}", file=sys.stderr)
-    real = real_ultrasounds(["find", "full-frame"])
+    presidio_why, presidio_real = "not run (pass --presidio-python VENV/bin/python)", []
+    if args.presidio_python:
+        files = {f"planted_{i:03d}.dcm": c["ds"] for i, c in enumerate(cases)}
+        files.update({f"real_{name}": ds for name, ds in _real_datasets().items()})
+        arrays, report, presidio_why = run_presidio(args.presidio_python, files, tmp)
+        for i, c in enumerate(cases):
+            name = f"planted_{i:03d}.dcm"
+            if name in arrays:
+                f = report["files"][name]
+                _account(_row(rows, "presidio"), c, arrays[name], f["seconds"], f["cpu"], f["written"], False)
+        for name, ds in _real_datasets().items():
+            key = f"real_{name}"
+            if key in arrays:
+                f = report["files"][key]
+                presidio_real.append(_real_row(name, ds, "presidio", arrays[key], f["seconds"], f["cpu"],
+                                               f["written"]))
+    real = real_ultrasounds(["find", "full-frame"] if args.old else ["find"]) + presidio_real
     load.append(os.getloadavg()[0])
     rate = throughput(planted_sets, args.workers)
     load.append(os.getloadavg()[0])
@@ -401,10 +422,12 @@ def _markdown(rows: dict, args, presidio_why: str | None, real: list[dict], rate
              f"single-process runs / after the worker run: the CPU seconds are the steadier figure), "
              f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, Tesseract "
              f"{tesseract_version()}, OCR engine {engine().backend}; command: `python "
-             f"benchmarks/bench_burned_in.py --variants {args.variants} --seed {args.seed} --old {args.old}`. "
+             f"benchmarks/bench_burned_in.py --variants {args.variants} --seed {args.seed} --old {args.old}"
+             f"{' --presidio-python VENV/bin/python' if args.presidio_python else ''}`. "
              f"Base images from pydicom-data: {', '.join(BASES)}; each gets {args.variants} planted copies with a "
              f"name, a date and an ID (fonts: {', '.join(n for n, _ in _fonts())}; 8-40 px; contrast 100/60/35 %; "
-             "rotation 0 or 90). Both medsight methods ran in the same process, file by file.", "",
+             "rotation 0 or 90). Both medsight methods ran in the same process, file by file; presidio in one process "
+             "of its own venv right after, on the same files, under the same load.", "",
              "| tool | files | planted chars (n) | readable before (share) | readable after (share) | ink left | "
              "false redaction (median % of image) | held back | s/file wall (median) | s/file CPU (median) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -419,6 +442,12 @@ def _markdown(rows: dict, args, presidio_why: str | None, real: list[dict], rate
     lines.append(f"Throughput of the default method, {n_rate} files (the {len(BASES)} bases and their planted "
                  f"copies) through {args.workers} worker processes, model loaded: **{rate:.2f} files/s** (wall, "
                  "under the load above).")
+    if rows.get("medsight", {}).get("cpu"):
+        cpu = rows["medsight"]["cpu"]
+        lines.append(f"CPU seconds per planted file (medsight, single process): mean {statistics.mean(cpu):.2f}, "
+                     f"median {statistics.median(cpu):.2f}, max {max(cpu):.2f} (n = {len(cpu)}); on {args.workers} "
+                     f"idle cores that is ~{args.workers / statistics.mean(cpu):.2f} files/s (CPU-bound estimate, "
+                     "not measured idle).")
     lines.append("")
     for tool, r in rows.items():
         parts = [f"{k}: {v[1]}/{v[0]}" for k, v in sorted(r["by"].items())]
@@ -438,11 +467,15 @@ def _markdown(rows: dict, args, presidio_why: str | None, real: list[dict], rate
                  "verifies that none is read again on the written pixels with its own detector: text its "
                  "detector does not find (faint text over ultrasound speckle, some turned strings) is neither "
                  "redacted nor caught by that verification, which is what the 'readable after' share measures.")
-    if presidio_why and "presidio" not in rows:
+    if "presidio" not in rows:
         lines.append(f"presidio-image-redactor: not compared: {presidio_why}.")
-    elif presidio_why:
-        lines.append(f"presidio-image-redactor 0.0.62 (DicomImageRedactorEngine, fill=contrast, use_metadata): "
-                     f"{presidio_why}. A failed file counts as held back.")
+    else:
+        r = rows["presidio"]
+        mean = statistics.mean(r["seconds"])
+        lines.append(f"presidio: {presidio_why}. Its false-redaction column also counts what it removes of the "
+                     "bases' own annotations (medsight's excludes its redaction of the unplanted base). Presidio "
+                     f"single process: {1 / mean:.2f} files/s over the {r['files']} planted files (mean "
+                     f"{mean:.2f} s wall, median {statistics.median(r['cpu']):.2f} CPU-s per file).")
     return "\n".join(lines) + "\n"
 
 

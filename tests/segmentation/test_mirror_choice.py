@@ -97,3 +97,21 @@ def test_recorded_axes_come_from_the_package_file(tmp_path):
     assert recorded_mirror_axes(tmp_path) == ([], "none recorded in the package")
     (tmp_path / "inference.json").write_text(json.dumps({"mirror_axes": [0, 2]}))
     assert recorded_mirror_axes(tmp_path) == ([0, 2], "measured at training")
+
+
+def test_validation_predicts_with_the_packages_recorded_axes(tmp_path, monkeypatch):
+    """report.run_model used to force mirror axis 0 whatever the package measured; now it takes the recorded
+    axes (Predictor's mirror_axes=None), like `medsight predict`."""
+    import medsight.segmentation.predict as predict
+    from medsight.report.run_model import fold_predictor
+
+    made = []
+
+    class Recorder:
+        def __init__(self, model_dir, folds=None, mirror=True, mirror_axes=None, **kw):
+            made.append((folds, mirror, mirror_axes))
+
+    monkeypatch.setattr(predict, "Predictor", Recorder)
+    fold_predictor(tmp_path, "1")
+    fold_predictor(tmp_path, None)
+    assert made == [(["1"], True, None), (None, True, None)]

@@ -71,15 +71,26 @@ def tesseract_version() -> str:
     return str(pytesseract.get_tesseract_version())
 
 
-def display_grey(frame: np.ndarray, photometric: str = "MONOCHROME2") -> np.ndarray:
-    """An 8-bit grey image of ``frame`` (H, W) or (H, W, 3) as a viewer would show it, text kept bright."""
+def display_levels(frame: np.ndarray) -> tuple[float, float]:
+    """The grey values ``display_grey`` shows as black and white: 0.5th percentile and maximum."""
     a = np.asarray(frame)
+    if a.ndim == 3:
+        a = a.max(axis=2)
+    lo, hi = (float(v) for v in np.percentile(a, (0.5, 100.0)))
+    if hi <= lo:
+        lo, hi = float(a.min()), float(a.max())
+    return lo, hi
+
+
+def display_grey(frame: np.ndarray, photometric: str = "MONOCHROME2",
+                 levels: tuple[float, float] | None = None) -> np.ndarray:
+    """An 8-bit grey image of ``frame`` (H, W) or (H, W, 3) as a viewer would show it, text kept bright.
+    ``levels``: (black, white) of an earlier look at the same frame, so untouched pixels keep their grey."""
+    a = np.asarray(frame)
+    lo, hi = display_levels(a) if levels is None else levels
     if a.ndim == 3:  # colour: the brightest channel keeps coloured text (yellow, green, cyan) bright
         a = a.max(axis=2)
     a = a.astype(np.float32, copy=False)
-    lo, hi = np.percentile(a, (0.5, 100.0))
-    if hi <= lo:
-        lo, hi = float(a.min()), float(a.max())
     if hi <= lo:
         return np.zeros(a.shape, np.uint8)
     # the top of the range is kept whole: burned-in text is usually drawn at the maximum value

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medsight.deid.tess import Box, Engine
-from medsight.deid.textfind import Candidate, covered
+from medsight.deid.textfind import Candidate
 from medsight.deid.words import IDENTIFIER, classify
 
 TARGET_HEIGHT = 36  # px of a scaled line
@@ -60,14 +60,20 @@ class CropReader:
         self.crops_read = 0
 
     def read(self, c: Candidate, page: np.ndarray) -> list[FoundWord]:
+        """The words of candidate ``c``, read in its polarity's page (cached under the crop's pixels)."""
+        h, w = page.shape
+        box = _crop_box(c, h, w)
+        cx0, cy0, cx1, cy1 = box
+        crop = page[cy0:cy1, cx0:cx1]
+        key = (c.polarity, c.vertical, box, hashlib.sha1(crop.tobytes()).digest())
+        if key not in self.cache:
+            self.cache[key] = self._read(c, crop, box, h, w)
+        return self.cache[key]
+
+    def _read(self, c: Candidate, crop: np.ndarray, box: Box, h: int, w: int) -> list[FoundWord]:
         from PIL import Image
 
-        h, w = page.shape
-        cx0, cy0, cx1, cy1 = _crop_box(c, h, w)
-        crop = page[cy0:cy1, cx0:cx1]
-        key = (c.polarity, c.vertical, (cx0, cy0, cx1, cy1), hashlib.sha1(crop.tobytes()).digest())
-        if key in self.cache:
-            return self.cache[key]
+        cx0, cy0, cx1, cy1 = box
         img = np.ascontiguousarray(np.rot90(crop, -1)) if c.vertical else crop
         line = c.line if 0 < c.line < 0.75 * c.across else c.across  # one line, or a block of lines this high
         s = float(np.clip(TARGET_HEIGHT / max(1, min(line, MAX_LINE)), 1.0, 4.0))
@@ -86,19 +92,18 @@ class CropReader:
             x0, y0, x1, y1 = ((v - BORDER) / s for v in r.box)
             if c.vertical:  # the crop was turned clockwise: (x', y') came from (x = y', y = ch - x')
                 x0, y0, x1, y1 = y0, ch - x1, y1, ch - x0
-            box = (int(np.floor(x0)) + cx0, int(np.floor(y0)) + cy0, int(np.ceil(x1)) + cx0, int(np.ceil(y1)) + cy0)
-            box = (max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3]))
-            mapped.append((r, box))
-            lo, hi = (box[0], box[2]) if c.vertical else (box[1], box[3])
+            wbox = (int(np.floor(x0)) + cx0, int(np.floor(y0)) + cy0, int(np.ceil(x1)) + cx0, int(np.ceil(y1)) + cy0)
+            wbox = (max(0, wbox[0]), max(0, wbox[1]), min(w, wbox[2]), min(h, wbox[3]))
+            mapped.append((r, wbox))
+            lo, hi = (wbox[0], wbox[2]) if c.vertical else (wbox[1], wbox[3])
             span = line_span.setdefault(r.line, [lo, hi])
             span[0], span[1] = min(span[0], lo), max(span[1], hi)
-        for r, box in mapped:
+        for r, wbox in mapped:
             kind, rule = classify(r.text, self.terms)
             lo, hi = line_span[r.line]
             line_box = (int(lo), cy0, int(hi), cy1) if c.vertical else (cx0, int(lo), cx1, int(hi))
-            words.append(FoundWord(r.text, r.conf, box, (c.box, c.polarity, c.vertical, r.line), c.vertical, kind,
+            words.append(FoundWord(r.text, r.conf, wbox, (c.box, c.polarity, c.vertical, r.line), c.vertical, kind,
                                    rule, line_box))
-        self.cache[key] = words
         return words
 
 
@@ -111,20 +116,25 @@ def _inside(b: Box, box: Box) -> bool:
     return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
 
 
+def _overlap(a: Box, b: Box) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
 def resolve(readings: list[tuple[Candidate, list[FoundWord]]]) -> list[FoundWord]:
     """Words of all readings, where a vertical and level reading of the same pixels compete: the reading with
     the larger confidence x characters wins inside the vertical box (a column of level words read turned,
     or a turned word read level, gives short unconfident junk)."""
     drop: set[int] = set()
-    for i, (c, words) in enumerate(readings):
+    level_readings = [(o, ws) for o, ws in readings if not o.vertical and ws]
+    for c, words in readings:
         if not c.vertical:
             continue
-        level = [(j, w) for j, (o, ws) in enumerate(readings) if not o.vertical and o.polarity == c.polarity
-                 and covered(o.box, [c.box]) > 0 for w in ws if _inside(w.box, c.box)]
+        level = [w for o, ws in level_readings if o.polarity == c.polarity and _overlap(o.box, c.box)
+                 for w in ws if _inside(w.box, c.box)]
         if not level:
             continue
-        if _score(words) >= _score([w for _j, w in level]):
-            drop |= {id(w) for _j, w in level}
+        if _score(words) >= _score(level):
+            drop |= {id(w) for w in level}
         else:
             drop |= {id(w) for w in words}
     return [w for _c, words in readings for w in words if id(w) not in drop]

@@ -31,16 +31,17 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from medsight.deid.ocr import OcrSettings, display_grey, read_words
+from medsight.deid.ocr import OcrSettings, display_grey, display_levels, read_words
 from medsight.deid.reading import CropReader, FoundWord, resolve
 from medsight.deid.regions import DEFAULT_REGIONS, TextRegion, regions_for
 from medsight.deid.tess import engine
-from medsight.deid.textfind import POLARITIES, FindSettings, find_text, page, tophat
+from medsight.deid.textfind import POLARITIES, FindSettings, find_text, page, page_contrast, tophat
 from medsight.deid.words import IDENTIFIER, classify
 
 OUTPUT_SYNTAX = ExplicitVRLittleEndian
 CLEAN_PIXEL_CODE = ("113101", "Clean Pixel Data Option")
 MAX_TEXT_HEIGHT = 0.1  # share of the frame's short side: taller "words" are layout analysis reading texture
+WINDOW_PAD = 80  # px around a filled box that a later reading searches again (> top-hat 15 + 64-px line)
 STATIC_TOLERANCE = 8  # grey levels a "static" pixel may vary across frames (lossy compression noise)
 MODES = ("find", "full-frame")
 
@@ -54,7 +55,7 @@ class RedactOptions:
     unknown_conf: float = 60.0  # ... for an identifier only because it is an unknown word (speckle and
     # half-seen strokes read as short made-up words at 30-59; names and the deid-data banners read at 60-97)
     verify_conf: float = 60.0  # verification: confidence from which an identifier counts as readable
-    rounds: int = 2  # redact-and-reread rounds before giving up
+    rounds: int = 3  # redact-and-reread rounds before giving up (later rounds re-read only around what changed)
     pad: int = 3  # pixels around each word box, plus 20 % of its height
     use_ocr: bool = True  # False: blank only the region table (OCR still verifies)
     regions: tuple[TextRegion, ...] = DEFAULT_REGIONS
@@ -99,12 +100,6 @@ def decode_frames(ds: Dataset) -> np.ndarray:
 
 def _pad(box: tuple[int, int, int, int], pad: int, h: int, w: int) -> tuple[int, int, int, int]:
     x0, y0, x1, y1 = box
-    p = pad + round(0.2 * (y1 - y0))
-    return max(0, x0 - p), max(0, y0 - p), min(w, x1 + p), min(h, y1 + p)
-
-
-def _pad(box: tuple[int, int, int, int], pad: int, h: int, w: int) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = box
     p = pad + round(0.2 * min(y1 - y0, x1 - x0))
     return max(0, x0 - p), max(0, y0 - p), min(w, x1 + p), min(h, y1 + p)
 
@@ -130,6 +125,11 @@ class _Redactor:
             self.fill_value = frames.min()
         self.boxes: dict[tuple, dict] = {}
         self.passes = 0
+        self.changed: list[tuple[int, int, int, int]] = []  # boxes filled since the last reading
+        self.candidates: list | None = None  # the last reading's text boxes
+        self.page_hi: dict[str, float] = {}
+        self.levels: dict[str, tuple[float, float]] = {}  # display levels of the first reading
+        self.hats: dict[str, np.ndarray] = {}  # the last reading's top-hats  # page contrast of the first reading, kept so unchanged crops match
         self.static = None
         if len(frames) > 1:  # burned-in annotations stay put while the anatomy moves: speckle read as "words"
             spread = frames.max(axis=0).astype(np.int32) - frames.min(axis=0)  # in a cine loop is not static
@@ -147,6 +147,7 @@ class _Redactor:
     def fill(self, box: tuple[int, int, int, int], source: str, frame: int | None, text: str = "") -> None:
         x0, y0, x1, y1 = box
         self.frames[:, y0:y1, x0:x1] = self.fill_value
+        self.changed.append(box)
         key = (source, text and self.hash(text), x0 // 4, y0 // 4, x1 // 4, y1 // 4)
         entry = self.boxes.setdefault(key, {"box": [x0, y0, x1 - x0, y1 - y0], "source": source, "frames": []})
         if text:
@@ -164,20 +165,72 @@ class _Redactor:
         if self.reader is None:
             return self._read_full_frames()
         if len(self.frames) == 1:
-            light = dark = display_grey(self._grey(self.frames[0]), self.photometric)
+            light = dark = self._display(self._grey(self.frames[0]), "single")
         else:  # light text survives the minimum over frames, dark text the maximum; moving anatomy fades
             greys = np.stack([self._grey(f) for f in self.frames])
-            lo, hi = greys.min(axis=0), greys.max(axis=0)
-            light, dark = display_grey(lo, self.photometric), display_grey(hi, self.photometric)
+            light, dark = self._display(greys.min(axis=0), "min"), self._display(greys.max(axis=0), "max")
             if self.photometric == "MONOCHROME1":
                 light, dark = dark, light
-        size = self.o.find.tophat
-        hats = {p: tophat(light if p == "light-on-dark" else dark, p, size) for p in POLARITIES}
-        pages = {p: page(h) for p, h in hats.items()}
+        windows = self._windows() if self.candidates is not None else None
+        hats = {p: self._tophat(light if p == "light-on-dark" else dark, p, windows) for p in POLARITIES}
+        for p, h in hats.items():
+            self.page_hi.setdefault(p, page_contrast(h))
+        pages = {p: page(h, self.page_hi[p]) for p, h in hats.items()}
         greys = {"light-on-dark": light, "dark-on-light": dark}
-        readings = [(c, self.reader.read(c, pages[c.polarity]))
-                    for c in find_text(greys, hats, pages, self.reader.eng, self.o.find)]
+        self.candidates = find_text(greys, hats, pages, self.reader.eng, self.o.find, windows, self.candidates)
+        self.changed = []
+        readings = [(c, self.reader.read(c, pages[c.polarity])) for c in self.candidates]
         return [(0, w) for w in resolve(readings)]
+
+    def _display(self, grey: np.ndarray, which: str) -> np.ndarray:
+        """The display grey with the first reading's levels: a fill must not restretch the untouched pixels."""
+        if which not in self.levels:
+            self.levels[which] = display_levels(grey)
+        return display_grey(grey, self.photometric, self.levels[which])
+
+    def _tophat(self, grey: np.ndarray, polarity: str, windows: list | None) -> np.ndarray:
+        """The top-hat of ``grey``; in a later reading only around the windows (every changed pixel lies in one).
+        A top-hat pixel depends on the pixels within ``size`` (an erosion then a dilation): a change reaches
+        ``size`` px out of its window, and that band is computed from another ``size`` px around it."""
+        size = self.o.find.tophat
+        if windows is None or polarity not in self.hats:
+            self.hats[polarity] = tophat(grey, polarity, size)
+            return self.hats[polarity]
+        hat = self.hats[polarity]
+        for x0, y0, x1, y1 in windows:
+            p0, q0, p1, q1 = max(0, x0 - size), max(0, y0 - size), min(self.w, x1 + size), min(self.h, y1 + size)
+            a0, b0, a1, b1 = max(0, p0 - size), max(0, q0 - size), min(self.w, p1 + size), min(self.h, q1 + size)
+            part = tophat(grey[b0:b1, a0:a1], polarity, size)
+            hat[q0:q1, p0:p1] = part[q0 - b0:q1 - b0, p0 - a0:p1 - a0]
+        return hat
+
+    def _windows(self) -> list[tuple[int, int, int, int]]:
+        """Where a later reading must look again: each filled box grown to every earlier text box it overlaps,
+        and by ``WINDOW_PAD`` (more than the top-hat and a line's height), overlapping windows united.
+        Everywhere else the pixels, and so the text boxes and their readings, are those of the last reading."""
+        pad = WINDOW_PAD
+        out = [[max(0, x0 - pad), max(0, y0 - pad), min(self.w, x1 + pad), min(self.h, y1 + pad)]
+               for x0, y0, x1, y1 in self.changed]
+        for c in self.candidates or []:
+            for (f0, g0, f1, g1), wdw in zip(self.changed, out):
+                b = c.box  # a text box the fill touched: it may now read differently anywhere along its length
+                if min(b[2], f1) > max(b[0], f0) and min(b[3], g1) > max(b[1], g0):
+                    wdw[:] = [max(0, min(wdw[0], b[0] - pad)), max(0, min(wdw[1], b[1] - pad)),
+                              min(self.w, max(wdw[2], b[2] + pad)), min(self.h, max(wdw[3], b[3] + pad))]
+        merged = True
+        while merged:
+            merged = False
+            for i in range(len(out)):
+                for j in range(i + 1, len(out)):
+                    a, b = out[i], out[j]
+                    if min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]):
+                        out[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                        del out[j]
+                        merged = True
+                        break
+                if merged:
+                    break
+        return [tuple(w) for w in out]  # type: ignore[misc]
 
     def _read_full_frames(self) -> list[tuple[int, FoundWord]]:
         seen: dict[str, list[FoundWord]] = {}

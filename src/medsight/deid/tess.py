@@ -60,23 +60,34 @@ class Engine:
         self.tesserocr = tesserocr
         self.backend = f"tesserocr {tesserocr.__version__} (libtesseract {tesserocr.tesseract_version().split()[1]})"
 
+    def _set(self, img: np.ndarray) -> None:
+        """Hand an 8-bit grey image over as raw bytes (SetImage with a PIL image encodes a BMP first)."""
+        buf = np.ascontiguousarray(img, np.uint8)
+        self._buf = buf.tobytes()  # Tesseract does not copy the buffer: keep it alive until the next image
+        self.api.SetImageBytes(self._buf, buf.shape[1], buf.shape[0], 1, buf.shape[1])
+
     def lines(self, img: np.ndarray) -> list[Box]:
         """Boxes of the text lines Tesseract's layout analysis finds in a dark-on-light image (no recognition)."""
-        from PIL import Image
-
         t = self.tesserocr
         self.api.SetPageSegMode(t.PSM.SPARSE_TEXT)
-        self.api.SetImage(Image.fromarray(img))
-        comps = self.api.GetComponentImages(t.RIL.TEXTLINE, True)
-        return [(c[1]["x"], c[1]["y"], c[1]["x"] + c[1]["w"], c[1]["y"] + c[1]["h"]) for c in comps]
+        self._set(img)
+        # the layout iterator gives the boxes only (GetComponentImages also cuts each line out as a PIL image)
+        it = self.api.AnalyseLayout()
+        out: list[Box] = []
+        while it is not None:
+            if it.BlockType() in _TEXT_BLOCKS:
+                box = it.BoundingBox(t.RIL.TEXTLINE)
+                if box is not None:
+                    out.append(tuple(int(v) for v in box))  # type: ignore[arg-type]
+            if not it.Next(t.RIL.TEXTLINE):
+                break
+        return out
 
     def words(self, img: np.ndarray, psm: int = 6) -> list[Read]:
         """Every word read in a dark-on-light image, with its line number (words of one line share it)."""
-        from PIL import Image
-
         t = self.tesserocr
         self.api.SetPageSegMode(psm)
-        self.api.SetImage(Image.fromarray(img))
+        self._set(img)
         self.api.Recognize()
         out: list[Read] = []
         it = self.api.GetIterator()
@@ -98,6 +109,9 @@ class Engine:
 
 
 _ENGINES: dict[str, Engine] = {}
+# PolyBlockType values Tesseract counts as text (PTIsTextType: flowing, heading, pullout text, inline equation,
+# table, vertical text, caption), the blocks GetComponentImages(text_only=True) keeps
+_TEXT_BLOCKS = frozenset((1, 2, 3, 5, 6, 7, 8))
 
 
 def engine(lang: str = "eng") -> Engine:

@@ -61,9 +61,15 @@ def tophat(grey: np.ndarray, polarity: str, size: int) -> np.ndarray:
     raise ValueError(f"unknown polarity {polarity!r}")
 
 
-def page(hat: np.ndarray) -> np.ndarray:
-    """Dark print on white, stretched: the image Tesseract reads best (one per polarity)."""
-    hi = float(np.percentile(hat, 99.9)) if hat.size else 0.0
+def page_contrast(hat: np.ndarray) -> float:
+    """The top-hat value shown as full black on the page (its 99.9th percentile)."""
+    return float(np.percentile(hat, 99.9)) if hat.size else 0.0
+
+
+def page(hat: np.ndarray, hi: float | None = None) -> np.ndarray:
+    """Dark print on white, stretched: the image Tesseract reads best (one per polarity). ``hi``: the stretch of
+    an earlier reading of the same frame, so that pixels a redaction did not touch stay identical."""
+    hi = page_contrast(hat) if hi is None else hi
     if hi <= 0:
         return np.full(hat.shape, 255, np.uint8)
     return (255 - np.clip(hat.astype(np.float32) * (255.0 / hi), 0, 255)).astype(np.uint8)
@@ -77,21 +83,22 @@ def _morphology(hat: np.ndarray, s: FindSettings, vertical: bool) -> list[Box]:
 
 
 def _components(ink: np.ndarray, s: FindSettings, vertical: bool) -> list[Box]:
-    join = np.ones((11, 1) if vertical else (1, 11), bool)  # along the line only: lines above stay apart
-    labels, _n = ndimage.label(ndimage.binary_dilation(ink, join))
+    # along the line only (letters of a word, words of a line): lines above stay apart; a 1-D maximum filter is
+    # the same dilation as an 11x1 structuring element, ~10x faster than binary_dilation
+    joined = ndimage.maximum_filter1d(ink.view(np.uint8), 11, axis=0 if vertical else 1)
+    labels, _n = ndimage.label(joined)
     out = []
     for i, sl in enumerate(ndimage.find_objects(labels)):
         h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
         across, along = (w, h) if vertical else (h, w)
         if not (s.min_across <= across <= s.max_across and along >= 1.5 * across):
             continue
-        share = float(ink[sl][labels[sl] == i + 1].mean())
-        if 0.05 <= share <= 0.7:
+        if 0.05 <= float(ink[sl][labels[sl] == i + 1].mean()) <= 0.7:
             out.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
     return out
 
 
-def _layout(pg: np.ndarray, eng: Engine, s: FindSettings, vertical: bool) -> list[Box]:
+def _layout(pg: np.ndarray, eng: Engine, s: FindSettings, vertical: bool, at: tuple[int, int] = (0, 0)) -> list[Box]:
     h = pg.shape[0]
     img = np.ascontiguousarray(np.rot90(pg, -1)) if vertical else pg  # clockwise: bottom-to-top text reads level
     out = []
@@ -99,31 +106,42 @@ def _layout(pg: np.ndarray, eng: Engine, s: FindSettings, vertical: bool) -> lis
         box = (y0, h - x1, y1, h - x0) if vertical else (x0, y0, x1, y1)
         across = (box[2] - box[0]) if vertical else (box[3] - box[1])
         if s.min_across <= across <= 2 * s.max_across:
-            out.append(box)
+            out.append((box[0] + at[0], box[1] + at[1], box[2] + at[0], box[3] + at[1]))
     return out
 
 
 def merge(boxes: list[Box], vertical: bool, gap: int = 4) -> list[Box]:
     """Union of boxes on one printed line (they overlap across the line by >= half the smaller one's size) that
-    overlap or lie within ``gap`` px along it, repeated until none do. Lines above each other stay apart."""
+    overlap or lie within ``gap`` px along it, repeated until none do. Lines above each other stay apart.
+
+    Each box (in sorted order) joins the first earlier union it touches; the test against all earlier unions is
+    one vectorised step (a textured radiograph gives hundreds of boxes: a pairwise Python loop cost ~10 % of a
+    file's redaction)."""
     a0, a1, b0, b1 = (1, 3, 0, 2) if vertical else (0, 2, 1, 3)  # along, across index pairs
-    boxes = [tuple(b) for b in boxes]
+    cur = sorted(tuple(int(v) for v in b) for b in boxes)
+    result: list = []
     changed = True
     while changed:
         changed = False
-        out: list[list[int]] = []
-        for b in sorted(boxes):
-            for o in out:
-                overlap = min(b[b1], o[b1]) - max(b[b0], o[b0])
-                if (overlap >= 0.5 * min(b[b1] - b[b0], o[b1] - o[b0]) and b[a0] <= o[a1] + gap
-                        and o[a0] <= b[a1] + gap):
-                    o[0], o[1], o[2], o[3] = min(o[0], b[0]), min(o[1], b[1]), max(o[2], b[2]), max(o[3], b[3])
+        out = np.empty((len(cur), 4), np.int64)
+        k = 0
+        for b in cur:
+            if k:
+                o = out[:k]
+                overlap = np.minimum(b[b1], o[:, b1]) - np.maximum(b[b0], o[:, b0])
+                ok = ((overlap >= 0.5 * np.minimum(b[b1] - b[b0], o[:, b1] - o[:, b0]))
+                      & (b[a0] <= o[:, a1] + gap) & (o[:, a0] <= b[a1] + gap))
+                i = int(ok.argmax())
+                if ok[i]:
+                    out[i, :2] = np.minimum(out[i, :2], b[:2])
+                    out[i, 2:] = np.maximum(out[i, 2:], b[2:])
                     changed = True
-                    break
-            else:
-                out.append(list(b))
-        boxes = [tuple(o) for o in out]
-    return boxes  # type: ignore[return-value]
+                    continue
+            out[k] = b
+            k += 1
+        result = [tuple(int(v) for v in r) for r in out[:k]]
+        cur = sorted(result)
+    return result if cur else []  # type: ignore[return-value]
 
 
 def background_polarity(grey: np.ndarray, box: Box) -> str:
@@ -138,36 +156,84 @@ def background_polarity(grey: np.ndarray, box: Box) -> str:
 
 def covered(box: Box, others: list[Box]) -> float:
     """Share of ``box``'s area inside the union of ``others``."""
-    x0, y0, x1, y1 = box
-    m = np.zeros((y1 - y0, x1 - x0), bool)
+    return float(coverage([box], others)[0]) if others else 0.0
+
+
+def coverage(boxes: list[Box], others: list[Box]) -> np.ndarray:
+    """Share of each box's area inside the union of ``others``, all at once: ``others`` are painted into one
+    mask over the boxes' common extent and each box's share is read from its summed-area table."""
+    if not boxes:
+        return np.zeros(0)
+    b = np.asarray(boxes, np.int64)
+    gx0, gy0 = int(b[:, 0].min()), int(b[:, 1].min())
+    m = np.zeros((int(b[:, 3].max()) - gy0, int(b[:, 2].max()) - gx0), bool)
     for ox0, oy0, ox1, oy1 in others:
-        m[max(0, oy0 - y0):max(0, oy1 - y0), max(0, ox0 - x0):max(0, ox1 - x0)] = True
-    return float(m.mean()) if m.size else 0.0
+        m[max(0, oy0 - gy0):max(0, oy1 - gy0), max(0, ox0 - gx0):max(0, ox1 - gx0)] = True
+    sat = np.zeros((m.shape[0] + 1, m.shape[1] + 1), np.int64 if m.size >= 2**31 else np.int32)
+    sat[1:, 1:] = m.cumsum(0, dtype=sat.dtype).cumsum(1, dtype=sat.dtype)
+    x0, y0, x1, y1 = b[:, 0] - gx0, b[:, 1] - gy0, b[:, 2] - gx0, b[:, 3] - gy0
+    inside = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+    area = (x1 - x0) * (y1 - y0)
+    return np.where(area > 0, inside / np.maximum(area, 1), 0.0)
+
+
+def _outside(box: Box, windows: list[Box]) -> bool:
+    return all(box[2] <= w[0] or box[0] >= w[2] or box[3] <= w[1] or box[1] >= w[3] for w in windows)
 
 
 def find_text(greys: dict[str, np.ndarray], hats: dict[str, np.ndarray], pages: dict[str, np.ndarray], eng: Engine,
-              settings: FindSettings | None = None) -> list[Candidate]:
+              settings: FindSettings | None = None, windows: list[Box] | None = None,
+              previous: list[Candidate] | None = None) -> list[Candidate]:
     """Candidate text boxes of one frame, given its display grey, top-hat and page image per polarity.
 
     A box is kept in the polarity its own pixels show (``background_polarity``). A column of level words and a
     word turned 90 degrees look alike to both detectors; both readings are kept and ``reading.resolve`` keeps
     the more confident one.
+
+    ``windows`` + ``previous`` (a later round, after filling): only the windows' pixels changed, so detection
+    runs inside them and the previous candidates wholly outside them are kept as they were (the same pixels give
+    the same boxes); the caller pads each window by more than a line's length across and the top-hat's size.
     """
     s = settings or FindSettings()
     found: dict[tuple[str, bool], list[Box]] = {}
     morph: dict[tuple[str, bool], list[Box]] = {}
+    full = (0, 0, *next(iter(hats.values())).shape[::-1])
     for polarity, hat in hats.items():
         for vertical in (False, True):
-            boxes = _layout(pages[polarity], eng, s, vertical) if s.layout else []
-            morph[(polarity, vertical)] = _morphology(hat, s, vertical)
+            boxes, morph_boxes = [], []
+            for x0, y0, x1, y1 in ([full] if windows is None else windows):
+                if s.layout:
+                    boxes += _layout(pages[polarity][y0:y1, x0:x1], eng, s, vertical, (x0, y0))
+                morph_boxes += [(a + x0, b + y0, c + x0, d + y0)
+                                for a, b, c, d in _morphology(hat[y0:y1, x0:x1], s, vertical)]
+            morph[(polarity, vertical)] = morph_boxes
+            boxes = _blocks_to_lines(boxes, morph_boxes, s, vertical)
             # morphology adds what layout analysis missed; where both saw text, layout's lines are cleaner
-            boxes += [b for b in morph[(polarity, vertical)] if covered(b, boxes) < 0.3]
+            share = coverage(morph_boxes, boxes) if boxes else np.zeros(len(morph_boxes))
+            boxes += [b for b, c in zip(morph_boxes, share) if c < 0.3]
             found[(polarity, vertical)] = [b for b in merge(boxes, vertical)
                                            if background_polarity(greys[polarity], b) == polarity]
     out = []
     for (polarity, vertical), boxes in found.items():
         lines = morph[(polarity, vertical)]
         out += [Candidate(b, polarity, vertical, _line_height(b, lines, vertical)) for b in boxes]
+    if windows is not None and previous is not None:
+        out += [c for c in previous if _outside(c.box, windows)]
+    return out
+
+
+def _blocks_to_lines(layout: list[Box], lines: list[Box], s: FindSettings, vertical: bool) -> list[Box]:
+    """Layout boxes wider across than one line (> ``max_across``) that hold morphology lines are dropped in
+    favour of those lines: such a block is often text joined with anatomy beside it (a turned date along the
+    skull), which then reads as junk and whose background hides the text's polarity. A block without
+    morphology lines inside (two lines of small text, say) stays."""
+    out = []
+    for b in layout:
+        across = (b[2] - b[0]) if vertical else (b[3] - b[1])
+        if across > s.max_across and any(b[0] <= (m[0] + m[2]) / 2 <= b[2] and b[1] <= (m[1] + m[3]) / 2 <= b[3]
+                                         for m in lines):
+            continue
+        out.append(b)
     return out
 
 

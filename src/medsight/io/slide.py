@@ -55,6 +55,7 @@ class Slide:
     associated: list[str]
     properties: dict[str, str] = field(repr=False)
     _handle: Any = field(repr=False, default=None)
+    _thumb: Any = field(repr=False, default=None)  # the file's thumbnail image, once decoded
 
     # ------------------------------------------------------------------------------------------------- reading
     @property
@@ -99,14 +100,30 @@ class Slide:
         arr = self.read_region(x, y, level, w, h)
         return np.asarray(Image.fromarray(arr).resize((width, height), Image.Resampling.BOX))
 
-    def read_tiles_mpp(self, boxes: Any, mpp: float, size: int, max_run: int = 4096) -> Iterator[np.ndarray]:
+    def read_tiles_mpp(self, boxes: Any, mpp: float, size: int, max_run: int = 4096,
+                       fast: bool = False) -> Iterator[np.ndarray]:
         """``read_region_mpp(x, y, mpp, size, size)`` for each level-0 box, in order, with the same pixels, but
         neighbouring boxes of a row are read as one region (up to ``max_run`` level pixels wide) and cut in memory:
-        one library call and one decode of each shared JPEG tile instead of one per box."""
+        one library call and one decode of each shared JPEG tile instead of one per box.
+
+        ``fast``: where the level is a JPEG-tiled TIFF page and the tiles shrink by >= 2, decode its JPEG tiles
+        at 1/2-1/8 scale in the DCT domain instead (``jpegtiles``; a low-pass downscale, not bit-identical)."""
         level, scale = self.level_for(mpp)
         ds = self.levels[level].downsample
         w = max(1, round(size * scale))
         boxes = [(int(b[0]), int(b[1])) for b in boxes]
+        if fast and self.backend != "wsidicom" and self.path.is_file():
+            from medsight.io.jpegtiles import dct_factor, jpeg_level, read_tiles
+
+            k = dct_factor(scale)
+            lv = self.levels[level]
+            jl = jpeg_level(self.path, lv.width, lv.height, k) if k > 1 else None
+            if jl is not None:
+                try:
+                    yield from read_tiles(jl, boxes, ds, w, size, k, max_run)
+                finally:
+                    jl.close()
+                return
         i = 0
         while i < len(boxes):
             x0, y0 = boxes[i]
@@ -128,7 +145,9 @@ class Slide:
         other). None when absent or not aligned."""
         if "thumbnail" not in self.associated or self.backend == "wsidicom":
             return None
-        img = self.associated_image("thumbnail")
+        if self._thumb is None:  # decoded once: the tissue mask and thumbnail.png both start from it
+            self._thumb = self.associated_image("thumbnail")
+        img = self._thumb
         w, h = self.dimensions
         if abs((img.shape[1] / img.shape[0]) / (w / h) - 1) > 0.005 or img.shape[1] >= w:
             return None

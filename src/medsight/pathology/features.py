@@ -13,7 +13,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,8 @@ def load_features(path: str | Path) -> SlideFeatures:
 def iter_tile_batches(slide: Slide, tiling: Tiling, batch: int) -> Iterator[np.ndarray]:
     """(b, size, size, 3) uint8 batches of the tiling's tiles, in order, at the tiling's mpp."""
     p = tiling.params
-    tiles = slide.read_tiles_mpp(tiling.boxes, p.mpp, p.size)  # neighbours read as one region, cut in memory
+    # neighbours read as one region, cut in memory; JPEG tiles decoded at 1/2-1/8 scale where the tiles shrink
+    tiles = slide.read_tiles_mpp(tiling.boxes, p.mpp, p.size, fast=True)
     for i in range(0, len(tiling.boxes), batch):
         yield np.stack([next(tiles) for _ in tiling.boxes[i:i + batch]])
 
@@ -97,7 +98,23 @@ def _prefetch(it: Iterator[np.ndarray], depth: int) -> Iterator[np.ndarray]:
     t.join()
 
 
-def encode_batches(encoder: Encoder, batches: Iterator[np.ndarray]) -> np.ndarray:
+def encoder_forward(encoder: Encoder, example: torch.Tensor, runtime: str = "auto") -> Callable[[torch.Tensor],
+                                                                                              torch.Tensor]:
+    """The encoder's forward for inputs shaped like ``example``: ONNX Runtime when its features equal PyTorch's
+    within 1e-4 on ``example`` ("auto"; EfficientNet-Lite0: ~5x the tiles per CPU second, docs/benchmarks.md
+    "pathology"), else PyTorch. Chosen once per encoder and input size (the export costs ~1 s)."""
+    from medsight.segmentation.runtime import choose_runtime
+
+    cache = encoder.__dict__.setdefault("_forwards", {})
+    key = (runtime, tuple(example.shape[1:]))
+    if key not in cache:
+        fn, record = choose_runtime(encoder.module.eval(), example[:2], runtime)
+        log.info("features engine: %s (%s)", record["runtime"], record.get("reason", ""))
+        cache[key] = (fn, record)
+    return cache[key][0]
+
+
+def encode_batches(encoder: Encoder, batches: Iterator[np.ndarray], runtime: str = "auto") -> np.ndarray:
     """Features of every tile of ``batches`` (resized to the encoder's input size if it has a fixed one)."""
     out = []
     for tiles in batches:
@@ -105,7 +122,7 @@ def encode_batches(encoder: Encoder, batches: Iterator[np.ndarray]) -> np.ndarra
         if encoder.fixed_size and x.shape[-1] != encoder.input_size:
             x = torch.nn.functional.interpolate(x, size=(encoder.input_size,) * 2, mode="bilinear",
                                                 antialias=True, align_corners=False)
-        out.append(encoder(x).float().numpy())
+        out.append(encoder_forward(encoder, x, runtime)(x).float().numpy())
     return np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
 
 

@@ -100,6 +100,15 @@ def scoring_note(table: pd.DataFrame, external_sites: Sequence[str]) -> str:
     return "Scoring: " + "; ".join(parts) + "."
 
 
+def fold_predictor(model_dir: Path, fold: str | None) -> Any:
+    """The predictor of one fold (None: every fold), mirroring over the axes the package measured as worth a
+    pass at training (``predict.recorded_mirror_axes``), as ``medsight predict`` does by default: validation
+    scores the model the way it will be used."""
+    from medsight.segmentation.predict import Predictor
+
+    return Predictor(model_dir, folds=None if fold is None else [fold])
+
+
 def segmentation_table(model_dir: Path, dataset: Path, external_sites: Sequence[str], pred_dir: Path,
                        quiet: bool = False, internal: str = "out-of-fold") -> pd.DataFrame:
     """Predict each internal test and external case, write its labels to ``pred_dir``, one row per case/label.
@@ -131,7 +140,7 @@ def segmentation_table(model_dir: Path, dataset: Path, external_sites: Sequence[
     def predictor_for(cid: str) -> tuple[Predictor, str]:
         fold = fold_of.get(cid) if cid in internal_ids else None
         if fold not in predictors:
-            predictors[fold] = Predictor(model_dir, folds=None if fold is None else [fold], mirror_axes=[0])
+            predictors[fold] = fold_predictor(model_dir, fold)
         n = len(predictors[fold].models)
         return predictors[fold], (f"fold {fold} (out-of-fold)" if fold is not None
                                   else f"ensemble of all folds ({n} models)")
