@@ -106,7 +106,7 @@ def test_validate_never_changes_the_version_it_evaluates_and_scores_out_of_fold(
     c = internal[0]
     k = next(i for i in (0, 1) if c in folds[i]["val"])
     image = read_nifti(root / "imagesTr" / f"{c}_0000.nii.gz")
-    own = Predictor(v.path, folds=[str(k)], mirror_axes=[0]).predict(image).labels.array
+    own = Predictor(v.path, folds=[str(k)]).predict(image).labels.array
     assert np.array_equal(own, read_nifti(tmp_path / "r_predictions" / f"{c}.nii.gz").array)
 
 
