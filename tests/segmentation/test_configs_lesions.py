@@ -28,10 +28,10 @@ def test_planner_chooses_3d_for_isotropic_and_25d_for_thick_slices() -> None:
     assert iso.default_configuration == "3d" and thick.default_configuration == "2.5d"
     assert any("default configuration 2.5d" in r for r in thick.reasons)
     assert iso.config("2.5d").context_slices == 2 and iso.config("2.5d").spatial_dims == 2
-    # lesion labels: half the patches foreground-centred, three quarters of those on the lesion; balanced CE
+    # lesion labels: every patch foreground-centred, three quarters on the lesion; inverse-frequency CE
     cfg = iso.config("3d")
-    assert cfg.foreground_oversample == 0.5 and cfg.class_sampling == {"1": 0.125, "2": 0.125, "3": 0.75}
-    assert cfg.loss == "dice_balanced_ce"
+    assert cfg.foreground_oversample == 1.0 and cfg.class_sampling == {"1": 0.125, "2": 0.125, "3": 0.75}
+    assert cfg.loss == "dice_inverse_ce"
     assert iso.postprocess["lesion_labels"] == {"3": "lesion"}
     assert iso.postprocess["min_lesion_volume_ml"] == pytest.approx(2 * 8 / 1000)  # two 2-mm voxels
     plain = make_plan(_fp([[2.0, 2.0, 2.0]] * 3, [[80, 96, 80]] * 3, {"background": 0, "liver": 1}), memory_gb=0.5)
@@ -110,6 +110,14 @@ def test_balanced_cross_entropy_weights_by_inverse_sqrt_frequency() -> None:
             + F.cross_entropy(logits, target[:, 0], weight=torch.tensor(w, dtype=torch.float32)))
     assert DeepSupervisionLoss(balanced_ce=True)(logits, target).item() == pytest.approx(want.item(), rel=1e-5)
     assert w[3] == pytest.approx(np.sqrt(n[1] / 1))  # the lesion's weight, worked by hand
+    # inverse frequency capped at 100 (the planner's lesion loss): 1 lesion voxel against n[1] = 144 -> 100
+    w_inv = np.clip(n.max() / n, 1, 100)
+    assert w_inv[3] == 100.0 and w_inv[2] == pytest.approx(144 / 96)
+    want_inv = (DiceLoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5,
+                         include_background=False)(logits, target)
+                + F.cross_entropy(logits, target[:, 0], weight=torch.tensor(w_inv, dtype=torch.float32)))
+    got = DeepSupervisionLoss(balanced_ce=True, weight_power=1.0, max_weight=100.0)(logits, target)
+    assert got.item() == pytest.approx(want_inv.item(), rel=1e-5)
 
 
 def test_plan_names_its_loss_and_an_unknown_loss_is_a_config_error() -> None:
@@ -117,6 +125,8 @@ def test_plan_names_its_loss_and_an_unknown_loss_is_a_config_error() -> None:
     from medsight.segmentation.losses import segmentation_loss
 
     assert segmentation_loss("dice_balanced_ce").loss.__func__ is DeepSupervisionLoss._balanced
+    inverse = segmentation_loss("dice_inverse_ce")
+    assert (inverse.weight_power, inverse.max_weight) == (1.0, 100.0)
     assert not hasattr(segmentation_loss("dice_ce"), "dice")
     with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'"):
         segmentation_loss("focal")

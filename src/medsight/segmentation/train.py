@@ -113,15 +113,15 @@ class SegTask(Task):
 
 def train_fold(ds: SegDataset, plan: Plan, config: str, fold: int | str, model_dir: str | Path,
                train_ids: list[str], val_ids: list[str], seed: int = 0, epochs: int | None = None,
-               max_seconds: float | None = None, quiet: bool = False, init: str | Path | None = None
-               ) -> dict[str, Any]:
+               max_seconds: float | None = None, quiet: bool = False, init: str | Path | None = None,
+               study_mirroring: bool = True) -> dict[str, Any]:
     """Train (or resume) one fold; returns its summary and writes ``fold_K/model_final.pt`` when done.
 
     ``init``: an encoder package (``medsight pretrain``) whose tensors replace the fresh network's before the first
     epoch; it is verified, must fit the network, and its id becomes part of the checkpoint identity.
 
     Under ``torchrun`` (WORLD_SIZE > 1) every process runs this; the engine shards each batch and only rank 0
-    writes files.
+    writes files. ``study_mirroring=False`` skips the mirror study (a caller that predicts without mirroring).
     """
     cfg = plan.config(config)
     epochs = int(epochs or cfg.epochs)
@@ -161,7 +161,7 @@ def train_fold(ds: SegDataset, plan: Plan, config: str, fold: int | str, model_d
     if result.energy:
         summary["energy"] = result.energy
     if dd.is_main():
-        study = fold_mirror_study(result.model, ds, plan, cfg, val_ids)
+        study = fold_mirror_study(result.model, ds, plan, cfg, val_ids) if study_mirroring else None
         if study is not None:
             summary["mirror_study"] = study
         lesions = fold_lesion_study(result.model, ds, plan, cfg, val_ids)
