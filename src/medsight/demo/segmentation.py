@@ -196,6 +196,9 @@ def _lesion_summary(cases: dict[str, list[Any]], out: Path, seed: int) -> dict[s
         for key in ("sensitivity", "fp_per_case"):  # NaN (no lesion in the group) is shown as "-"
             v = m[key]["value"]
             short[f"{group}_lesion_{key}"] = round(v, 4) if np.isfinite(v) else None
+        at1 = s["froc"].get("sensitivity_at_1fp", float("nan"))  # FROC: lesions scored by their max probability
+        short[f"{group}_lesion_sensitivity_at_1fp"] = round(at1, 4) if np.isfinite(at1) else None
+        short[f"{group}_lesion_cases"] = sum(1 for c in cs if c.ref)
     atomic_write_text(out / "lesion_summary.json", json.dumps(full, indent=2, default=float))
     return short
 
