@@ -81,8 +81,10 @@ def evaluate(model_dir: Path, ds: Any, groups: dict[str, list[str]], seed: int) 
     predictor = Predictor(model_dir, mirror_axes=[0], overlap=OVERLAP)
     lesion = LABELS["lesion"]
     res: dict[str, Any] = {}
+    diameters = _diameters(ds)
     for group, ids in groups.items():
         cases, per = [], {"grey_matter": [], "white_matter": [], "lesion": []}
+        small = []  # (found, diameter) of each case whose simulated lesion is <= SMALL_MM across
         for cid in ids:
             case = ds.case(cid)
             pred = predictor.predict(read_nifti(case.images[0]))
@@ -94,6 +96,8 @@ def evaluate(model_dir: Path, ds: Any, groups: dict[str, list[str]], seed: int) 
                 per["lesion"].append(dice(lab == lesion, ref == lesion))
             cases.append(case_lesions(lab == lesion, ref == lesion, read_nifti(case.label).spacing, cid,
                                       case.patient_id, pred.probabilities[lesion]))
+            if (ref == lesion).any() and 0 < diameters.get(cid, 0.0) <= SMALL_MM:
+                small.append(any(r["matched_pred"] for r in cases[-1].ref))
         s = summarise_lesions(cases, n_boot=200, seed=seed)
         for k, v in per.items():
             res[f"{group}_dice_{k}"] = round(float(np.mean(v)), 4) if v else None
@@ -103,7 +107,22 @@ def evaluate(model_dir: Path, ds: Any, groups: dict[str, list[str]], seed: int) 
         res[f"{group}_lesion_fp_per_case"] = s["metrics"]["fp_per_case"]["value"]
         res[f"{group}_lesion_sensitivity_at_1fp"] = s["froc"]["sensitivity_at_1fp"]
         res[f"{group}_lesion_f1"] = s["metrics"]["f1"]["value"]
+        res[f"{group}_small_lesions_found"] = f"{sum(small)}/{len(small)}"
     return res
+
+
+SMALL_MM = 6.0  # the issue's "3-6 mm" lesions: found = any predicted lesion matched to the case's lesion
+
+
+def _diameters(ds: Any) -> dict[str, float]:
+    """Each case's simulated lesion diameter (mm) from the generator's manifest.csv (0 without a lesion)."""
+    import csv
+
+    path = Path(ds.root) / "manifest.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {r["case_id"]: float(r.get("lesion_diameter_mm") or 0.0) for r in csv.DictReader(f)}
 
 
 def evaluate_fresh(result_dir: Path, data_seed: int, n_cases: int = 40) -> dict[str, Any]:
@@ -130,12 +149,18 @@ def _median(rows: list[dict[str, Any]], key: str, digits: int = 3) -> str:
     return f"{statistics.median(vals):.{digits}f}" if vals else "n/a"
 
 
+def _found(rows: list[dict[str, Any]], key: str) -> str:
+    """'a/b' counts summed over the runs (each run scores the same cases)."""
+    pairs = [tuple(int(v) for v in r[key].split("/")) for r in rows if r.get(key)]
+    return f"{sum(a for a, _ in pairs)}/{sum(b for _, b in pairs)}" if pairs else "n/a"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| profile | config | seeds | train s (median) | epochs | held-out lesion Dice (n cases) | "
             "held-out lesion sens. / FP per case | sens. at <= 1 FP/case | held-out GM / WM Dice | "
             "site_C lesion Dice (n) | site_C sens. at <= 1 FP | fresh cases: lesion Dice (n) | fresh: sens. / FP per case | "
-            "fresh: sens. at <= 1 FP | fresh: GM / WM Dice | fresh site_C: lesion Dice (n) / sens. at <= 1 FP |\n|"
-            + "---|" * 16)
+            "fresh: sens. at <= 1 FP | fresh: lesions <= 6 mm found (seed-cases) | fresh: GM / WM Dice | "
+            "fresh site_C: lesion Dice (n) / sens. at <= 1 FP |\n|" + "---|" * 17)
     lines = [head]
     keys = sorted({(r["profile"], r["config"]) for r in rows})
     for prof, cfg in keys:
@@ -153,6 +178,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_median(rs, 'fresh_training_sites_lesion_sensitivity')} / "
             f"{_median(rs, 'fresh_training_sites_lesion_fp_per_case')} | "
             f"{_median(rs, 'fresh_training_sites_lesion_sensitivity_at_1fp')} | "
+            f"{_found(rs, 'fresh_training_sites_small_lesions_found')} | "
             f"{_median(rs, 'fresh_training_sites_dice_grey_matter')} / "
             f"{_median(rs, 'fresh_training_sites_dice_white_matter')} | "
             f"{_median(rs, 'fresh_site_C_dice_lesion')} ({rs[0].get('fresh_site_C_lesion_cases', 0)}) / "

@@ -28,10 +28,10 @@ def test_planner_chooses_3d_for_isotropic_and_25d_for_thick_slices() -> None:
     assert iso.default_configuration == "3d" and thick.default_configuration == "2.5d"
     assert any("default configuration 2.5d" in r for r in thick.reasons)
     assert iso.config("2.5d").context_slices == 2 and iso.config("2.5d").spatial_dims == 2
-    # lesion labels: half the patches foreground-centred, three quarters of those on the lesion; balanced CE
+    # lesion labels: half the patches centred on a lesion, half anywhere; inverse-frequency CE
     cfg = iso.config("3d")
-    assert cfg.foreground_oversample == 0.5 and cfg.class_sampling == {"1": 0.125, "2": 0.125, "3": 0.75}
-    assert cfg.loss == "dice_balanced_ce"
+    assert cfg.foreground_oversample == 0.5 and cfg.class_sampling == {"1": 0.0, "2": 0.0, "3": 1.0}
+    assert cfg.loss == "dice_inverse_ce"
     assert iso.postprocess["lesion_labels"] == {"3": "lesion"}
     assert iso.postprocess["min_lesion_volume_ml"] == pytest.approx(2 * 8 / 1000)  # two 2-mm voxels
     plain = make_plan(_fp([[2.0, 2.0, 2.0]] * 3, [[80, 96, 80]] * 3, {"background": 0, "liver": 1}), memory_gb=0.5)
@@ -56,7 +56,8 @@ def test_25d_crop_stacks_clamped_neighbour_slices_as_channels() -> None:
 
 def test_class_first_sampling_gives_the_lesion_its_planned_share() -> None:
     plan = make_plan(_fp([[2.0, 2.0, 2.0]] * 3, [[16, 16, 16]] * 3), memory_gb=0.5, base_filters=8)
-    cfg = replace(plan.config("3d"), patch_size=[4, 4, 4], batch_size=1, foreground_oversample=1.0)
+    planned = replace(plan.config("3d"), patch_size=[4, 4, 4], batch_size=1, foreground_oversample=1.0)
+    cfg = replace(planned, class_sampling={"1": 0.125, "2": 0.125, "3": 0.75})
     samples = []
     for n in range(10):  # one case in ten has a one-voxel lesion
         lab = np.ones((16, 16, 16), np.int16)
@@ -72,6 +73,8 @@ def test_class_first_sampling_gives_the_lesion_its_planned_share() -> None:
     old = replace(cfg, class_sampling={})
     hits_old = sum(int((batch(samples, old, rng, do_augment=False)[1] == 3).any()) for _ in range(400))
     assert hits_old / 400 < 0.08  # case first: 1/10 cases x 1/3 classes = 0.033
+    # the planner's own share: every foreground-centred patch on the lesion
+    assert all((batch(samples, planned, rng, do_augment=False)[1] == 3).any() for _ in range(50))
 
 
 def test_25d_predictor_runs_on_a_volume(tmp_path) -> None:
@@ -110,6 +113,14 @@ def test_balanced_cross_entropy_weights_by_inverse_sqrt_frequency() -> None:
             + F.cross_entropy(logits, target[:, 0], weight=torch.tensor(w, dtype=torch.float32)))
     assert DeepSupervisionLoss(balanced_ce=True)(logits, target).item() == pytest.approx(want.item(), rel=1e-5)
     assert w[3] == pytest.approx(np.sqrt(n[1] / 1))  # the lesion's weight, worked by hand
+    # inverse frequency capped at 100 (the planner's lesion loss): 1 lesion voxel against n[1] = 144 -> 100
+    w_inv = np.clip(n.max() / n, 1, 100)
+    assert w_inv[3] == 100.0 and w_inv[2] == pytest.approx(144 / 96)
+    want_inv = (DiceLoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5,
+                         include_background=False)(logits, target)
+                + F.cross_entropy(logits, target[:, 0], weight=torch.tensor(w_inv, dtype=torch.float32)))
+    got = DeepSupervisionLoss(balanced_ce=True, weight_power=1.0, max_weight=100.0)(logits, target)
+    assert got.item() == pytest.approx(want_inv.item(), rel=1e-5)
 
 
 def test_plan_names_its_loss_and_an_unknown_loss_is_a_config_error() -> None:
@@ -117,6 +128,8 @@ def test_plan_names_its_loss_and_an_unknown_loss_is_a_config_error() -> None:
     from medsight.segmentation.losses import segmentation_loss
 
     assert segmentation_loss("dice_balanced_ce").loss.__func__ is DeepSupervisionLoss._balanced
+    inverse = segmentation_loss("dice_inverse_ce")
+    assert (inverse.weight_power, inverse.max_weight) == (1.0, 100.0)
     assert not hasattr(segmentation_loss("dice_ce"), "dice")
     with pytest.raises(ConfigError, match="unknown segmentation loss 'focal'"):
         segmentation_loss("focal")

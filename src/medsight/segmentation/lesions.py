@@ -10,6 +10,9 @@ Rules (docs/segmentation.md "lesions.csv"):
   other class in the label map, and the number and total volume dropped are reported;
 - longest diameter = the maximum Feret (caliper) diameter of the lesion's voxels taken as boxes, in world mm
   (``medsight.metrics.diameter``): a row of n voxels measures n voxels, a one-voxel lesion its voxel's diagonal;
+- a 3D box per lesion (a detection, with ``score`` = its maximum lesion probability, the score FROC thresholds
+  on): the lesion's voxel boxes enclosed in an LPS-aligned box in world mm (``box_min_*`` / ``box_max_*``) and its
+  voxel index range ``box_voxels`` = "i0:i1,j0:j1,k0:k1" (stop exclusive, as Python slices);
 - refer when the safety layer's ``ReferralPolicy`` (``lesion_referral.json`` in the model folder, else the plan's
   defaults) flags ``low_confidence`` = 1 - mean lesion probability or ``high_uncertainty`` = mean entropy (nats).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +36,12 @@ from medsight.metrics.diameter import longest_diameter_mm
 from medsight.metrics.lesions import components
 from medsight.safety.referral import ReferralPolicy
 
+REFERRAL_FILE = "lesion_referral.json"  # in the model package, fitted on validation lesions (lesion_study.py)
+BOX_COLUMNS = ("box_min_l_mm", "box_min_p_mm", "box_min_s_mm", "box_max_l_mm", "box_max_p_mm", "box_max_s_mm",
+               "box_voxels")
 COLUMNS = ("lesion_id", "label", "volume_ml", "n_voxels", "longest_diameter_mm", "centroid_l_mm", "centroid_p_mm",
-           "centroid_s_mm", "mean_probability", "max_probability", "mean_entropy", "decision", "reasons")
+           "centroid_s_mm", "mean_probability", "max_probability", "mean_entropy", "decision", "reasons",
+           "score", *BOX_COLUMNS)
 
 
 @dataclass
@@ -106,8 +114,19 @@ def measure_lesions(labels: np.ndarray, probabilities: np.ndarray, geometry: Geo
                 "longest_diameter_mm": round(longest_diameter_mm(mask, sub), 3),
                 **{f"centroid_{a}_mm": round(float(c), 3) for a, c in zip("lps", centroid)},
                 "mean_probability": round(mean_p, 4), "max_probability": round(float(p.max()), 4),
-                "mean_entropy": round(mean_e, 4), "decision": decision.action, "reasons": "; ".join(decision.reasons)})
+                "mean_entropy": round(mean_e, 4), "decision": decision.action, "reasons": "; ".join(decision.reasons),
+                "score": round(float(p.max()), 4), **lesion_box(box, geometry)})
     return out, table
+
+
+def lesion_box(box: tuple[slice, ...], geometry: Geometry) -> dict[str, Any]:
+    """The world-space (LPS mm) axis-aligned box around the voxel boxes of index range ``box``, and the range."""
+    corners = np.array(list(itertools.product(*[(s.start - 0.5, s.stop - 0.5) for s in box])), dtype=float)
+    world = np.asarray(geometry.index_to_world(corners), dtype=float)
+    lo, hi = world.min(0), world.max(0)
+    return {**{f"box_min_{a}_mm": round(float(v), 3) for a, v in zip("lps", lo)},
+            **{f"box_max_{a}_mm": round(float(v), 3) for a, v in zip("lps", hi)},
+            "box_voxels": ",".join(f"{s.start}:{s.stop}" for s in box)}
 
 
 def write_lesion_table(table: LesionTable, path: str | Path) -> Path:
@@ -116,6 +135,7 @@ def write_lesion_table(table: LesionTable, path: str | Path) -> Path:
 
 
 def load_policy(model_dir: str | Path, plan_postprocess: Mapping[str, Any]) -> ReferralPolicy:
-    """``lesion_referral.json`` in the model folder (fitted on validation lesions) when present, else the plan's."""
-    path = Path(model_dir) / "lesion_referral.json"
+    """``lesion_referral.json`` in the model package (fitted on validation lesions when enough were found, see
+    ``medsight.segmentation.lesion_study``; packages made before it have none) when present, else the plan's."""
+    path = Path(model_dir) / REFERRAL_FILE
     return ReferralPolicy.load(path) if path.is_file() else default_policy(plan_postprocess)

@@ -42,6 +42,8 @@ from medsight.segmentation.tta import STUDY_CASES, mirror_study
 log = logging.getLogger(__name__)
 VAL_PATCHES = 4
 GRAD_CLIP = 12.0
+LESION_STUDY_CASES = 24  # validation cases whose lesions fit the package's lesion referral rule
+LESION_STUDY_OVERLAP = 0.25  # sliding-window overlap of that pass (the demo predicts with 0.25 too)
 
 
 def fold_dir(model_dir: Path, fold: int | str) -> Path:
@@ -111,15 +113,15 @@ class SegTask(Task):
 
 def train_fold(ds: SegDataset, plan: Plan, config: str, fold: int | str, model_dir: str | Path,
                train_ids: list[str], val_ids: list[str], seed: int = 0, epochs: int | None = None,
-               max_seconds: float | None = None, quiet: bool = False, init: str | Path | None = None
-               ) -> dict[str, Any]:
+               max_seconds: float | None = None, quiet: bool = False, init: str | Path | None = None,
+               study_mirroring: bool = True) -> dict[str, Any]:
     """Train (or resume) one fold; returns its summary and writes ``fold_K/model_final.pt`` when done.
 
     ``init``: an encoder package (``medsight pretrain``) whose tensors replace the fresh network's before the first
     epoch; it is verified, must fit the network, and its id becomes part of the checkpoint identity.
 
     Under ``torchrun`` (WORLD_SIZE > 1) every process runs this; the engine shards each batch and only rank 0
-    writes files.
+    writes files. ``study_mirroring=False`` skips the mirror study (a caller that predicts without mirroring).
     """
     cfg = plan.config(config)
     epochs = int(epochs or cfg.epochs)
@@ -159,9 +161,12 @@ def train_fold(ds: SegDataset, plan: Plan, config: str, fold: int | str, model_d
     if result.energy:
         summary["energy"] = result.energy
     if dd.is_main():
-        study = fold_mirror_study(result.model, ds, plan, cfg, val_ids)
+        study = fold_mirror_study(result.model, ds, plan, cfg, val_ids) if study_mirroring else None
         if study is not None:
             summary["mirror_study"] = study
+        lesions = fold_lesion_study(result.model, ds, plan, cfg, val_ids)
+        if lesions is not None:  # the package fits its lesion referral rule on these (segmentation/lesion_study.py)
+            summary["lesion_study"] = lesions
         save_checkpoint(out / "model_final.pt", {"model": result.model.state_dict(), "config": config, "fold": fold,
                                                   "summary": summary})
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
@@ -179,13 +184,8 @@ def fold_mirror_study(model: torch.nn.Module, ds: SegDataset, plan: Plan, cfg: C
     ids = sorted(val_ids)[:n_cases]
     if not ids or not cfg.mirror_axes:
         return None
-    from medsight.segmentation.runtime import choose_runtime
-
-    net = copy.deepcopy(model).cpu().eval()
     cases = [(pre.image, pre.label) for pre in (preprocess_case(ds.case(c), plan, cfg) for c in ids)]
-    channels = len(plan.channels) * (2 * cfg.context_slices + 1 if cfg.spatial_dims == 2 else 1)
-    forward, _ = choose_runtime(net, torch.randn(1, channels, *cfg.patch_size,
-                                                 generator=torch.Generator().manual_seed(0)), "torch")  # predict's default
+    forward = _eval_forward(model, plan, cfg)
 
     def probabilities(image: np.ndarray, combos: list[tuple[int, ...]]) -> np.ndarray:
         return plan_grid_probabilities([forward], image, cfg, [], combos=combos, window_batch=1)[0].numpy()
@@ -193,4 +193,36 @@ def fold_mirror_study(model: torch.nn.Module, ds: SegDataset, plan: Plan, cfg: C
     study = mirror_study(probabilities, cases, cfg.mirror_axes, len(plan.labels))
     log.info("mirror study on %d validation cases: Dice gain by axis %s -> mirror %s", study["n_cases"],
              {a: round(g, 4) for a, g in study["gain_by_axis"].items()}, study["chosen"] or "none")
+    return study
+
+
+def _eval_forward(model: torch.nn.Module, plan: Plan, cfg: ConfigPlan):  # noqa: ANN202 - a forward function
+    """A CPU eval-mode copy of the trained network, run as ``predict`` runs it by default (PyTorch)."""
+    from medsight.segmentation.runtime import choose_runtime
+
+    net = copy.deepcopy(model).cpu().eval()
+    channels = len(plan.channels) * (2 * cfg.context_slices + 1 if cfg.spatial_dims == 2 else 1)
+    return choose_runtime(net, torch.randn(1, channels, *cfg.patch_size,
+                                           generator=torch.Generator().manual_seed(0)), "torch")[0]
+
+
+def fold_lesion_study(model: torch.nn.Module, ds: SegDataset, plan: Plan, cfg: ConfigPlan, val_ids: list[str],
+                      n_cases: int = LESION_STUDY_CASES) -> dict[str, Any] | None:
+    """Every predicted lesion of up to ``n_cases`` validation cases (one un-mirrored pass each, predict's
+    post-processing) with its referral signals and whether it is a true lesion; None without lesion labels."""
+    from medsight.data.preprocess import preprocess_case
+    from medsight.segmentation.lesion_study import lesion_study
+    from medsight.segmentation.predict import WINDOW_BATCH, plan_grid_probabilities
+
+    ids = sorted(val_ids)[:n_cases]
+    if not ids or not plan.postprocess.get("lesion_labels") or cfg.spatial_dims != 3:
+        return None
+    forward = _eval_forward(model, plan, cfg)
+    cases = [(c, pre.image, pre.label) for c, pre in ((c, preprocess_case(ds.case(c), plan, cfg)) for c in ids)]
+    study = lesion_study(lambda image: plan_grid_probabilities([forward], image, cfg, [], LESION_STUDY_OVERLAP,
+                                                               window_batch=WINDOW_BATCH)[0].numpy(),
+                         cases, cfg.spacing, plan.postprocess)
+    if study is not None:
+        log.info("validation lesions: %d of %d found, %d false positives on %d cases", study["tp"],
+                 study["n_ref_lesions"], study["fp"], study["n_cases"])
     return study
