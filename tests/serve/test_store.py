@@ -33,8 +33,8 @@ def test_concurrent_claims_do_not_lock_and_finish_each_job_once(tmp_path):
     assert len(jobs) == 100
     claimed = [j for j in jobs if j.status != "queued"]
     assert all(j.status == "done" and j.attempts == 1 for j in claimed)
-    assert Store(url).counts() == {"queued": 100 - len(claimed), "running": 0, "done": len(claimed), "failed": 0,
-                                 "unsupported": 0}
+    assert Store(url).counts() == {"queued": 100 - len(claimed), "running": 0, "finishing": 0, "done": len(claimed),
+                                   "failed": 0, "unsupported": 0}
 
 
 def test_an_older_store_gains_the_new_columns_and_keeps_its_jobs(tmp_path):
