@@ -48,7 +48,8 @@ referred or positive, then by calibrated probability. <form method="post" action
 <td>{{ '%.3f'|format(r.probability) if r.probability is not none else '' }}</td>
 <td>{% if r.referred %}<span class="refer">refer</span>: {{ r.referral_reason }}{% elif r.status == 'done' %}accept{% endif %}</td>
 <td>{% if r.thumbnail %}<img alt="evidence for {{ r.job_id }}" src="{{ r.thumbnail }}">{% endif %}
-{% if r.viewer %}<br><a class="ohif" href="{{ r.viewer }}" target="_blank" rel="noopener">open in OHIF</a>{% endif %}</td></tr>
+{% if r.viewer %}<br><a class="ohif" href="{{ r.viewer }}" target="_blank" rel="noopener">open in OHIF</a>
+{% endif %}</td></tr>
 {% endfor %}
 </tbody></table>
 <h2>Not analysed ({{ problems|length }})</h2>
