@@ -173,57 +173,85 @@ def service(package: Path, studies: list[Path], work: Path, clients: int, worker
             "p50": statistics.median(lat), "p95": lat[int(0.95 * (len(lat) - 1))]}
 
 
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--studies", type=int, default=200)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1], help="one service run per count, same studies")
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--kill-worker", action="store_true", help="SIGKILL one worker a third of the way through")
+    ap.add_argument("--nifti", action="store_true", help="also time `medsight predict`-style NIfTI output")
+    ap.add_argument("--baseline-studies", type=int, default=None,
+                    help="time the one-process baseline on the first N studies only (a rate; default: all)")
     ap.add_argument("--record", action="store_true", help="write the section of docs/benchmarks.md")
     args = ap.parse_args()
     from pydicom.data import data_manager
 
     src = Path(data_manager.DATA_ROOT) / "test_files" / "CT_small.dcm"
     work = Path(tempfile.mkdtemp(prefix="medsight-bench-service-"))
+    runs, loads = {}, {}
     try:
         package = _toy_package(work / "model")
         studies = [_series(src, work / "studies" / f"s{i:04d}", args.slices, f"bench-{i}") for i in range(args.studies)]
         (work / "inproc").mkdir()
         (work / "inproc_nii").mkdir()
-        t_nii = in_process(package, studies, work / "inproc_nii", dicom=False)
-        t_dcm = in_process(package, studies, work / "inproc", dicom=True)
-        svc = service(package, studies, work / "svc", args.clients, args.workers, args.kill_worker)
+        loads["one process"] = _load()
+        base = studies[:args.baseline_studies or len(studies)]
+        t_nii = in_process(package, base, work / "inproc_nii", dicom=False) if args.nifti else None
+        t_dcm = in_process(package, base, work / "inproc", dicom=True)
+        loads["one process"] += " -> " + _load()
+        for w in args.workers:  # the table is written after each run: a long run interrupted keeps the others
+            loads[w] = _load()
+            runs[w] = service(package, studies, work / f"svc{w}", args.clients, w, args.kill_worker)
+            loads[w] += " -> " + _load()
+            _report(args, len(base), t_dcm, t_nii, runs, loads)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _report(args: argparse.Namespace, n_base: int, t_dcm: float, t_nii: float | None, runs: dict, loads: dict
+            ) -> None:
     n = args.studies
-    rate = n / svc["seconds"]
+    workers = " ".join(map(str, args.workers))
+    done = " and ".join(map(str, runs)) + ("" if len(runs) == len(args.workers) else
+                                            f" (of {' and '.join(map(str, args.workers))}: the rest did not finish)")
     lines = [
-        "## Triage service load test (loopback)",
+        "## Triage service load test (loopback)" if args.workers == [1] else
+        f"## Triage service load test: {n} studies, {done} supervised workers"
+        + (", one killed mid-run" if args.kill_worker else "") + " (loopback)",
         "",
-        machine_line() + " Shared, loaded machine (other jobs running): absolute rates are pessimistic; the "
-        "ratios compare runs made back to back in one invocation.",
+        machine_line() + " Shared machine (other sessions' jobs running): the 1/5/15-min load average (`uptime`) is "
+        "given at the start and end of each phase; the phases ran back to back in one invocation.",
         "",
-        f"Command: `python benchmarks/bench_service.py --studies {n} --clients {args.clients} --workers "
-        f"{args.workers}{' --kill-worker' if args.kill_worker else ''} --record`. Studies: {n} CT studies of {args.slices} slices (128x128, built from pydicom's "
-        "real CT_small.dcm, distinct UIDs); model: a toy 3D DynUNet package (8 filters), no test-time mirroring on "
-        "either side; unit: study.",
+        f"Command: `python benchmarks/bench_service.py --studies {n} --clients {args.clients} --workers {workers}"
+        f"{' --kill-worker' if args.kill_worker else ''}{' --nifti' if args.nifti else ''}"
+        f"{f' --baseline-studies {n_base}' if n_base != n else ''} --record`. Studies: {n} CT "
+        f"studies of {args.slices} slices (128x128, built from pydicom's real CT_small.dcm, distinct UIDs); model: a "
+        "toy 3D DynUNet package (8 filters), no test-time mirroring on either side; unit: study; latency: one "
+        f"upload's POST, {args.clients} concurrent clients.",
         "",
-        "| figure | value |",
-        "|---|---|",
-        f"| jobs lost / failed / duplicated | {svc['lost']} / {svc['failed']} / {svc['duplicated']} (n = {n}) |",
-        f"| a worker killed (SIGKILL) a third of the way through | {'yes' if svc['killed'] else 'no'} |",
-        f"| submit latency p50 / p95 ({args.clients} concurrent clients) | {svc['p50']:.3f} s / {svc['p95']:.3f} s |",
-        f"| service throughput, first submit to last job done ({args.workers} worker) | {rate:.2f} studies/s |",
-        f"| one process, same model + same SEG/SR/thumbnail output | {n / t_dcm:.2f} studies/s |",
-        f"| one process, `medsight predict`-style NIfTI output | {n / t_nii:.2f} studies/s |",
-        f"| service throughput vs one process (same output) | {rate / (n / t_dcm):.2f}x |",
-        f"| service throughput vs one process (NIfTI output) | {rate / (n / t_nii):.2f}x |",
+        "| run | load avg start -> end | lost / failed / duplicated (n) | worker killed | submit p50 / p95 (s) "
+        "| throughput (studies/s) | vs one process |",
+        "|---|---|---|---|---|---|---|",
+        f"| one process (n = {n_base}), same SEG/SR/thumbnail output | {loads['one process']} | - | - | - "
+        f"| {n_base / t_dcm:.3f} | 1.00x |",
     ]
+    if t_nii is not None:
+        lines.append(f"| one process, NIfTI output only | - | - | - | - | {n_base / t_nii:.3f} "
+                     f"| {t_dcm / t_nii:.2f}x |")
+    for w, svc in runs.items():
+        rate = n / svc["seconds"]
+        lines.append(f"| service, {w} worker{'s' if w > 1 else ''} | {loads[w]} | {svc['lost']} / {svc['failed']} / "
+                     f"{svc['duplicated']} ({n}) | {'yes (pid ' + str(svc['killed']) + ')' if svc['killed'] else 'no'}"
+                     f" | {svc['p50']:.3f} / {svc['p95']:.3f} | {rate:.3f} | {rate / (n_base / t_dcm):.2f}x |")
     text = "\n".join(lines)
     print(text)
     if args.record:
-        record_section("service-load" if args.workers == 1 else f"service-load-{args.workers}w", text)
+        record_section("service-load" if args.workers == [1] else "service-load-2w", text)
 
 
 if __name__ == "__main__":

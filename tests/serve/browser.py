@@ -15,11 +15,14 @@ from .conftest import require_tool
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--remote-debugging-pipe", "--window-size=1280,900"]
+# WebGL in software (SwiftShader), for pages that draw with it (OHIF's cornerstone3D viewports)
+WEBGL = ["--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--ignore-gpu-blocklist"]
 
 
 class Chromium:
-    def __init__(self, profile: Path) -> None:
+    def __init__(self, profile: Path, webgl: bool = False) -> None:
         exe = require_tool("chromium")
+        flags = [f for f in FLAGS if f != "--disable-gpu"] + WEBGL if webgl else FLAGS
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
 
@@ -27,7 +30,7 @@ class Chromium:
             os.dup2(to_chrome_r, 3)
             os.dup2(from_chrome_w, 4)
 
-        self.proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        self.proc = subprocess.Popen([exe, *flags, f"--user-data-dir={profile}", "about:blank"],
                                      preexec_fn=fds, pass_fds=(3, 4, to_chrome_r, from_chrome_w),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_chrome_r)

@@ -33,8 +33,8 @@ def test_concurrent_claims_do_not_lock_and_finish_each_job_once(tmp_path):
     assert len(jobs) == 100
     claimed = [j for j in jobs if j.status != "queued"]
     assert all(j.status == "done" and j.attempts == 1 for j in claimed)
-    assert Store(url).counts() == {"queued": 100 - len(claimed), "running": 0, "done": len(claimed), "failed": 0,
-                                 "unsupported": 0}
+    assert Store(url).counts() == {"queued": 100 - len(claimed), "running": 0, "finishing": 0, "done": len(claimed),
+                                   "failed": 0, "unsupported": 0}
 
 
 def test_an_older_store_gains_the_new_columns_and_keeps_its_jobs(tmp_path):
@@ -63,3 +63,23 @@ def test_a_dead_worker_s_jobs_go_back_to_the_queue(tmp_path):
     assert store.release_worker("dead") == 1
     assert (store.job(a).status, store.job(a).lease_until, store.job(b).status) == ("queued", None, "running")
     assert store.claim("alive-2", 600).id == a
+
+
+def test_a_finishing_job_is_taken_over_only_after_the_grace_or_its_worker_s_death(tmp_path, monkeypatch):
+    import medsight.serve.store as store_mod
+
+    clock = [1000.0]
+    monkeypatch.setattr(store_mod.time, "time", lambda: clock[0])
+    store = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    jid = store.add_job(model="m@1", study_uid="1", source="upload", submitted_by="x")
+    assert store.claim("w1", 10).id == jid and store.begin_finish(jid, "w1", 10)
+    assert not store.begin_finish(jid, "w2", 10)  # only the claim holder moves it
+    clock[0] += 10 + 10 * store_mod.FINISH_GRACE_LEASES - 1  # lease out, grace (10 leases) not yet
+    assert store.claim("w2", 10) is None
+    clock[0] += 2
+    got = store.claim("w2", 10)  # w1 vanished unseen (another machine): taken over after the grace
+    assert (got.id, got.worker, got.attempts) == (jid, "w2", 2)
+    assert not store.complete(jid, "w1", {}) and store.complete(jid, "w2", {})
+    kid = store.add_job(model="m@1", study_uid="2", source="upload", submitted_by="x")
+    assert store.claim("w3", 10).id == kid and store.begin_finish(kid, "w3", 10)
+    assert store.release_worker("w3") == 1 and store.job(kid).status == "queued"  # seen dead: back at once

@@ -122,12 +122,16 @@ def users_orthanc_hook(name: str, service_url: str, out: Path, home: Path | None
               help="DICOMweb root of a PACS to pull from / push to (repeatable; the first is the default). The "
                    "service contacts no other server.")
 @click.option("--max-upload-mb", default=512, show_default=True, type=int)
+@click.option("--ohif", "ohif_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of a built OHIF viewer (`npm pack @ohif/app`, its package/dist): served at / beside the "
+                   "worklist, reading the default --dicomweb PACS through the service (signed-in users only).")
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Mirrored test-time augmentation for segmentation (more robust, 8x the network time in 3D).")
 @_HOME
 @_DB
 def serve(host: str, port: int, workers: int, models: tuple[str, ...], allow_candidates: bool,
-          dicomweb_urls: tuple[str, ...], max_upload_mb: int, tta: bool, home: Path | None, db_url: str | None) -> None:
+          dicomweb_urls: tuple[str, ...], max_upload_mb: int, ohif_dir: Path | None, tta: bool, home: Path | None,
+          db_url: str | None) -> None:
     """Run the triage service: HTTP API + worklist page, and WORKERS supervised processes that run the models."""
     import signal
 
@@ -137,6 +141,7 @@ def serve(host: str, port: int, workers: int, models: tuple[str, ...], allow_can
     from medsight.serve.models import resolve_models
     from medsight.serve.store import default_url
     from medsight.serve.supervisor import Supervisor
+    from medsight.serve.viewer import check_viewer_dir
 
     if workers < 1:
         raise ConfigError("--workers must be at least 1")
@@ -147,7 +152,8 @@ def serve(host: str, port: int, workers: int, models: tuple[str, ...], allow_can
     settings = Settings(home=root, db_url=db_url or default_url(root), audit_url=audit_default(), models=served,
                         max_upload_bytes=max_upload_mb * 1024 * 1024,
                         dicomweb_url=dicomweb_urls[0] if dicomweb_urls else None,
-                        dicomweb_others=list(dicomweb_urls[1:]), tta=tta)
+                        dicomweb_others=list(dicomweb_urls[1:]), tta=tta,
+                        viewer=str(check_viewer_dir(ohif_dir)) if ohif_dir else None)
     app = create_app(settings)  # opens (and creates) the store before the workers start
     supervisor = Supervisor(settings.to_json(), workers, on_death=app.state.store.release_worker)
     app.state.supervisor = supervisor

@@ -42,13 +42,14 @@ class Settings:
     lease_s: float = 60.0
     tta: bool = True  # mirrored test-time augmentation for segmentation (8x the network time in 3D)
     dicomweb_others: list[str] = field(default_factory=list)  # more configured PACS a pull may name
+    viewer: str | None = None  # folder of a built OHIF viewer (npm @ohif/app's dist) served beside the worklist
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         d = {"home": str(self.home), "db_url": self.db_url, "audit_url": self.audit_url,
              "models": [{**m.__dict__, "path": str(m.path)} for m in self.models],
              "max_upload_bytes": self.max_upload_bytes, "dicomweb_url": self.dicomweb_url, "lease_s": self.lease_s,
-             "tta": self.tta, "dicomweb_others": self.dicomweb_others}
+             "tta": self.tta, "dicomweb_others": self.dicomweb_others, "viewer": self.viewer}
         return json.dumps(d, indent=2)
 
     def dicomweb_endpoints(self) -> list[str]:
@@ -217,7 +218,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/api/v1/worklist")
     def worklist(user: auth.User = Depends(allowed("worklist"))) -> list[dict[str, Any]]:
-        return order_rows(store.jobs())
+        return order_rows(store.jobs(), viewer=bool(settings.viewer))
 
     @app.get("/worklist", response_class=HTMLResponse, include_in_schema=False)
     def worklist_page(request: Request) -> Response:
@@ -227,7 +228,7 @@ def create_app(settings: Settings) -> FastAPI:
         request.state.user = user.name
         if not user.may("worklist"):
             raise HTTPException(403, f"role '{user.role}' may not read the worklist")
-        return HTMLResponse(render_worklist(order_rows(store.jobs()), user.name))
+        return HTMLResponse(render_worklist(order_rows(store.jobs(), viewer=bool(settings.viewer)), user.name))
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_page() -> HTMLResponse:
@@ -258,6 +259,19 @@ def create_app(settings: Settings) -> FastAPI:
     async def medsight_error(request: Request, exc: MedsightError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    if settings.viewer:  # last: its catch-all route must not hide the service's own
+        from medsight.serve.viewer import mount_viewer
+
+        def reader(request: Request) -> auth.User | None:
+            cred = request.headers.get("authorization", "")
+            user = auth.user_for_session(store, request.cookies.get(auth.SESSION_COOKIE)) or (
+                auth.user_for_token(store, cred[7:].strip()) if cred.lower().startswith("bearer ") else None)
+            if user is None or not user.may("worklist"):
+                return None
+            request.state.user = user.name
+            return user
+
+        mount_viewer(app, Path(settings.viewer), settings.dicomweb_url, reader)
     return app
 
 

@@ -119,7 +119,8 @@ def run_segmentation(model: ModelRef, folder: Path, out: Path, uid_seed: str, tt
             "probability": max((r["mean_probability"] for r in rows), default=0.0),
             "finding": f"{len(rows)} lesion(s)" if rows else "no lesion",
             "size": f"{largest['volume_ml']:.2f} ml, {largest['longest_diameter_mm']:.1f} mm" if largest else "",
-            "lesions": rows, "seg_sop_uid": str(seg.SOPInstanceUID), "sr_sop_uid": str(sr.SOPInstanceUID),
+            "lesions": rows, "seg_sop_uid": str(seg.SOPInstanceUID),
+            "seg_series_uid": str(seg.SeriesInstanceUID), "sr_sop_uid": str(sr.SOPInstanceUID),
             "files": ["seg.dcm", "sr.dcm", "thumbnail.png"]}
 
 

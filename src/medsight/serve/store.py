@@ -1,9 +1,10 @@
 """The service's persistent state over SQLAlchemy: users (token hashes only), sessions and the job queue.
 
 SQLite file by default, PostgreSQL by URL. Jobs are claimed with a lease: a worker that dies stops renewing it, and
-once the lease has run out another worker claims the job again. A job becomes ``done`` only through
-``complete(job, worker)``, which succeeds for the worker that holds the claim — so a job finishes exactly once even
-when a killed worker's attempt and the retry both reach the end.
+once the lease has run out another worker claims the job again. A worker that has its result moves the job to
+``finishing`` (``begin_finish``, only while it still holds the claim) before it records and pushes anything; a
+finishing job is not taken over when a lease runs out (only when its worker is seen dead, or after a long grace),
+so two attempts never both record ``job_done``. A job becomes ``done`` only through ``complete(job, worker)``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from sqlalchemy.engine import Engine
 from medsight.errors import MedsightError
 
 ROLES = ("submitter", "reader", "admin")
-STATUSES = ("queued", "running", "done", "failed", "unsupported")  # unsupported: no served model reads the study
+# unsupported: no served model reads the study; finishing: the result exists, its records and push are under way
+STATUSES = ("queued", "running", "finishing", "done", "failed", "unsupported")
+ACTIVE = ("running", "finishing")  # held by a worker
+FINISH_GRACE_LEASES = 10  # a finishing job whose worker vanished unseen is taken over after this many leases
 
 metadata = MetaData()
 users = Table("users", metadata,
@@ -247,7 +251,8 @@ class Store:
     def claim(self, worker: str, lease_s: float, max_attempts: int = 3) -> Job | None:
         """Take the oldest queued job, or a running one whose lease ran out (its worker died)."""
         now = time.time()
-        claimable = ((jobs.c.status == "queued") | ((jobs.c.status == "running") & (jobs.c.lease_until < now)))
+        claimable = ((jobs.c.status == "queued") | ((jobs.c.status == "running") & (jobs.c.lease_until < now))
+                     | ((jobs.c.status == "finishing") & (jobs.c.lease_until < now - FINISH_GRACE_LEASES * lease_s)))
         with self._write() as c:
             for row in c.execute(select(jobs.c.id, jobs.c.attempts).where(claimable)
                                  .order_by(jobs.c.submitted_at).limit(8)):
@@ -264,21 +269,29 @@ class Store:
     def renew(self, job_id: str, worker: str, lease_s: float) -> bool:
         with self._write() as c:
             return c.execute(update(jobs).where((jobs.c.id == job_id) & (jobs.c.worker == worker)
-                                                & (jobs.c.status == "running"))
+                                                & jobs.c.status.in_(ACTIVE))
                              .values(lease_until=time.time() + lease_s)).rowcount == 1
+
+    def begin_finish(self, job_id: str, worker: str, lease_s: float) -> bool:
+        """The worker holding the claim has its result: from now on no lease expiry hands the job to another
+        worker (False: another attempt owns the job; this one must record nothing)."""
+        with self._write() as c:
+            return c.execute(update(jobs).where((jobs.c.id == job_id) & (jobs.c.worker == worker)
+                                                & (jobs.c.status == "running"))
+                             .values(status="finishing", lease_until=time.time() + lease_s)).rowcount == 1
 
     def release(self, job_id: str, worker: str) -> bool:
         """Give a claimed job back to the queue (its audit record could not be written: retry it later)."""
         with self._write() as c:
             return c.execute(update(jobs).where((jobs.c.id == job_id) & (jobs.c.worker == worker)
-                                                & (jobs.c.status == "running"))
+                                                & jobs.c.status.in_(ACTIVE))
                              .values(status="queued", lease_until=None)).rowcount == 1
 
     def release_worker(self, worker: str) -> int:
         """Put back in the queue every job a worker held when it died (its supervisor saw it die), without
         waiting for the lease to run out. Returns how many."""
         with self._write() as c:
-            return c.execute(update(jobs).where((jobs.c.worker == worker) & (jobs.c.status == "running"))
+            return c.execute(update(jobs).where((jobs.c.worker == worker) & jobs.c.status.in_(ACTIVE))
                              .values(status="queued", lease_until=None)).rowcount
 
     def reroute(self, job_id: str, worker: str, model: str) -> bool:
@@ -296,7 +309,7 @@ class Store:
         with self.engine.connect() as c:
             row = c.execute(select(jobs).where((jobs.c.study_uid == study_uid) & (jobs.c.model == model)
                                                & (jobs.c.source == source)
-                                               & jobs.c.status.in_(("queued", "running"))).limit(1)).first()
+                                               & jobs.c.status.in_(("queued", *ACTIVE))).limit(1)).first()
         return _job(row) if row else None
 
     def done_with_key(self, result_key: str) -> Job | None:
@@ -318,13 +331,13 @@ class Store:
         """Mark done, only for the worker holding the claim; False means another attempt owns the job now."""
         with self._write() as c:
             return c.execute(update(jobs).where((jobs.c.id == job_id) & (jobs.c.worker == worker)
-                                                & (jobs.c.status == "running"))
+                                                & jobs.c.status.in_(ACTIVE))
                              .values(status="done", finished_at=time.time(), lease_until=None, result_key=result_key,
                                      summary_json=json.dumps(summary, sort_keys=True))).rowcount == 1
 
     def fail(self, job_id: str, worker: str, error: str, status: str = "failed") -> bool:
         with self._write() as c:
             return c.execute(update(jobs).where((jobs.c.id == job_id) & (jobs.c.worker == worker)
-                                                & (jobs.c.status == "running"))
+                                                & jobs.c.status.in_(ACTIVE))
                              .values(status=status, finished_at=time.time(), lease_until=None,
                                      error=error[:2000])).rowcount == 1

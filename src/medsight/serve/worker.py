@@ -1,6 +1,8 @@
 """Worker processes: claim a job, fetch the study (upload store or a configured DICOMweb server), pick the series
-and the model (serve.routing), run it, write results atomically, audit ``job_done``, push SEG/SR back to the
-PACS, and only then mark the job done.
+and the model (serve.routing), run it, write results atomically; then, holding the job as ``finishing``, audit
+``job_push`` and push SEG/SR back to the PACS, audit ``job_done``, and only then mark the job done. A failed push
+leaves ``job_push`` and ``job_failed`` (never ``job_done`` and ``job_failed``); a retry after a kill that came
+between ``job_done`` and the store's ``done`` does not record ``job_done`` again.
 
 A lease renewed by a heartbeat thread keeps a job with its worker; a killed worker stops renewing, and another
 worker claims the job once the lease has run out. Result UIDs are derived from (study, series, package id), so a
@@ -100,7 +102,10 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         store, job_id, worker, lease_s = self.args
         while not self.stop.wait(lease_s / 3):
-            store.renew(job_id, worker, lease_s)
+            try:
+                store.renew(job_id, worker, lease_s)
+            except Exception:  # noqa: BLE001 - a busy database must not end the heartbeat (the lease would lapse)
+                log.exception("job %s: lease renewal failed; trying again", job_id)
 
 
 def _append(audit, event: str, actor: str, **details) -> None:  # noqa: ANN001, ANN003
@@ -171,18 +176,32 @@ def _run(settings, store: Store, audit, worker: str, job: Job) -> None:  # noqa:
     summary.update({"series_uid": series.uid, "series": series.label(), **({"rerouted": note} if note else {})})
     already = summary.get("pushed_to") if "same_result_as" in summary else None
     push = bool(job.push and url and already != url)  # a result reused from an upload still goes to the PACS
-    if not store.renew(job.id, worker, settings.lease_s):
+    if not store.begin_finish(job.id, worker, settings.lease_s):
         return  # the lease ran out and another worker owns the job now: its attempt records the result
-    try:  # the outbox: the audit record first; a job is never done (or pushed) without it
-        _append(audit, "job_done", job.submitted_by, job_id=job.id, study_uid=job.study_uid, series_uid=series.uid,
+    outputs = [f for f in ("seg.dcm", "sr.dcm") if (result_dir / f).exists()]
+    if push:  # the outbox: nothing leaves for the PACS without an audit record saying what and where
+        _record(audit, "job_push", job.submitted_by, job_id=job.id, study_uid=job.study_uid, to=url,
+                outputs=outputs, worker=worker, attempts=job.attempts)
+        push_dicomweb(url, [result_dir / f for f in outputs])  # a failure: job_failed, no job_done
+        summary["pushed_to"] = url
+    if not (job.attempts > 1 and _done_recorded(audit, job.id)):  # an earlier attempt died after recording it
+        _record(audit, "job_done", job.submitted_by, job_id=job.id, study_uid=job.study_uid, series_uid=series.uid,
                 package_id=model.package_id, worker=worker, attempts=job.attempts,
                 outputs=summary.get("files", []), referred=summary.get("referred"), push=push)
+    store.complete(job.id, worker, summary, result_key=key)
+
+
+def _record(audit, event: str, actor: str, **details) -> None:  # noqa: ANN001, ANN003
+    """An audit record the job cannot go on without: if it cannot be written, the job goes back to the queue."""
+    try:
+        _append(audit, event, actor, **details)
     except Exception as e:  # noqa: BLE001
         raise _AuditDown() from e
-    if push:
-        push_dicomweb(url, [result_dir / f for f in ("seg.dcm", "sr.dcm") if (result_dir / f).exists()])
-        summary["pushed_to"] = url
-    store.complete(job.id, worker, summary, result_key=key)
+
+
+def _done_recorded(audit, job_id: str) -> bool:  # noqa: ANN001
+    """Whether the audit log already holds this job's ``job_done`` (asked on retries only: it reads the log)."""
+    return any(r.details.get("job_id") == job_id for r in audit.records(event_name="job_done"))
 
 
 def _copy_result(src: Path, dest: Path) -> None:

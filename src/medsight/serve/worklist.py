@@ -47,7 +47,9 @@ referred or positive, then by calibrated probability. <form method="post" action
 <td>{{ r.status }}</td><td>{{ r.finding }}{% if r.size %}<br><span class="muted">{{ r.size }}</span>{% endif %}</td>
 <td>{{ '%.3f'|format(r.probability) if r.probability is not none else '' }}</td>
 <td>{% if r.referred %}<span class="refer">refer</span>: {{ r.referral_reason }}{% elif r.status == 'done' %}accept{% endif %}</td>
-<td>{% if r.thumbnail %}<img alt="evidence for {{ r.job_id }}" src="{{ r.thumbnail }}">{% endif %}</td></tr>
+<td>{% if r.thumbnail %}<img alt="evidence for {{ r.job_id }}" src="{{ r.thumbnail }}">{% endif %}
+{% if r.viewer %}<br><a class="ohif" href="{{ r.viewer }}" target="_blank" rel="noopener">open in OHIF</a>
+{% endif %}</td></tr>
 {% endfor %}
 </tbody></table>
 <h2>Not analysed ({{ problems|length }})</h2>
@@ -93,8 +95,17 @@ def _study_fields(j: Any) -> dict[str, str]:
             "study_date": f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 and date.isdigit() else date}
 
 
-def order_rows(jobs: list[Any]) -> list[dict[str, Any]]:
-    """Worklist rows (dicts) from jobs, in priority order: the studies to read, then those not analysed."""
+def _viewer_link(j: Any, s: dict[str, Any]) -> str | None:
+    """OHIF's link for a study whose results are in the PACS (the viewer reads the PACS, not medsight's files)."""
+    from medsight.serve.viewer import viewer_link
+
+    in_pacs = j.status == "done" and s.get("pushed_to")
+    return viewer_link(j.study_uid, s.get("seg_series_uid")) if in_pacs else None
+
+
+def order_rows(jobs: list[Any], viewer: bool = False) -> list[dict[str, Any]]:
+    """Worklist rows (dicts) from jobs, in priority order: the studies to read, then those not analysed; with
+    ``viewer``, each study whose results reached the PACS links to it in OHIF."""
     rows = []
     ids = {j.id for j in jobs}
     for j in jobs:
@@ -109,7 +120,8 @@ def order_rows(jobs: list[Any]) -> list[dict[str, Any]]:
                      "positive": bool(s.get("positive")), "urgent": bool(s.get("referred") or s.get("positive")),
                      "not_analysed": problem, "reason": plain_reason(j.status, j.error) if problem else "",
                      "thumbnail": (f"/api/v1/jobs/{j.id}/files/thumbnail.png"
-                                   if "thumbnail.png" in s.get("files", []) else None)})
+                                   if "thumbnail.png" in s.get("files", []) else None),
+                     "viewer": _viewer_link(j, s) if viewer else None})
 
     def key(r: dict[str, Any]) -> tuple:
         done = r["status"] == "done"
