@@ -257,18 +257,33 @@ def record(args: argparse.Namespace) -> None:
     record_section("label-efficiency", "\n".join(lines))
 
 
+def _runs(enc: Path) -> list[list[float]]:
+    """The log's cumulative seconds split into runs (a resumed run restarts the clock)."""
+    runs: list[list[float]] = [[]]
+    for line in (enc / "log.jsonl").read_text().splitlines():
+        sec = json.loads(line)["seconds"]
+        if runs[-1] and sec < runs[-1][-1]:
+            runs.append([])
+        runs[-1].append(sec)
+    return runs
+
+
 def _pretraining_line(enc: Path, pre: dict[str, Any], pool: str) -> str:
-    """Pretraining cost from the encoder package (steps, CPU-seconds, energy) and the measured wall time."""
+    """Pretraining cost from the encoder package (steps, CPU-seconds and energy of its last run; a resumed run
+    records only its own) and the wall time measured around it."""
     desc = json.loads((enc / "encoder.json").read_text())
     log = [json.loads(x) for x in (enc / "log.jsonl").read_text().splitlines()]
-    t, e = desc["training"], pre.get("energy") or {}
-    steps = t["epochs_done"] * t["iterations"]
-    wall = f"{pre['wall_s']:.0f} s wall end to end" if pre.get("wall_s") else f"{t['seconds_this_run']:.0f} s training"
+    t, e, runs = desc["training"], pre.get("energy") or {}, _runs(enc)
+    steps, last = t["epochs_done"] * t["iterations"], t["iterations"] * len(runs[-1])
+    wall = (f"{pre['wall_s']:.0f} s wall end to end" if pre.get("given") and pre.get("wall_s") else
+            f"{sum(r[-1] for r in runs):.0f} s of training wall time over {len(runs)} run(s)")
+    cpu = e.get("cpu_seconds", float("nan"))
     return (f"Pretraining: `{desc['method']}` on {pool}, {t['epochs_done']} epochs x {t['iterations']} steps "
-            f"(batch {t['batch_size']}, {steps} steps): {wall}; {e.get('cpu_seconds', float('nan')):.0f} CPU-s "
-            f"({e.get('cpu_seconds', float('nan')) / max(1, steps):.1f} CPU-s per step, validation included), energy "
-            f"{e.get('kwh', float('nan')) * 1000:.2f} Wh {'measured' if e.get('measured') else 'estimated'}; held-out "
-            f"pretext loss {log[0]['val_loss']:.3f} after epoch 1 -> {t['final_val_loss']:.3f}.")
+            f"(batch {t['batch_size']}, {steps} steps; planned {t['epochs_planned']} epochs): {wall}; "
+            f"**{cpu / max(1, last):.1f} CPU-s per step** ({cpu:.0f} CPU-s for the last run's {last} steps, validation "
+            f"included; energy {e.get('kwh', float('nan')) * 1000:.2f} Wh "
+            f"{'measured' if e.get('measured') else 'estimated'}); held-out pretext loss {log[0]['val_loss']:.3f} after "
+            f"epoch 1 -> {t['final_val_loss']:.3f}.")
 
 
 def main() -> None:
