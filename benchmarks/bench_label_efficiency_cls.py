@@ -100,7 +100,27 @@ def fine_tune(arm: str, x: Any, y: np.ndarray, idx: np.ndarray, steps: int, batc
         loss.backward()
         opt.step()
         sched.step()
+    recalibrate_bn(model, x, idx)
     return model.eval()
+
+
+def recalibrate_bn(model: Any, x: Any, idx: np.ndarray) -> None:
+    """BatchNorm statistics recomputed as plain averages over the labelled slices, for every arm alike.
+
+    EfficientNet's BatchNorm keeps running statistics with momentum 0.01: after a few dozen steps they are still
+    near their initial values (scratch, contrastive) or ImageNet's, and a network in eval mode then gives nearly
+    constant outputs (measured: feature spread 1e-10 for a fresh Lite0); the training batches' statistics are the
+    ones the weights were fitted with."""
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(idx), 64):
+            model(x[torch.from_numpy(idx[i:i + 64])])
 
 
 def scores(model: Any, x: Any, idx: np.ndarray) -> list[float]:
