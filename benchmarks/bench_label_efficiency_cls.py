@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MEDSIGHT_HOME", str(work / "home"))
-    path = work / "results_cls.json"
+    path = work / f"results_cls{args.tag}.json"  # one file per process: seeds may run in parallel processes
     res: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     x, y, pid, test, rest, pool = prepare(work, Path(args.data), args.size)
     test_idx = np.flatnonzero(np.isin(pid, test))
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> None:
                 "batch": args.batch, "size": args.size, "threads": args.threads, "backbone": BACKBONE,
                 "y_test": y[test_idx].tolist(), "pid_test": pid[test_idx].tolist()})
     enc = work / "encoder"
-    if "pretrained" in args.arms and "pretrain" not in res:
+    if "pretrained" in args.arms and "pretrain" not in res and not (enc / "manifest.json").is_file():
         t, load0 = time.perf_counter(), os.getloadavg()[0]
         _, summary = pretrain_backbone(pool, enc, BACKBONE, (args.size, args.size), args.pre_epochs,
                                        args.pre_iterations, args.pre_batch, seed=0, quiet=True)
@@ -179,12 +179,22 @@ def run(args: argparse.Namespace) -> None:
                       flush=True)
 
 
+def _merged(work: Path) -> dict[str, Any]:
+    """The processes' result files as one (runs merged; the pretraining record from the file that has it)."""
+    res: dict[str, Any] = {"runs": {}}
+    for path in sorted(work.glob("results_cls*.json")):
+        part = json.loads(path.read_text())
+        res["runs"].update(part.pop("runs"))
+        res.update({k: v for k, v in part.items() if k != "pretrain" or "pretrain" not in res})
+    return res
+
+
 def table(work: Path) -> list[str]:
     """Markdown lines for the classification arm (used by bench_label_efficiency.py --record)."""
     from medsight.metrics.bootstrap import bootstrap_ci
     from medsight.metrics.classification import roc_auc
 
-    res = json.loads((work / "results_cls.json").read_text())
+    res = _merged(work)
     y, groups = np.asarray(res["y_test"]), np.asarray(res["pid_test"])
     runs = res["runs"]
 
@@ -231,7 +241,7 @@ def table(work: Path) -> list[str]:
 
 def header(work: Path) -> list[str]:
     """What the classification arm ran on (the sentence before its table)."""
-    res = json.loads((work / "results_cls.json").read_text())
+    res = _merged(work)
     pre = res.get("pretrain") or {}
     e = pre.get("energy") or {}
     loads = [v for r in res["runs"].values() for v in r["load_1min"]] + pre.get("load_1min", [])
@@ -265,6 +275,7 @@ def main() -> None:
     ap.add_argument("--pre-iterations", type=int, default=20)
     ap.add_argument("--pre-batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="", help="Suffix of this process's results file (results_cls<TAG>.json).")
     run(ap.parse_args())
 
 
