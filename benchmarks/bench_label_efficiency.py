@@ -200,7 +200,7 @@ def record(args: argparse.Namespace) -> None:
     pool = (f"all {pre['volumes']} demo volumes, test images included (labels never read, as the issue's protocol "
             "says)" if pre.get("given") else f"the {res['labelled_pool']} non-test volumes (images only)")
     lines += [
-        "### Segmentation (3D)", "",
+        "### Segmentation (3D)", "", *([args.seg_note, ""] if args.seg_note else []),
         f"Data: the demo dataset ({n_all} simulated brain MRI cases from the MNI template, three sites); test set "
         f"{len(res['test_cases'])} cases (patient-level, fixed); labelled pool {res['labelled_pool']} cases (first n of "
         "a seeded order, the same for every seed). Network: the demo's 3D DynUNet (plan of `medsight demo`, filters "
@@ -311,6 +311,7 @@ def main() -> None:
     ap.add_argument("--command", default="`benchmarks/bench_label_efficiency.py`")
     ap.add_argument("--cls-work", default=None, help="Work folder of bench_label_efficiency_cls.py (its table).")
     ap.add_argument("--acceptance", default="", help="The timed acceptance run, for the docs section.")
+    ap.add_argument("--seg-note", default="", help="A note above the segmentation table (e.g. which run it is).")
     ap.add_argument("--load-note", default="", help="How loaded the machine was, for the docs section.")
     args = ap.parse_args()
     record(args) if args.record else run(args)
