@@ -112,6 +112,9 @@ def run(args: argparse.Namespace) -> None:
     res.update({"test_cases": test, "labelled_pool": len(labelled), "unlabelled_pool": len(labelled),
                 "fine_tune_steps": args.epochs * args.iterations, "threads": args.threads})
     enc = work / "encoder"
+    if args.encoder and "pretrain" not in res:  # an encoder package pretrained elsewhere (e.g. the acceptance run)
+        res["pretrain"] = _given_encoder(Path(args.encoder), enc, args.encoder_wall, args.encoder_load)
+        results_path.write_text(json.dumps(res, indent=2))
     while args.wait_encoder and not (enc / "manifest.json").is_file():  # another process pretrains it
         time.sleep(10)
     if "pretrained" in args.arms and "pretrain" not in res and not args.wait_encoder:
@@ -145,6 +148,22 @@ def run(args: argparse.Namespace) -> None:
                 print(key, round(train_s), np.mean([r["tissue_mean"] for r in rows]), flush=True)
 
 
+def _given_encoder(src: Path, enc: Path, wall: float | None, load: list[float] | None) -> dict[str, Any]:
+    """Copy a verified encoder package to ``enc`` and take its cost from its own records."""
+    import shutil
+
+    from medsight.package.package import load_package
+
+    if not enc.exists():
+        shutil.copytree(load_package(src).path, enc)
+    desc = json.loads((enc / "encoder.json").read_text())
+    t = desc["training"]
+    return {"method": desc["method"], "epochs": t["epochs_planned"], "iterations": t["iterations"],
+            "batch": t["batch_size"], "wall_s": wall, "train_s": t["seconds_this_run"], "energy": desc.get("energy"),
+            "epochs_done": t["epochs_done"], "final_val_loss": t["final_val_loss"], "load_1min": load or [],
+            "volumes": desc["data"]["volumes"], "given": str(src)}
+
+
 def _train_steps(ds, plan, out, ids, seed, args, enc):  # noqa: ANN001, ANN202
     """Fine-tune for ``args.epochs`` x ``args.iterations`` steps (the same for every arm)."""
     from dataclasses import replace
@@ -163,53 +182,58 @@ def _ci(values: list[float], seed: int = 0) -> tuple[float, float, float]:
 
 
 def record(args: argparse.Namespace) -> None:
+    """The "label-efficiency" section: segmentation table, classification table (``--cls-work``), texts."""
     res: dict[str, Any] = {"arms": {}}
     for path in sorted(Path(args.work).glob("results_*.json")):  # the processes' files, merged
         part = json.loads(path.read_text())
         res["arms"].update(part.pop("arms"))
         res.update({k: v for k, v in part.items() if k != "pretrain" or "pretrain" not in res})
-    arms = res["arms"]
+    arms, pre = res["arms"], res["pretrain"]
     sizes = sorted({(a["labelled"]) for a in arms.values()})
-    lines = [f"## Label efficiency: self-supervised pretraining vs scratch (issue 35)", "", machine_line(), ""]
-    pre = res["pretrain"]
-    loads = [x for a in arms.values() for x in a["load_1min"]] + pre["load_1min"]
-    e = pre.get("energy") or {}
+    loads = [x for a in arms.values() for x in a["load_1min"]] + list(pre["load_1min"])
+    lines = ["## Label efficiency: self-supervised pretraining vs scratch vs ImageNet (issue 35)", "", machine_line(),
+             "", f"Machine load: {args.load_note}", ""]
+    if args.acceptance:
+        lines += [f"Acceptance (`medsight pretrain` on the demo's unlabelled volumes, default options): "
+                  f"{args.acceptance}", ""]
+    n_all = len(res["test_cases"]) + res["labelled_pool"]
+    pool = (f"all {pre['volumes']} demo volumes, test images included (labels never read, as the issue's protocol "
+            "says)" if pre.get("given") else f"the {res['labelled_pool']} non-test volumes (images only)")
     lines += [
-        f"Data: the demo dataset ({len(res['test_cases']) + res['labelled_pool']} simulated brain MRI cases from the "
-        f"MNI template, three sites); test set {len(res['test_cases'])} cases (patient-level, fixed); the other "
-        f"{res['labelled_pool']} cases are both the unlabelled pretraining pool (images only) and the labelled pool "
-        "(first n of a seeded order). Network: the demo's 3D DynUNet (plan of `medsight demo`, filters 8-128, patch "
-        "48x64x64, batch 2).",
-        _pretraining_line(Path(args.work) / "encoder", pre),
+        "### Segmentation (3D)", "", *([args.seg_note, ""] if args.seg_note else []),
+        f"Data: the demo dataset ({n_all} simulated brain MRI cases from the MNI template, three sites); test set "
+        f"{len(res['test_cases'])} cases (patient-level, fixed); labelled pool {res['labelled_pool']} cases (first n of "
+        "a seeded order, the same for every seed). Network: the demo's 3D DynUNet (plan of `medsight demo`, filters "
+        "8-128, patch 48x64x64, batch 2). **No ImageNet arm: there are no ImageNet weights for a 3D network here** "
+        "(the only ImageNet weights installed are the 2D EfficientNet-Lite0's, used in the classification table).",
+        _pretraining_line(Path(args.work) / "encoder", pre, pool),
         f"Fine-tuning: {res['fine_tune_steps']} optimiser steps for every arm (equal iterations), poly schedule, "
-        f"no validation selection (last weights), torch threads {res['threads']}.",
-        f"Machine load: 1-minute load average {min(loads):.1f}-{max(loads):.1f} on 2 cores during the runs (other "
-        "helpers' work in parallel); the arms ran at the same time in parallel processes of this script, so scratch "
-        "and pretrained saw the same load. Wall times are therefore pessimistic; CPU-seconds are the portable figure.",
-        "",
+        f"no validation selection (last weights), torch threads {res['threads']}; 1-minute load average "
+        f"{min(loads):.1f}-{max(loads):.1f} during these runs.", "",
         f"Dice per test case (unit: case, n = {len(res['test_cases'])} test cases), mean over grey and white matter, "
-        "95 % percentile bootstrap CI (2,000 resamples over cases); difference = pretrained - scratch, paired by case; "
-        "lesion Dice on the test cases that have a lesion:", "",
+        "95 % percentile bootstrap CI (2,000 resamples over cases) of the mean over seeds; difference = pretrained - "
+        "scratch, paired by case; lesion Dice on the test cases that have a lesion:", "",
         "| labelled cases | seeds | scratch Dice [95 % CI] | pretrained Dice [95 % CI] | difference | scratch lesion "
         "| pretrained lesion | fine-tune s (scratch / pretrained) |", "|---|---|---|---|---|---|---|---|"]
     means: dict[tuple[str, int], float] = {}
     for n in sizes:
         row = {}
         for arm in ("scratch", "pretrained"):
-            runs = [a for a in arms.values() if a["arm"] == arm and a["labelled"] == n]
+            runs = sorted((a for a in arms.values() if a["arm"] == arm and a["labelled"] == n),
+                          key=lambda a: a["seed"])
             if not runs:
                 continue
             per_case = np.mean([[c["tissue_mean"] for c in r["cases"]] for r in runs], axis=0)  # mean over seeds
             lesion = [c["lesion"] for r in runs for c in r["cases"] if c["lesion"] is not None]
-            row[arm] = (_ci(list(per_case)), len(runs), float(np.mean(lesion)) if lesion else float("nan"),
-                        float(np.mean([r["train_s"] for r in runs])), per_case)
+            row[arm] = (_ci(list(per_case)), [r["seed"] for r in runs], float(np.mean(lesion)) if lesion else
+                        float("nan"), float(np.mean([r["train_s"] for r in runs])), per_case)
             means[(arm, n)] = row[arm][0][0]
         if len(row) < 2:
             continue
-        (s, ns, ls, ts, pcs), (p, np_, lp, tp, pcp) = row["scratch"], row["pretrained"]
-        d = _ci(list(pcp - pcs))
-        lines.append(f"| {n} | {ns} | {s[0]:.3f} [{s[1]:.3f}, {s[2]:.3f}] | {p[0]:.3f} [{p[1]:.3f}, {p[2]:.3f}] | "
-                     f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] | {ls:.3f} | {lp:.3f} | {ts:.0f} / {tp:.0f} |")
+        (s, ss, ls, ts, pcs), (p, sp, lp, tp, pcp) = row["scratch"], row["pretrained"]
+        d = _ci(list(pcp - pcs)) if ss == sp else (float("nan"),) * 3
+        lines.append(f"| {n} | {len(ss)} / {len(sp)} | {s[0]:.3f} [{s[1]:.3f}, {s[2]:.3f}] | {p[0]:.3f} [{p[1]:.3f}, "
+                     f"{p[2]:.3f}] | {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] | {ls:.3f} | {lp:.3f} | {ts:.0f} / {tp:.0f} |")
     full = max(sizes)
     lines += ["", "Targets (measured on this run):"]
     if ("pretrained", 10) in means and ("pretrained", full) in means:
@@ -221,19 +245,15 @@ def record(args: argparse.Namespace) -> None:
             gain = means[("pretrained", n)] - means[("scratch", n)]
             lines.append(f"- gain over scratch at {n} cases: {gain:+.3f} Dice -> target >= +0.05: "
                          f"**{'met' if gain >= 0.05 else 'not met'}**.")
-    lines += ["", "Fine-tune s: wall seconds of the process that finished the arm, under shifting load (an arm resumed "
-              "after a restart counts only its last run): not a comparison of the arms' cost, which is equal by design "
-              "(same steps, same network)."]
+    lines += ["", "Fine-tune s: mean wall seconds per run under shifting load: not a comparison of the arms' cost, "
+              "which is equal by design (same steps, same network)."]
+    if args.cls_work:
+        from bench_label_efficiency_cls import header, table
+
+        lines += ["", "### Classification (2D)", "", *header(Path(args.cls_work)), *table(Path(args.cls_work))]
     if args.reading:
         lines += ["", f"Reading: {args.reading}"]
-    lines += ["", f"Acceptance (`medsight pretrain` on the demo's 40 unlabelled volumes within 20 minutes on 2 cores): "
-              f"the default run is 10 epochs x 20 steps = 200 steps; at the CPU cost measured here that is about "
-              f"{200 * _cpu_per_step(Path(args.work) / 'encoder', pre) / 60:.1f} CPU-minutes of training plus ~4 "
-              "CPU-seconds of imports and reading the 40 volumes (measured), i.e. about that many minutes of wall time "
-              "with one torch thread on an idle machine; extrapolated, not timed end to end, because the machine was "
-              "never idle during this work.",
-              "", f"Reduced from the issue's protocol (machine shared by 8 sessions): {args.reduced}", "",
-              "Command: `" + args.command + "`"]
+    lines += ["", f"Reduced from the issue's protocol: {args.reduced}", "", "Commands: " + args.command]
     record_section("label-efficiency", "\n".join(lines))
 
 
@@ -248,29 +268,22 @@ def _runs(enc: Path) -> list[list[float]]:
     return runs
 
 
-def _cpu_per_step(enc: Path, pre: dict[str, Any]) -> float:
-    """CPU-seconds per pretraining step (validation included) from the last run's energy record."""
-    steps = pre["iterations"] * len(_runs(enc)[-1])
-    return float((pre.get("energy") or {}).get("cpu_seconds", float("nan"))) / max(1, steps)
-
-
-def _pretraining_line(enc: Path, pre: dict[str, Any]) -> str:
-    """Pretraining cost from the encoder package: wall seconds over every run (a resumed run restarts the log's
-    clock) and CPU-seconds per step from the last run's energy record."""
+def _pretraining_line(enc: Path, pre: dict[str, Any], pool: str) -> str:
+    """Pretraining cost from the encoder package (steps, CPU-seconds and energy of its last run; a resumed run
+    records only its own) and the wall time measured around it."""
     desc = json.loads((enc / "encoder.json").read_text())
     log = [json.loads(x) for x in (enc / "log.jsonl").read_text().splitlines()]
-    runs = _runs(enc)
-    t, e = desc["training"], pre.get("energy") or {}
-    steps_last_run = pre["iterations"] * len(runs[-1])
-    resumed = ", resumed once after a stop" if len(runs) > 1 else ""
-    cpu_step = _cpu_per_step(enc, pre)
-    return (f"Pretraining: `{desc['method']}` (Models Genesis restoration) on {desc['data']['volumes']} unlabelled "
-            f"volumes, {t['epochs_done']} epochs x {pre['iterations']} steps (batch {t['batch_size']}; planned "
-            f"{t['epochs_planned']} epochs, stopped by the time budget{resumed}): {sum(r[-1] for r in runs):.0f} s "
-            f"wall under the load below; **{cpu_step:.1f} CPU-seconds per step** (the last run: "
-            f"{e.get('cpu_seconds', float('nan')):.1f} CPU-s for {steps_last_run} steps with validation, energy "
-            f"{e.get('kwh', float('nan')) * 1000:.3f} Wh {'measured' if e.get('measured') else 'estimated'}); held-out "
-            f"restoration MSE {log[0]['val_loss']:.3f} after epoch 1 -> {t['final_val_loss']:.3f}.")
+    t, e, runs = desc["training"], pre.get("energy") or {}, _runs(enc)
+    steps, last = t["epochs_done"] * t["iterations"], t["iterations"] * len(runs[-1])
+    wall = (f"{pre['wall_s']:.0f} s wall end to end" if pre.get("given") and pre.get("wall_s") else
+            f"{sum(r[-1] for r in runs):.0f} s of training wall time over {len(runs)} run(s)")
+    cpu = e.get("cpu_seconds", float("nan"))
+    return (f"Pretraining: `{desc['method']}` on {pool}, {t['epochs_done']} epochs x {t['iterations']} steps "
+            f"(batch {t['batch_size']}, {steps} steps; planned {t['epochs_planned']} epochs): {wall}; "
+            f"**{cpu / max(1, last):.1f} CPU-s per step** ({cpu:.0f} CPU-s for the last run's {last} steps, validation "
+            f"included; energy {e.get('kwh', float('nan')) * 1000:.2f} Wh "
+            f"{'measured' if e.get('measured') else 'estimated'}); held-out pretext loss {log[0]['val_loss']:.3f} after "
+            f"epoch 1 -> {t['final_val_loss']:.3f}.")
 
 
 def main() -> None:
@@ -286,12 +299,20 @@ def main() -> None:
     ap.add_argument("--pre-iterations", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pre-minutes", type=float, default=None, help="Pretraining time budget (engine's).")
+    ap.add_argument("--encoder", default=None, help="Use this encoder package (pretrained elsewhere) for the "
+                    "pretrained arm; --encoder-wall / --encoder-load: its measured wall seconds and load averages.")
+    ap.add_argument("--encoder-wall", type=float, default=None)
+    ap.add_argument("--encoder-load", type=float, nargs="*", default=None)
     ap.add_argument("--wait-encoder", action="store_true", help="Wait for another process's encoder package.")
     ap.add_argument("--arms", nargs="+", default=["scratch", "pretrained"], choices=["scratch", "pretrained"])
     ap.add_argument("--record", action="store_true", help="Write the docs section from the results JSON.")
     ap.add_argument("--reduced", default="none", help="What was reduced, for the docs section.")
     ap.add_argument("--reading", default="", help="What the table says, for the docs section.")
-    ap.add_argument("--command", default="benchmarks/bench_label_efficiency.py")
+    ap.add_argument("--command", default="`benchmarks/bench_label_efficiency.py`")
+    ap.add_argument("--cls-work", default=None, help="Work folder of bench_label_efficiency_cls.py (its table).")
+    ap.add_argument("--acceptance", default="", help="The timed acceptance run, for the docs section.")
+    ap.add_argument("--seg-note", default="", help="A note above the segmentation table (e.g. which run it is).")
+    ap.add_argument("--load-note", default="", help="How loaded the machine was, for the docs section.")
     args = ap.parse_args()
     record(args) if args.record else run(args)
 

@@ -23,9 +23,12 @@ MODELS = ("abmil", "clam-sb", "mean", "max")
 @click.option("--val-share", default=0.25, show_default=True, help="Share of patients held out for validation.")
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--name", default=None, help="Register the model package under this name (default: the folder name).")
+@click.option("--init", "init", default=None, help="Encoder package (`medsight pretrain`) the features must come from "
+              "(`wsi features --encoder pretrained --weights PACKAGE`): verified, its width checked, its id recorded "
+              "in the model package and card.")
 @audited("train-mil", inputs=("labels_csv",), outputs=("out_dir",))
 def train_mil_cmd(labels_csv: Path, features_dir: Path, out_dir: Path, model_name: str, epochs: int, seed: int,
-                  val_share: float, lr: float, name: str | None) -> None:
+                  val_share: float, lr: float, name: str | None, init: str | None) -> None:
     """Train a slide classifier from LABELS_CSV (slide_id,label[,patient_id]) and FEATURES_DIR/<slide_id>/.
 
     Patients are split between training and validation (never both); validation picks the epoch, calibrates
@@ -34,7 +37,7 @@ def train_mil_cmd(labels_csv: Path, features_dir: Path, out_dir: Path, model_nam
     from medsight.pathology.packaging import train_mil_package
 
     config, pkg = train_mil_package(labels_csv, features_dir, out_dir, model_name, name or out_dir.name,
-                                    epochs=epochs, seed=seed, val_share=val_share, lr=lr)
+                                    epochs=epochs, seed=seed, val_share=val_share, lr=lr, init=init)
     current_event().package(pkg).note(model=model_name, package=pkg.label)
     v = config["validation"]
     click.echo(f"{model_name}: validation AUC {v['auc']:.3f} (best epoch {config['best_epoch']}), "

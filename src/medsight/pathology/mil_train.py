@@ -180,10 +180,37 @@ def bag_logits(model: torch.nn.Module, bags: list[Bag]) -> tuple[np.ndarray, lis
     return np.array([float(o["logit"]) for o in outs]), [o["attention"].numpy() for o in outs]
 
 
+def feature_encoder_init(ref: str | Path, bags: list[Bag]) -> dict[str, Any]:
+    """``train-mil --init PACKAGE``: a MIL model learns on stored tile features, not on pixels, so the encoder
+    package selects the features: it is verified (``load_encoder_package``), every bag must have been extracted
+    with exactly it (``wsi features --encoder pretrained --weights PACKAGE``), and the features' width must be its
+    encoder's. Returns the provenance the MIL package records (config, manifest, card)."""
+    from medsight.errors import ConfigError
+    from medsight.package.encoder import encoder_provenance, load_encoder_package
+
+    pkg, state, desc = load_encoder_package(ref)
+    try:
+        width = int(desc["config"]["filters"][-1])
+    except (KeyError, TypeError, IndexError) as err:
+        raise ConfigError(f"encoder package {pkg.label} was pretrained for a classification backbone "
+                          f"({desc.get('network')}), not as a tile feature encoder; pass a package from "
+                          "`medsight pretrain --plan`") from err
+    other = sorted({str(b.encoder.get("package_id") or b.encoder.get("encoder")) for b in bags} - {pkg.id})
+    if other:
+        raise ConfigError(f"features were extracted with {other[0][:24]}, not with encoder package {pkg.label}; "
+                          f"run `medsight wsi features TILES --encoder pretrained --weights {ref}` first")
+    dim = int(bags[0].features.shape[1])
+    if dim != width:
+        raise ConfigError(f"encoder package {pkg.label} does not fit these features: it gives {width} features per "
+                          f"tile, the features have {dim}")
+    return encoder_provenance(pkg, desc, len(state))
+
+
 def train_mil(labels_csv: str | Path, features_dir: str | Path, out_dir: str | Path, model_name: str = "abmil",
               epochs: int = 40, seed: int = 0, val_share: float = 0.25, lr: float = 1e-3,
-              bags: list[Bag] | None = None) -> dict[str, Any]:
-    """Train, calibrate and save a MIL model folder; returns its summary (validation AUC, ECE, best epoch)."""
+              bags: list[Bag] | None = None, init: str | Path | None = None) -> dict[str, Any]:
+    """Train, calibrate and save a MIL model folder; returns its summary (validation AUC, ECE, best epoch).
+    ``init``: the encoder package the features must come from (``feature_encoder_init``)."""
     from medsight.safety.referral import ReferralPolicy
     from medsight.safety.temperature import fit_calibration, save_calibration
 
@@ -191,6 +218,7 @@ def train_mil(labels_csv: str | Path, features_dir: str | Path, out_dir: str | P
     bags = bags if bags is not None else load_bags(labels_csv, features_dir)
     if not bags:
         raise DatasetError("no labelled slide has features", features_dir)
+    init_record = feature_encoder_init(init, bags) if init is not None else None
     train, val = patient_split(bags, val_share, seed)
     task = MILTask(model_name, int(bags[0].features.shape[1]), train, val, lr)
     t0 = time.perf_counter()
@@ -214,6 +242,8 @@ def train_mil(labels_csv: str | Path, features_dir: str | Path, out_dir: str | P
               "engine": {"best_epoch": best_epoch, "history": "history.json"},
               "validation": {"auc": history[best_epoch]["auc"], "loss": history[best_epoch]["loss_val"],
                              **{k: v for k, v in cal.fit.items() if k.startswith(("ece", "nll"))}}}
+    if init_record is not None:
+        config["init"] = init_record
     atomic_write_text(out_dir / "config.json", json.dumps(config, indent=1))
     atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
     return config

@@ -29,7 +29,8 @@ def train_mil_package(labels_csv: str | Path | None, features_dir: str | Path | 
     try:
         config = train_mil(labels_csv, features_dir, work, model_name, **train_args)
         pkg = save_package(work, out_dir, task="mil", name=name,
-                           extra={"metrics": {"val_auc": config["validation"]["auc"]}, "model": model_name})
+                           extra={"metrics": {"val_auc": config["validation"]["auc"]}, "model": model_name,
+                                  **({"init": [config["init"]]} if config.get("init") else {})})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return config, pkg

@@ -2,8 +2,10 @@
 
 ``load_encoder("pretrained", weights=PACKAGE)`` verifies the package (``load_package``), rebuilds the network
 configuration it was pretrained for, loads its tensors and returns an ``Encoder`` whose module maps a
-preprocessed (N, C, *patch) batch to (N, D) features (global average of the bottleneck). The factory is declared
-in pyproject.toml like every built-in encoder, so a plug-in can replace it.
+preprocessed (N, C, *patch) batch to (N, D) features (global average of the bottleneck). Its provenance carries
+the package id and the SHA-256 of its weights, so stored features name the package they came from (``wsi features``
+resumes and ``train-mil`` mixes features only by that hash; ``train-mil --init`` checks the id). The factory is
+declared in pyproject.toml like every built-in encoder, so a plug-in can replace it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import nn
 from medsight.errors import ConfigError
 from medsight.nets.encoders import Encoder
 from medsight.nets.segmentation import build_model
-from medsight.package.encoder import apply_encoder, load_encoder_package
+from medsight.package.encoder import WEIGHTS, apply_encoder, load_encoder_package
 from medsight.plan.plan import ConfigPlan
 from medsight.pretrain.task import EncoderPath
 
@@ -37,7 +39,8 @@ def pretrained_encoder(weights: str | Path | None = None) -> Encoder:
     provenance = apply_encoder(net, pkg, state, desc, network=cfg.network)
     module = _Features(path).eval()
     return Encoder(module, f"pretrained-{pkg.name}", int(cfg.filters[-1]), int(cfg.patch_size[0]),
-                   provenance={"encoder": "pretrained", **provenance})
+                   provenance={"encoder": "pretrained", **provenance,
+                               "weights_sha256": pkg.manifest["files"][WEIGHTS]["sha256"]})
 
 
 class _Features(nn.Module):
