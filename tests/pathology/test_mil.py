@@ -51,7 +51,15 @@ def test_clam_instance_loss_matches_cross_entropy() -> None:
     h = out["h"]
     in_class = ce(m.instance_classifiers[1](h[torch.cat([top, bottom])]), torch.tensor([1, 1, 0, 0]))
     out_class = ce(m.instance_classifiers[0](h[top]), torch.tensor([0, 0]))
+    # binary tumour/normal (CLAM's non-subtyping setting): the in-class branch only
+    assert float(m.instance_loss(out, 1)) == pytest.approx(float(in_class), rel=1e-6)
+    assert float(in_class) != pytest.approx(float((in_class + out_class) / 2), rel=1e-3)  # the two settings differ
+    in_class0 = ce(m.instance_classifiers[0](h[torch.cat([top, bottom])]), torch.tensor([1, 1, 0, 0]))
+    assert float(m.instance_loss(out, 0)) == pytest.approx(float(in_class0), rel=1e-6)
+    # subtyping (mutually exclusive classes): the out-of-class branch too, averaged over the classes
+    m.subtyping = True
     assert float(m.instance_loss(out, 1)) == pytest.approx(float((in_class + out_class) / 2), rel=1e-6)
+    assert CLAMSB(6).subtyping is False  # the slide task (tumour vs normal) is not subtyping
 
 
 def _bags(n: int, rng: np.random.Generator) -> list[Bag]:
