@@ -72,6 +72,7 @@ def one_run(manifest: Path, out: Path, seed: int, threads: int, epochs: int | No
         cfg.epochs = epochs
     if recipe == "old":
         cfg.mask_weight, cfg.mask_loss = 0.0, "dense"
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     trained = train_classifier(manifest, out, cfg, quiet=True)
     seconds = time.perf_counter() - t0
@@ -85,6 +86,8 @@ def one_run(manifest: Path, out: Path, seed: int, threads: int, epochs: int | No
     for name, rows in (("held_out", test[test["site"] != "site_C"]), ("site_C", test[test["site"] == "site_C"])):
         _, prob = predict_paths(bundle, [manifest.parent / p for p in rows["image"]])
         res[f"{name}_auc"] = float(roc_auc_score(rows["lesion"], prob[:, 0]))
+    res["load"] = [round(load0, 1), round(os.getloadavg()[0], 1)]  # 1-min load average at the start and the end
+    res["kept_epoch"] = json.loads((out / "config.json").read_text())["validation"]["best_epoch"]
     return res
 
 
@@ -143,10 +146,17 @@ def table(results: list[dict], a: argparse.Namespace, load0: tuple, load1: tuple
              + (f" --reduced {a.reduced}" if a.reduced else "") + f" --jobs {a.jobs}`", "",
              f"Machine load average (1 min) {load0[0]:.1f} at the start, {load1[0]:.1f} at the end, on 2 cores shared "
              f"with other work; {a.jobs} run(s) at a time; wall {wall / 60:.0f} min.", "",
-             "| seed | threads | epochs | val AUC by epoch | held-out AUC | site_C AUC |", "|---|---|---|---|---|---|"]
+             "| seed | threads | epochs (kept) | val AUC by epoch | held-out AUC | site_C AUC | train s | load (1 min) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['seed']} | {r['threads']} | {r['epochs']} | {' '.join(map(str, r['val_auc_by_epoch']))} "
-                     f"| {r['held_out_auc']:.3f} | {r['site_C_auc']:.3f} |")
+        load = "-".join(f"{v:.1f}" for v in r.get("load", []))
+        lines.append(f"| {r['seed']} | {r['threads']} | {r['epochs']} ({r.get('kept_epoch', '?')}) | "
+                     f"{' '.join(map(str, r['val_auc_by_epoch']))} | {r['held_out_auc']:.3f} | {r['site_C_auc']:.3f} "
+                     f"| {r['train_seconds']:.0f} | {load} |")
+    missing = [f"seed {s} x {t} thread(s)" for s in a.seeds for t in a.threads
+               if not any(r["seed"] == s and r["threads"] == t for r in results)]
+    if missing:
+        lines.append(f"\nNot run (did not fit the session): {', '.join(missing)}.")
     for key in ("held_out_auc", "site_C_auc"):
         v = np.array([r[key] for r in results])
         if len(v):
