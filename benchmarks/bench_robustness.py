@@ -3,6 +3,7 @@
 
     python benchmarks/bench_robustness.py --seeds 0 1 2 3 4 --threads 1 2            # the full demo recipe
     python benchmarks/bench_robustness.py --reduced 30 --epochs 8 --jobs 2           # what a loaded machine affords
+    python benchmarks/bench_robustness.py --seeds 0 1 2 3 4 --threads 1 2 --report-only   # tabulate what ran
 
 The data are the demo's classification slices (200 volumes, seed 0, enhancing lesions, the demo's split) built once;
 runs differ in the training seed and the torch thread count (float summation order: the knife edge that made the
@@ -101,6 +102,7 @@ def main() -> None:
     ap.add_argument("--recipe", choices=["new", "old"], default="new")
     ap.add_argument("--jobs", type=int, default=1, help="Runs at the same time (each its own process).")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="Only tabulate the runs already in --work.")
     ap.add_argument("--one", nargs=2, type=int, help=argparse.SUPPRESS)  # seed threads: a worker process
     a = ap.parse_args()
     work = a.work.resolve()
@@ -112,7 +114,9 @@ def main() -> None:
         (out / "result.json").write_text(json.dumps(res))
         return
     load0 = os.getloadavg()
-    pending = [(s, t) for s in a.seeds for t in a.threads]
+    # runs already done in --work are kept (a session that runs out of time resumes, one run at a time)
+    pending = [] if a.report_only else [(s, t) for s in a.seeds for t in a.threads
+                                        if not (work / f"{a.recipe}_s{s}_t{t}" / "result.json").is_file()]
     running: list[subprocess.Popen] = []
     args = [sys.executable, __file__, "--work", str(work), "--recipe", a.recipe]
     args += ["--epochs", str(a.epochs)] if a.epochs else []
