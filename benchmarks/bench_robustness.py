@@ -75,9 +75,14 @@ def one_run(manifest: Path, out: Path, seed: int, threads: int, epochs: int | No
         cfg.mask_weight, cfg.mask_loss = 0.0, "dense"
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    trained = train_classifier(manifest, out, cfg, quiet=True)
-    seconds = time.perf_counter() - t0
-    bundle = load_classifier(out)
+    if (out / "config.json").is_file() and (out / "model.pt").is_file():  # trained before its evaluation was cut off
+        saved = json.loads((out / "config.json").read_text())
+        trained = {"val_auc": saved["validation"]["auc"], "epochs": len(saved["history"])}
+        seconds, load0 = saved["train_seconds"], float("nan")
+    else:
+        trained = train_classifier(manifest, out, cfg, quiet=True)
+        seconds = time.perf_counter() - t0
+    bundle = load_classifier(out, unpackaged=True)  # the bare training folder (a benchmark run is not a package)
     table = pd.read_csv(manifest)
     test = table[table["split"] == "test"]
     res = {"seed": seed, "threads": threads, "recipe": recipe, "train_seconds": round(seconds, 1),
