@@ -63,8 +63,12 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
                                   "demo-mil", epochs=25 if ctx.fast else 40, seed=ctx.seed)
     rows = predict_slides(model_dir, sets["test"] / "tiles", out / "predictions", progress=not quiet)
     truth = {r["slide_id"]: r for r in csv.DictReader(open(sets["test"] / "slides.csv"))}
-    y = [int(truth[r["slide_id"]]["label"]) for r in rows]
-    p = [r["probability"] for r in rows]
+    scored = [r for r in rows if r.get("logit") is not None]  # a slide without tissue tiles has no score
+    y = [int(truth[r["slide_id"]]["label"]) for r in scored]
+    # ranked by the raw logit: the calibrated probability is the same order, but rounded to 6 decimals and, with a
+    # temperature fitted on separable validation slides (0.05, the fit's floor), saturated at 0/1: ties that cost
+    # seed 0's 20 test slides AUC 0.78 against 0.89 from the logits
+    p = [r["logit"] for r in scored]
     hits = []
     for r in rows:
         t = truth[r["slide_id"]]
@@ -80,7 +84,7 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext, imported lazily b
         ctx.paths["pathology_geojson"] = Path(positive["evidence"]["geojson"])
     ctx.paths["pathology_predictions"] = out / "predictions" / "predictions.csv"
     ctx.paths["pathology_model"] = model_dir
-    summary = {"n_train_slides": 2 * n_train, "n_test_slides": len(rows),
+    summary = {"n_train_slides": 2 * n_train, "n_test_slides": len(scored),
                "validation_auc": config["validation"]["auc"],
                "best_epoch": config["best_epoch"], "n_validation_slides": len(config["split"]["val"]),
                **_auc_with_ci(y, p),
