@@ -155,7 +155,8 @@ def table(results: list[dict], a: argparse.Namespace, load0: tuple, load1: tuple
              + (f" --reduced {a.reduced}" if a.reduced else "") + f" --jobs {a.jobs}`", "",
              f"Machine load average (1 min) {load0[0]:.1f} at the start, {load1[0]:.1f} at the end, on 2 cores shared "
              f"with other work; {a.jobs} run(s) at a time; wall {wall / 60:.0f} min.", "",
-             "| seed | threads | epochs (kept) | val AUC by epoch | held-out AUC | site_C AUC | train s | load (1 min) |",
+             "| seed | threads | epochs (kept) | val AUC by epoch | held-out AUC | site_C AUC | train s "
+             "| load (1 min) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         load = "-".join(f"{v:.1f}" for v in r.get("load", []))
