@@ -3,6 +3,7 @@
 
     python benchmarks/bench_robustness.py --seeds 0 1 2 3 4 --threads 1 2            # the full demo recipe
     python benchmarks/bench_robustness.py --reduced 30 --epochs 8 --jobs 2           # what a loaded machine affords
+    python benchmarks/bench_robustness.py --seeds 0 1 2 3 4 --threads 1 2 --report-only   # tabulate what ran
 
 The data are the demo's classification slices (200 volumes, seed 0, enhancing lesions, the demo's split) built once;
 runs differ in the training seed and the torch thread count (float summation order: the knife edge that made the
@@ -72,10 +73,16 @@ def one_run(manifest: Path, out: Path, seed: int, threads: int, epochs: int | No
         cfg.epochs = epochs
     if recipe == "old":
         cfg.mask_weight, cfg.mask_loss = 0.0, "dense"
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    trained = train_classifier(manifest, out, cfg, quiet=True)
-    seconds = time.perf_counter() - t0
-    bundle = load_classifier(out)
+    if (out / "config.json").is_file() and (out / "model.pt").is_file():  # trained before its evaluation was cut off
+        saved = json.loads((out / "config.json").read_text())
+        trained = {"val_auc": saved["validation"]["auc"], "epochs": len(saved["history"])}
+        seconds, load0 = saved["train_seconds"], float("nan")
+    else:
+        trained = train_classifier(manifest, out, cfg, quiet=True)
+        seconds = time.perf_counter() - t0
+    bundle = load_classifier(out, unpackaged=True)  # the bare training folder (a benchmark run is not a package)
     table = pd.read_csv(manifest)
     test = table[table["split"] == "test"]
     res = {"seed": seed, "threads": threads, "recipe": recipe, "train_seconds": round(seconds, 1),
@@ -85,6 +92,8 @@ def one_run(manifest: Path, out: Path, seed: int, threads: int, epochs: int | No
     for name, rows in (("held_out", test[test["site"] != "site_C"]), ("site_C", test[test["site"] == "site_C"])):
         _, prob = predict_paths(bundle, [manifest.parent / p for p in rows["image"]])
         res[f"{name}_auc"] = float(roc_auc_score(rows["lesion"], prob[:, 0]))
+    res["load"] = [round(load0, 1), round(os.getloadavg()[0], 1)]  # 1-min load average at the start and the end
+    res["kept_epoch"] = json.loads((out / "config.json").read_text())["validation"]["best_epoch"]
     return res
 
 
@@ -98,6 +107,7 @@ def main() -> None:
     ap.add_argument("--recipe", choices=["new", "old"], default="new")
     ap.add_argument("--jobs", type=int, default=1, help="Runs at the same time (each its own process).")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="Only tabulate the runs already in --work.")
     ap.add_argument("--one", nargs=2, type=int, help=argparse.SUPPRESS)  # seed threads: a worker process
     a = ap.parse_args()
     work = a.work.resolve()
@@ -109,7 +119,9 @@ def main() -> None:
         (out / "result.json").write_text(json.dumps(res))
         return
     load0 = os.getloadavg()
-    pending = [(s, t) for s in a.seeds for t in a.threads]
+    # runs already done in --work are kept (a session that runs out of time resumes, one run at a time)
+    pending = [] if a.report_only else [(s, t) for s in a.seeds for t in a.threads
+                                        if not (work / f"{a.recipe}_s{s}_t{t}" / "result.json").is_file()]
     running: list[subprocess.Popen] = []
     args = [sys.executable, __file__, "--work", str(work), "--recipe", a.recipe]
     args += ["--epochs", str(a.epochs)] if a.epochs else []
@@ -143,10 +155,18 @@ def table(results: list[dict], a: argparse.Namespace, load0: tuple, load1: tuple
              + (f" --reduced {a.reduced}" if a.reduced else "") + f" --jobs {a.jobs}`", "",
              f"Machine load average (1 min) {load0[0]:.1f} at the start, {load1[0]:.1f} at the end, on 2 cores shared "
              f"with other work; {a.jobs} run(s) at a time; wall {wall / 60:.0f} min.", "",
-             "| seed | threads | epochs | val AUC by epoch | held-out AUC | site_C AUC |", "|---|---|---|---|---|---|"]
+             "| seed | threads | epochs (kept) | val AUC by epoch | held-out AUC | site_C AUC | train s "
+             "| load (1 min) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['seed']} | {r['threads']} | {r['epochs']} | {' '.join(map(str, r['val_auc_by_epoch']))} "
-                     f"| {r['held_out_auc']:.3f} | {r['site_C_auc']:.3f} |")
+        load = "-".join(f"{v:.1f}" for v in r.get("load", []))
+        lines.append(f"| {r['seed']} | {r['threads']} | {r['epochs']} ({r.get('kept_epoch', '?')}) | "
+                     f"{' '.join(map(str, r['val_auc_by_epoch']))} | {r['held_out_auc']:.3f} | {r['site_C_auc']:.3f} "
+                     f"| {r['train_seconds']:.0f} | {load} |")
+    missing = [f"seed {s} x {t} thread(s)" for s in a.seeds for t in a.threads
+               if not any(r["seed"] == s and r["threads"] == t for r in results)]
+    if missing:
+        lines.append(f"\nNot run (did not fit the session): {', '.join(missing)}.")
     for key in ("held_out_auc", "site_C_auc"):
         v = np.array([r[key] for r in results])
         if len(v):

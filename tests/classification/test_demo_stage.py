@@ -28,6 +28,15 @@ def test_fast_stage_leaves_model_and_heatmaps(tmp_path: Path) -> None:
     assert summary["epochs"] == "3 of 3"  # fast mode has no time budget
     pngs = list(Path(ctx.paths["cls_heatmaps"]).glob("*.png"))
     assert pngs and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    from PIL import Image
+
+    for png in pngs:  # display size (issue 33): the raw overlays of ~90-px slices are enlarged, maps stay .npy
+        with Image.open(png) as im:
+            assert max(im.size) >= 512, (png.name, im.size)
+    assert list(Path(ctx.paths["cls_heatmaps"]).glob("*.npy"))
+    # where the stage's time went, phase by phase (data build, training, evaluation, figures)
+    assert set(summary["timings_s"]) == {"data_s", "train_s", "evaluate_s", "heatmaps_s"}
+    assert all(v >= 0 for v in summary["timings_s"].values()) and summary["torch_threads"] in (1, 2)
 
 
 @pytest.mark.slow

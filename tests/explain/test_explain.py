@@ -12,7 +12,7 @@ from torch import nn
 from medsight.errors import MetricError
 from medsight.explain.faithfulness import deletion_curve, pointing_game
 from medsight.explain.gradcam import gradcam_maps, to_image_grid
-from medsight.explain.overlays import display_view, save_overlay
+from medsight.explain.overlays import display_size, display_view, overlay_rgb, save_overlay
 from medsight.image import Geometry
 
 
@@ -86,8 +86,24 @@ def test_overlay_orientation_and_png(tmp_path: Path) -> None:
     radiological = display_view(a, lps_from_ras)
     # anterior (largest j) on top, so j = 0 is the bottom row; patient right (largest i) on the viewer's left
     assert radiological[2, 0] == 1.0
-    path = save_overlay(tmp_path / "o.png", np.random.default_rng(0).random((4, 3)), a, lps_from_ras)
+    grey = np.random.default_rng(0).random((4, 3))
+    path = save_overlay(tmp_path / "o.png", grey, a, lps_from_ras)
     from PIL import Image
 
-    with Image.open(path) as im:
-        assert im.size == (4, 3) and im.mode == "RGB"
+    with Image.open(path) as im:  # display size: 4 x 3 pixels enlarged 128x (ceil(512 / 4)), nearest
+        assert im.size == (512, 384) and im.mode == "RGB"
+        shown = np.asarray(im)
+    small = overlay_rgb(display_view(grey, lps_from_ras), radiological)
+    assert np.array_equal(shown[::128, ::128], small)  # each block is the original pixel, exactly
+    assert np.array_equal(shown[127::128, 127::128], small) and (shown[:128, :128] == small[0, 0]).all()
+
+
+def test_display_size_whole_factor_nearest_and_large_images_untouched() -> None:
+    labels = np.arange(91 * 109).reshape(91, 109) % 7  # a 2-mm slice's label map
+    big = display_size(labels)
+    assert big.shape == (455, 545)  # factor ceil(512 / 109) = 5, the smallest that reaches 512
+    assert set(np.unique(big)) == set(np.unique(labels))  # no blended label values
+    assert np.array_equal(big[2::5, 4::5], labels)
+    rgb = np.zeros((600, 40, 3), np.uint8)
+    assert display_size(rgb) is rgb or np.shares_memory(display_size(rgb), rgb)  # already display size
+    assert display_size(np.zeros((112, 112, 3))).shape == (560, 560, 3)  # a pathology top tile

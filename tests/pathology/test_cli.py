@@ -77,6 +77,12 @@ def test_tile_features_train_predict(capsys, tmp_path: Path, monkeypatch) -> Non
     gj = json.loads((tmp_path / "pred" / s / "attention.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and gj["features"][0]["properties"]["objectType"] == "annotation"
     assert (tmp_path / "pred" / s / "heatmap.png").stat().st_size > 1000
-    assert len(list((tmp_path / "pred" / s / "top_tiles").glob("*.png"))) == 2
+    tops = sorted((tmp_path / "pred" / s / "top_tiles").glob("*.png"))
+    assert len(tops) == 2
+    from PIL import Image
+
+    for png in [*tops, tmp_path / "pred" / s / "heatmap.png"]:  # display size, whatever the tile size
+        with Image.open(png) as im:
+            assert max(im.size) >= 512, (png.name, im.size)
     att = np.load(tmp_path / "pred" / s / "attention.npy")
     assert att.sum() == pytest.approx(1.0, abs=1e-5)

@@ -51,7 +51,15 @@ def test_clam_instance_loss_matches_cross_entropy() -> None:
     h = out["h"]
     in_class = ce(m.instance_classifiers[1](h[torch.cat([top, bottom])]), torch.tensor([1, 1, 0, 0]))
     out_class = ce(m.instance_classifiers[0](h[top]), torch.tensor([0, 0]))
+    # binary tumour/normal (CLAM's non-subtyping setting): the in-class branch only
+    assert float(m.instance_loss(out, 1)) == pytest.approx(float(in_class), rel=1e-6)
+    assert float(in_class) != pytest.approx(float((in_class + out_class) / 2), rel=1e-3)  # the two settings differ
+    in_class0 = ce(m.instance_classifiers[0](h[torch.cat([top, bottom])]), torch.tensor([1, 1, 0, 0]))
+    assert float(m.instance_loss(out, 0)) == pytest.approx(float(in_class0), rel=1e-6)
+    # subtyping (mutually exclusive classes): the out-of-class branch too, averaged over the classes
+    m.subtyping = True
     assert float(m.instance_loss(out, 1)) == pytest.approx(float((in_class + out_class) / 2), rel=1e-6)
+    assert CLAMSB(6).subtyping is False  # the slide task (tumour vs normal) is not subtyping
 
 
 def _bags(n: int, rng: np.random.Generator) -> list[Bag]:
@@ -122,3 +130,16 @@ def test_lite0_encoder_carries_the_wheel_weights() -> None:
     assert torch.equal(enc.module._conv_head.weight, state["_conv_head.weight"])
     assert enc.provenance["weights_sha256"] == hashlib.sha256(lite0_weights_path().read_bytes()).hexdigest()
     assert enc(torch.zeros(2, 3, 64, 64)).shape == (2, 1280)
+
+
+def test_demo_stage_sizes_measure_something() -> None:
+    """Issue 33: the demo's slide MIL was tested on 8 slides (AUC CI 0.76-1.0) and its 6 validation slides kept
+    epoch 0. The full-size demo now tests on >= 20 slides and validates on >= 12 slides of both classes."""
+    from medsight.demo.pathology import N_TEST_PATIENTS, N_TRAIN_PATIENTS, _auc_with_ci
+
+    assert 2 * N_TEST_PATIENTS >= 20
+    train, val = patient_split(_bags(2 * N_TRAIN_PATIENTS, np.random.default_rng(0)), 0.25, seed=0)
+    assert len(val) >= 12 and {b.label for b in val} == {0, 1} and len(train) >= 36
+    # the CI the summary reports is DeLong's (hand check: perfectly separated 10 + 10 slides -> AUC 1, CI [1, 1])
+    assert _auc_with_ci([0] * 10 + [1] * 10, list(range(20))) == {"test_auc": 1.0, "test_auc_ci": [1.0, 1.0]}
+    assert np.isnan(_auc_with_ci([1, 1], [0.2, 0.3])["test_auc"])

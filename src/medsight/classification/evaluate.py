@@ -58,8 +58,12 @@ def auc_report(y: np.ndarray, prob: np.ndarray, threshold: float | None = None, 
 
 def explanation_checks(bundle: ClassifierBundle, x: torch.Tensor, image_paths: Sequence[Path],
                        mask_paths: Sequence[Path], label_index: int = 0, tolerance: int = 0,
-                       deletion_steps: int = 10, seed: int = 0) -> dict[str, Any]:
-    """Pointing game on the image grid (heatmap resampled to each mask) and deletion AUC vs random order."""
+                       deletion_steps: int = 10, seed: int = 0,
+                       also_tolerances: Sequence[float] = ()) -> dict[str, Any]:
+    """Pointing game on the image grid (heatmap resampled to each mask) and deletion AUC vs random order.
+
+    ``also_tolerances``: further pointing-game tolerances scored on the same maps (``pointing_game_tol<t>px``),
+    so a second tolerance does not cost a second Grad-CAM and deletion pass."""
     cams = gradcam_maps(bundle.model, x, bundle.config["cam_layer"], class_index=label_index)
     heats, masks = [], []
     for cam, mp in zip(cams, mask_paths):
@@ -77,4 +81,6 @@ def explanation_checks(bundle: ClassifierBundle, x: torch.Tensor, image_paths: S
             "tolerance_px": tolerance, "deletion_auc_gradcam": float(np.mean(grad["auc"])),
             "deletion_auc_random": float(np.mean(rand["auc"])),
             "deletion_curve_gradcam": grad["scores"].mean(0).round(4).tolist(),
-            "deletion_curve_random": rand["scores"].mean(0).round(4).tolist()}
+            "deletion_curve_random": rand["scores"].mean(0).round(4).tolist(),
+            **{f"pointing_game_tol{t:g}px": pointing_game(heats, masks, tolerance=t)["score"]
+               for t in also_tolerances}}

@@ -94,9 +94,11 @@ def train_classifier(manifest_path: str | Path, out_dir: str | Path, cfg: TrainC
     size = tuple(cfg.input_size) if cfg.input_size else ((96, 96) if dims == 2 else (64, 64, 64))
     if len(size) != dims:
         raise ConfigError(f"input size {list(size)} has {len(size)} axes but the images are {dims}D")
-    x = load_tensors(manifest.image_paths, size, quiet=quiet)
-    use_masks = (cfg.mask_weight > 0 or cfg.carvemix > 0) and any(p is not None for p in manifest.mask_paths)
-    masks = load_masks(manifest.mask_paths, size, quiet=quiet) if use_masks else torch.zeros(len(x), 1)
+    used = np.union1d(train_idx, val_idx)  # test rows are never read here (40% of the demo's slices)
+    x = _rows_only(load_tensors, manifest.image_paths, used, size, quiet)
+    mask_paths = manifest.mask_paths
+    use_masks = (cfg.mask_weight > 0 or cfg.carvemix > 0) and any(mask_paths[i] is not None for i in used)
+    masks = _rows_only(load_masks, mask_paths, used, size, quiet) if use_masks else torch.zeros(len(x), 1)
     loss_fn = loss_factory(task=manifest.task, gamma=cfg.focal_gamma)
     task = ClsTask(manifest, cfg, x, masks, train_idx, val_idx, size, dims, use_masks, loss_fn, init)
     budget = None if cfg.time_budget_s is None else max(0.0, cfg.time_budget_s - (time.perf_counter() - t0))
@@ -258,6 +260,14 @@ class ClsTask(Task):
         """Mean validation AUC (larger is better); the validation loss when no label has both classes."""
         score = record["val_auc_mean"]
         return -score if np.isfinite(score) else record["val_loss"]
+
+
+def _rows_only(loader: Any, paths: list[Any], rows: np.ndarray, size: tuple[int, ...], quiet: bool) -> torch.Tensor:
+    """``loader`` (load_tensors / load_masks) on ``rows`` only, placed at their manifest index; other rows zero."""
+    part = loader([paths[i] for i in rows], size, quiet=quiet)
+    out = torch.zeros((len(paths), *part.shape[1:]), dtype=part.dtype)
+    out[torch.as_tensor(rows, dtype=torch.long)] = part
+    return out
 
 
 def _split(manifest: ClsManifest, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,21 @@ from PIL import Image as PILImage
 from medsight.files import atomic_write_with
 from medsight.image import Geometry
 
+# the shortest long side of a PNG written for a person: a 2-mm slice (~90 px) or a 112-px tile is unreadable as is
+DISPLAY_LONG_SIDE = 512
+
+
+def display_size(rgb: np.ndarray, min_long_side: int = DISPLAY_LONG_SIDE) -> np.ndarray:
+    """An image whose longer side is under ``min_long_side``, enlarged by the smallest whole factor that reaches it,
+    nearest neighbour: every pixel becomes a square block, so nothing is invented and label colours stay exact
+    (the raw map, for computation, is the .npy written beside the PNG). Larger images come back unchanged."""
+    a = np.asarray(rgb)
+    long_side = max(a.shape[:2]) if a.ndim >= 2 else 0
+    if long_side == 0 or long_side >= min_long_side:
+        return a
+    f = -(-min_long_side // long_side)
+    return np.repeat(np.repeat(a, f, axis=0), f, axis=1)
+
 
 def display_view(a: np.ndarray, geometry: Geometry | None = None) -> np.ndarray:
     """[i, j] array -> rows x columns for display: rows follow j, columns i; flipped so that anterior is up and
@@ -39,7 +54,7 @@ def overlay_rgb(grey: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: s
 
 def save_overlay(path: str | Path, grey: np.ndarray, heat: np.ndarray, geometry: Geometry | None = None,
                  alpha: float = 0.45) -> Path:
-    """Write a 2D image [i, j] with its heatmap as a PNG (atomically); returns the path."""
-    rgb = overlay_rgb(display_view(grey, geometry), display_view(heat, geometry), alpha)
+    """Write a 2D image [i, j] with its heatmap as a display-size PNG (atomically); returns the path."""
+    rgb = display_size(overlay_rgb(display_view(grey, geometry), display_view(heat, geometry), alpha))
     atomic_write_with(path, lambda tmp: PILImage.fromarray(rgb).save(tmp, format="PNG"), suffix=".png")
     return Path(path)

@@ -65,8 +65,10 @@ def read_nifti(path: str | Path, dtype: np.dtype | type | None = None) -> Image:
     return Image(np.ascontiguousarray(data), geometry, prov_source)
 
 
-def write_nifti(image: Image, path: str | Path, dtype: np.dtype | type | None = None, sidecar: bool = True) -> Path:
-    """Write ``image`` to ``path`` (.nii or .nii.gz) atomically; returns the path written."""
+def write_nifti(image: Image, path: str | Path, dtype: np.dtype | type | None = None, sidecar: bool = True,
+                durable: bool = True) -> Path:
+    """Write ``image`` to ``path`` (.nii or .nii.gz) atomically; returns the path written (``durable``: see
+    files.atomic_path)."""
     path = Path(path)
     if not is_nifti(path):
         raise UnsupportedFormatError("NIfTI output must end in .nii or .nii.gz", path)
@@ -92,7 +94,7 @@ def write_nifti(image: Image, path: str | Path, dtype: np.dtype | type | None = 
     nii.set_sform(geometry.ras_affine(), code=1)
     nii.header.set_xyzt_units("mm", "sec")
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    with atomic_path(path, suffix=suffix) as tmp:
+    with atomic_path(path, suffix=suffix, durable=durable) as tmp:
         nib.save(nii, str(tmp))
     if sidecar:
         atomic_write_text(sidecar_path(path), json.dumps(image.provenance.to_dict(), indent=2, sort_keys=True))

@@ -8,8 +8,11 @@ temperature. Factories are declared under the ``medsight.mil`` entry-point group
 - ``max``: a per-tile score, slide logit = its maximum (attention = the tile scores).
 - ``abmil``: gated attention pooling (Ilse, Tomczak & Welling 2018): a = softmax(w^T (tanh(V h) * sigm(U h))).
 - ``clam-sb``: the same attention with CLAM's instance-level clustering (Lu et al. 2021, single branch): for the
-  bag's class the k most-attended tiles are pushed to "in" and the k least-attended to "out", and for the other
-  class the k most-attended tiles are pushed to "out", which sharpens attention onto the evidence.
+  bag's class the k most-attended tiles are pushed to "in" and the k least-attended to "out", which sharpens
+  attention onto the evidence. Only for subtyping (mutually exclusive classes, ``subtyping=True``) is the other
+  class's classifier also told that the k most-attended tiles are "out": in a tumour/normal task a tumour slide
+  holds normal tissue too, so its attended tiles say nothing against "normal" (the paper's binary setting, and
+  medsight's slide task, use the in-class branch only).
 Written from the papers' equations; no code from their (non-commercial) repositories.
 """
 
@@ -104,17 +107,18 @@ class CLAMSB(ABMIL):
     kind = "clam-sb"
 
     def __init__(self, in_dim: int, hidden: int = 128, attn_dim: int = 64, dropout: float = 0.25, k: int = 4,
-                 instance_weight: float = 0.3) -> None:
+                 instance_weight: float = 0.3, subtyping: bool = False) -> None:
         super().__init__(in_dim, hidden, attn_dim, dropout)
         self.instance_classifiers = nn.ModuleList(nn.Linear(hidden, 2) for _ in range(2))
-        self.k, self.instance_weight = k, instance_weight
+        self.k, self.instance_weight, self.subtyping = k, instance_weight, subtyping
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, a, z = self.pooled(x)
         return {"logit": self.classifier(z).squeeze(-1), "attention": a, "h": h}
 
     def instance_loss(self, out: dict[str, torch.Tensor], label: int) -> torch.Tensor:
-        """CLAM's clustering loss for one bag with slide label ``label`` (0/1)."""
+        """CLAM's clustering loss for one bag with slide label ``label`` (0/1): the in-class branch, plus (averaged
+        over both classes) the out-of-class branch when ``subtyping``."""
         h, a = out["h"], out["attention"]
         k = min(self.k, max(1, h.shape[0] // 2))
         order = torch.argsort(a, descending=True)
@@ -125,8 +129,10 @@ class CLAMSB(ABMIL):
             if c == label:  # in-class: most attended are "in", least attended "out"
                 idx = torch.cat([top, bottom])
                 target = torch.cat([torch.ones(k), torch.zeros(k)]).long().to(h.device)
-            else:  # out-of-class: the most attended tiles are not evidence of this class
+            elif self.subtyping:  # out-of-class: the most attended tiles are not evidence of this class
                 idx, target = top, torch.zeros(k, dtype=torch.long, device=h.device)
+            else:
+                continue
             losses.append(ce(clf(h[idx]), target))
         return torch.stack(losses).mean()
 

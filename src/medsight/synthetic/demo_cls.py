@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,7 @@ def build_demo_cls_dataset(root: Path, n_cases: int | None = None, seed: int = 0
         case_rows, case_skipped = _slice_case(volumes, case, root)
         rows.extend(case_rows)
         skipped += case_skipped
+    os.sync()  # the slices were written without per-file fsyncs: flush them all before the stamp says "complete"
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -118,8 +120,8 @@ def _slice_case(volumes: Path, case: dict[str, str], root: Path) -> tuple[list[d
         geom = Geometry(sp, tuple(float(v) for v in origin), image.geometry.direction)
         img = Image(image.array[:, :, k:k + 1].copy(), geom, image.provenance.with_step("axial_slice", index=int(k)))
         mask = Image((label[:, :, k:k + 1] == LABELS["lesion"]).astype(np.uint8), geom)
-        write_nifti(img, root / "images" / f"{name}.nii.gz", sidecar=False)
-        write_nifti(mask, root / "masks" / f"{name}.nii.gz", dtype=np.uint8, sidecar=False)
+        write_nifti(img, root / "images" / f"{name}.nii.gz", sidecar=False, durable=False)
+        write_nifti(mask, root / "masks" / f"{name}.nii.gz", dtype=np.uint8, sidecar=False, durable=False)
         out.append({"image": f"images/{name}.nii.gz", "mask": f"masks/{name}.nii.gz",
                     "patient_id": case["patient_id"], "site": case["site"], "scanner": case["scanner"],
                     "case_id": case["case_id"], "slice_index": int(k), "lesion": int(positive),
