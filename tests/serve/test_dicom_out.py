@@ -83,8 +83,9 @@ def test_each_lesion_has_its_own_segment_tracking_id_and_the_whole_reason(ct_ser
                 group["uid"] = it.UID
             if group is not None and name == "Tracking Identifier":
                 group["id"] = it.TextValue
-            if group is not None and it.ValueType == "IMAGE" and "ReferencedSegmentNumber" in it.ReferencedSOPSequence[0]:
-                group["segment"] = int(it.ReferencedSOPSequence[0].ReferencedSegmentNumber)
+            ref = it.ReferencedSOPSequence[0] if it.ValueType == "IMAGE" else {}
+            if group is not None and "ReferencedSegmentNumber" in ref:  # the volumetric group's SEG segment
+                group["segment"] = int(ref.ReferencedSegmentNumber)
             if name == "Algorithm Parameters":
                 params.append(it.TextValue)
             if "ContentSequence" in it:
