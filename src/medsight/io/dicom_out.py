@@ -209,8 +209,8 @@ def build_sr(source: Sequence[Dataset], algorithm: Algorithm, uid_seed: str, *,
     if referred is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(codes.DCM.RecommendedFollowUp,
                                                        codes.SCT.Yes if referred else codes.SCT.No))
-    if study_measurements or evaluations:  # first: OHIF 3.13 stops adding SR measurements at one without coordinates
-        groups.insert(0, hd.sr.MeasurementsAndQualitativeEvaluations(
+    if study_measurements or evaluations:
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=uid_for(uid_seed, "study-finding"),
                                                          identifier="study-level finding"),
             finding_type=codes.DCM.Finding, algorithm_id=algo, measurements=study_measurements or None,
