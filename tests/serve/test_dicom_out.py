@@ -34,6 +34,7 @@ def _objects(ct_series, tmp_path):
     source = [pydicom.dcmread(p) for p in sorted(ct_series.glob("*.dcm"))]
     lab = np.zeros(image.array.shape, np.uint8)
     lab[40:60, 30:50, 2:5] = 1  # i (columns), j (rows), k (slices)
+    lab[38:62, 28:45, 3] = 1  # lesion 1 is largest on slice 3: 20x20 + a wider band, 508 pixels
     lab[80:90, 80:90, 6:8] = 2  # a second lesion: its own segment
     algo = Algorithm("toy-seg", "a" * 64, parameters={"version": "3"})
     seg = build_seg(source, Image(lab, image.geometry, image.provenance), [Segment(1, "lesion 1"),
@@ -82,8 +83,9 @@ def test_each_lesion_has_its_own_segment_tracking_id_and_the_whole_reason(ct_ser
                 group["uid"] = it.UID
             if group is not None and name == "Tracking Identifier":
                 group["id"] = it.TextValue
-            if group is not None and "ReferencedSOPSequence" in it and it.ValueType == "IMAGE":
-                group["segment"] = int(it.ReferencedSOPSequence[0].ReferencedSegmentNumber)
+            ref = it.ReferencedSOPSequence[0] if it.ValueType == "IMAGE" else {}
+            if group is not None and "ReferencedSegmentNumber" in ref:  # the volumetric group's SEG segment
+                group["segment"] = int(ref.ReferencedSegmentNumber)
             if name == "Algorithm Parameters":
                 params.append(it.TextValue)
             if "ContentSequence" in it:
@@ -130,7 +132,7 @@ def test_sr_carries_measurements_and_referral(ct_series, tmp_path):
 
     walk(sr.ContentSequence)
     assert values["Volume"] == [pytest.approx(0.872), pytest.approx(0.1)]
-    assert values["Diameter"] == [pytest.approx(21.5), pytest.approx(9.0)]
+    assert values["Diameter"] == [pytest.approx(21.5)] * 2 + [pytest.approx(9.0)] * 2  # volumetric + planar group
     assert sorted(values["Probability"]) == [pytest.approx(0.55), pytest.approx(0.81), pytest.approx(0.93)]
     assert values["Recommended Follow-up"] == ["Yes"]
     refs = {r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
@@ -145,3 +147,45 @@ def test_uids_are_deterministic_and_wrong_grid_is_refused(ct_series, tmp_path):
     other = Image(lab, read_image(ct_series).geometry.__class__.identity(3), read_image(ct_series).provenance)
     with pytest.raises(DicomOutError, match="grid"):
         build_seg(source, other, [Segment(1, "lesion")], Algorithm("x", "y"), "job-2")
+
+
+def test_each_lesion_has_a_planar_outline_on_its_largest_slice(ct_series, tmp_path):
+    """OHIF lists only SR groups with image coordinates: one TID 1410 group per lesion, same tracking UID as its
+    volumetric group, a closed POLYLINE along the lesion's pixel edges on the source image where it is largest."""
+    image, source, lab, _, _ = _objects(ct_series, tmp_path)
+    report = pydicom.dcmread(tmp_path / "sr.dcm")
+    imaging = next(it for it in report.ContentSequence
+                   if it.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements")
+    planar, volumetric = {}, {}
+    for group in imaging.ContentSequence:
+        items = {it.ConceptNameCodeSequence[0].CodeValue: it for it in group.ContentSequence}
+        if "112040" not in items:
+            continue
+        uid, name = items["112040"].UID, items["112039"].TextValue
+        region = items.get("111030")  # Image Region
+        if region is None:
+            if any(it.ValueType == "IMAGE" for it in group.ContentSequence):
+                volumetric[name] = uid
+            continue
+        assert region.ValueType == "SCOORD" and region.GraphicType == "POLYLINE"
+        ref = region.ContentSequence[0].ReferencedSOPSequence[0]
+        diameter = [float(it.MeasuredValueSequence[0].NumericValue) for it in group.ContentSequence
+                    if it.ValueType == "NUM" and it.ConceptNameCodeSequence[0].CodeMeaning == "Diameter"]
+        planar[name] = (uid, ref.ReferencedSOPInstanceUID, np.asarray(region.GraphicData, float).reshape(-1, 2),
+                        diameter)
+    assert volumetric.keys() == planar.keys() == {"lesion 1", "lesion 2"}
+    slice_of = {d.SOPInstanceUID: int(round(float(image.geometry.world_to_index(
+        np.asarray([float(v) for v in d.ImagePositionPatient]))[2]))) for d in source}
+    # lesion 1 by hand: columns 38..61 x rows 28..44 (slice 3's band) over columns 40..59 x rows 30..49; pixel
+    # (c, r) spans [c, c+1] x [r, r+1], so its outline runs along these corners, clockwise on screen
+    uid, sop, pts, diameter = planar["lesion 1"]
+    assert uid == volumetric["lesion 1"] and diameter == [pytest.approx(21.5)]
+    assert slice_of[sop] == 3 and (lab[:, :, 3] == 1).sum() == 508 > (lab[:, :, 2] == 1).sum()
+    ring = [(38, 28), (62, 28), (62, 45), (60, 45), (60, 50), (40, 50), (40, 45), (38, 45)]
+    assert np.array_equal(pts[0], pts[-1]) and len(pts) == len(ring) + 1
+    start = ring.index(tuple(pts[0]))
+    assert [tuple(p) for p in pts[:-1]] == ring[start:] + ring[:start]
+    # lesion 2: columns 80..89 x rows 80..89 on slices 6 and 7, the same size: the first (slice 6)
+    uid, sop, pts, diameter = planar["lesion 2"]
+    assert uid == volumetric["lesion 2"] and diameter == [pytest.approx(9.0)] and slice_of[sop] == 6
+    assert sorted({tuple(p) for p in pts}) == [(80, 80), (80, 90), (90, 80), (90, 90)]

@@ -113,6 +113,29 @@ _OHIF_STATE = """(() => { const s = window.services; if (!s) return null;
   }); })()"""
 
 
+_OHIF_SR = """(async () => { const s = window.services; if (!s) return '';
+  const sr = s.displaySetService.getActiveDisplaySets().find(d => d.Modality === 'SR'); if (!sr) return '';
+  let error = null; const preloaded = !!sr.isLoaded;
+  try { if (!sr.isLoaded) await sr.load(); } catch (e) { error = String(e); }
+  return JSON.stringify({error, preloaded, rehydratable: !!sr.isRehydratable,
+    measurements: (sr.measurements || []).map(m => ({
+    id: m.TrackingIdentifier, uid: m.TrackingUniqueIdentifier, type: m.graphicType || null, onImage: !!m.loaded,
+    sop: m.ReferencedSOPInstanceUID || null, labels: (m.labels || []).map(l => l.label)}))}); })()"""
+
+
+def _planar_lesions(sr) -> dict[str, tuple[str, str]]:
+    """Tracking identifier -> (tracking UID, referenced image) of each planar (Image Region) group of the SR."""
+    imaging = next(it for it in sr.ContentSequence
+                   if it.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements")
+    out = {}
+    for group in imaging.ContentSequence:
+        items = {it.ConceptNameCodeSequence[0].CodeValue: it for it in group.ContentSequence}
+        if "111030" in items:
+            ref = items["111030"].ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            out[items["112039"].TextValue] = (items["112040"].UID, ref)
+    return out
+
+
 def test_ohif_opened_from_the_worklist_draws_the_seg_over_its_series(pacs_round_trip):
     """Sign in, follow the worklist's link; OHIF (real, npm build) shows the CT volume with medsight's SEG as an
     overlay of as many segments as the SEG has, read from Orthanc through the service's DICOMweb proxy."""
@@ -145,6 +168,16 @@ def test_ohif_opened_from_the_worklist_draws_the_seg_over_its_series(pacs_round_
         assert state["shown"] == [[["CT", volume]]]  # the volume (not the localizer) in the viewport...
         assert state["segmentations"] == [{"id": state["overlays"][0][0], "segments": len(seg.SegmentSequence),
                                            "series": str(seg.SeriesInstanceUID)}]  # ...with medsight's SEG over it
+        # the SR: OHIF reads each lesion as a planar measurement (its outline) placed on the CT image it names
+        sr = pydicom.dcmread(Path(rt["home"]) / "results" / done.id / "sr.dcm")
+        planar = _planar_lesions(sr)
+        assert planar and {ref for _, ref in planar.values()} <= {d.SOPInstanceUID for d in rt["source"]
+                                                                  if d.SeriesInstanceUID == volume}
+        read = json.loads(browser.wait_for(_OHIF_SR, timeout_s=60))
+        lesions = {m["id"]: m for m in read["measurements"] if m["type"] == "POLYLINE"}
+        assert {k: (m["uid"], m["sop"]) for k, m in lesions.items()} == planar, read["error"]
+        assert all(m["onImage"] and "Diameter" in m["labels"] and "Volume" in m["labels"] for m in lesions.values())
+        print("OHIF SR:", len(lesions), "planar lesions;", {k: read[k] for k in ("preloaded", "rehydratable", "error")})
         import time
 
         time.sleep(3)  # let the overlay finish drawing before the picture

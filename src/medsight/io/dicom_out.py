@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from medsight.errors import MedsightError
 from medsight.image import Image
+from medsight.io.sr_planar import Outline, segment_outlines
 
 MANUFACTURER = "medsight"
 
@@ -127,6 +128,20 @@ def text_parameters(key: str, text: str, width: int = 64) -> list[str]:
         n = need
 
 
+def _planar_group(drawn: Outline, tracking: Any, sop_class_uid: str, algo: Any, diameter_mm: float) -> Any:
+    """A TID 1410 planar ROI group: the outline as a closed POLYLINE Image Region on its source image."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                               graphic_data=np.asarray(drawn.points, float),
+                               source_image=hd.sr.SourceImageForRegion(sop_class_uid, drawn.sop_instance_uid))
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, referenced_region=region, finding_type=codes.SCT.Lesion, algorithm_id=algo,
+        measurements=[hd.sr.Measurement(name=codes.SCT.Diameter, value=diameter_mm, unit=codes.UCUM.Millimeter,
+                                        algorithm_id=algo)])
+
+
 def build_sr(source: Sequence[Dataset], algorithm: Algorithm, uid_seed: str, *,
              findings: Sequence[dict[str, Any]] = (), probability: float | None = None,
              referred: bool | None = None, referral_reason: str = "", seg: Dataset | None = None,
@@ -134,7 +149,9 @@ def build_sr(source: Sequence[Dataset], algorithm: Algorithm, uid_seed: str, *,
     """A Comprehensive 3D SR (TID 1500 Measurement Report) of the model's findings.
 
     ``findings`` are lesion rows (keys lesion_id, segment_number, volume_ml, longest_diameter_mm, mean_probability);
-    each becomes a volumetric ROI group referencing its SEG segment. The class probability and the referral are
+    each becomes a volumetric ROI group referencing its SEG segment and, with ``seg``, a planar ROI group (same
+    tracking UID, its longest diameter) outlining the segment on the source image where it is largest: viewers
+    such as OHIF list and draw only groups with image coordinates. The class probability and the referral are
     study-level measurements/evaluations. Free text (the referral reason) goes into the algorithm parameters, the
     only place TID 1500 leaves for it without private codes.
     """
@@ -153,6 +170,8 @@ def build_sr(source: Sequence[Dataset], algorithm: Algorithm, uid_seed: str, *,
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     groups: list[Any] = []
+    outlines = segment_outlines(seg) if seg is not None and findings else {}
+    sop_class = {str(ds.SOPInstanceUID): str(ds.SOPClassUID) for ds in source}
     for row in findings:
         tracking = hd.sr.TrackingIdentifier(  # a caller tracking lesions over time passes its own UID and name
             uid=row.get("tracking_uid") or uid_for(uid_seed, f"lesion-{row['lesion_id']}"),
@@ -176,6 +195,12 @@ def build_sr(source: Sequence[Dataset], algorithm: Algorithm, uid_seed: str, *,
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking, referenced_segment=ref, finding_type=codes.SCT.Lesion,
             algorithm_id=algo, measurements=measurements))
+        drawn = outlines.get(int(row.get("segment_number", 1)))
+        if drawn is not None:  # the same lesion (same tracking UID) as a planar ROI that viewers can list and draw
+            if drawn.sop_instance_uid not in sop_class:
+                raise DicomOutError("the SEG was made from images that are not the SR's source series")
+            groups.append(_planar_group(drawn, tracking, sop_class[drawn.sop_instance_uid], algo,
+                                        float(row["longest_diameter_mm"])))
     study_measurements, evaluations = [], []
     if probability is not None:
         study_measurements.append(hd.sr.Measurement(name=codes.DCM.Probability, value=float(probability),

@@ -36,7 +36,13 @@ window.config = {
   routerBasename: '/',
   extensions: [],
   modes: [],
-  customizationService: { 'ohif.tours': { $set: [] } },  // no onboarding tour over a radiologist's images
+  customizationService: {
+    'ohif.tours': { $set: [] },  // no onboarding tour over a radiologist's images
+    // OHIF 3.13 reads coords[0] of every SR measurement it places: one without image coordinates (the SR's
+    // study-level finding) throws and leaves the lesions' outlines unplaced; give it none to place instead
+    onBeforeSRAddMeasurement: { $set: ({ measurement }) => (measurement.coords && measurement.coords.length
+      ? measurement : Object.assign({}, measurement, { coords: [{}] })) },
+  },
   showStudyList: false,
   maxNumberOfWebWorkers: 2,
   showWarningMessageForCrossOrigin: false,
