@@ -28,12 +28,6 @@ from medsight.synthetic.toy import make_toy_dataset
 N_SLIDES = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch, tmp_path):
-    torch.set_num_threads(1)
-    monkeypatch.setenv("MEDSIGHT_HOME", str(tmp_path / "home"))
-
-
 @pytest.fixture(scope="module")
 def encoder_pkg(tmp_path_factory):
     root = make_toy_dataset(tmp_path_factory.mktemp("toy"), n_cases=3, shape=(20, 16, 12), channels=1)

@@ -104,11 +104,9 @@ def dct_factor(scale: float) -> int:
     return next((k for k in SCALES if k <= scale * (1 + 1e-6)), 1)
 
 
-def read_tiles(level: JpegLevel, boxes: list[tuple[int, int]], downsample: float, w: int, size: int, k: int,
-               max_run: int = 4096) -> Iterator[np.ndarray]:
-    """(size, size, 3) tiles for level-0 top-left corners ``boxes`` (each ``w`` level pixels wide), in order:
-    neighbours of a row share one mosaic, each tile is cut from it at its exact (fractional) place and shrunk
-    from 1/k scale to ``size`` with area averaging."""
+def row_runs(boxes: list[tuple[int, int]], w: int, downsample: float, max_run: int) -> Iterator[tuple[int, int]]:
+    """Index ranges [i, j) of ``boxes`` (level-0 top-left corners, ``w`` level pixels wide) that one region read
+    can serve: same row, each no further than a tile width from the last, the whole run at most ``max_run`` wide."""
     i = 0
     while i < len(boxes):
         x0, y0 = boxes[i]
@@ -116,6 +114,17 @@ def read_tiles(level: JpegLevel, boxes: list[tuple[int, int]], downsample: float
         while j < len(boxes) and boxes[j][1] == y0 and 0 <= boxes[j][0] - boxes[j - 1][0] <= w * downsample and \
                 round(boxes[j][0] / downsample) - round(x0 / downsample) + w <= max_run:
             j += 1
+        yield i, j
+        i = j
+
+
+def read_tiles(level: JpegLevel, boxes: list[tuple[int, int]], downsample: float, w: int, size: int, k: int,
+               max_run: int = 4096) -> Iterator[np.ndarray]:
+    """(size, size, 3) tiles for level-0 top-left corners ``boxes`` (each ``w`` level pixels wide), in order:
+    neighbours of a row share one mosaic, each tile is cut from it at its exact (fractional) place and shrunk
+    from 1/k scale to ``size`` with area averaging."""
+    for i, j in row_runs(boxes, w, downsample, max_run):
+        x0, y0 = boxes[i]
         lx0, ly0 = round(x0 / downsample), round(y0 / downsample)
         lx1 = round(boxes[j - 1][0] / downsample) + w
         level.forget_above(ly0 // level.th)
@@ -125,4 +134,3 @@ def read_tiles(level: JpegLevel, boxes: list[tuple[int, int]], downsample: float
             lx = round(x / downsample)
             src = ((lx - mx) / k, (ly0 - my) / k, (lx - mx + w) / k, (ly0 - my + w) / k)
             yield np.asarray(img.resize((size, size), Image.Resampling.BOX, box=src))
-        i = j

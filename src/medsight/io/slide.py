@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from medsight.errors import CorruptFileError, GeometryError, InputNotFoundError, UnsupportedFormatError
+from medsight.io.jpegtiles import row_runs
 
 BACKENDS = ("openslide", "tiffslide", "wsidicom")
 _TIFF_FAMILY = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide")
@@ -124,20 +125,14 @@ class Slide:
                 finally:
                     jl.close()
                 return
-        i = 0
-        while i < len(boxes):
+        for i, j in row_runs(boxes, w, ds, max_run):
             x0, y0 = boxes[i]
-            j = i + 1
-            while j < len(boxes) and boxes[j][1] == y0 and 0 <= boxes[j][0] - boxes[j - 1][0] <= w * ds and \
-                    round(boxes[j][0] / ds) - round(x0 / ds) + w <= max_run:
-                j += 1
             lx0 = round(x0 / ds)
             region = self.read_region(x0, y0, level, round(boxes[j - 1][0] / ds) - lx0 + w, w)
             for x, _ in boxes[i:j]:
                 cut = region[:, round(x / ds) - lx0:round(x / ds) - lx0 + w]
                 yield cut.copy() if abs(scale - 1) < 1e-6 else \
                     np.asarray(Image.fromarray(cut).resize((size, size), Image.Resampling.BOX))
-            i = j
 
     def _aligned_thumbnail(self) -> np.ndarray | None:
         """The file's own thumbnail image when it shows exactly level 0 (same aspect within 0.5%): an extra,
