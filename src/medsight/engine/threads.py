@@ -12,8 +12,14 @@ def threads_for_now() -> int:
 
     Busy = less than one core idle over a quarter of a second (/proc/stat). The load average is only the fallback:
     it trails by minutes, so a demo started just after other work ended ran on one thread (247 s of training
-    instead of ~140 s)."""
+    instead of ~140 s).
+
+    An explicit ``OMP_NUM_THREADS`` is the user's choice (the PyTorch convention) and wins over the measurement, so
+    that two runs of one command with the same setting train with the same threads and give the same figures."""
     cores = os.cpu_count() or 1
+    explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if explicit.isdigit() and int(explicit) > 0:
+        return min(int(explicit), cores)
     if cores < 2:
         return 1
     idle = idle_cores(0.25)
