@@ -97,3 +97,26 @@ def test_bad_inputs_give_actionable_errors(tmp_path) -> None:
         load_calibration(tmp_path)
     with pytest.raises(ConfigError, match="vector scaling"):
         fit_calibration(np.zeros((4, 1)), np.array([[0], [1], [0], [1]]), ["x"], activation="sigmoid", method="vector")
+
+
+def test_separable_validation_keeps_t1_instead_of_the_sharpening_bound() -> None:
+    """A validation set the model already gets all right has no NLL minimum: SciPy's bounded search runs to the
+    0.05 bound (a 20x sharpening, what the MIL slides' fit gave). The fit must keep T = 1 and say why; one wrong
+    case makes the minimum interior again, and then the fit matches SciPy."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 12)
+    z = (2 * y - 1) * rng.uniform(0.5, 3.0, 12)  # every case on its own side of 0
+    ref = minimize_scalar(lambda t: float(-(y * log_expit(z / t) + (1 - y) * log_expit(-z / t)).mean()),
+                          bounds=(0.05, 20), method="bounded", options={"xatol": 1e-8}).x
+    assert ref < 0.06  # the unguarded optimum is the lower bound
+    cal = fit_calibration(z, y, ["tumour"], activation="sigmoid")
+    assert cal.temperature == {"tumour": 1.0} and cal.fit["separable_kept_t1"] == ["tumour"]
+    zs = np.stack([z, -z], axis=1)
+    ys = (y == 0).astype(int)  # softmax: class 1 wins exactly where z < 0, i.e. y == 0
+    assert fit_temperature_softmax(zs, ys) == 1.0
+    z_wrong = z.copy()
+    z_wrong[0] = -z_wrong[0]  # one confident mistake
+    t = fit_temperature_sigmoid(z_wrong, y)[0]
+    ref_wrong = minimize_scalar(lambda t: float(-(y * log_expit(z_wrong / t) + (1 - y) * log_expit(-z_wrong / t)).mean()),
+                                bounds=(0.05, 20), method="bounded", options={"xatol": 1e-8}).x
+    assert t == pytest.approx(ref_wrong, rel=1e-4) and 0.06 < t

@@ -82,10 +82,31 @@ def _lbfgs(params: list[torch.Tensor], loss_fn) -> None:
 def fit_temperature_softmax(logits: np.ndarray, targets: np.ndarray) -> float:
     """The one temperature T > 0 minimising the NLL of ``softmax(logits / T)`` (optimised over log T)."""
     z, y = _check(logits, targets, "softmax")
+    if separable_softmax(z, y):
+        return 1.0
     zt, yt = torch.as_tensor(z), torch.as_tensor(y, dtype=torch.long)
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     _lbfgs([log_t], lambda: torch.nn.functional.cross_entropy(zt / log_t.exp(), yt))
     return _clip_t(float(log_t.detach().exp()))
+
+
+def separable_softmax(z: np.ndarray, y: np.ndarray) -> bool:
+    """Every validation case already has its target as the strict argmax.
+
+    Why it matters: then the NLL of ``softmax(z / T)`` falls monotonically as T -> 0, so the "best" temperature
+    is the optimiser's lower bound, a 20x sharpening that no validation case supports. Such a set cannot show
+    over- or under-confidence; the fit keeps T = 1 (no change) instead of sharpening.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    top = np.take_along_axis(z, np.asarray(y)[:, None], axis=1)[:, 0]
+    others = np.where(np.eye(z.shape[1], dtype=bool)[np.asarray(y)], -np.inf, z).max(axis=1)
+    return bool(np.all(top > others))
+
+
+def separable_sigmoid(z: np.ndarray, y: np.ndarray) -> bool:
+    """Every case of one binary label lies on its target's side of logit 0 (NLL falls as T -> 0, as above)."""
+    z, y = np.asarray(z, dtype=np.float64), np.asarray(y)
+    return bool(np.all(np.where(y == 1, z > 0, z < 0)))
 
 
 def fit_temperature_sigmoid(logits: np.ndarray, targets: np.ndarray) -> list[float]:
@@ -94,6 +115,9 @@ def fit_temperature_sigmoid(logits: np.ndarray, targets: np.ndarray) -> list[flo
     z2, y2 = (z[:, None], y[:, None]) if z.ndim == 1 else (z, y)
     out = []
     for j in range(z2.shape[1]):
+        if separable_sigmoid(z2[:, j], y2[:, j]):
+            out.append(1.0)
+            continue
         zt, yt = torch.as_tensor(z2[:, j]), torch.as_tensor(y2[:, j], dtype=torch.float64)
         log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
         _lbfgs([log_t], lambda: torch.nn.functional.binary_cross_entropy_with_logits(zt / log_t.exp(), yt))
@@ -137,8 +161,18 @@ def fit_calibration(logits: np.ndarray, targets: np.ndarray, labels: Sequence[st
     else:
         raise ConfigError(f"calibration method must be 'temperature' or 'vector', got {method!r}")
     cal.fit = {"n": int(z.shape[0]), "nll_before": nll(z, y, activation), "nll_after": nll(cal.apply(z), y, activation)}
+    kept = _separable_labels(z, y, labels, activation) if method == "temperature" else []
+    if kept:  # recorded so that a reader sees why T = 1 (the page and the card print the fit record)
+        cal.fit["separable_kept_t1"] = kept
     cal.fit.update(_ece_before_after(z, cal.apply(z), y, activation))
     return cal
+
+
+def _separable_labels(z: np.ndarray, y: np.ndarray, labels: list[str], activation: str) -> list[str]:
+    if activation == "softmax":
+        return list(labels) if separable_softmax(z, y) else []
+    z2, y2 = (z[:, None], y[:, None]) if z.ndim == 1 else (z, y)
+    return [lab for j, lab in enumerate(labels) if separable_sigmoid(z2[:, j], y2[:, j])]
 
 
 def probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
