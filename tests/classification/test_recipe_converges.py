@@ -1,9 +1,10 @@
 """Regression test for the demo classifier's collapse (issue 33): on some machines and thread counts the old recipe
 (evidence map from a random head, no mask guidance) sat at the prior for all 30 epochs (validation AUC ~0.5).
 
-Reduced form of the demo: the demo's 200-volume plan, but training on its first 30 training patients for 8 epochs (~130
-steps) on one torch thread (only those and the 12 validation patients' cases are built). Measured (seed 0): the recipe reaches validation AUC 0.96 by epoch 7; the old recipe
-stays at 0.44-0.53 for all 8 epochs (docs/benchmarks.md "robustness"). A 24-volume set was tried and does not tell
+Reduced form of the demo: the demo's 200-volume plan, but training on its first 30 training patients for 8 epochs
+(~130 steps) on one torch thread (only those and the 12 validation patients' cases are built). Measured (seed 0):
+the recipe reaches validation AUC 0.96 by epoch 7; the old recipe stays at 0.44-0.53 for all 8 epochs
+(docs/benchmarks.md "robustness"). A 24-volume set was tried and does not tell
 them apart (both 0.6-0.7 at best: too few lesions), hence the demo's own volumes. The inside loss itself is checked
 by hand on a 2 x 2 map."""
 
