@@ -14,12 +14,22 @@ from medsight.demo import DemoContext
 from medsight.io import read_image
 
 
-@pytest.mark.slow
-def test_fast_stage_leaves_model_and_heatmaps(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def fast_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoContext, dict]:
+    """One run of the fast classification stage for both tests (it was run twice, identically, ~16 s each idle):
+    the first test reads its outputs, the second runs the safety stage on them."""
     from medsight.demo.classification import run
 
-    ctx = DemoContext(out_dir=tmp_path, seed=0, quiet=True, fast=True)
+    before = torch.get_num_threads()
+    ctx = DemoContext(out_dir=tmp_path_factory.mktemp("demo_cls_stage"), seed=0, quiet=True, fast=True)
     summary = run(ctx)
+    torch.set_num_threads(before)
+    return ctx, summary
+
+
+@pytest.mark.slow
+def test_fast_stage_leaves_model_and_heatmaps(fast_stage: tuple[DemoContext, dict]) -> None:
+    ctx, summary = fast_stage
     bundle = load_classifier(ctx.paths["cls_model"])
     assert bundle.labels == ["lesion", "large_lesion"]
     assert set(bundle.thresholds) == {"lesion", "large_lesion"}
@@ -40,14 +50,14 @@ def test_fast_stage_leaves_model_and_heatmaps(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_safety_stage_uses_the_project_classifier_and_feeds_report_and_predict_cls(tmp_path: Path) -> None:
+def test_safety_stage_uses_the_project_classifier_and_feeds_report_and_predict_cls(
+        fast_stage: tuple[DemoContext, dict], tmp_path: Path) -> None:
     import pandas as pd
 
     from medsight.classification.predict import predict_images
-    from medsight.demo import classification, safety
+    from medsight.demo import safety
 
-    ctx = DemoContext(out_dir=tmp_path, seed=0, quiet=True, fast=True)
-    classification.run(ctx)
+    ctx, _ = fast_stage
     per_scan = pd.read_csv(ctx.paths["cls_predictions"])
     assert list(per_scan.columns) == ["case_id", "y_true", "prob", "image", "mask"]
     # the evidence slice of a scan with a lesion is one of its lesion slices

@@ -114,7 +114,11 @@ def test_secagg_settings_are_checked(tmp_path) -> None:
 @pytest.mark.slow
 def test_secagg_over_real_superlink_and_supernodes(tmp_path) -> None:
     """The deployment path: the SecAgg+ stages cross a real SuperLink, and each site's protocol state survives
-    from one ClientApp process to the next (Flower keeps the context's state in the SuperNode)."""
+    from one ClientApp process to the next (Flower keeps the context's state in the SuperNode).
+
+    One round: its four SecAgg+ stages (setup, share keys, masked vectors, unmask) are four ClientApp processes
+    per site, which is what this test attacks; a second round repeated them (5 more Flower message exchanges,
+    ~55 s of the test's 141 s idle), and the round-to-round path over kept state is the in-process test's."""
     require_flower()
     from medsight.federated.launch import Federation, wait_result
     from medsight.federated.secagg import error_bound
@@ -123,15 +127,16 @@ def test_secagg_over_real_superlink_and_supernodes(tmp_path) -> None:
     sites = make_sites(tmp_path / "data", n=40, sites=("A", "B"))
     out = tmp_path / "out"
     with Federation(sites, tmp_path / "work", logs=out / "logs") as fed:
-        run = fed.submit({"rounds": 2, "local-steps": STEPS, "min-sites": 2, "round-timeout": 600.0,
+        run = fed.submit({"rounds": 1, "local-steps": STEPS, "min-sites": 2, "round-timeout": 600.0,
                           "secagg": True, "secagg-max-weight": 100.0}, out)
         result = wait_result(out, run, 1500)
-    assert all(r["secagg"] and r["aggregated"] and r["contributors"] == ["A", "B"] for r in result["rounds"])
-    assert set(result["rounds"][1]["evaluate"]) == {"A", "B"}
+    (r1,) = result["rounds"]
+    assert r1["secagg"] and r1["aggregated"] and r1["contributors"] == ["A", "B"]
+    assert set(r1["evaluate"]) == {"A", "B"}
     # the same federation without SecAgg+, in process (same code, seeds and single thread: same local training)
-    _, plain = _run(sites, tmp_path / "plain")
-    n = [int(result["rounds"][0]["train"][x]["num-examples"]) for x in ("A", "B")]
+    _, plain = _run(sites, tmp_path / "plain", rounds=1)
+    n = [int(r1["train"][x]["num-examples"]) for x in ("A", "B")]
     final = torch.load(out / "model.pt")
-    assert _max_diff(final, plain[2]) <= 2 * error_bound(n, 100.0, 8.0) + 2 * STEPS * LR
+    assert _max_diff(final, plain[1]) <= 2 * error_bound(n, 100.0, 8.0) + 2 * STEPS * LR
     log_text = (out / "logs" / "flwr-run.log").read_text() if (out / "logs" / "flwr-run.log").exists() else ""
     assert "Traceback" not in log_text

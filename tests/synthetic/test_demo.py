@@ -82,3 +82,23 @@ def test_enhancing_lesion_profile_gives_bright_lesions_and_is_recorded(tmp_path)
 def test_unknown_lesion_profile_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="unknown lesion profile 'flair'.*faint, enhancing"):
         build_demo_dataset(tmp_path / "x", n_cases=3, lesion_profile="flair", quiet=True)
+
+
+def test_a_patient_subset_builds_the_same_cases_as_the_whole_build(tmp_path):
+    """build_demo_dataset(patients=...) (the recipe regression test builds 51 of 200 cases this way): the subset's
+    cases are byte-identical to the whole build's, its manifest rows equal theirs, and a stamp tells the two apart."""
+    whole = build_demo_dataset(tmp_path / "whole", n_cases=5, seed=3, quiet=True)
+    rows = list(csv.DictReader(open(whole / "manifest.csv")))
+    pick = sorted({r["patient_id"] for r in rows})[1::2]  # every second patient, not the first
+    part = build_demo_dataset(tmp_path / "part", n_cases=5, seed=3, quiet=True, patients=pick)
+    got = list(csv.DictReader(open(part / "manifest.csv")))
+    assert got == [r for r in rows if r["patient_id"] in pick] and 0 < len(got) < len(rows)
+    for r in got:
+        assert sha256_file(part / r["image"]) == sha256_file(whole / r["image"])
+        assert sha256_file(part / r["label"]) == sha256_file(whole / r["label"])
+    assert json.loads((part / ".demo_build.json").read_text())["patients"] == pick
+    # the whole build in a folder that holds a subset is rebuilt, not taken for the subset
+    assert len(list(csv.DictReader(open(build_demo_dataset(tmp_path / "part", n_cases=5, seed=3, quiet=True)
+                                        / "manifest.csv")))) == len(rows)
+    with pytest.raises(DatasetError, match="P0999"):
+        build_demo_dataset(tmp_path / "x", n_cases=5, seed=3, quiet=True, patients=["P0999"])

@@ -314,9 +314,12 @@ def _locked(root: Path) -> Iterator[None]:
         yield
 
 
-def _stamp(n_cases: int, seed: int, lesion_share: float, profile: str) -> dict[str, object]:
+def _stamp(n_cases: int, seed: int, lesion_share: float, profile: str,
+           patients: list[str] | None = None) -> dict[str, object]:
     stamp: dict[str, object] = {"generator": "medsight.synthetic.demo", "version": BUILD_VERSION, "n_cases": n_cases,
                                 "seed": seed}
+    if patients is not None:
+        stamp["patients"] = patients
     if lesion_share != LESION_SHARE:
         stamp["lesion_share"] = lesion_share
     if profile != DEFAULT_LESION_PROFILE:
@@ -326,18 +329,21 @@ def _stamp(n_cases: int, seed: int, lesion_share: float, profile: str) -> dict[s
 
 def build_demo_dataset(root: Path, n_cases: int | None = None, seed: int = 0, quiet: bool = False,
                        lesion_share: float = LESION_SHARE, workers: int | None = None,
-                       lesion_profile: str = DEFAULT_LESION_PROFILE) -> Path:
+                       lesion_profile: str = DEFAULT_LESION_PROFILE, patients: Iterable[str] | None = None) -> Path:
     """Build (or reuse) the demo dataset under ``root``; returns ``root``.
 
     Deterministic from ``seed``: the same arguments give byte-identical images and labels, whatever the number
     of ``workers`` (threads; default: up to 2, one per core). A finished build leaves ``.demo_build.json``; a
     later call with the same arguments returns at once. A partial build (killed run) is simply redone.
-    Concurrent callers on one folder wait for each other through a file lock.
+    Concurrent callers on one folder wait for each other through a file lock. ``patients`` (ids of the
+    ``n_cases`` plan) builds only their cases, byte-identical to the same cases of the whole build (every case has
+    its own seeds): a test that trains on a few of the demo's patients need not simulate the rest.
     """
     root = Path(root)
     n = DEFAULT_N_CASES if n_cases is None else int(n_cases)
     stamp_path = root / ".demo_build.json"
-    want = _stamp(n, seed, lesion_share, lesion_profile)
+    only = None if patients is None else sorted(set(patients))
+    want = _stamp(n, seed, lesion_share, lesion_profile, only)
     with _locked(root):
         if stamp_path.is_file():
             try:
@@ -347,6 +353,11 @@ def build_demo_dataset(root: Path, n_cases: int | None = None, seed: int = 0, qu
                 pass
             stamp_path.unlink()
         specs = plan_cases(n, seed, lesion_share, lesion_profile)
+        if only is not None:
+            specs = [spec for spec in specs if spec.patient_id in only]
+            if {spec.patient_id for spec in specs} != set(only):
+                missing = sorted(set(only) - {spec.patient_id for spec in specs})
+                raise DatasetError(f"no such patient in the {n}-case demo plan: {', '.join(missing)}")
         n_workers = max(1, min(workers or min(2, os.cpu_count() or 1), len(specs)))
         jobs = [(spec, root) for spec in specs]
         if n_workers == 1:
@@ -356,7 +367,7 @@ def build_demo_dataset(root: Path, n_cases: int | None = None, seed: int = 0, qu
             # no child process re-imports a caller's unguarded __main__ or inherits a held lock
             with ThreadPoolExecutor(n_workers) as pool:
                 rows = list(_progress(pool.map(_write_case, jobs), quiet, total=len(jobs)))
-        _write_dataset_json(root, n, seed, lesion_share, get_lesion_profile(lesion_profile))
+        _write_dataset_json(root, len(specs), seed, lesion_share, get_lesion_profile(lesion_profile))
         _write_manifest(root, rows)
         atomic_write_text(stamp_path, json.dumps(want, sort_keys=True))
     return root

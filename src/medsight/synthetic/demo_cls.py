@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -45,24 +46,27 @@ COLUMNS = ("image", "mask", "patient_id", "site", "scanner", "case_id", "slice_i
 
 def build_demo_cls_dataset(root: Path, n_cases: int | None = None, seed: int = 0, quiet: bool = False,
                            volumes: Path | None = None, lesion_share: float = LESION_SHARE,
-                           lesion_profile: str = DEFAULT_LESION_PROFILE) -> Path:
+                           lesion_profile: str = DEFAULT_LESION_PROFILE, patients: Iterable[str] | None = None) -> Path:
     """Build (or reuse) the slice dataset under ``root``; returns the path of its ``manifest.csv``.
 
     The volumes are built (or reused: same arguments, same cached folder) by ``build_demo_dataset`` under
     ``volumes`` (default ``root/volumes``); pass the segmentation stage's folder to share its volumes, or a
     larger ``n_cases`` and ``lesion_share`` for more distinct findings (a slice classifier needs many more
     lesions than a 3D segmenter sees in 40 cases). A finished build leaves a stamp, and a second call with the
-    same arguments returns at once.
+    same arguments returns at once. ``patients``: only their cases (``build_demo_dataset``), the same slices.
     """
     root = Path(root)
     volumes = build_demo_dataset(Path(volumes) if volumes else root / "volumes", n_cases=n_cases, seed=seed,
-                                 quiet=quiet, lesion_share=lesion_share, lesion_profile=lesion_profile)
+                                 quiet=quiet, lesion_share=lesion_share, lesion_profile=lesion_profile,
+                                 patients=patients)
     manifest = root / "manifest.csv"
     stamp = root / ".demo_cls_build.json"
     want = {"version": VERSION, "n_cases": n_cases, "seed": seed, "volumes": str(volumes),
             "lesion_share": lesion_share, "volumes_version": BUILD_VERSION}
     if lesion_profile != DEFAULT_LESION_PROFILE:
         want["lesion_profile"] = lesion_profile
+    if patients is not None:
+        want["patients"] = sorted(set(patients))
     if stamp.is_file() and manifest.is_file():
         try:
             if {k: v for k, v in json.loads(stamp.read_text()).items() if k in want} == want:
