@@ -313,8 +313,9 @@ def _method(options: RedactOptions, n_regions: int, backend: str) -> str:
                f"word of >= {options.min_chars} letters/digits read at confidence >= {options.verify_conf:g}")
     else:
         f = options.find
+        ink = (f", plus a flat-colour ink page where it covers <= {f.ink_max:.0%} of the frame" if f.flat_ink else "")
         how = (f"text found by top-hat morphology ({f.tophat} px, contrast >= {' or '.join(map(str, f.contrasts))}) and Tesseract layout "
-               f"analysis, read only there ({backend}); identifiers (header values, dates, times, IDs, unknown "
+               f"analysis{ink}, read only there ({backend}); identifiers (header values, dates, times, IDs, unknown "
                f"words) filled with their line, annotations kept; verified: no identifier of >= "
                f"{options.min_chars} letters/digits read at confidence >= {options.verify_conf:g}")
     return (f"{detect}; {n_regions} known region box(es) blanked first; {how}; at most {options.rounds} round(s); "
