@@ -42,3 +42,15 @@ def test_header_values_make_identifiers_of_words_that_look_harmless(deid_data_fi
     general = phi_terms(pydicom.Dataset()) | {"GENERAL"}  # an institution called "... GENERAL HOSPITAL"
     assert classify("General", general) == (IDENTIFIER, "header value")
     assert classify("General") == (ANNOTATION, "vocabulary")
+
+
+def test_partly_misread_header_values_still_match():
+    from medsight.deid.words import matches_phi
+
+    terms = ["KOWALSKI", "ANNA", "CLEVELAND"]
+    assert matches_phi("OVALS", terms)  # OWALS of KOWALSKI with W read as V: one edit
+    assert matches_phi("KOVALSK1", terms)  # 8 characters: two edits from KOWALSKI (W->V, I->1)
+    assert not matches_phi("KOVVALSK1", terms)  # three edits (W->VV is two)
+    assert matches_phi("CLEVE1AN", terms)
+    for word in ("LIVER", "BREAST", "GENERAL", "SAGITTAL", "ANNAS"[:3]):  # annotations stay annotations
+        assert not matches_phi(word, terms), word

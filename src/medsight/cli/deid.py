@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 @click.option("--drop-safe-private", is_flag=True,
               help="Remove even the private attributes on the PS3.15 safe list (diffusion b-values...).")
 @click.option("--redact-pixels", is_flag=True,
-              help="For files that may show burned-in text: blank known text regions, OCR every frame (Tesseract), "
-                   "fill every word found, OCR again, and write the file (BurnedInAnnotation NO, pixels as "
-                   "Explicit VR Little Endian) only if no word of --min-text-chars is still read; else hold it back.")
+              help="For files that may show burned-in text: blank known text regions, find text and read it there "
+                   "(Tesseract), fill identifiers (header values, names, dates, IDs, unknown words) and keep "
+                   "annotations (units, device settings, view labels), read again, and write the file "
+                   "(BurnedInAnnotation NO, pixels as Explicit VR Little Endian) only if no identifier of "
+                   "--min-text-chars is still read; else hold it back.")
 @click.option("--min-text-chars", type=int, default=3, show_default=True,
               help="Verification rule for --redact-pixels: a file is held back while OCR still reads a word with "
                    "this many letters/digits (at confidence >= 60).")

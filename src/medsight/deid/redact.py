@@ -3,7 +3,7 @@
 1. decode every frame (compressed syntaxes too; the output is written as Explicit VR Little Endian);
 2. blank the known text regions of this manufacturer/model (``regions``), before any OCR;
 3. find text cheaply (``textfind``: top-hat morphology + Tesseract's layout analysis, both polarities, level and
-   turned 90 degrees) on a static composite of the frames (their minimum for light text, maximum for dark text:
+   turned 90 degrees; plus the flat-colour "ink" page where it is sparse) on a static composite of the frames (their minimum for light text, maximum for dark text:
    burned-in text stays put while a cine loop's anatomy moves), and read only those boxes (``reading``);
 4. classify every word (``words``): identifiers (the header's own PHI values, dates, times, ID numbers, unknown
    words that may be names) are filled, with the rest of their printed line, in *every* frame; annotations
@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom.dataset import Dataset
+from scipy import ndimage
 from pydicom.uid import ExplicitVRLittleEndian
 
 from medsight.deid.ocr import OcrSettings, display_grey, display_levels, read_words
 from medsight.deid.reading import CropReader, FoundWord, resolve
 from medsight.deid.regions import DEFAULT_REGIONS, TextRegion, regions_for
 from medsight.deid.tess import engine
-from medsight.deid.textfind import POLARITIES, FindSettings, find_text, page, page_contrast, tophat
+from medsight.deid.textfind import INK, POLARITIES, FindSettings, find_text, flat_ink, page, page_contrast, tophat
 from medsight.deid.words import IDENTIFIER, classify
 
 OUTPUT_SYNTAX = ExplicitVRLittleEndian
@@ -44,6 +45,7 @@ MAX_TEXT_HEIGHT = 0.1  # share of the frame's short side: taller "words" are lay
 WINDOW_PAD = 80  # px around a filled box that a later reading searches again (> top-hat 15 + 64-px line)
 STATIC_TOLERANCE = 8  # grey levels a "static" pixel may vary across frames (lossy compression noise)
 MODES = ("find", "full-frame")
+_CROSS = ndimage.generate_binary_structure(2, 1)  # closing the ink page: antialiased stroke gaps of 1 px
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class RedactOptions:
     min_conf: float = 30.0  # detection: Tesseract confidence from which an identifier is filled
     unknown_conf: float = 60.0  # ... for an identifier only because it is an unknown word (speckle and
     # half-seen strokes read as short made-up words at 30-59; names and the deid-data banners read at 60-97)
+    ink_strict: bool = True  # flat-ink crops too need ``unknown_conf`` for an unknown word (False: ``min_conf``)
     verify_conf: float = 60.0  # verification: confidence from which an identifier counts as readable
     rounds: int = 3  # redact-and-reread rounds before giving up (later rounds re-read only around what changed)
     pad: int = 3  # pixels around each word box, plus 20 % of its height
@@ -135,6 +138,7 @@ class _Redactor:
             spread = frames.max(axis=0).astype(np.int32) - frames.min(axis=0)  # in a cine loop is not static
             self.static = (spread.max(axis=-1) if spread.ndim == 3 else spread) <= STATIC_TOLERANCE
         self.reader = CropReader(engine(options.ocr.lang), terms) if options.mode == "find" else None
+        self.use_ink: bool | None = None if options.find.flat_ink else False  # the flat-ink page (``read``)
 
     def is_static(self, box: tuple[int, int, int, int]) -> bool:
         """Multi-frame: at least half of the box is the same in every frame (single frames: always true)."""
@@ -168,6 +172,7 @@ class _Redactor:
             light = dark = self._display(self._grey(self.frames[0]), "single")
         else:  # light text survives the minimum over frames, dark text the maximum; moving anatomy fades
             greys = np.stack([self._grey(f) for f in self.frames])
+            raw_min = greys.min(axis=0)
             light, dark = self._display(greys.min(axis=0), "min"), self._display(greys.max(axis=0), "max")
             if self.photometric == "MONOCHROME1":
                 light, dark = dark, light
@@ -177,6 +182,14 @@ class _Redactor:
             self.page_hi.setdefault(p, page_contrast(h))
         pages = {p: page(h, self.page_hi[p]) for p, h in hats.items()}
         greys = {"light-on-dark": light, "dark-on-light": dark}
+        if self.use_ink is not False:  # decided on the first reading, kept for the later ones
+            ink = flat_ink(self.frames[0] if len(self.frames) == 1 else raw_min, hats)
+            if self.use_ink is None:
+                self.use_ink = float(ink.mean()) <= self.o.find.ink_max
+        if self.use_ink:
+            hats[INK] = ink.view(np.uint8) * np.uint8(255)
+            pages[INK] = np.where(ndimage.binary_closing(ink, _CROSS), np.uint8(0), np.uint8(255))
+            greys[INK] = pages[INK]
         self.candidates = find_text(greys, hats, pages, self.reader.eng, self.o.find, windows, self.candidates)
         self.changed = []
         readings = [(c, self.reader.read(c, pages[c.polarity])) for c in self.candidates]
@@ -251,7 +264,8 @@ class _Redactor:
 
     def _counts(self, w: FoundWord) -> bool:
         """An identifier read with enough confidence to be filled."""
-        need = self.o.unknown_conf if w.rule.startswith("unknown") else self.o.min_conf
+        # flat-ink crops hold no speckle to misread as made-up words: any identifier read there counts
+        need = self.o.unknown_conf if w.rule.startswith("unknown") and (w.line[1] != INK or self.o.ink_strict) else self.o.min_conf
         return w.identifier and w.conf >= need and self._text_like(w)
 
     def hits(self, words: list[tuple[int, FoundWord]]) -> list[tuple[int, tuple, str]]:
@@ -272,7 +286,8 @@ class _Redactor:
         """Words that fail the verification: identifiers ("full-frame": any word) of >= min_chars letters/digits
         read with confidence >= verify_conf."""
         return [(i, w) for i, w in words
-                if (w.identifier or self.reader is None) and w.conf >= self.o.verify_conf
+                if (w.identifier or self.reader is None)
+                and w.conf >= (self.o.verify_conf if w.line[1] != INK or self.o.ink_strict else self.o.min_conf)
                 and w.n_alnum >= self.o.min_chars and self.is_static(w.box)]
 
 
@@ -298,8 +313,9 @@ def _method(options: RedactOptions, n_regions: int, backend: str) -> str:
                f"word of >= {options.min_chars} letters/digits read at confidence >= {options.verify_conf:g}")
     else:
         f = options.find
+        ink = (f", plus a flat-colour ink page where it covers <= {f.ink_max:.0%} of the frame" if f.flat_ink else "")
         how = (f"text found by top-hat morphology ({f.tophat} px, contrast >= {' or '.join(map(str, f.contrasts))}) and Tesseract layout "
-               f"analysis, read only there ({backend}); identifiers (header values, dates, times, IDs, unknown "
+               f"analysis{ink}, read only there ({backend}); identifiers (header values, dates, times, IDs, unknown "
                f"words) filled with their line, annotations kept; verified: no identifier of >= "
                f"{options.min_chars} letters/digits read at confidence >= {options.verify_conf:g}")
     return (f"{detect}; {n_regions} known region box(es) blanked first; {how}; at most {options.rounds} round(s); "

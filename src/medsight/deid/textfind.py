@@ -8,7 +8,9 @@ Two detectors, united, for each polarity (light text on dark, dark text on light
   of a word, words of a line) and a joined component is kept when it has a text line's shape (3..64 px across,
   at least 1.5x as long, 5-70 % ink);
 * Tesseract's own layout analysis (no recognition: ~10 % of a read) on the same top-hat image, which finds text
-  over speckle where the morphology joins letters and background into one blob.
+  over speckle where the morphology joins letters and background into one blob;
+* a third page, ``flat_ink``: the pixels drawn in one exact colour (burned-in text is rendered flat, speckle is
+  not), black on white, read like the others: faint text over speckle that the top-hat cannot separate.
 
 Boxes of one polarity and direction on the same printed line that overlap or nearly touch are merged, so one
 line is read once (as a single line: Tesseract's fastest and most accurate mode for a crop).
@@ -24,6 +26,8 @@ from scipy import ndimage
 from medsight.deid.tess import Box, Engine
 
 POLARITIES = ("light-on-dark", "dark-on-light")
+RULE = 48  # px: an ink run this long is a ruled line, not a glyph stroke
+INK = "flat-ink"  # a third page: pixels of one exact colour, whatever the background (``flat_ink``)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,9 @@ class FindSettings:
     min_across: int = 6  # px: a line lower than this is not readable
     max_across: int = 64  # px
     layout: bool = True  # add Tesseract's layout analysis
+    flat_ink: bool = True  # a third page of flat-colour pixels (``flat_ink``): faint text over speckle
+    ink_max: float = 0.05  # ... used only where it covers at most this share of the frame: smooth or coarsely
+    # quantised images have equal neighbours everywhere, and their "ink" joins into boxes that are not text
 
 
 def tophat(grey: np.ndarray, polarity: str, size: int) -> np.ndarray:
@@ -75,9 +82,51 @@ def page(hat: np.ndarray, hi: float | None = None) -> np.ndarray:
     return (255 - np.clip(hat.astype(np.float32) * (255.0 / hi), 0, 255)).astype(np.uint8)
 
 
-def _morphology(hat: np.ndarray, s: FindSettings, vertical: bool) -> list[Box]:
+def flat_ink(raw: np.ndarray, hats: dict[str, np.ndarray], min_hat: int = 4, min_count: int = 24) -> np.ndarray:
+    """Pixels drawn in one exact colour that stand out from their surroundings: burned-in text is rendered in a
+    flat colour, while the speckle or anatomy it lies on varies from pixel to pixel. A pixel counts when >= 2 of
+    its 4 neighbours hold exactly its value (all channels) and either top-hat is >= ``min_hat`` (a flat plateau,
+    such as a black background, stands above nothing). This separates faint text (35 % contrast) from the
+    ultrasound speckle that a top-hat joins it with. Only colours held by >= ``min_count`` such pixels are kept:
+    a text's colour is shared by all its strokes, while speckle that happens to equal its neighbours is spread
+    over every grey level. Lossy-compressed pixels lose the exact equality; the top-hat pages still cover them."""
+    a = np.asarray(raw)
+    if a.ndim == 3:  # one integer per colour, so that equality means all channels equal
+        a = a.astype(np.int64)
+        a = (a[..., 0] << 42) | (a[..., 1] << 21) | a[..., 2]
+    eq = np.zeros(a.shape, np.uint8)
+    h = a[:, 1:] == a[:, :-1]
+    v = a[1:] == a[:-1]
+    eq[:, 1:] += h
+    eq[:, :-1] += h
+    eq[1:] += v
+    eq[:-1] += v
+    stands = np.zeros(a.shape, bool)
+    for hat in hats.values():
+        stands |= hat >= min_hat
+    ink = (eq >= 2) & stands
+    values, counts = np.unique(a[ink], return_counts=True)
+    drop = values[counts < min_count]
+    if len(drop):
+        ink[ink] = ~np.isin(a[ink], drop)  # only the candidate pixels: a radiograph has millions of others
+    # straight rules and frame borders (runs longer than any glyph stroke) would join the text beside them
+    rules = np.zeros(ink.shape, bool)
+    for axis in (0, 1):  # only columns (rows) with >= RULE ink pixels can hold such a run
+        lines = np.flatnonzero(ink.sum(axis=axis) >= RULE)
+        if not len(lines):
+            continue
+        part = (ink[:, lines] if axis == 0 else ink[lines]).view(np.uint8)
+        rule = ndimage.maximum_filter1d(ndimage.minimum_filter1d(part, RULE, axis=axis), RULE, axis=axis)
+        if axis == 0:
+            rules[:, lines] |= rule.view(bool)
+        else:
+            rules[lines] |= rule.view(bool)
+    return ink & ~rules
+
+
+def _morphology(hat: np.ndarray, s: FindSettings, vertical: bool, binary: bool = False) -> list[Box]:
     out = []
-    for level in s.contrasts:
+    for level in (s.contrasts[:1] if binary else s.contrasts):  # a binary page (ink) gives one mask at any level
         out += _components(hat >= level, s, vertical)
     return out
 
@@ -202,17 +251,17 @@ def find_text(greys: dict[str, np.ndarray], hats: dict[str, np.ndarray], pages: 
         for vertical in (False, True):
             boxes, morph_boxes = [], []
             for x0, y0, x1, y1 in ([full] if windows is None else windows):
-                if s.layout:
+                if s.layout and polarity != INK:  # the ink page is clean: its components are its lines
                     boxes += _layout(pages[polarity][y0:y1, x0:x1], eng, s, vertical, (x0, y0))
                 morph_boxes += [(a + x0, b + y0, c + x0, d + y0)
-                                for a, b, c, d in _morphology(hat[y0:y1, x0:x1], s, vertical)]
+                                for a, b, c, d in _morphology(hat[y0:y1, x0:x1], s, vertical, polarity == INK)]
             morph[(polarity, vertical)] = morph_boxes
             boxes = _blocks_to_lines(boxes, morph_boxes, s, vertical)
             # morphology adds what layout analysis missed; where both saw text, layout's lines are cleaner
             share = coverage(morph_boxes, boxes) if boxes else np.zeros(len(morph_boxes))
             boxes += [b for b, c in zip(morph_boxes, share) if c < 0.3]
             found[(polarity, vertical)] = [b for b in merge(boxes, vertical)
-                                           if background_polarity(greys[polarity], b) == polarity]
+                                           if polarity == INK or background_polarity(greys[polarity], b) == polarity]
     out = []
     for (polarity, vertical), boxes in found.items():
         lines = morph[(polarity, vertical)]

@@ -123,13 +123,28 @@ def _close(a: str, b: str) -> bool:
     return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
 
 
+def _near_piece(w: str, t: str, k: int) -> bool:
+    """``w`` is within ``k`` edits of some piece of ``t`` (edit distance with free start and end in ``t``):
+    a partly read, partly misread name ("OVALS" of "KOWALSKI") still matches the header's value."""
+    prev = [0] * (len(t) + 1)  # a piece may start anywhere in t at no cost
+    for i, ch in enumerate(w, 1):
+        cur = [i]
+        for j, tc in enumerate(t, 1):
+            cur.append(min(prev[j - 1] + (ch != tc), prev[j] + 1, cur[j - 1] + 1))
+        prev = cur
+    return min(prev) <= k
+
+
 def matches_phi(word: str, terms: Iterable[str]) -> bool:
-    """The word is (close to) a header PHI token, or a >= 4-character piece of one (a clipped "PATIENTFI...")."""
+    """The word is (close to) a header PHI token, or a >= 4-character piece of one (a clipped "PATIENTFI..."),
+    or a >= 5-character word within 1 edit (2 from 8 characters) of a piece of a >= 5-character token."""
     w = _norm(word)
     if len(w) < 2:
         return False
     for t in terms:
         if _close(w, t) or (len(w) >= 4 and (w in t or (len(t) >= 4 and t in w))):
+            return True
+        if len(w) >= 5 and len(t) >= 5 and _near_piece(w, t, 2 if len(w) >= 8 else 1):
             return True
     return False
 
