@@ -105,7 +105,8 @@ def main() -> None:
              "shared with parallel work, so absolute seconds are inflated; the arms ran interleaved case by case in "
              "one process, so their ratios are comparable.",
              f"Command: `python benchmarks/bench_predict.py --model {args.model} --data {args.data} "
-             + (f"--ids {args.ids}`" if args.ids else f"--cases {args.cases}{' --exclude-study' * args.exclude_study}`"),
+             + (f"--ids {args.ids}`" if args.ids
+                else f"--cases {args.cases}{' --exclude-study' * args.exclude_study}`"),
              "", f"n = {len(ids)} cases (unit: case); Dice = hard Dice per foreground class, mean over cases where the "
              "class is present in the reference or the prediction.", "",
              "| arm | mirror axes | engine | s per case (mean) | CPU s per case | vs baseline | "
