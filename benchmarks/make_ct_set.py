@@ -3,9 +3,9 @@
 Every case is a variant of the same scan (Cranium.inv3, 256 x 256 x 108 at 0.957 x 0.957 x 1.5 mm): a 216 x 216 x 96
 crop (times ``--scale``) at a different offset, left-right flipped in every other case, with Gaussian noise
 (10-40 HU) added to the image. Labels are thresholds of the noise-free scan (lightly smoothed), not expert
-labels: 1 = soft tissue (-200..300 HU), 2 = bone (> 300 HU), the same thresholds as the registration benchmark. What this measures is
-inference speed at a real CT size and the Dice effect of test-time mirroring with a model trained by ``medsight
-train``; it says nothing about generalisation across patients.
+labels: 1 = soft tissue (-200..300 HU), 2 = bone (> 300 HU), the same thresholds as the registration benchmark.
+What this measures is inference speed at a real CT size and the Dice effect of test-time mirroring with a model
+trained by ``medsight train``; it says nothing about generalisation across patients.
 
 Writes ``OUT/train`` (nnU-Net layout, the cases ``medsight train`` sees) and ``OUT/test`` (variants never trained on
 or validated on, with their own crops and noise), each with dataset.json, imagesTr/ and labelsTr/.
