@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import plistlib
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cranium import read_cranium  # noqa: E402
 from _record import machine_line, record_section  # noqa: E402
 
 from medsight.image import Geometry, Image  # noqa: E402
@@ -41,22 +40,14 @@ from medsight.synthetic.deform import Pair, deformed_pair, mni_pair, target_erro
 
 KINDS = {"rigid": dict(warp_mm=0.0, scale=0.0), "affine": dict(warp_mm=0.0, scale=0.08),
          "deformable": dict(warp_mm=3.0, scale=0.0)}
-CRANIUM = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
 
 
 def cranium(spacing_mm: float = 3.0) -> tuple[Image, np.ndarray] | None:
     """The invesalius head CT resampled to ``spacing_mm`` and its threshold labels, or None when not installed."""
-    if not CRANIUM.is_file():
+    raw = read_cranium()
+    if raw is None:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(CRANIUM) as tar:
-            tar.extractall(tmp, filter="data")
-        folder = next(Path(tmp).rglob("main.plist")).parent
-        meta = plistlib.loads((folder / "main.plist").read_bytes())
-        shape = tuple(meta["matrix"]["shape"])  # (z, y, x)
-        vol = np.fromfile(folder / meta["matrix"]["filename"], dtype=meta["matrix"]["dtype"]).reshape(shape)
-    vol = vol.transpose(2, 1, 0).astype(np.float32)  # x, y, z
-    sp = np.asarray(meta["spacing"], float)
+    vol, sp = raw
     zoom = sp / spacing_mm
     small = ndimage.zoom(ndimage.gaussian_filter(vol, 0.4 / zoom), zoom, order=1)
     labels = np.where(small > 300, 2, np.where(small > -200, 1, 0)).astype(np.uint8)

@@ -37,6 +37,27 @@ def test_mirrored_softmax_is_the_mean_over_all_flips():
     assert torch.allclose(out.sum(1), torch.ones(1, 8, 6, 4))
 
 
+def test_mirrored_softmax_calls_the_network_once_per_flip_with_the_window_batch():
+    """Stacking every flip into one call was 20-24 % slower on CPU (docs/benchmarks.md "predict"): each flip of
+    the window batch is its own call, and the result still equals the stacked mean."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+    batches = []
+
+    def net(t: torch.Tensor) -> torch.Tensor:
+        batches.append(t.shape[0])
+        return conv(t)
+
+    x = torch.randn(3, 1, 8, 6, 4)
+    with torch.no_grad():
+        out = mirrored_softmax(net, x, [0, 2])
+        flips = [[], [2], [4], [2, 4]]
+        stacked = torch.softmax(conv(torch.cat([torch.flip(x, d) for d in flips])), 1)
+        manual = sum(torch.flip(stacked[3 * i:3 * i + 3], d) for i, d in enumerate(flips)) / 4
+    assert batches == [3, 3, 3, 3]
+    assert torch.allclose(out, manual, atol=1e-6)
+
+
 def test_entropy_bounds_and_value():
     p = np.zeros((4, 2, 1, 1))
     p[:, 0] = 0.25

@@ -84,9 +84,9 @@ class Predictor:
         self.overlap = overlap
         self.lesion_policy = load_policy(self.model_dir, self.plan.postprocess)
         channels = len(self.plan.channels) * (2 * self.cfg.context_slices + 1 if self.cfg.spatial_dims == 2 else 1)
-        example = torch.randn((window_batch or WINDOW_BATCH) * 2 ** len(self.mirror_axes), channels,
+        example = torch.randn(window_batch or WINDOW_BATCH, channels,  # one flip of the window batch per call
                               *self.cfg.patch_size,
-                              generator=torch.Generator().manual_seed(0))  # one call's batch, as predict makes
+                              generator=torch.Generator().manual_seed(0))
         chosen = [choose_runtime(net, example, runtime) for net in self.models]
         self.forwards = [c[0] for c in chosen]
         self.runtime = chosen[0][1]

@@ -40,20 +40,15 @@ def mirrored_softmax(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
                      axes: list[int] | tuple[int, ...] = (),
                      combos: Sequence[tuple[int, ...]] | None = None) -> torch.Tensor:
     """Mean softmax over flips of (B, C, *S) input along spatial ``axes`` (or exactly ``combos``); each output is
-    flipped back. All flips of a batch go through the network as one batch (fewer, larger calls)."""
+    flipped back. One network call per flip of the window batch: stacking every flip into one call was 20-24 %
+    slower in CPU on the demo and CT networks (docs/benchmarks.md "predict"), with equal outputs."""
     combos = list(combos) if combos is not None else mirror_combinations(axes)
-    if len(combos) == 1:
-        dims = [a + 2 for a in combos[0]]
-        p = torch.softmax(_first(model(torch.flip(x, dims) if dims else x)), 1)
-        return torch.flip(p, dims) if dims else p
-    stacked = torch.cat([torch.flip(x, [a + 2 for a in c]) if c else x for c in combos])
-    p = torch.softmax(_first(model(stacked)), 1)
-    b = x.shape[0]
     total = None
-    for i, c in enumerate(combos):
-        pi = p[i * b:(i + 1) * b]
-        pi = torch.flip(pi, [a + 2 for a in c]) if c else pi
-        total = pi if total is None else total + pi
+    for c in combos:
+        dims = [a + 2 for a in c]
+        p = torch.softmax(_first(model(torch.flip(x, dims) if dims else x)), 1)
+        p = torch.flip(p, dims) if dims else p
+        total = p if total is None else total + p
     return total / len(combos)
 
 
