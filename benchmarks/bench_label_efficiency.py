@@ -84,9 +84,10 @@ def test_dice(model_dir: Path, ds: Any, plan: Any, test: list[str], cache: dict)
     model.eval()
     rows = []
     for cid in test:
-        if cid not in cache:
-            cache[cid] = preprocess_case(ds.case(cid), plan, cfg)
-        pre = cache[cid]
+        key = ("test", cid)
+        if key not in cache:
+            cache[key] = preprocess_case(ds.case(cid), plan, cfg)
+        pre = cache[key]
         prob, _ = plan_grid_probabilities([model], pre.image, cfg, [], 0.25)
         pred = prob.argmax(0).numpy()
         row = {"case_id": cid, **{n: dice(pred == k, pre.label == k) for k, n in TISSUES.items()}}
@@ -99,6 +100,7 @@ def test_dice(model_dir: Path, ds: Any, plan: Any, test: list[str], cache: dict)
 def run(args: argparse.Namespace) -> None:
     import torch
 
+    from medsight.files import atomic_write_text
     from medsight.pretrain.run import pretrain
 
     torch.set_num_threads(args.threads)
@@ -108,13 +110,16 @@ def run(args: argparse.Namespace) -> None:
     # one file per process: arms and sizes may run in parallel processes
     results_path = work / f"results_{'_'.join(args.arms)}_{'_'.join(args.sizes)}.json"
     res: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {"arms": {}}
+    done = _merged(work)  # runs (and the pretraining record) of earlier processes with other arms/sizes/seeds
+    if "pretrain" in done and "pretrain" not in res:
+        res["pretrain"] = done["pretrain"]
     ds, plan, test, labelled, unlabelled = prepare(work, args.cases, 0)
     res.update({"test_cases": test, "labelled_pool": len(labelled), "unlabelled_pool": len(labelled),
                 "fine_tune_steps": args.epochs * args.iterations, "threads": args.threads})
     enc = work / "encoder"
     if args.encoder and "pretrain" not in res:  # an encoder package pretrained elsewhere (e.g. the acceptance run)
         res["pretrain"] = _given_encoder(Path(args.encoder), enc, args.encoder_wall, args.encoder_load)
-        results_path.write_text(json.dumps(res, indent=2))
+        atomic_write_text(results_path, json.dumps(res, indent=2))
     while args.wait_encoder and not (enc / "manifest.json").is_file():  # another process pretrains it
         time.sleep(10)
     if "pretrained" in args.arms and "pretrain" not in res and not args.wait_encoder:
@@ -127,14 +132,15 @@ def run(args: argparse.Namespace) -> None:
                            "train_s": summary["training"]["seconds_this_run"], "energy": summary.get("energy"),
                            "epochs_done": summary["training"]["epochs_done"],
                            "final_val_loss": summary["training"]["final_val_loss"], "load_1min": [load0, _load()]}
-        results_path.write_text(json.dumps(res, indent=2))
+        atomic_write_text(results_path, json.dumps(res, indent=2))
     cache: dict = {}
+    _memoise_preprocessing(cache)
     for seed in args.seeds:
         for size in args.sizes:
             n = len(labelled) if size == "all" else int(size)
             for arm in args.arms:
                 key = f"{arm}/{size}/{seed}"
-                if key in res["arms"]:
+                if key in res["arms"] or key in done["arms"]:
                     continue
                 ids = labelled[:n]
                 t, load0 = time.perf_counter(), _load()
@@ -143,9 +149,36 @@ def run(args: argparse.Namespace) -> None:
                 train_s = time.perf_counter() - t
                 rows = test_dice(out, ds, plan, test, cache)
                 res["arms"][key] = {"arm": arm, "labelled": n, "seed": seed, "train_s": round(train_s, 1),
+                                    "steps": args.epochs * args.iterations, "eval_s": round(time.perf_counter() - t
+                                                                                          - train_s, 1),
                                     "load_1min": [load0, _load()], "cases": rows}
-                results_path.write_text(json.dumps(res, indent=2))
+                atomic_write_text(results_path, json.dumps(res, indent=2))
                 print(key, round(train_s), np.mean([r["tissue_mean"] for r in rows]), flush=True)
+
+
+def _memoise_preprocessing(cache: dict) -> None:
+    """Each case preprocessed once per process, for training (24 runs share the labelled cases) as for testing:
+    preprocessing is deterministic, so this changes time only, not a single voxel."""
+    from medsight.data import preprocess
+    from medsight.segmentation import sampling
+
+    def cached(case, plan, cfg):  # noqa: ANN001, ANN202 - preprocess_case's signature
+        key = (case.case_id, plan.sha256(), cfg.name if hasattr(cfg, "name") else id(cfg))
+        if key not in cache:
+            cache[key] = preprocess.preprocess_case(case, plan, cfg)
+        return cache[key]
+
+    sampling.preprocess_case = cached
+
+
+def _merged(work: Path) -> dict[str, Any]:
+    """All processes' result files merged (each process writes its own; a rerun skips what any of them holds)."""
+    res: dict[str, Any] = {"arms": {}}
+    for path in sorted(work.glob("results_*.json")):
+        part = json.loads(path.read_text())
+        res["arms"].update(part.pop("arms"))
+        res.update({k: v for k, v in part.items() if k != "pretrain" or "pretrain" not in res})
+    return res
 
 
 def _given_encoder(src: Path, enc: Path, wall: float | None, load: list[float] | None) -> dict[str, Any]:
@@ -183,12 +216,12 @@ def _ci(values: list[float], seed: int = 0) -> tuple[float, float, float]:
 
 def record(args: argparse.Namespace) -> None:
     """The "label-efficiency" section: segmentation table, classification table (``--cls-work``), texts."""
-    res: dict[str, Any] = {"arms": {}}
-    for path in sorted(Path(args.work).glob("results_*.json")):  # the processes' files, merged
-        part = json.loads(path.read_text())
-        res["arms"].update(part.pop("arms"))
-        res.update({k: v for k, v in part.items() if k != "pretrain" or "pretrain" not in res})
+    res = _merged(Path(args.work))
     arms, pre = res["arms"], res["pretrain"]
+    steps = {a.get("steps", res["fine_tune_steps"]) for a in arms.values()}
+    if len(steps) != 1:  # the table claims equal iterations per arm
+        raise SystemExit(f"runs with different fine-tuning steps {sorted(steps)}: move the odd ones out of the work")
+    res["fine_tune_steps"] = steps.pop()
     sizes = sorted({(a["labelled"]) for a in arms.values()})
     loads = [x for a in arms.values() for x in a["load_1min"]] + list(pre["load_1min"])
     lines = ["## Label efficiency: self-supervised pretraining vs scratch vs ImageNet (issue 35)", "", machine_line(),
