@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import machine_line, record_section  # noqa: E402
+from _record import DOC, machine_line, record_section  # noqa: E402
 
 N_TEST = 10
 TISSUES = {1: "grey_matter", 2: "white_matter"}
@@ -84,9 +84,10 @@ def test_dice(model_dir: Path, ds: Any, plan: Any, test: list[str], cache: dict)
     model.eval()
     rows = []
     for cid in test:
-        if cid not in cache:
-            cache[cid] = preprocess_case(ds.case(cid), plan, cfg)
-        pre = cache[cid]
+        key = ("test", cid)
+        if key not in cache:
+            cache[key] = preprocess_case(ds.case(cid), plan, cfg)
+        pre = cache[key]
         prob, _ = plan_grid_probabilities([model], pre.image, cfg, [], 0.25)
         pred = prob.argmax(0).numpy()
         row = {"case_id": cid, **{n: dice(pred == k, pre.label == k) for k, n in TISSUES.items()}}
@@ -99,6 +100,7 @@ def test_dice(model_dir: Path, ds: Any, plan: Any, test: list[str], cache: dict)
 def run(args: argparse.Namespace) -> None:
     import torch
 
+    from medsight.files import atomic_write_text
     from medsight.pretrain.run import pretrain
 
     torch.set_num_threads(args.threads)
@@ -108,13 +110,16 @@ def run(args: argparse.Namespace) -> None:
     # one file per process: arms and sizes may run in parallel processes
     results_path = work / f"results_{'_'.join(args.arms)}_{'_'.join(args.sizes)}.json"
     res: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {"arms": {}}
+    done = _merged(work)  # runs (and the pretraining record) of earlier processes with other arms/sizes/seeds
+    if "pretrain" in done and "pretrain" not in res:
+        res["pretrain"] = done["pretrain"]
     ds, plan, test, labelled, unlabelled = prepare(work, args.cases, 0)
     res.update({"test_cases": test, "labelled_pool": len(labelled), "unlabelled_pool": len(labelled),
                 "fine_tune_steps": args.epochs * args.iterations, "threads": args.threads})
     enc = work / "encoder"
     if args.encoder and "pretrain" not in res:  # an encoder package pretrained elsewhere (e.g. the acceptance run)
         res["pretrain"] = _given_encoder(Path(args.encoder), enc, args.encoder_wall, args.encoder_load)
-        results_path.write_text(json.dumps(res, indent=2))
+        atomic_write_text(results_path, json.dumps(res, indent=2))
     while args.wait_encoder and not (enc / "manifest.json").is_file():  # another process pretrains it
         time.sleep(10)
     if "pretrained" in args.arms and "pretrain" not in res and not args.wait_encoder:
@@ -127,14 +132,15 @@ def run(args: argparse.Namespace) -> None:
                            "train_s": summary["training"]["seconds_this_run"], "energy": summary.get("energy"),
                            "epochs_done": summary["training"]["epochs_done"],
                            "final_val_loss": summary["training"]["final_val_loss"], "load_1min": [load0, _load()]}
-        results_path.write_text(json.dumps(res, indent=2))
+        atomic_write_text(results_path, json.dumps(res, indent=2))
     cache: dict = {}
+    _memoise_preprocessing(cache)
     for seed in args.seeds:
         for size in args.sizes:
             n = len(labelled) if size == "all" else int(size)
             for arm in args.arms:
                 key = f"{arm}/{size}/{seed}"
-                if key in res["arms"]:
+                if key in res["arms"] or key in done["arms"]:
                     continue
                 ids = labelled[:n]
                 t, load0 = time.perf_counter(), _load()
@@ -143,9 +149,36 @@ def run(args: argparse.Namespace) -> None:
                 train_s = time.perf_counter() - t
                 rows = test_dice(out, ds, plan, test, cache)
                 res["arms"][key] = {"arm": arm, "labelled": n, "seed": seed, "train_s": round(train_s, 1),
+                                    "steps": args.epochs * args.iterations, "eval_s": round(time.perf_counter() - t
+                                                                                          - train_s, 1),
                                     "load_1min": [load0, _load()], "cases": rows}
-                results_path.write_text(json.dumps(res, indent=2))
+                atomic_write_text(results_path, json.dumps(res, indent=2))
                 print(key, round(train_s), np.mean([r["tissue_mean"] for r in rows]), flush=True)
+
+
+def _memoise_preprocessing(cache: dict) -> None:
+    """Each case preprocessed once per process, for training (24 runs share the labelled cases) as for testing:
+    preprocessing is deterministic, so this changes time only, not a single voxel."""
+    from medsight.data import preprocess
+    from medsight.segmentation import sampling
+
+    def cached(case, plan, cfg):  # noqa: ANN001, ANN202 - preprocess_case's signature
+        key = (case.case_id, plan.sha256(), cfg.name if hasattr(cfg, "name") else id(cfg))
+        if key not in cache:
+            cache[key] = preprocess.preprocess_case(case, plan, cfg)
+        return cache[key]
+
+    sampling.preprocess_case = cached
+
+
+def _merged(work: Path) -> dict[str, Any]:
+    """All processes' result files merged (each process writes its own; a rerun skips what any of them holds)."""
+    res: dict[str, Any] = {"arms": {}}
+    for path in sorted(work.glob("results_*.json")):
+        part = json.loads(path.read_text())
+        res["arms"].update(part.pop("arms"))
+        res.update({k: v for k, v in part.items() if k != "pretrain" or "pretrain" not in res})
+    return res
 
 
 def _given_encoder(src: Path, enc: Path, wall: float | None, load: list[float] | None) -> dict[str, Any]:
@@ -183,23 +216,45 @@ def _ci(values: list[float], seed: int = 0) -> tuple[float, float, float]:
 
 def record(args: argparse.Namespace) -> None:
     """The "label-efficiency" section: segmentation table, classification table (``--cls-work``), texts."""
-    res: dict[str, Any] = {"arms": {}}
-    for path in sorted(Path(args.work).glob("results_*.json")):  # the processes' files, merged
-        part = json.loads(path.read_text())
-        res["arms"].update(part.pop("arms"))
-        res.update({k: v for k, v in part.items() if k != "pretrain" or "pretrain" not in res})
-    arms, pre = res["arms"], res["pretrain"]
-    sizes = sorted({(a["labelled"]) for a in arms.values()})
-    loads = [x for a in arms.values() for x in a["load_1min"]] + list(pre["load_1min"])
+    res = _merged(Path(args.work))
+    arms = res["arms"]
+    steps = {a.get("steps", res["fine_tune_steps"]) for a in arms.values()}
+    if len(steps) != 1:  # the table claims equal iterations per arm
+        raise SystemExit(f"runs with different fine-tuning steps {sorted(steps)}: move the odd ones out of the work")
+    res["fine_tune_steps"] = steps.pop()
+    seg = _segmentation_lines(args, res)
+    if args.seg_only:  # replace the segmentation subsection only; the rest of the section stays as recorded
+        begin, end = "<!-- BEGIN label-efficiency -->", "<!-- END label-efficiency -->"
+        section = DOC.read_text().split(begin, 1)[1].split(end, 1)[0].strip()
+        head, rest = section.split("### Segmentation (3D)", 1)
+        tail = rest[rest.index("### Classification (2D)"):]
+        record_section("label-efficiency", head + "\n".join(seg) + "\n\n" + tail)
+        return
     lines = ["## Label efficiency: self-supervised pretraining vs scratch vs ImageNet (issue 35)", "", machine_line(),
              "", f"Machine load: {args.load_note}", ""]
     if args.acceptance:
         lines += [f"Acceptance (`medsight pretrain` on the demo's unlabelled volumes, default options): "
                   f"{args.acceptance}", ""]
+    lines += seg
+    if args.cls_work:
+        from bench_label_efficiency_cls import header, table
+
+        lines += ["", "### Classification (2D)", "", *header(Path(args.cls_work)), *table(Path(args.cls_work))]
+    if args.reading:
+        lines += ["", f"Reading: {args.reading}"]
+    lines += ["", f"Reduced from the issue's protocol: {args.reduced}", "", "Commands: " + args.command]
+    record_section("label-efficiency", "\n".join(lines))
+
+
+def _segmentation_lines(args: argparse.Namespace, res: dict[str, Any]) -> list[str]:
+    """The "### Segmentation (3D)" subsection: data, pretraining cost, the table, the targets."""
+    arms, pre = res["arms"], res["pretrain"]
+    sizes = sorted({(a["labelled"]) for a in arms.values()})
+    loads = [x for a in arms.values() for x in a["load_1min"]] + list(pre["load_1min"])
     n_all = len(res["test_cases"]) + res["labelled_pool"]
     pool = (f"all {pre['volumes']} demo volumes, test images included (labels never read, as the issue's protocol "
             "says)" if pre.get("given") else f"the {res['labelled_pool']} non-test volumes (images only)")
-    lines += [
+    lines = [
         "### Segmentation (3D)", "", *([args.seg_note, ""] if args.seg_note else []),
         f"Data: the demo dataset ({n_all} simulated brain MRI cases from the MNI template, three sites); test set "
         f"{len(res['test_cases'])} cases (patient-level, fixed); labelled pool {res['labelled_pool']} cases (first n of "
@@ -210,11 +265,13 @@ def record(args: argparse.Namespace) -> None:
         f"Fine-tuning: {res['fine_tune_steps']} optimiser steps for every arm (equal iterations), poly schedule, "
         f"no validation selection (last weights), torch threads {res['threads']}; 1-minute load average "
         f"{min(loads):.1f}-{max(loads):.1f} during these runs.", "",
-        f"Dice per test case (unit: case, n = {len(res['test_cases'])} test cases), mean over grey and white matter, "
+        f"Dice per test case (unit: case, n = {len(res['test_cases'])} test cases) on the plan's grid (sliding window, "
+        "overlap 0.25, no mirroring), mean over grey and white matter, "
         "95 % percentile bootstrap CI (2,000 resamples over cases) of the mean over seeds; difference = pretrained - "
         "scratch, paired by case; lesion Dice on the test cases that have a lesion:", "",
-        "| labelled cases | seeds | scratch Dice [95 % CI] | pretrained Dice [95 % CI] | difference | scratch lesion "
-        "| pretrained lesion | fine-tune s (scratch / pretrained) |", "|---|---|---|---|---|---|---|---|"]
+        "| labelled cases | seeds | scratch Dice [95 % CI] | pretrained Dice [95 % CI] | difference | Dice per seed "
+        "(scratch; pretrained) | scratch lesion | pretrained lesion | fine-tune s (scratch / pretrained) |",
+        "|---|---|---|---|---|---|---|---|---|"]
     means: dict[tuple[str, int], float] = {}
     for n in sizes:
         row = {}
@@ -226,14 +283,16 @@ def record(args: argparse.Namespace) -> None:
             per_case = np.mean([[c["tissue_mean"] for c in r["cases"]] for r in runs], axis=0)  # mean over seeds
             lesion = [c["lesion"] for r in runs for c in r["cases"] if c["lesion"] is not None]
             row[arm] = (_ci(list(per_case)), [r["seed"] for r in runs], float(np.mean(lesion)) if lesion else
-                        float("nan"), float(np.mean([r["train_s"] for r in runs])), per_case)
+                        float("nan"), float(np.mean([r["train_s"] for r in runs])), per_case,
+                        " ".join(f"{np.mean([c['tissue_mean'] for c in r['cases']]):.3f}" for r in runs))
             means[(arm, n)] = row[arm][0][0]
         if len(row) < 2:
             continue
-        (s, ss, ls, ts, pcs), (p, sp, lp, tp, pcp) = row["scratch"], row["pretrained"]
+        (s, ss, ls, ts, pcs, qs), (p, sp, lp, tp, pcp, qp) = row["scratch"], row["pretrained"]
         d = _ci(list(pcp - pcs)) if ss == sp else (float("nan"),) * 3
-        lines.append(f"| {n} | {len(ss)} / {len(sp)} | {s[0]:.3f} [{s[1]:.3f}, {s[2]:.3f}] | {p[0]:.3f} [{p[1]:.3f}, "
-                     f"{p[2]:.3f}] | {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] | {ls:.3f} | {lp:.3f} | {ts:.0f} / {tp:.0f} |")
+        seeds = f"{', '.join(map(str, ss))}" if ss == sp else f"{ss} / {sp}"
+        lines.append(f"| {n} | {seeds} | {s[0]:.3f} [{s[1]:.3f}, {s[2]:.3f}] | {p[0]:.3f} [{p[1]:.3f}, {p[2]:.3f}] | "
+                     f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] | {qs}; {qp} | {ls:.3f} | {lp:.3f} | {ts:.0f} / {tp:.0f} |")
     full = max(sizes)
     lines += ["", "Targets (measured on this run):"]
     if ("pretrained", 10) in means and ("pretrained", full) in means:
@@ -247,14 +306,7 @@ def record(args: argparse.Namespace) -> None:
                          f"**{'met' if gain >= 0.05 else 'not met'}**.")
     lines += ["", "Fine-tune s: mean wall seconds per run under shifting load: not a comparison of the arms' cost, "
               "which is equal by design (same steps, same network)."]
-    if args.cls_work:
-        from bench_label_efficiency_cls import header, table
-
-        lines += ["", "### Classification (2D)", "", *header(Path(args.cls_work)), *table(Path(args.cls_work))]
-    if args.reading:
-        lines += ["", f"Reading: {args.reading}"]
-    lines += ["", f"Reduced from the issue's protocol: {args.reduced}", "", "Commands: " + args.command]
-    record_section("label-efficiency", "\n".join(lines))
+    return lines
 
 
 def _runs(enc: Path) -> list[list[float]]:
@@ -311,6 +363,8 @@ def main() -> None:
     ap.add_argument("--command", default="`benchmarks/bench_label_efficiency.py`")
     ap.add_argument("--cls-work", default=None, help="Work folder of bench_label_efficiency_cls.py (its table).")
     ap.add_argument("--acceptance", default="", help="The timed acceptance run, for the docs section.")
+    ap.add_argument("--seg-only", action="store_true", help="With --record: rewrite only the segmentation "
+                    "subsection of the recorded section.")
     ap.add_argument("--seg-note", default="", help="A note above the segmentation table (e.g. which run it is).")
     ap.add_argument("--load-note", default="", help="How loaded the machine was, for the docs section.")
     args = ap.parse_args()

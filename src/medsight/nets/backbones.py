@@ -23,6 +23,10 @@ LITE0_BLOCKS = ["r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i2
                 "r3_k5_s11_e6_i80_o112", "r4_k5_s22_e6_i112_o192", "r1_k3_s11_e6_i192_o320"]
 
 
+# MONAI's EfficientNets keep TensorFlow's BatchNorm decay 0.99, i.e. torch momentum 0.01: the running statistics
+# need ~500 steps to forget their initial (0, 1), while our CPU-sized runs take 30-200. torch's default 0.1 forgets
+# in ~50 (see _depthwise_init for why a fresh network's true statistics were far from (0, 1)).
+EFFICIENTNET_NORM = ("batch", {"eps": 1e-3, "momentum": 0.1})
 EVIDENCE_SHARPNESS = 4.0  # log-sum-exp pooling of evidence maps; stored in each model's config.json
 
 
@@ -143,9 +147,27 @@ def _densenet(variant: str) -> Callable[..., tuple[nn.Module, str]]:
     return build
 
 
+def _depthwise_init(net: nn.Module) -> None:
+    """He (fan-out) initialisation of grouped convolutions counting the outputs one weight feeds (out / groups).
+
+    MONAI initialises every convolution with std sqrt(2 / (k x k x out_channels)), also the depthwise ones, where
+    each weight feeds k x k outputs of one channel (TensorFlow's reference: fan-out k x k). Their outputs then have
+    variance 1e-4-3e-2 in a fresh Lite0, under BatchNorm's eps 1e-3: in training BatchNorm cannot restore the signal
+    (output variance 0.1-0.5 at the deep blocks), and in eval mode, with running variance still near its initial 1,
+    each block shrinks it ~10-100x: one output for every image (feature spread 3e-9; contrastive validation loss
+    exactly ln(2B - 1), classifier AUC 0.5 after a few dozen steps; tests/classification/test_bn_momentum.py)."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)) and m.groups > 1:
+            fan_out = math.prod(m.kernel_size) * m.out_channels // m.groups
+            with torch.no_grad():
+                m.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
+
+
 def _efficientnet(model_name: str) -> Callable[..., tuple[nn.Module, str]]:
     def build(dims: int, in_ch: int, size: Sequence[int]) -> tuple[nn.Module, str]:
-        net = nets.EfficientNetBN(model_name, pretrained=False, spatial_dims=dims, in_channels=in_ch, num_classes=1)
+        net = nets.EfficientNetBN(model_name, pretrained=False, spatial_dims=dims, in_channels=in_ch, num_classes=1,
+                                  norm=EFFICIENTNET_NORM)
+        _depthwise_init(net)
         net._fc = nn.Identity()
         return net, "net._conv_head"
     return build
@@ -153,7 +175,9 @@ def _efficientnet(model_name: str) -> Callable[..., tuple[nn.Module, str]]:
 
 def _efficientnet_lite0(dims: int, in_ch: int, size: Sequence[int]) -> tuple[nn.Module, str]:
     net = nets.EfficientNet(LITE0_BLOCKS, spatial_dims=dims, in_channels=in_ch, num_classes=1,
-                            width_coefficient=1.0, depth_coefficient=1.0, dropout_rate=0.2, image_size=224)
+                            width_coefficient=1.0, depth_coefficient=1.0, dropout_rate=0.2, image_size=224,
+                            norm=EFFICIENTNET_NORM)
+    _depthwise_init(net)
     for module in net.modules():  # Lite uses ReLU6 where B0 uses swish
         if hasattr(module, "_swish"):
             module._swish = nn.ReLU6()
