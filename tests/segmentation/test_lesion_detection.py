@@ -126,14 +126,20 @@ def test_lesionwise_loss_gives_a_one_voxel_lesion_its_share_of_the_cross_entropy
     t[:, :, :, :, :4] = 2  # white matter: half of every patch, one component per patch
     t[0, 0, 1, 1, 6] = 3  # a one-voxel lesion
     t[1, 0, 4:8, 4:8, 4:8] = 3  # a 64-voxel lesion
+    t[1, 0, 0, 0, 7] = 2  # a one-voxel white-matter fragment (a tissue cut by the patch border)
     loss = segmentation_loss("dice_lesionwise_ce")
-    counts = torch.bincount(t.reshape(-1), minlength=4).double()  # by hand: 1024 voxels in all
+    loss.component_classes = {3}  # as the trainer sets it from the plan's lesion labels
+    counts = torch.bincount(t.reshape(-1), minlength=4).double()  # 1024 voxels in all
     w = (counts.max() / counts).clamp(1.0, 100.0)  # inverse frequency, capped, as dice_inverse_ce
     vw = loss._component_weights(t, t[:, 0], w.float())
     n = t.numel()
     assert vw[0, 1, 1, 6].item() == pytest.approx(LESION_SHARE * n)  # 102.4: above the class weight
     assert vw[1, 5, 5, 5].item() == pytest.approx(max(w[3].item(), LESION_SHARE * n / 64))
     assert vw[0, 0, 0, 0].item() == pytest.approx(w[2].item())  # 256-voxel white matter: its class weight
+    assert vw[1, 0, 0, 7].item() == pytest.approx(w[2].item())  # a tissue fragment is not weighted as a lesion
+    loss.component_classes = None
+    assert loss._component_weights(t.clone(), t[:, 0], w.float())[1, 0, 0, 7].item() == pytest.approx(LESION_SHARE * n)
+    loss.component_classes = {3}
     logits = torch.randn(2, 4, 8, 8, 8)
     ce = F.cross_entropy(logits, t[:, 0], reduction="none")
     expected = loss.dice(logits, t) + (ce * vw).sum() / vw.sum()

@@ -17,7 +17,9 @@ voxel-wise: every connected component (full connectivity) of a foreground class 
 ``lesion_share`` of the batch's voxels, spread over its voxels, i.e. a voxel of a component of s voxels weighs
 max(class weight, lesion_share * N / s). A 1-voxel lesion then speaks with ~10% of the cross-entropy instead of
 ~0.1% (inverse frequency is capped at 100); components of the tissue classes (thousands of voxels) keep their class
-weight. Why: on the demo every missed lesion was 1-17 voxels (docs/benchmarks.md "lesions").""" 
+weight. Only the plan's lesion labels are weighted so (``component_classes``, set by the trainer): a tissue class
+cut by the patch border leaves small fragments that must not get a lesion's voice. Why: on the demo every missed
+lesion was 1-17 voxels (docs/benchmarks.md "lesions").""" 
 
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ class DeepSupervisionLoss(nn.Module):
         super().__init__()
         self.max_weight, self.weight_power, self.lesion_share = max_weight, weight_power, lesion_share
         self._voxel_w: tuple[torch.Tensor, torch.Tensor] | None = None  # (target, weights) of the current batch
+        # classes weighted lesion-wise (the plan's lesion labels, set by the trainer); None: every foreground class
+        self.component_classes: set[int] | None = None
         if balanced_ce:
             self.dice = DiceLoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5,
                                  include_background=False)
@@ -76,7 +80,7 @@ class DeepSupervisionLoss(nn.Module):
         structure = ndimage.generate_binary_structure(lab.ndim - 1, lab.ndim - 1)
         for b in range(lab.shape[0]):
             for c in np.unique(lab[b]):
-                if c == 0:
+                if c == 0 or (self.component_classes is not None and int(c) not in self.component_classes):
                     continue
                 comp, n = ndimage.label(lab[b] == c, structure=structure)
                 sizes = np.bincount(comp.ravel(), minlength=n + 1).astype(np.float32)
