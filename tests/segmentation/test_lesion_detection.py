@@ -32,7 +32,7 @@ def _case(shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_faint_small_lesion_found_with_the_fitted_rule_and_not_with_argmax() -> None:
-    cases = [("a", *_case(0)), ("b", *_case(3))]
+    cases = [(c, *_case(k)) for c, k in zip("abcde", (0, 2, 3, 5, 7))]  # 5 validation lesions (MIN_REF_LESIONS)
     study = lesion_study(lambda image: image, cases, (2.0,) * 3, POST)
     assert study["tp"] == 0  # argmax (the study's own records) misses both lesions
     rule = fit_detection([study["detection"]])
@@ -42,7 +42,7 @@ def test_faint_small_lesion_found_with_the_fitted_rule_and_not_with_argmax() -> 
     assert (rule.threshold, rule.min_volume_ml, rule.min_score) == (0.3, 0.0, 0.0)
     assert rule.fit["sensitivity"] == 1.0 and rule.fit["fp_per_case"] == 0.0
     assert rule.fit["argmax"] == {"sensitivity": 0.0, "fp_per_case": 0.0}
-    prob, ref = _case(6)  # a case the rule was not fitted on
+    prob, ref = _case(9)  # a case the rule was not fitted on
     found = case_lesions(apply_detection(prob, {3: "lesion"}, rule, VOXEL_ML) == 3, ref == 3, (2.0,) * 3)
     lost = case_lesions(prob.argmax(0) == 3, ref == 3, (2.0,) * 3)
     assert (found.tp, found.fp, lost.tp) == (1, 0, 0)
@@ -87,14 +87,14 @@ def test_fit_takes_the_most_sensitive_rule_within_one_false_lesion_per_case() ->
     assert rule.fit["sensitivity"] == pytest.approx(0.8) and rule.fit["fp_per_case"] == pytest.approx(0.5)
     none_ok = fit_detection([{**table, "fp": [30, 40, 25, 50]}])  # no rule within the bound: fewest false lesions
     assert (none_ok.threshold, none_ok.min_score, none_ok.fit["met_fp_bound"]) == (0.3, 0.8, False)
-    assert fit_detection([{**table, "n_ref": 0}]) is None
+    assert fit_detection([{**table, "n_ref": 2}, {**table, "n_ref": 2}]) is None  # 4 validation lesions: too few
 
 
 def test_package_stores_the_rule_and_its_validation_figures(tmp_path) -> None:
     from medsight.plan.planner import make_plan
     from medsight.segmentation.package import package_segmentation
 
-    cases = [("a", *_case(0)), ("b", *_case(3))]
+    cases = [(c, *_case(k)) for c, k in zip("abcde", (0, 2, 3, 5, 7))]
     study = lesion_study(lambda image: image, cases, (2.0,) * 3, POST)
     train = tmp_path / "model.training"
     (train / "fold_0").mkdir(parents=True)

@@ -12,7 +12,7 @@ Counts are pooled over the folds' validation cases (unit: validation lesion, mat
 ``medsight.metrics.lesions``) and the rule with the highest lesion-wise sensitivity at <= ``MAX_FP_PER_CASE``
 false lesions per case is kept (ties: the rule closest to argmax, i.e. the lowest score and volume filters and the
 highest threshold, so the filters keep a margin below the validation lesions' scores); when no rule meets the FP
-bound, the one with the fewest false lesions. It is stored in the package as ``lesion_detection.json`` and
+bound, the one with the fewest false lesions. With fewer than ``MIN_REF_LESIONS`` validation lesions nothing is fitted. It is stored in the package as ``lesion_detection.json`` and
 ``predict`` applies it; a package without one keeps argmax and the plan's minimum volume.
 """
 
@@ -35,6 +35,7 @@ MAX_FP_PER_CASE = 1.0
 THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1)
 MIN_SCORES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 VOLUME_FACTORS = (0.0, 1.0, 2.0)  # x the plan's min_lesion_volume_ml
+MIN_REF_LESIONS = 5  # fewer validation lesions: a rule chosen on them would be noise, predict keeps argmax
 
 
 @dataclass
@@ -116,7 +117,7 @@ def operating_points(prob: np.ndarray, ref: np.ndarray, value: int, voxel_ml: fl
 def fit_detection(tables: Sequence[Mapping[str, Any]], max_fp_per_case: float = MAX_FP_PER_CASE
                   ) -> LesionDetection | None:
     """The rule from the folds' pooled validation tables (``{"rules", "tp", "fp", "n_ref", "n_cases"}``, the same
-    rules in each); None without tables or reference lesions."""
+    rules in each); None without tables or with fewer than ``MIN_REF_LESIONS`` reference lesions."""
     tables = [t for t in tables if t and t.get("rules")]
     if not tables:
         return None
@@ -125,7 +126,7 @@ def fit_detection(tables: Sequence[Mapping[str, Any]], max_fp_per_case: float = 
         return None  # folds tried different grids (plans differ): no pooled choice
     n_ref = sum(int(t["n_ref"]) for t in tables)
     n_cases = sum(int(t["n_cases"]) for t in tables)
-    if n_ref == 0 or n_cases == 0:
+    if n_ref < MIN_REF_LESIONS or n_cases == 0:
         return None
     tp = np.sum([t["tp"] for t in tables], axis=0)
     fp = np.sum([t["fp"] for t in tables], axis=0)
