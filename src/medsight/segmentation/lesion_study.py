@@ -9,7 +9,8 @@ a true lesion. The package (``package_segmentation``) pools the folds' lesions a
 (``ReferralPolicy.fit_on_validation``), stored as ``lesion_referral.json`` in the package. With fewer than
 ``MIN_TRUE_LESIONS`` correctly found lesions nothing is fitted: the plan's defaults are stored, marked "not fitted",
 with the reason. The same pass gives the fold's validation lesion-wise sensitivity, false positives per case and
-the mean Dice of the other (tissue) labels, which a stated validation target is checked against.
+the mean Dice of the other (tissue) labels, which a stated validation target is checked against, and the counts of
+every candidate detection rule (``lesion_detection``), from which the package fits the rule ``predict`` applies.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from medsight.image import Geometry
 from medsight.metrics.lesions import case_lesions
 from medsight.safety.referral import ReferralPolicy
+from medsight.segmentation.lesion_detection import candidates, operating_points
 from medsight.segmentation.lesions import REFERRAL_FILE, default_policy, measure_lesions
 TARGET_KEEP = 0.9  # share of correctly found validation lesions the fitted rule accepts
 MIN_TRUE_LESIONS = 5  # fewer correctly found validation lesions: thresholds would be noise, keep the defaults
@@ -59,10 +61,14 @@ def lesion_study(probabilities: Callable[[np.ndarray], np.ndarray], cases: Seque
     if not lesion_labels or not cases:
         return None
     min_ml = float(postprocess.get("min_lesion_volume_ml", 0.0))
-    per_case, tissue = [], []
+    rules = candidates(min_ml)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    per_case, tissue, points = [], [], np.zeros((len(rules), 2), dtype=np.int64)
     for cid, image, label in cases:
         prob = probabilities(image)
         per_case.append(case_lesion_records(prob, label, spacing, lesion_labels, min_ml, cid))
+        for value in lesion_labels:
+            points += np.asarray(operating_points(prob, label, value, voxel_ml, rules)[1], dtype=np.int64)
         pred = prob.argmax(0)
         tissue += [_dice(pred == c, label == c) for c in range(1, prob.shape[0])
                    if c not in lesion_labels and (label == c).any()]
@@ -72,6 +78,8 @@ def lesion_study(probabilities: Callable[[np.ndarray], np.ndarray], cases: Seque
     return {"n_cases": len(per_case), "unit": "validation lesion", "n_ref_lesions": n_ref, "tp": tp, "fp": fp,
             "sensitivity": tp / n_ref if n_ref else None, "fp_per_case": fp / len(per_case),
             "tissue_dice_mean": float(np.mean(tissue)) if tissue else None,
+            "detection": {"rules": [list(r) for r in rules], "tp": points[:, 0].tolist(), "fp": points[:, 1].tolist(),
+                          "n_ref": n_ref, "n_cases": len(per_case)},  # lesion_detection.fit_detection
             "lesions": [r for c in per_case for r in c["lesions"]]}
 
 

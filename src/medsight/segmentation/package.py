@@ -6,7 +6,9 @@ Training keeps its resumable state (checkpoints, TensorBoard logs) in a training
 which is replaced as a unit each time a fold finishes. ``inference.json`` records the test-time mirror axes
 chosen from the folds' mirror studies (segmentation/tta.py), which ``predict`` uses by default;
 ``lesion_referral.json`` the per-lesion referral rule fitted on the folds' validation lesions
-(segmentation/lesion_study.py), which ``predict``'s lesion table applies.
+(segmentation/lesion_study.py), which ``predict``'s lesion table applies; ``lesion_detection.json`` the lesion
+detection rule (probability threshold, minimum volume and score) fitted on the same validation lesions
+(segmentation/lesion_detection.py), which ``predict`` applies to its label map.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def _lesion_referral(work: Path, studies: list[dict[str, Any]]) -> dict[str, Any
     """Fit the per-lesion referral rule on the folds' validation lesions into ``lesion_referral.json``; returns the
     validation lesion-wise figures for the manifest (nothing when no fold measured lesions)."""
     from medsight.plan.plan import Plan
+    from medsight.segmentation.lesion_detection import DETECTION_FILE, fit_detection
     from medsight.segmentation.lesion_study import REFERRAL_FILE, fit_lesion_referral
 
     if not studies or not (work / "plan.json").is_file():
@@ -121,9 +124,17 @@ def _lesion_referral(work: Path, studies: list[dict[str, Any]]) -> dict[str, Any
     n_ref = sum(s["n_ref_lesions"] for s in studies)
     n_cases = sum(s["n_cases"] for s in studies)
     tissue = [s["tissue_dice_mean"] for s in studies if s.get("tissue_dice_mean") is not None]
-    return {"val_lesion_sensitivity": sum(s["tp"] for s in studies) / n_ref if n_ref else None,
-            "val_lesion_fp_per_case": sum(s["fp"] for s in studies) / n_cases if n_cases else None,
-            "val_lesion_n_ref": n_ref, "val_lesion_n_cases": n_cases,
+    sens = sum(s["tp"] for s in studies) / n_ref if n_ref else None
+    fpc = sum(s["fp"] for s in studies) / n_cases if n_cases else None
+    out = {"val_lesion_sensitivity": sens, "val_lesion_fp_per_case": fpc}
+    rule = fit_detection([s.get("detection") for s in studies])
+    if rule is not None:  # predict applies it: the validation figures are those of the fitted rule, argmax beside
+        rule.save(work / DETECTION_FILE)
+        out = {"val_lesion_sensitivity": rule.fit["sensitivity"], "val_lesion_fp_per_case": rule.fit["fp_per_case"],
+               "val_lesion_sensitivity_argmax": sens, "val_lesion_fp_per_case_argmax": fpc,
+               "lesion_detection": {"threshold": rule.threshold, "min_volume_ml": rule.min_volume_ml,
+                                    "min_score": rule.min_score}}
+    return {**out, "val_lesion_n_ref": n_ref, "val_lesion_n_cases": n_cases,
             **({"val_tissue_dice": float(np.mean(tissue))} if tissue else {})}
 
 

@@ -20,6 +20,7 @@ from medsight.errors import ConfigError
 from medsight.image import Image
 from medsight.plan.plan import ConfigPlan
 from medsight.segmentation.ensemble import average, load_models
+from medsight.segmentation.lesion_detection import apply_detection, load_detection
 from medsight.segmentation.lesions import LesionTable, load_policy, measure_lesions, write_lesion_table
 from medsight.segmentation.sampling import slice_stack
 from medsight.segmentation.postprocess import entropy, labels_from_probabilities, to_input_grid
@@ -83,6 +84,7 @@ class Predictor:
             self.mirror_source = "turned off"
         self.overlap = overlap
         self.lesion_policy = load_policy(self.model_dir, self.plan.postprocess)
+        self.lesion_detection = load_detection(self.model_dir)  # None: argmax and the plan's minimum volume
         channels = len(self.plan.channels) * (2 * self.cfg.context_slices + 1 if self.cfg.spatial_dims == 2 else 1)
         example = torch.randn(window_batch or WINDOW_BATCH, channels,  # one flip of the window batch per call
                               *self.cfg.patch_size,
@@ -102,14 +104,19 @@ class Predictor:
         first = image[0] if isinstance(image, list) else image
         label_array, lesions = labels_from_probabilities(prob_in), None
         post = self.plan.postprocess
+        min_ml, rule = float(post.get("min_lesion_volume_ml", 0.0)), self.lesion_detection
         if post.get("lesion_labels"):
-            label_array, lesions = measure_lesions(
-                label_array, prob_in, first.geometry, {int(k): v for k, v in post["lesion_labels"].items()},
-                float(post.get("min_lesion_volume_ml", 0.0)), self.lesion_policy)
+            lesion_labels = {int(k): v for k, v in post["lesion_labels"].items()}
+            if rule is not None:  # the detection rule fitted on validation lesions (lesion_detection.json)
+                label_array = apply_detection(prob_in, lesion_labels, rule, float(np.prod(first.spacing)) / 1000.0)
+                min_ml = rule.min_volume_ml
+            label_array, lesions = measure_lesions(label_array, prob_in, first.geometry, lesion_labels, min_ml,
+                                                   self.lesion_policy)
         labels = Image(label_array, first.geometry, first.provenance.with_step(
             "medsight_segmentation", model_dir=str(self.model_dir), plan_sha256=self.plan.sha256(),
             folds=len(self.models), mirror_axes=self.mirror_axes, mirror_source=self.mirror_source,
-            runtime=self.runtime["runtime"], min_lesion_volume_ml=post.get("min_lesion_volume_ml")))
+            runtime=self.runtime["runtime"], min_lesion_volume_ml=min_ml,
+            lesion_detection=None if rule is None else {"threshold": rule.threshold, "min_score": rule.min_score}))
         return Prediction(labels, prob_in, time.perf_counter() - t0, net_seconds,
                           {"folds": len(self.models), "mirror_axes": self.mirror_axes,
                            "mirror_source": self.mirror_source, "runtime": self.runtime,

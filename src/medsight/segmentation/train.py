@@ -64,6 +64,8 @@ class SegTask(Task):
         self.train_ids, self.val_ids = train_ids, val_ids
         self.n_classes = len(plan.labels)
         self.loss_fn = segmentation_loss(cfg.loss)
+        if plan.postprocess.get("lesion_labels"):  # lesion-wise losses weight the lesion labels' components only
+            self.loss_fn.component_classes = {int(k) for k in plan.postprocess["lesion_labels"]}
         self.train: list[Sample] = []
         self.val_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
