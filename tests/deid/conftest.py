@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from medsight.synthetic.phi_corpus import build_corpus
@@ -85,3 +86,22 @@ def _dciodvfy_errors(path) -> set[str]:
 def dciodvfy_errors():
     """``dciodvfy_errors(path)`` -> set of normalised error lines (fails under CI when dciodvfy is missing)."""
     return _dciodvfy_errors
+
+
+@pytest.fixture
+def read_area():
+    """Plain Tesseract (the independent reader) on a string's own area: cut out, turned level, scaled x2, both
+    polarities. ``no_auto_invert`` stops Tesseract inverting light-on-dark lines itself (faint-text tests)."""
+    import pytesseract
+    from PIL import Image
+
+    def read(frame: np.ndarray, box, rotation: int, no_auto_invert: bool = False) -> str:
+        x0, y0, x1, y1 = box
+        crop = frame[max(0, y0 - 6):y1 + 6, max(0, x0 - 6):x1 + 6]
+        crop = np.ascontiguousarray(np.rot90(crop, -1)) if rotation else crop
+        img = Image.fromarray(crop).resize((crop.shape[1] * 2, crop.shape[0] * 2), Image.BICUBIC)
+        config = "--psm 7" + (" -c tessedit_do_invert=0" if no_auto_invert else "")
+        pages = (img, Image.eval(img, lambda v: 255 - v))
+        return " ".join(pytesseract.image_to_string(im, config=config) for im in pages)
+
+    return read
