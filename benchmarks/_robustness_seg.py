@@ -83,9 +83,9 @@ def seg_table(results: list[dict], a: argparse.Namespace, load0: tuple, load1: t
              f"Command: `python benchmarks/bench_robustness.py --model seg --seeds {' '.join(map(str, a.seeds))} "
              f"--threads {' '.join(map(str, a.threads))}`; load average (1 min) {load0[0]:.1f} at the start, "
              f"{load1[0]:.1f} at the end of this invocation (wall {wall / 60:.0f} min).", "",
-             "| seed | threads | held-out GM / WM (mean) | held-out lesion Dice | held-out lesion sens. (n) | FP/case "
-             "| site_C GM / WM | site_C lesion Dice | site_C lesion sens. (n) | train s | load (1 min) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| seed | threads | held-out GM / WM (mean) | held-out lesion Dice | held-out lesion sens. (n) | held-out false lesions per case "
+             "| site_C GM / WM | site_C lesion Dice | site_C lesion sens. (n) | train s | load (1 min) | package (val. target) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
             f"| {r['seed']} | {r['torch_threads']} | {_f(r['held_out_dice_grey_matter'])} / "
@@ -95,7 +95,7 @@ def seg_table(results: list[dict], a: argparse.Namespace, load0: tuple, load1: t
             f"{_f(r['unseen_site_dice_white_matter'])} | {_f(r['unseen_site_dice_lesion'])} | "
             f"{_f(r['unseen_site_lesion_sensitivity'])} ({r['unseen_site_lesion_cases']}) | "
             f"{r['train_seconds']:.0f}{'*' if r['over_demo_budget'] else ''} | "
-            f"{'-'.join(f'{v:.1f}' for v in r['load'])} |")
+            f"{'-'.join(f'{v:.1f}' for v in r['load'])} | {(r['validation_target'] or '-').replace('>=', '≥')} |")
     missing = [f"seed {s} x {t} thread(s)" for s in a.seeds for t in a.threads
                if not any(r["seed"] == s and r["threads"] == t for r in results)]
     if missing:
