@@ -83,8 +83,8 @@ def seg_table(results: list[dict], a: argparse.Namespace, load0: tuple, load1: t
              f"Command: `python benchmarks/bench_robustness.py --model seg --seeds {' '.join(map(str, a.seeds))} "
              f"--threads {' '.join(map(str, a.threads))}`; load average (1 min) {load0[0]:.1f} at the start, "
              f"{load1[0]:.1f} at the end of this invocation (wall {wall / 60:.0f} min).", "",
-             "| seed | threads | held-out GM / WM (mean) | held-out lesion Dice | held-out lesion sens. (n) | held-out false lesions per case "
-             "| site_C GM / WM | site_C lesion Dice | site_C lesion sens. (n) | train s | load (1 min) | package (val. target) |",
+             "| seed | threads | held-out GM / WM (mean) | held-out lesion Dice | held-out lesion sens. (n) "
+             "| held-out false lesions per case | site_C GM / WM | site_C lesion Dice | site_C lesion sens. (n) | train s | load (1 min) | package (val. target) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
@@ -110,7 +110,8 @@ def seg_table(results: list[dict], a: argparse.Namespace, load0: tuple, load1: t
         v = v[np.isfinite(v)]
         if len(v):
             met = f"; runs >= {target:.2f}: {int((v >= target).sum())} of {len(v)}" if target else ""
-            lines.append(f"\n{key} over {len(v)} runs (each: {units.get(key, 'mean Dice over the cases')}): min {v.min():.3f}, "
+            what = units.get(key, "mean Dice over the cases")
+            lines.append(f"\n{key} over {len(v)} runs (each: {what}): min {v.min():.3f}, "
                          f"median {np.median(v):.3f}, max {v.max():.3f}{met}")
     return "\n".join(lines) + "\n"
 
