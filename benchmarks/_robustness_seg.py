@@ -84,7 +84,8 @@ def seg_table(results: list[dict], a: argparse.Namespace, load0: tuple, load1: t
              f"--threads {' '.join(map(str, a.threads))}`; load average (1 min) {load0[0]:.1f} at the start, "
              f"{load1[0]:.1f} at the end of this invocation (wall {wall / 60:.0f} min).", "",
              "| seed | threads | held-out GM / WM (mean) | held-out lesion Dice | held-out lesion sens. (n) "
-             "| held-out false lesions per case | site_C GM / WM | site_C lesion Dice | site_C lesion sens. (n) | train s | load (1 min) | package (val. target) |",
+             "| held-out false lesions per case | site_C GM / WM | site_C lesion Dice | site_C lesion sens. (n) "
+             "| train s | load (1 min) | package (val. target) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
