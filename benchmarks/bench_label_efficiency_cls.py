@@ -107,11 +107,11 @@ def fine_tune(arm: str, x: Any, y: np.ndarray, idx: np.ndarray, steps: int, batc
 def recalibrate_bn(model: Any, x: Any, idx: np.ndarray) -> None:
     """BatchNorm statistics recomputed as plain averages over the labelled slices, for every arm alike.
 
-    The first recorded table (before the rerun of 2026-12-07 14:03) was measured with MONAI's EfficientNet as
-    built then (BatchNorm momentum 0.01, depthwise convolutions initialised too small): after a few dozen steps
-    the running statistics were still near their initial values (scratch, contrastive) or ImageNet's, and a
-    network in eval mode gave nearly constant outputs (feature spread 1e-10 for a fresh Lite0). nets/backbones.py now fixes both; recalibrating
-    stays, since the training batches' statistics are the ones the weights were fitted with."""
+    The first recorded table (before the rerun of 2026-12-07 14:03) was measured with MONAI's EfficientNet as built
+    then (BatchNorm momentum 0.01, depthwise convolutions initialised too small): after a few dozen steps the
+    running statistics were still near their initial values (scratch, contrastive) or ImageNet's, and a network in
+    eval mode gave nearly constant outputs (feature spread 1e-10 for a fresh Lite0). nets/backbones.py now fixes
+    both; recalibrating stays, since the training batches' statistics are the ones the weights were fitted with."""
     import torch
 
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
