@@ -33,6 +33,12 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def runs_not_done(results: list[dict], seeds: list[int], threads: list[int]) -> list[str]:
+    """'seed S x T thread(s)' for each planned (seed, thread count) without a result: what a table says did not run."""
+    return [f"seed {s} x {t} thread(s)" for s in seeds for t in threads
+            if not any(r["seed"] == s and r["threads"] == t for r in results)]
+
+
 def record_section(name: str, markdown: str) -> Path:
     """Replace (or append) section ``name`` of docs/benchmarks.md with ``markdown``."""
     DOC.parent.mkdir(parents=True, exist_ok=True)

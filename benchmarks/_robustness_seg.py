@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from _record import machine_line
+from _record import machine_line, runs_not_done
 
 # issue 33: every run's held-out GM/WM Dice >= 0.90 (point 1); lesion-wise sensitivity >= 0.8 (point 3); lesion Dice
 # has no target in this setting (point 2's 0.65 is for fresh cases of the lesion benchmark)
@@ -97,8 +97,7 @@ def seg_table(results: list[dict], a: argparse.Namespace, load0: tuple, load1: t
             f"{_f(r['unseen_site_lesion_sensitivity'])} ({r['unseen_site_lesion_cases']}) | "
             f"{r['train_seconds']:.0f}{'*' if r['over_demo_budget'] else ''} | "
             f"{'-'.join(f'{v:.1f}' for v in r['load'])} | {(r['validation_target'] or '-').replace('>=', '≥')} |")
-    missing = [f"seed {s} x {t} thread(s)" for s in a.seeds for t in a.threads
-               if not any(r["seed"] == s and r["threads"] == t for r in results)]
+    missing = runs_not_done(results, a.seeds, a.threads)
     if missing:
         lines.append(f"\nNot run: {', '.join(missing)}.")
     lines.append("\n`*`: training (with the fold's lesion study, as the stage times it) took longer than the demo's "

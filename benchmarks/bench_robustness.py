@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import machine_line, record_section  # noqa: E402
+from _record import machine_line, record_section, runs_not_done  # noqa: E402
 
 from medsight.files import atomic_write_text  # noqa: E402
 
@@ -182,8 +182,7 @@ def table(results: list[dict], a: argparse.Namespace, load0: tuple, load1: tuple
         lines.append(f"| {r['seed']} | {r['threads']} | {r['epochs']} ({r.get('kept_epoch', '?')}) | "
                      f"{' '.join(map(str, r['val_auc_by_epoch']))} | {r['held_out_auc']:.3f} | {r['site_C_auc']:.3f} "
                      f"| {r['train_seconds']:.0f} | {load} |")
-    missing = [f"seed {s} x {t} thread(s)" for s in a.seeds for t in a.threads
-               if not any(r["seed"] == s and r["threads"] == t for r in results)]
+    missing = runs_not_done(results, a.seeds, a.threads)
     if missing:
         lines.append(f"\nNot run (did not fit the session): {', '.join(missing)}.")
     for key in ("held_out_auc", "site_C_auc"):
