@@ -92,7 +92,7 @@ def package_segmentation(train_dir: str | Path, model_dir: str | Path, *, name: 
         choice = combine_studies(studies)
         if choice is not None:
             atomic_write_text(work / INFERENCE_FILE, json.dumps(choice, indent=2, sort_keys=True))
-        lesion_metrics = _lesion_referral(work, lesion_studies)
+        lesion_metrics = _lesion_rules(work, lesion_studies)
         merged = _merge_energy(previous, energy)
         if merged is not None:
             atomic_write_text(work / "energy.json", json.dumps(merged, indent=2, sort_keys=True))
@@ -111,9 +111,10 @@ def package_segmentation(train_dir: str | Path, model_dir: str | Path, *, name: 
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _lesion_referral(work: Path, studies: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fit the per-lesion referral rule on the folds' validation lesions into ``lesion_referral.json``; returns the
-    validation lesion-wise figures for the manifest (nothing when no fold measured lesions)."""
+def _lesion_rules(work: Path, studies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fit the per-lesion referral rule (``lesion_referral.json``) and the detection rule (``lesion_detection.json``)
+    on the folds' validation lesions; returns the validation lesion-wise figures for the manifest (nothing when no
+    fold measured lesions)."""
     from medsight.plan.plan import Plan
     from medsight.segmentation.lesion_detection import DETECTION_FILE, fit_detection
     from medsight.segmentation.lesion_study import REFERRAL_FILE, fit_lesion_referral
