@@ -163,3 +163,42 @@ def test_vectorised_merge_equals_the_pairwise_loop(vertical):
         got = merge(boxes, vertical)
         assert got == _merge_reference(boxes, vertical)
         assert len(got) < len(boxes) or n < 60  # many random boxes do touch: merging happened
+
+
+def test_coverage_per_box_path_equals_summed_area_table():
+    # a few small boxes spread over a large extent take the per-box path; the same boxes plus one covering the
+    # whole extent take the summed-area path: the small boxes' shares must agree, and match a hand count
+    others = [(100, 100, 140, 120), (900, 700, 960, 712)]
+    small = [(90, 95, 150, 125), (930, 706, 990, 716), (400, 400, 420, 410)]
+    # (90,95,150,125): 1800 px, 40x20 = 800 inside; (930,706,990,716): 600 px, 30x6 = 180 inside
+    want = [800 / 1800, 180 / 600, 0.0]
+    assert coverage(small, others).tolist() == pytest.approx(want)
+    big = coverage(small + [(90, 95, 990, 716)], others).tolist()
+    assert big[:3] == pytest.approx(want)
+
+
+def test_percentiles_equal_numpy():
+    from medsight.deid.textfind import percentiles
+
+    rng = np.random.default_rng(1)
+    for shape in [(1, 1), (3, 7), (17, 40), (2, 2)]:
+        a = rng.integers(0, 256, shape).astype(np.uint8)
+        assert percentiles(a, (5, 50, 95)) == pytest.approx(np.percentile(a, (5, 50, 95)).tolist(), abs=1e-9)
+
+
+def test_halved_page_keeps_one_pixel_strokes_and_layout_scales_boxes_back(need_tool):
+    need_tool("tesseract")
+    from medsight.deid.tess import engine
+    from medsight.deid.textfind import FindSettings, _layout, halve
+
+    pg = np.full((6, 6), 255, np.uint8)
+    pg[:, 3] = 0  # a one-pixel dark stroke: min-pooling keeps it in its 2x2 blocks' column
+    assert halve(pg).tolist() == [[255, 0, 255]] * 3
+    # a page large enough to be halved gives the same text lines as the full page (within 2 px per side)
+    page = 255 - _text_frame()
+    s_full, s_half = FindSettings(), FindSettings(layout_halve=page.size)
+    full = sorted(_layout(page, engine(), s_full, False))
+    half = sorted(_layout(page, engine(), s_half, False))
+    assert len(full) == len(half) == 2
+    for a, b in zip(full, half):
+        assert max(abs(u - v) for u, v in zip(a, b)) <= 2

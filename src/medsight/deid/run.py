@@ -97,6 +97,12 @@ def find_files(input_dir: Path) -> list[Path]:
 _WORKER: dict = {}
 
 
+def largest_first(paths: list[Path]) -> list[Path]:
+    """Largest files first (ties by path): pixel redaction costs roughly with the pixel count, and a pool that
+    takes the large radiographs last leaves one worker straggling with them while the others idle."""
+    return sorted(paths, key=lambda p: (-p.stat().st_size, str(p)))
+
+
 def _init_worker(pseudo: Pseudonymizer, options: RunOptions, input_dir: str, output_dir: str) -> None:
     _WORKER.update(pseudo=pseudo, options=options, input_dir=Path(input_dir), output_dir=Path(output_dir),
                    redact=options.redact_options() if options.redact_pixels else None)
@@ -381,6 +387,8 @@ def deidentify_folder(input_dir: str | Path, output_dir: str | Path, pseudo: Pse
     report = output_dir / REPORT_NAME
     done = _done_inputs(report)
     todo = [p for p in files if p.relative_to(input_dir).as_posix() not in done]
+    if options.redact_pixels and (workers or os.cpu_count() or 1) > 1:
+        todo = largest_first(todo)
     summary = RunSummary(output_dir=output_dir, report=report, resumed_skipped=len(files) - len(todo))
     if summary.resumed_skipped:
         log.info("resuming: %d of %d files already done", summary.resumed_skipped, len(files))
