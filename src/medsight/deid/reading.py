@@ -138,3 +138,42 @@ def resolve(readings: list[tuple[Candidate, list[FoundWord]]]) -> list[FoundWord
         else:
             drop |= {id(w) for w in words}
     return [w for _c, words in readings for w in words if id(w) not in drop]
+
+
+def _axes(vertical: bool) -> tuple[int, int, int, int]:
+    """(along start, along end, across start, across end) indices of a box for a line of this direction."""
+    return (1, 3, 0, 2) if vertical else (0, 2, 1, 3)
+
+
+def along_line(line: Box, vertical: bool, words: list[FoundWord], h: int, w: int, reach: float = 1.0
+               ) -> tuple[Box, list[FoundWord]]:
+    """An identifier's printed line grown along its direction: by ``reach`` x its height on each side (a glyph
+    at the end of the line that neither detector nor OCR put in the box: the leading "0" of a turned date over
+    bone), then, repeatedly, to every word read on the same printed line (same direction, overlapping across by
+    half the smaller height, height within 2x) that lies within that reach (the rest of a name after a space,
+    found in another box: "NGUYEN" filled, "VAN AN" left), up to twice the line's own length (a chain of
+    texture read as words along a radiograph must not run on). Returns the grown box and the words taken in."""
+    a0, a1, b0, b1 = _axes(vertical)
+    box = list(line)
+    size = max(1, box[b1] - box[b0])
+    taken: list[FoundWord] = []
+    left = [x for x in words if x.vertical == vertical]
+    most = 2 * (box[a1] - box[a0])  # at most the line's own length again: no chain along a row of texture
+    grown = True
+    while grown:
+        grown = False
+        for x in left:
+            xb = x.box
+            xs = xb[b1] - xb[b0]
+            over = min(box[b1], xb[b1]) - max(box[b0], xb[b0])
+            if not (over >= 0.5 * min(size, xs) and 0.5 * size <= xs <= 2 * size):
+                continue
+            if (xb[a0] <= box[a1] + reach * size and box[a0] <= xb[a1] + reach * size
+                    and max(box[a1], xb[a1]) - min(box[a0], xb[a0]) <= most):
+                taken.append(x)
+                box[a0], box[a1] = min(box[a0], xb[a0]), max(box[a1], xb[a1])
+                grown = True
+        left = [x for x in left if all(x is not t for t in taken)]
+    pad = round(reach * size)
+    box[a0], box[a1] = max(0, box[a0] - pad), min(w if not vertical else h, box[a1] + pad)
+    return (box[0], box[1], box[2], box[3]), taken

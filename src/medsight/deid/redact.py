@@ -33,7 +33,7 @@ from scipy import ndimage
 from pydicom.uid import ExplicitVRLittleEndian
 
 from medsight.deid.ocr import OcrSettings, display_grey, display_levels, read_words
-from medsight.deid.reading import CropReader, FoundWord, resolve
+from medsight.deid.reading import CropReader, FoundWord, along_line, resolve
 from medsight.deid.regions import DEFAULT_REGIONS, TextRegion, regions_for
 from medsight.deid.tess import engine
 from medsight.deid.textfind import INK, POLARITIES, FindSettings, find_text, flat_ink, page, page_contrast, tophat
@@ -60,6 +60,8 @@ class RedactOptions:
     verify_conf: float = 60.0  # verification: confidence from which an identifier counts as readable
     rounds: int = 3  # redact-and-reread rounds before giving up (later rounds re-read only around what changed)
     pad: int = 3  # pixels around each word box, plus 20 % of its height
+    along: float = 0.6  # an identifier's line is filled this many line heights further along at each end, and
+    # on to the words read on the same printed line within that reach (``reading.along_line``)
     use_ocr: bool = True  # False: blank only the region table (OCR still verifies)
     regions: tuple[TextRegion, ...] = DEFAULT_REGIONS
     mode: str = "find"  # "find": detect text, read only there, redact identifiers; "full-frame": the old way
@@ -278,8 +280,12 @@ class _Redactor:
         for i, w in words:
             if w.line in lines:
                 out.append((i, w.box, w.text))
-                if self._counts(w):
-                    out.append((i, w.line_box, ""))  # the line's extent: letters OCR did not put in a word
+                if self._counts(w):  # the line's extent, grown along it: letters OCR did not put in a word,
+                    box, taken = along_line(w.line_box, w.vertical, [x for _j, x in words if x.line not in lines
+                                                                and x.conf >= self.o.min_conf and self._text_like(x)],
+                                            self.h, self.w, self.o.along)  # and the rest of the printed line
+                    out.append((i, box, ""))
+                    out += [(i, x.box, x.text) for x in taken]
         return out
 
     def readable(self, words: list[tuple[int, FoundWord]]) -> list[tuple[int, FoundWord]]:
