@@ -321,9 +321,10 @@ def _method(options: RedactOptions, n_regions: int, backend: str) -> str:
         f = options.find
         ink = (f", plus a flat-colour ink page where it covers <= {f.ink_max:.0%} of the frame" if f.flat_ink else "")
         how = (f"text found by top-hat morphology ({f.tophat} px, contrast >= {' or '.join(map(str, f.contrasts))}) and Tesseract layout "
-               f"analysis{ink}, read only there ({backend}); identifiers (header values, dates, times, IDs, unknown "
-               f"words) filled with their line, annotations kept; verified: no identifier of >= "
-               f"{options.min_chars} letters/digits read at confidence >= {options.verify_conf:g}")
+               f"analysis (on a 2x smaller page from {f.layout_halve / 1e6:g} MP){ink}, read only there ({backend}); "
+               f"identifiers (header values, dates, times, IDs, unknown words) filled with their line, grown "
+               f"{options.along:g} line heights along it and on to the words read on it, annotations kept; verified: "
+               f"no identifier of >= {options.min_chars} letters/digits read at confidence >= {options.verify_conf:g}")
     return (f"{detect}; {n_regions} known region box(es) blanked first; {how}; at most {options.rounds} round(s); "
             f"multi-frame: only words over pixels that are static across frames (+-{STATIC_TOLERANCE}) count")
 
