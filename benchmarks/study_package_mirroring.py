@@ -1,9 +1,11 @@
-"""Measure the test-time mirror study for a segmentation package trained without one, into a NEW package.
+"""Run the inference study (window overlap x mirror axes) for a segmentation package, into a NEW package.
 
 The demo trains with ``study_mirroring=False`` (it predicts without mirroring), so its package has no
-``inference.json`` and ``predict``'s default there is "no mirroring". To benchmark the default that a ``medsight
+``inference.json`` and ``predict``'s default there is "no mirroring"; packages trained before the overlap study
+record mirror axes only. To benchmark the default that a ``medsight
 train`` package gets (docs/benchmarks.md "predict"), this runs exactly what training runs after a fold
-(``segmentation.train.fold_mirror_study``: the sorted first ``STUDY_CASES`` validation cases of the fold) on a copy
+(``segmentation.train.fold_mirror_study``: every flip combination at every overlap of
+``tta_study.OVERLAPS`` on the sorted first ``STUDY_CASES`` validation cases of the fold) on a copy
 of the training folder and packages the copy with ``package_segmentation`` (which writes ``inference.json``). The
 source folder is not touched. Run with MEDSIGHT_HOME pointing at a scratch folder (packaging registers the copy).
 
