@@ -62,12 +62,15 @@ def test_study_table_averages_flips_shares_equal_layouts_and_counts_passes():
     # case A (8 voxels, patch 4): starts [0,2,4] / [0,3,4] / [0,4]: 3 layouts; case B (4 voxels): 1 window, 1 layout
     assert len(calls) == 3 * 2 + 2 and all(o == 0.5 for s, o, _ in calls if s == 4)
     rows = {(r["overlap"], tuple(r["axes"])): r for r in study["table"]}
-    expected = {(0.5, ()): (1 + 2 / 3) / 2, (0.5, (0,)): 1.0, (0.25, ()): 2 / 3, (0.25, (0,)): 1.0,
-                (0.0, ()): (0 + 2 / 3) / 2, (0.0, (0,)): 0.5}
+    # pooled over the cases: [2 x overlap, predicted + reference voxels] summed. (0.5, none): A 8/8, B 2/3 -> 10/11;
+    # (0.5, [0]): 8/8 + 4/4; (0.25, none): A 4/6 + B 2/3 -> 6/9; (0, none): A 0/4 + B 2/3 -> 2/7; (0, [0]): 4/8
+    expected = {(0.5, ()): 10 / 11, (0.5, (0,)): 1.0, (0.25, ()): 6 / 9, (0.25, (0,)): 1.0,
+                (0.0, ()): 2 / 7, (0.0, (0,)): 0.5}
     assert {k: r["dice"] for k, r in rows.items()} == pytest.approx(expected)
+    assert rows[(0.0, ())]["counts"] == [[2.0, 7.0]] and rows[(0.0, ())]["dice_by_class"] == [pytest.approx(2 / 7)]
     assert [rows[(o, ())]["windows"] for o in (0.5, 0.25, 0.0)] == [3 + 1, 3 + 1, 2 + 1]
     assert rows[(0.0, (0,))]["passes"] == 6
-    assert study["gain_by_axis"] == {"0": pytest.approx(1 - 5 / 6)} and study["n_cases"] == 2
+    assert study["gain_by_axis"] == {"0": pytest.approx(1 - 10 / 11)} and study["n_cases"] == 2
     # within 0.005 of the reference (1.0): (0.5, [0]) and (0.25, [0]), both 8 passes / 4 = 2.0: tie -> overlap 0.5
     assert study["chosen"] == {"overlap": 0.5, "mirror_axes": [0]}
 
@@ -109,6 +112,13 @@ def test_folds_combine_weighted_by_cases_and_old_studies_keep_working():
     assert cand[(0.0, (2,))]["dice"] == pytest.approx((3 * .8095 + .7895) / 4)  # 0.8045 < 0.808: out
     assert cand[(0.0, (2,))]["cost"] == pytest.approx(108 / 128)
     assert (c["overlap"], c["mirror_axes"], c["n_cases"], c["folds"]) == (0.25, [2], 4, 2)
+    pooled = combine_fold_studies([  # folds with counts: voxels pooled, not Dice averaged
+        {"n_cases": 1, "axes": [], "table": [{"overlap": 0.5, "axes": [], "dice": 1.0, "windows": 2, "passes": 2,
+                                              "counts": [[10.0, 10.0]]}]},
+        {"n_cases": 3, "axes": [], "table": [{"overlap": 0.5, "axes": [], "dice": 0.0, "windows": 6, "passes": 6,
+                                              "counts": [[0.0, 90.0]]}]}])
+    assert pooled["dice"] == pytest.approx(10 / 100) and pooled["cost"] == 1.0  # case-weighted mean would be 0.25
+    assert pooled["candidates"][0]["dice_by_class"] == [pytest.approx(0.1)]
     old = combine_fold_studies([{"n_cases": 2, "gain_by_axis": {"0": 0.002, "1": 0.0, "2": 0.004}}])
     assert old["mirror_axes"] == [0, 2] and "overlap" not in old
     assert combine_fold_studies([{"n_cases": 0, "axes": [0], "table": []}]) is None
