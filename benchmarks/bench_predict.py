@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, help="stop after the case that passes this time (n = cases done)")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--baseline", action="store_true", help="also the old one-window-per-call un-mirrored arm")
+    ap.add_argument("--arm", action="append", default=[], metavar="OVERLAP:AXES",
+                    help="an extra arm, e.g. 0.25: (no mirroring at overlap 0.25) or 0.25:0,2")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = json.loads((args.data / "dataset.json").read_text())
@@ -80,6 +82,11 @@ def main() -> None:
             "no TTA (predict --no-mirror, overlap 0.5)": dict(mirror=False, overlap=0.5),
             "**default** (predict: the package's overlap and axes)": dict(),
             "full mirroring at overlap 0.5 (the old default)": dict(mirror_axes="all", overlap=0.5)}
+    for arm in args.arm:
+        o, _, a = arm.partition(":")
+        axes = [int(x) for x in a.split(",") if x.strip()]
+        arms[f"overlap {float(o):g}, axes {axes or '-'}"] = dict(overlap=float(o), mirror=bool(axes),
+                                                                 mirror_axes=axes or None)
     predictors = {k: Predictor(args.model, **v) for k, v in arms.items()}
     names = {int(v): k for k, v in ds["labels"].items() if int(v) > 0}
     classes = sorted(names)

@@ -27,6 +27,7 @@ from medsight.files import atomic_write_text
 from medsight.segmentation.ensemble import load_models
 from medsight.segmentation.package import package_segmentation
 from medsight.segmentation.train import fold_mirror_study
+from medsight.segmentation.tta_study import choose
 
 KEEP = ("plan.json", "dataset.json", "splits.json")
 
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--dest", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse-study", action="store_true", help="a fold whose summary already holds the overlap "
+                    "study's table is not re-run, only re-chosen (after a change of the chooser)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train = args.dest / "train"
@@ -54,7 +57,13 @@ def main() -> None:
         summary = json.loads((out / "summary.json").read_text())
         plan, cfg, models = load_models(train, [fold_dir.name.split("_", 1)[1]])
         val = splits[int(summary["fold"])]["val"]
-        summary["mirror_study"] = fold_mirror_study(models[0], load_dataset(args.data), plan, cfg, val)
+        old = summary.get("mirror_study") or {}
+        if args.reuse_study and "table" in old:
+            chosen = choose(old)
+            summary["mirror_study"] = {**old, "chosen": {"overlap": chosen["overlap"],
+                                                         "mirror_axes": chosen["mirror_axes"]}}
+        else:
+            summary["mirror_study"] = fold_mirror_study(models[0], load_dataset(args.data), plan, cfg, val)
         print(fold_dir.name, json.dumps(summary["mirror_study"]))
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     pkg = package_segmentation(train, args.dest / "model", name="studied-" + args.train_dir.parent.name)

@@ -103,6 +103,18 @@ def test_chooser_takes_the_cheapest_candidate_within_the_tolerance():
     assert (strict["overlap"], strict["mirror_axes"]) == (0.5, [0, 1, 2])  # only the reference itself
 
 
+def test_every_class_must_stay_within_the_tolerance():
+    """A lesion gain must not pay for a tissue loss: per-class Dice decides when the table has it."""
+    ref = {"overlap": 0.5, "axes": [0], "dice": .85, "dice_by_class": [.88, .82], "windows": 64, "passes": 128}
+    gain_pays = {"overlap": 0.25, "axes": [], "dice": .87, "dice_by_class": [.87, .87], "windows": 27, "passes": 27}
+    equal = {"overlap": 0.25, "axes": [0], "dice": .848, "dice_by_class": [.876, .82], "windows": 27, "passes": 54}
+    none = {"overlap": 0.5, "axes": [], "dice": .84, "dice_by_class": [.88, .80], "windows": 64, "passes": 64}
+    c = choose({"table": [ref, gain_pays, equal, none], "axes": [0], "n_cases": 4})
+    # mean Dice would take 'gain_pays' (0.87 >= 0.845, cost 27/64); class 1 loses 0.01 there -> 'equal' (54/64)
+    assert (c["overlap"], c["mirror_axes"], c["cost"]) == (0.25, [0], pytest.approx(54 / 64))
+    assert c["reference"]["dice_by_class"] == [.88, .82]
+
+
 def test_folds_combine_weighted_by_cases_and_old_studies_keep_working():
     a = {"n_cases": 3, "axes": [0, 1, 2], "table": _table(DICE, WINDOWS)}
     worse = {k: v - (0.02 if k == (0.0, (2,)) else 0.0) for k, v in DICE.items()}

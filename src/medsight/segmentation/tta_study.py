@@ -7,9 +7,9 @@ each overlap of ``OVERLAPS`` (each flip's softmax once per overlap and case; eve
 them, no extra network run), and records the hard Dice of every (overlap, axis subset) and its cost. Cost is
 counted, not timed: network window passes (windows at that overlap, from the case shapes as MONAI's sliding
 window lays them, times flip combinations), in units of one un-mirrored pass at overlap 0.5. ``choose`` takes the
-cheapest candidate (overlap x prefix of the axes ordered by their measured single-axis gain) whose mean Dice is
-within ``DICE_TOLERANCE`` of the reference, full mirroring at overlap 0.5 (the old default); ties go to the
-higher Dice. The choice and the candidate table travel in the package (``inference.json``).
+cheapest candidate (overlap x prefix of the axes ordered by their measured single-axis gain) whose Dice is within
+``DICE_TOLERANCE`` of the reference, full mirroring at overlap 0.5 (the old default), in every foreground class;
+ties go to the higher mean Dice. The choice and the candidate table travel in the package (``inference.json``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from medsight.segmentation.tta import combine_studies, mirror_combinations
 
 OVERLAPS = (0.5, 0.25, 0.0)  # sliding-window overlaps the study tries (0.5: predict's old and reference default)
 REFERENCE_OVERLAP = 0.5
-DICE_TOLERANCE = 0.005  # issue 30's "equal Dice": a candidate may lose at most this much mean Dice to the reference
+DICE_TOLERANCE = 0.005  # issue 30's "equal Dice": a candidate may lose at most this much Dice (per class) to the ref
 COST_UNIT = "network window passes / those of one un-mirrored pass at overlap 0.5 (summed over the study cases)"
 
 
@@ -116,7 +116,8 @@ def inference_study(probabilities: Callable[[np.ndarray, float, tuple[int, ...]]
 
 
 def choose(study: dict[str, Any], tolerance: float = DICE_TOLERANCE) -> dict[str, Any]:
-    """The cheapest candidate within ``tolerance`` mean Dice of full mirroring at overlap 0.5 (ties: higher Dice).
+    """The cheapest candidate within ``tolerance`` Dice of full mirroring at overlap 0.5 in every foreground class
+    (``within``; ties: higher mean Dice).
 
     Candidates: each overlap of the table x each prefix of the axes ordered by single-axis gain at overlap 0.5
     (largest first; the empty prefix is "no mirroring"). The reference is always a candidate, so there is a
@@ -139,15 +140,27 @@ def choose(study: dict[str, Any], tolerance: float = DICE_TOLERANCE) -> dict[str
                                **({"dice_by_class": r["dice_by_class"]} if "dice_by_class" in r else {}),
                                "dice_vs_reference": r["dice"] - reference["dice"],
                                "cost": r["passes"] / ref_windows if ref_windows else float("nan")})
-    floor = reference["dice"] - tolerance - 1e-12
-    ok = [c for c in candidates if c["dice"] == c["dice"] and c["dice"] >= floor]
+    ok = [c for c in candidates if within(c, reference, tolerance)]
     best = min(ok, key=lambda c: (round(c["cost"], 9), -c["dice"], -c["overlap"])) if ok else \
         next(c for c in candidates if c["overlap"] == REFERENCE_OVERLAP and c["mirror_axes"] == sorted(axes))
     return {"overlap": best["overlap"], "mirror_axes": best["mirror_axes"], "dice": best["dice"],
             "cost": best["cost"], "reference": {"overlap": REFERENCE_OVERLAP, "mirror_axes": sorted(axes),
-                                                "dice": reference["dice"]},
+                                                "dice": reference["dice"],
+                                                **({"dice_by_class": reference["dice_by_class"]}
+                                                   if "dice_by_class" in reference else {})},
+            "rule": "every foreground class within the tolerance of the reference",
             "tolerance": tolerance, "gain_by_axis": gains, "axis_order": order, "candidates": candidates,
             "n_cases": study["n_cases"], "unit": study.get("unit", "validation case"), "cost_unit": COST_UNIT}
+
+
+def within(candidate: dict[str, Any], reference: dict[str, Any], tolerance: float) -> bool:
+    """Equal Dice: every foreground class at most ``tolerance`` below the reference (a class the reference scores
+    and the candidate does not fails), so a gain in one class cannot pay for a loss in another; tables without
+    per-class Dice compare the mean."""
+    ref, cand = reference.get("dice_by_class"), candidate.get("dice_by_class")
+    if ref is None or cand is None:
+        return candidate["dice"] == candidate["dice"] and candidate["dice"] >= reference["dice"] - tolerance - 1e-12
+    return all(r != r or (c == c and c >= r - tolerance - 1e-12) for r, c in zip(ref, cand))
 
 
 def combine_fold_studies(studies: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
