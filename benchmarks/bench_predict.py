@@ -149,12 +149,16 @@ def main() -> None:
                   f"{choice['mirror_axes'] or 'none'}; reference (overlap 0.5, axes {ref['mirror_axes']}) "
                   f"Dice {ref['dice']:.4f}; tolerance {choice['tolerance']}; n = {choice['n_cases']} "
                   f"{choice['unit']}(s); cost unit: {choice['cost_unit']}.", "",
-                  "| overlap | mirror axes | cost | mean Dice (foreground classes) | vs reference |",
-                  "|---|---|---|---|---|"]
+                  "| overlap | mirror axes | cost | mean Dice (foreground classes) | vs reference | Dice per class "
+                  f"({', '.join(names[c] for c in classes)}) | per class vs reference |",
+                  "|---|---|---|---|---|---|---|"]
         for c in sorted(choice["candidates"], key=lambda c: (c["cost"], -c["dice"])):
             mark = "**" if (c["overlap"], c["mirror_axes"]) == (choice["overlap"], choice["mirror_axes"]) else ""
             lines.append(f"| {mark}{c['overlap']:g}{mark} | {mark}{c['mirror_axes'] or '-'}{mark} | "
-                         f"{c['cost']:.3f} | {c['dice']:.4f} | {c['dice_vs_reference']:+.4f} |")
+                         f"{c['cost']:.3f} | {c['dice']:.4f} | {c['dice_vs_reference']:+.4f} | "
+                         + " / ".join(f"{d:.4f}" for d in c.get("dice_by_class", [])) + " | "
+                         + " / ".join(f"{d - r:+.4f}" for d, r in zip(c.get("dice_by_class", []),
+                                                                      ref.get("dice_by_class", []))) + " |")
     elif choice:
         lines += ["", f"Package choice (inference.json, before the overlap study): axes {choice['mirror_axes']}."]
     md = "\n".join(lines)
