@@ -165,8 +165,9 @@ def within(candidate: dict[str, Any], reference: dict[str, Any], tolerance: floa
 
 def combine_fold_studies(studies: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The package's choice (``inference.json``) from its folds' studies: each candidate's Dice pooled over the
-    folds' voxels (tables without counts: averaged weighted by cases), window passes summed. Studies recorded before the overlap table (mirror axes
-    only) fall back to the axis-gain rule of ``tta.combine_studies`` (no overlap recorded: predict uses 0.5)."""
+    folds' voxels (tables without counts: averaged weighted by cases), window passes summed. Studies recorded
+    before the overlap table (mirror axes only) fall back to the axis-gain rule of ``tta.combine_studies`` (no
+    overlap recorded: predict uses 0.5)."""
     studies = [s for s in studies if s.get("n_cases")]
     if not studies:
         return None
@@ -197,6 +198,7 @@ def combine_fold_studies(studies: Sequence[dict[str, Any]]) -> dict[str, Any] | 
     axes = sorted({int(a) for s in studies for a in s["axes"]})
     out = choose({"table": table, "axes": axes, "n_cases": n})
     return {**out, "folds": len(studies),
-            "how": "hard Dice per foreground class pooled over the folds' validation cases after training (mean over "
-                   "the classes), predicted with the softmax averaged over the flips of each axis subset at each overlap; cost "
-                   "counted as network window passes from the case shapes (not timed)"}
+            "how": "hard Dice per foreground class pooled over the folds' validation cases after training, "
+                   "predicted with the softmax averaged over the flips of each axis subset at each overlap; equal = "
+                   "every class within the tolerance of full mirroring at 0.5; cost counted as network window "
+                   "passes from the case shapes (not timed)"}
