@@ -2,10 +2,12 @@
 
 Arms, on the same cases in the same process (so machine load hits them alike), each as ``predict`` runs it (its
 default engine, PyTorch):
-- baseline: one un-mirrored pass, PyTorch, one window per network call (the old path without mirroring);
-- no TTA: ``Predictor(mirror=False)`` (batched windows);
-- default: ``Predictor()`` (the mirror axes the package measured at training, inference.json);
-- full mirroring: ``Predictor(mirror_axes="all")`` (every plan axis: 8 passes per window in 3D; the old default).
+- baseline (only with ``--baseline``): one un-mirrored pass at overlap 0.5, one window per network call;
+- no TTA: ``Predictor(mirror=False, overlap=0.5)`` (batched windows);
+- default: ``Predictor()`` (the window overlap and mirror axes the package chose at training, inference.json);
+- full mirroring: ``Predictor(mirror_axes="all", overlap=0.5)`` (every plan axis: 8 passes per window in 3D; the
+  old default and the study's reference).
+Per arm also the network window passes per case, counted from the plan-grid shape (segmentation/tta_study.py).
 Cases: a package's fold-0 validation cases (``--exclude-study`` leaves out those its mirror study measured) or
 ``--ids`` from any labelled folder (e.g. the CT variants of benchmarks/make_ct_set.py that training never saw).
 Per arm: wall and CPU seconds per case, hard Dice per foreground class against the reference.
@@ -29,8 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import machine_line, record_section  # noqa: E402
 
+from medsight.data.preprocess import preprocess_image  # noqa: E402
 from medsight.io.nifti import read_nifti  # noqa: E402
 from medsight.segmentation.predict import Predictor  # noqa: E402
+from medsight.segmentation.tta_study import case_windows  # noqa: E402
 
 
 def class_dice(pred: np.ndarray, ref: np.ndarray, classes: list[int]) -> dict[int, float]:
@@ -66,19 +70,28 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write every per-case figure here (after each case)")
     ap.add_argument("--max-minutes", type=float, help="stop after the case that passes this time (n = cases done)")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--baseline", action="store_true", help="also the old one-window-per-call un-mirrored arm")
+    ap.add_argument("--arm", action="append", default=[], metavar="OVERLAP:AXES",
+                    help="an extra arm, e.g. 0.25: (no mirroring at overlap 0.25) or 0.25:0,2")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = json.loads((args.data / "dataset.json").read_text())
     ids = case_ids(args, args.model)
-    arms = {"baseline (1 pass, torch, 1 window/call)": dict(mirror=False, runtime="torch", window_batch=1),
-            "no TTA (predict --no-mirror: batched windows)": dict(mirror=False),
-            "default (predict: the axes the package measured)": dict(),
-            "full mirroring (every plan axis: the old default)": dict(mirror_axes="all")}
+    arms = {**({"baseline (1 pass, torch, 1 window/call)": dict(mirror=False, runtime="torch", window_batch=1,
+                                                                  overlap=0.5)} if args.baseline else {}),
+            "no TTA (predict --no-mirror, overlap 0.5)": dict(mirror=False, overlap=0.5),
+            "**default** (predict: the package's overlap and axes)": dict(),
+            "full mirroring at overlap 0.5 (the old default)": dict(mirror_axes="all", overlap=0.5)}
+    for arm in args.arm:
+        o, _, a = arm.partition(":")
+        axes = [int(x) for x in a.split(",") if x.strip()]
+        arms[f"overlap {float(o):g}, axes {axes or '-'}"] = dict(overlap=float(o), mirror=bool(axes),
+                                                                 mirror_axes=axes or None)
     predictors = {k: Predictor(args.model, **v) for k, v in arms.items()}
     names = {int(v): k for k, v in ds["labels"].items() if int(v) > 0}
     classes = sorted(names)
-    rows = {k: {"seconds": [], "cpu_seconds": [], "dice": [], "axes": p.mirror_axes, "runtime": p.runtime}
-            for k, p in predictors.items()}
+    rows = {k: {"seconds": [], "cpu_seconds": [], "dice": [], "axes": p.mirror_axes, "runtime": p.runtime,
+                "overlap": p.overlap, "passes": []} for k, p in predictors.items()}
     load0, up0 = os.getloadavg(), subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     started, done = time.perf_counter(), []
     for cid in ids:
@@ -88,6 +101,9 @@ def main() -> None:
         image = read_nifti(args.data / "imagesTr" / f"{cid}_0000.nii.gz")
         ref = read_nifti(args.data / "labelsTr" / f"{cid}.nii.gz").array
         for k, p in predictors.items():
+            shape = preprocess_image(image, p.plan, p.cfg).image.shape
+            rows[k]["passes"].append(case_windows(shape, p.cfg.patch_size, p.overlap, p.cfg.spatial_dims)
+                                     * 2 ** len(p.mirror_axes))
             t, c = time.perf_counter(), time.process_time()
             pred = p.predict(image)
             rows[k]["seconds"].append(time.perf_counter() - t)
@@ -99,31 +115,52 @@ def main() -> None:
                                              "load_now": os.getloadavg(), "rows": rows}, indent=1, default=str))
     ids = done
     load1, up1 = os.getloadavg(), subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    base = float(np.mean(rows[next(iter(rows))]["seconds"]))
+    no_tta = next(k for k in rows if k.startswith("no TTA"))
+    full = next(k for k in rows if k.startswith("full"))
+    cpu0, wall0 = float(np.mean(rows[no_tta]["cpu_seconds"])), float(np.mean(rows[no_tta]["seconds"]))
     lines = ["## predict", "", machine_line() + f" torch threads: {args.threads}. Load average (1 min) "
              f"{load0[0]:.1f} at start, {load1[0]:.1f} at end (`uptime`: '{up0}' / '{up1}'): the 2-core machine was "
              "shared with parallel work, so absolute seconds are inflated; the arms ran interleaved case by case in "
-             "one process, so their ratios are comparable.",
+             "one process, so their ratios are comparable (CPU seconds: `time.process_time` of that process).",
              f"Command: `python benchmarks/bench_predict.py --model {args.model} --data {args.data} "
-             + (f"--ids {args.ids}`" if args.ids
-                else f"--cases {args.cases}{' --exclude-study' * args.exclude_study}`"),
-             "", f"n = {len(ids)} cases (unit: case); Dice = hard Dice per foreground class, mean over cases where the "
-             "class is present in the reference or the prediction.", "",
-             "| arm | mirror axes | engine | s per case (mean) | CPU s per case | vs baseline | "
-             + " | ".join(f"Dice {names[c]}" for c in classes) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(classes)]
+             + (f"--ids {args.ids}" if args.ids else f"--cases {args.cases}{' --exclude-study' * args.exclude_study}")
+             + f" --threads {args.threads}`", "",
+             f"n = {len(ids)} cases ({', '.join(ids)}; unit: case); Dice = hard Dice per foreground class, mean over "
+             "cases where the class is present in the reference or the prediction; network passes = windows x "
+             "flips per case, counted from the plan-grid shape (mean).", "",
+             "| arm | overlap | mirror axes | network passes | s per case, wall | CPU s per case | CPU vs no TTA | "
+             "wall vs no TTA | " + " | ".join(f"Dice {names[c]}" for c in classes) + " | Dice vs full (per class) |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(classes) + "---|"]
+    dice_of = {k: [np.nanmean([d[c] for d in r["dice"]]) for c in classes] for k, r in rows.items()}
     for k, r in rows.items():
-        s = float(np.mean(r["seconds"]))
-        dice_cells = [np.nanmean([d[c] for d in r["dice"]]) for c in classes]
-        lines.append(f"| {k} | {r['axes'] or '-'} | {r['runtime']['runtime']} | {s:.2f} | "
-                     f"{np.mean(r['cpu_seconds']):.2f} | {s / base:.2f}x | "
-                     + " | ".join(f"{v:.4f}" for v in dice_cells) + " |")
+        cpu, wall = float(np.mean(r["cpu_seconds"])), float(np.mean(r["seconds"]))
+        diff = " / ".join(f"{a - b:+.4f}" for a, b in zip(dice_of[k], dice_of[full]))
+        lines.append(f"| {k} | {r['overlap']:g} | {r['axes'] or '-'} | {np.mean(r['passes']):.0f} | {wall:.2f} | "
+                     f"{cpu:.2f} | {cpu / cpu0:.2f}x | {wall / wall0:.2f}x | "
+                     + " | ".join(f"{v:.4f}" for v in dice_of[k]) + f" | {diff} |")
+    default = next(k for k in rows if "default" in k)
+    per_case = [a / b for a, b in zip(rows[default]["cpu_seconds"], rows[no_tta]["cpu_seconds"])]
+    lines += ["", f"Default / no TTA CPU per case: {min(per_case):.2f}-{max(per_case):.2f}x."]
     choice = json.loads((args.model / "inference.json").read_text()) if (args.model / "inference.json").is_file() \
         else None
-    if choice:
-        lines += ["", f"Package choice (inference.json): mirror axes {choice['mirror_axes']}, Dice gain by axis "
-                  f"{ {a: round(g, 4) for a, g in choice['gain_by_axis'].items()} } on {choice['n_cases']} "
-                  f"validation case(s), minimum gain {choice['min_gain']}."]
+    if choice and "candidates" in choice:
+        ref = choice["reference"]
+        lines += ["", f"Package choice (inference.json): overlap {choice['overlap']:g}, mirror axes "
+                  f"{choice['mirror_axes'] or 'none'}; reference (overlap 0.5, axes {ref['mirror_axes']}) "
+                  f"Dice {ref['dice']:.4f}; tolerance {choice['tolerance']}; n = {choice['n_cases']} "
+                  f"{choice['unit']}(s); cost unit: {choice['cost_unit']}.", "",
+                  "| overlap | mirror axes | cost | mean Dice (foreground classes) | vs reference | Dice per class "
+                  f"({', '.join(names[c] for c in classes)}) | per class vs reference |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in sorted(choice["candidates"], key=lambda c: (c["cost"], -c["dice"])):
+            mark = "**" if (c["overlap"], c["mirror_axes"]) == (choice["overlap"], choice["mirror_axes"]) else ""
+            lines.append(f"| {mark}{c['overlap']:g}{mark} | {mark}{c['mirror_axes'] or '-'}{mark} | "
+                         f"{c['cost']:.3f} | {c['dice']:.4f} | {c['dice_vs_reference']:+.4f} | "
+                         + " / ".join(f"{d:.4f}" for d in c.get("dice_by_class", [])) + " | "
+                         + " / ".join(f"{d - r:+.4f}" for d, r in zip(c.get("dice_by_class", []),
+                                                                      ref.get("dice_by_class", []))) + " |")
+    elif choice:
+        lines += ["", f"Package choice (inference.json, before the overlap study): axes {choice['mirror_axes']}."]
     md = "\n".join(lines)
     print(md)
     if args.json:

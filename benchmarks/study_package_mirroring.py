@@ -1,9 +1,11 @@
-"""Measure the test-time mirror study for a segmentation package trained without one, into a NEW package.
+"""Run the inference study (window overlap x mirror axes) for a segmentation package, into a NEW package.
 
 The demo trains with ``study_mirroring=False`` (it predicts without mirroring), so its package has no
-``inference.json`` and ``predict``'s default there is "no mirroring". To benchmark the default that a ``medsight
+``inference.json`` and ``predict``'s default there is "no mirroring"; packages trained before the overlap study
+record mirror axes only. To benchmark the default that a ``medsight
 train`` package gets (docs/benchmarks.md "predict"), this runs exactly what training runs after a fold
-(``segmentation.train.fold_mirror_study``: the sorted first ``STUDY_CASES`` validation cases of the fold) on a copy
+(``segmentation.train.fold_mirror_study``: every flip combination at every overlap of
+``tta_study.OVERLAPS`` on the sorted first ``STUDY_CASES`` validation cases of the fold) on a copy
 of the training folder and packages the copy with ``package_segmentation`` (which writes ``inference.json``). The
 source folder is not touched. Run with MEDSIGHT_HOME pointing at a scratch folder (packaging registers the copy).
 
@@ -25,6 +27,7 @@ from medsight.files import atomic_write_text
 from medsight.segmentation.ensemble import load_models
 from medsight.segmentation.package import package_segmentation
 from medsight.segmentation.train import fold_mirror_study
+from medsight.segmentation.tta_study import choose
 
 KEEP = ("plan.json", "dataset.json", "splits.json")
 
@@ -35,6 +38,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--dest", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse-study", action="store_true", help="a fold whose summary already holds the overlap "
+                    "study's table is not re-run, only re-chosen (after a change of the chooser)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train = args.dest / "train"
@@ -52,7 +57,13 @@ def main() -> None:
         summary = json.loads((out / "summary.json").read_text())
         plan, cfg, models = load_models(train, [fold_dir.name.split("_", 1)[1]])
         val = splits[int(summary["fold"])]["val"]
-        summary["mirror_study"] = fold_mirror_study(models[0], load_dataset(args.data), plan, cfg, val)
+        old = summary.get("mirror_study") or {}
+        if args.reuse_study and "table" in old:
+            chosen = choose(old)
+            summary["mirror_study"] = {**old, "chosen": {"overlap": chosen["overlap"],
+                                                         "mirror_axes": chosen["mirror_axes"]}}
+        else:
+            summary["mirror_study"] = fold_mirror_study(models[0], load_dataset(args.data), plan, cfg, val)
         print(fold_dir.name, json.dumps(summary["mirror_study"]))
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     pkg = package_segmentation(train, args.dest / "model", name="studied-" + args.train_dir.parent.name)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medsight.segmentation.runtime import TOLERANCE, choose_runtime
-from medsight.segmentation.tta import choose_axes, combine_studies, hard_dice, mirror_study, mirrored_softmax
+from medsight.segmentation.tta import choose_axes, combine_studies, hard_dice, mirrored_softmax
 
 
 def test_batched_flips_equal_one_pass_per_flip():
@@ -32,24 +32,6 @@ def test_hard_dice_by_hand():
     pred = np.array([0, 1, 0, 2, 2, 2])  # class 1: 2*1/(1+2) = 2/3; class 2: 2*2/(3+2) = 4/5
     prob = np.eye(3)[pred].T
     assert hard_dice(prob, ref, 3) == pytest.approx((2 / 3 + 4 / 5) / 2)
-
-
-def test_mirror_study_gain_is_the_dice_difference_and_only_gaining_axes_are_kept():
-    # one case, 1D-like volume of 4 voxels, 2 classes; reference [1, 1, 0, 0]
-    label = np.array([[[1]], [[1]], [[0]], [[0]]]).reshape(4, 1, 1)
-    p0 = np.array([0.6, 0.4, 0.4, 0.4])  # foreground prob: predicts voxel 0 only -> Dice 2*1/(1+2) = 2/3
-    flips = {(): p0, (0,): np.array([0.6, 0.8, 0.2, 0.2]),  # averaged with p0: [.6, .6, .3, .3] -> Dice 1
-             (1,): np.array([0.2, 0.2, 0.2, 0.2])}  # averaged: [.4, .3, .3, .3] -> nothing found -> Dice 0
-
-    def probabilities(image, combos):
-        fg = flips[combos[0]].reshape(4, 1, 1)
-        return np.stack([1 - fg, fg])
-
-    study = mirror_study(probabilities, [(np.zeros((1, 4, 1, 1)), label)], [0, 1], 2)
-    assert study["dice_no_mirror"] == pytest.approx(2 / 3)
-    assert study["gain_by_axis"]["0"] == pytest.approx(1 - 2 / 3)
-    assert study["gain_by_axis"]["1"] == pytest.approx(0 - 2 / 3)
-    assert study["chosen"] == [0] and study["n_cases"] == 1
 
 
 def test_package_choice_weights_folds_by_cases_and_needs_the_minimum_gain():

@@ -20,6 +20,9 @@ from medsight.cli.audited import audited, current_event
 @click.option("--no-mirror", is_flag=True, help="Skip mirroring test-time augmentation (faster).")
 @click.option("--mirror-axes", default=None, help="Comma-separated spatial axes to mirror (e.g. 0 or 0,1,2; 'all' = "
               "every axis of the plan) instead of the axes the package measured as worth it at training.")
+@click.option("--overlap", type=float, default=None, help="Sliding-window overlap in [0, 1) (default: the one the "
+              "package chose with its mirror axes at training; 0.5 for older packages or with --no-mirror / "
+              "--mirror-axes).")
 @click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="torch", show_default=True,
               help="Engine for the network: torch; onnx (ONNX Runtime, 2.6x faster on a CT-sized volume with the "
               "planner's network, slower on the demo's small one); auto = ONNX Runtime when its output equals "
@@ -33,7 +36,7 @@ from medsight.cli.audited import audited, current_event
 @audited("predict", inputs=("input_path",), outputs=("output",))
 def predict(ctx: click.Context, model_dir: str, input_path: Path, output: Path, folds: str | None,
             no_mirror: bool, probabilities: bool, uncertainty: bool, network: str | None, allow_retired: bool,
-            evidence: bool, mirror_axes: str | None, runtime: str) -> None:
+            evidence: bool, mirror_axes: str | None, runtime: str, overlap: float | None) -> None:
     """Segment INPUT (a NIfTI/DICOM image, or a folder of {case}_0000.nii.gz files) into OUTPUT with MODEL.
 
     MODEL is a model package folder or a registered NAME[@VERSION]; it is verified (every file hash) first.
@@ -61,7 +64,7 @@ def predict(ctx: click.Context, model_dir: str, input_path: Path, output: Path, 
             raise ConfigError(f"--mirror-axes takes comma-separated axis numbers or 'all', got {mirror_axes!r}"
                               ) from None
     predictor = Predictor(pkg.path, folds=folds.split(",") if folds else None, mirror=not no_mirror,
-                          mirror_axes=axes, network=network, runtime=runtime)
+                          mirror_axes=axes, network=network, runtime=runtime, overlap=overlap)
     n_channels = len(predictor.plan.channels)
     jobs: list[tuple[list[Path], Path]] = []
     if input_path.is_dir() and any(input_path.glob("*_0000.nii*")):

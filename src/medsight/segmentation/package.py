@@ -3,8 +3,9 @@
 Training keeps its resumable state (checkpoints, TensorBoard logs) in a training folder beside the package
 (``<model_dir>.training``); what prediction needs — plan, dataset description, splits, each finished fold's
 ``model_final.pt`` and ``summary.json``, and the run's energy record — is copied into the package ``model_dir``,
-which is replaced as a unit each time a fold finishes. ``inference.json`` records the test-time mirror axes
-chosen from the folds' mirror studies (segmentation/tta.py), which ``predict`` uses by default;
+which is replaced as a unit each time a fold finishes. ``inference.json`` records the sliding-window overlap and
+test-time mirror axes chosen from the folds' inference studies (segmentation/tta_study.py), which ``predict``
+uses by default;
 ``lesion_referral.json`` the per-lesion referral rule fitted on the folds' validation lesions
 (segmentation/lesion_study.py), which ``predict``'s lesion table applies; ``lesion_detection.json`` the lesion
 detection rule (probability threshold, minimum volume and score) fitted on the same validation lesions
@@ -24,7 +25,8 @@ import numpy as np
 from medsight.errors import InputNotFoundError
 from medsight.files import atomic_write_text, sha256_file, temp_prefix
 from medsight.package.package import Package, save_package
-from medsight.segmentation.tta import INFERENCE_FILE, combine_studies
+from medsight.segmentation.tta import INFERENCE_FILE
+from medsight.segmentation.tta_study import combine_fold_studies
 
 PACKAGE_FILES = ("plan.json", "dataset.json", "splits.json")
 FOLD_FILES = ("model_final.pt", "summary.json")
@@ -89,7 +91,7 @@ def package_segmentation(train_dir: str | Path, model_dir: str | Path, *, name: 
                     dice.append(float(value))
                 elif isinstance(value, dict):
                     dice.extend(float(v) for v in value.values() if isinstance(v, (int, float)))
-        choice = combine_studies(studies)
+        choice = combine_fold_studies(studies)
         if choice is not None:
             atomic_write_text(work / INFERENCE_FILE, json.dumps(choice, indent=2, sort_keys=True))
         lesion_metrics = _lesion_rules(work, lesion_studies)

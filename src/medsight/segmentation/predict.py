@@ -1,6 +1,7 @@
 """Segment images with a trained model folder: preprocess as in training, sliding window per fold (windows in
-batches, mirroring only along the axes the package measured as worth it, ONNX Runtime where it is equal and
-faster), average folds, resample back onto the input grid, and write NIfTI label maps (plus probabilities/entropy).
+batches, at the window overlap and with the mirror axes the package measured as worth their cost, ONNX Runtime
+where it is equal and faster), average folds, resample back onto the input grid, and write NIfTI label maps
+(plus probabilities/entropy).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from medsight.io.nifti import write_nifti
 
 log = logging.getLogger(__name__)
 WINDOW_BATCH = 4  # sliding windows per network call
+DEFAULT_OVERLAP = 0.5  # window overlap when the package records none or the user chose the mirroring (nnU-Net's)
 
 
 @dataclass
@@ -58,15 +60,25 @@ def recorded_mirror_axes(model_dir: str | Path) -> tuple[list[int], str]:
     return [], "none recorded in the package"
 
 
+def recorded_overlap(model_dir: str | Path) -> float | None:
+    """The sliding-window overlap the package chose together with its mirror axes (segmentation/tta_study.py);
+    None for a package whose inference.json predates the overlap study (or has none): predict uses 0.5."""
+    path = Path(model_dir) / INFERENCE_FILE
+    value = json.loads(path.read_text()).get("overlap") if path.is_file() else None
+    return None if value is None else float(value)
+
+
 class Predictor:
     """Holds the loaded models so that many images are predicted without reloading.
 
     ``mirror_axes=None`` uses the axes the package measured as worth a pass (``recorded_mirror_axes``);
-    ``mirror=False`` turns mirroring off; ``runtime`` is "auto" (ONNX Runtime when equal within 1e-4 and faster on
-    this machine, else PyTorch), "torch" or "onnx"."""
+    ``mirror=False`` turns mirroring off; ``overlap=None`` takes the overlap the package chose with its axes
+    (``recorded_overlap``) when the axes are the package's too, else 0.5; an explicit overlap always wins;
+    ``runtime`` is "auto" (ONNX Runtime when equal within 1e-4 and faster on this machine, else PyTorch), "torch"
+    or "onnx"."""
 
     def __init__(self, model_dir: str | Path, folds: list[str] | None = None, mirror: bool = True,
-                 mirror_axes: list[int] | str | None = None, overlap: float = 0.5, network: str | None = None,
+                 mirror_axes: list[int] | str | None = None, overlap: float | None = None, network: str | None = None,
                  runtime: str = "torch", window_batch: int | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.plan, self.cfg, self.models = load_models(model_dir, folds, network=network)
@@ -82,7 +94,15 @@ class Predictor:
         self.mirror_axes = list(axes) if mirror else []
         if not mirror:
             self.mirror_source = "turned off"
-        self.overlap = overlap
+        recorded = recorded_overlap(self.model_dir) if mirror and mirror_axes is None else None
+        if overlap is not None:
+            self.overlap, self.overlap_source = float(overlap), "asked for"
+        elif recorded is not None:
+            self.overlap, self.overlap_source = recorded, "measured at training"
+        else:
+            self.overlap, self.overlap_source = DEFAULT_OVERLAP, "default"
+        if not 0 <= self.overlap < 1:
+            raise ConfigError(f"window overlap must lie in [0, 1), got {self.overlap}")
         self.lesion_policy = load_policy(self.model_dir, self.plan.postprocess)
         self.lesion_detection = load_detection(self.model_dir)  # None: argmax and the plan's minimum volume
         channels = len(self.plan.channels) * (2 * self.cfg.context_slices + 1 if self.cfg.spatial_dims == 2 else 1)
@@ -115,11 +135,13 @@ class Predictor:
         labels = Image(label_array, first.geometry, first.provenance.with_step(
             "medsight_segmentation", model_dir=str(self.model_dir), plan_sha256=self.plan.sha256(),
             folds=len(self.models), mirror_axes=self.mirror_axes, mirror_source=self.mirror_source,
+            overlap=self.overlap, overlap_source=self.overlap_source,
             runtime=self.runtime["runtime"], min_lesion_volume_ml=min_ml,
             lesion_detection=None if rule is None else {"threshold": rule.threshold, "min_score": rule.min_score}))
         return Prediction(labels, prob_in, time.perf_counter() - t0, net_seconds,
                           {"folds": len(self.models), "mirror_axes": self.mirror_axes,
-                           "mirror_source": self.mirror_source, "runtime": self.runtime,
+                           "mirror_source": self.mirror_source, "overlap": self.overlap,
+                           "overlap_source": self.overlap_source, "runtime": self.runtime,
                            **({"lesions": lesions.summary()} if lesions is not None else {})}, lesions)
 
 

@@ -5,9 +5,9 @@ poly learning-rate schedule.
 The engine (engine/loop.py) makes it resumable: every epoch draws its patches from ``epoch_rng(seed, fold,
 epoch)`` and the checkpoint holds model, optimiser and history, so a run killed after epoch k and restarted ends
 with the same weights as one that never stopped (same machine, same threads). Outputs per fold: checkpoint.pt,
-log.jsonl, tensorboard/, and at the end model_final.pt and summary.json. The summary also holds the fold's mirror
-study (segmentation/tta.py): the Dice gain of each test-time mirror axis on its validation cases, from which the
-package chooses the axes ``predict`` mirrors by default.
+log.jsonl, tensorboard/, and at the end model_final.pt and summary.json. The summary also holds the fold's inference
+study (segmentation/tta_study.py): the Dice and counted cost of each window overlap x mirror-axis subset on its
+validation cases, from which the package chooses the overlap and axes ``predict`` uses by default.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +38,7 @@ from medsight.package.encoder import apply_encoder, load_encoder_package
 from medsight.plan.plan import ConfigPlan, Plan
 from medsight.segmentation.losses import segmentation_loss, soft_dice_per_class
 from medsight.segmentation.sampling import Sample, batch, prepare
-from medsight.segmentation.tta import STUDY_CASES, mirror_study
+from medsight.segmentation.tta import STUDY_CASES
 
 log = logging.getLogger(__name__)
 VAL_PATCHES = 4
@@ -178,23 +179,30 @@ def train_fold(ds: SegDataset, plan: Plan, config: str, fold: int | str, model_d
 
 def fold_mirror_study(model: torch.nn.Module, ds: SegDataset, plan: Plan, cfg: ConfigPlan,
                       val_ids: list[str], n_cases: int = STUDY_CASES) -> dict[str, Any] | None:
-    """Dice gain of each plan mirror axis on up to ``n_cases`` validation cases, predicted whole on the plan grid
-    with the predictor's own sliding window (None without validation cases or mirror axes)."""
+    """Dice and counted cost of every (window overlap, mirror-axis subset) on up to ``n_cases`` validation cases,
+    predicted whole on the plan grid with the predictor's own sliding window and window batching
+    (segmentation/tta_study.py; None without validation cases)."""
     from medsight.data.preprocess import preprocess_case
-    from medsight.segmentation.predict import plan_grid_probabilities
+    from medsight.segmentation.predict import WINDOW_BATCH, plan_grid_probabilities
+    from medsight.segmentation.tta_study import inference_study
 
     ids = sorted(val_ids)[:n_cases]
-    if not ids or not cfg.mirror_axes:
+    if not ids:
         return None
+    t, cpu = time.perf_counter(), time.process_time()
     cases = [(pre.image, pre.label) for pre in (preprocess_case(ds.case(c), plan, cfg) for c in ids)]
     forward = _eval_forward(model, plan, cfg)
 
-    def probabilities(image: np.ndarray, combos: list[tuple[int, ...]]) -> np.ndarray:
-        return plan_grid_probabilities([forward], image, cfg, [], combos=combos, window_batch=1)[0].numpy()
+    def probabilities(image: np.ndarray, overlap: float, combo: tuple[int, ...]) -> np.ndarray:
+        return plan_grid_probabilities([forward], image, cfg, [], overlap, combos=[combo],
+                                       window_batch=WINDOW_BATCH)[0].numpy()
 
-    study = mirror_study(probabilities, cases, cfg.mirror_axes, len(plan.labels))
-    log.info("mirror study on %d validation cases: Dice gain by axis %s -> mirror %s", study["n_cases"],
-             {a: round(g, 4) for a, g in study["gain_by_axis"].items()}, study["chosen"] or "none")
+    study = inference_study(probabilities, cases, cfg.mirror_axes, len(plan.labels), cfg.patch_size,
+                            cfg.spatial_dims)
+    study.update(seconds=round(time.perf_counter() - t, 1), cpu_seconds=round(time.process_time() - cpu, 1))
+    log.info("inference study on %d validation cases (%.0f s): Dice gain by axis %s -> overlap %s, mirror %s",
+             study["n_cases"], study["seconds"], {a: round(g, 4) for a, g in study["gain_by_axis"].items()},
+             study["chosen"]["overlap"], study["chosen"]["mirror_axes"] or "none")
     return study
 
 

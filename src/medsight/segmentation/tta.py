@@ -2,10 +2,9 @@
 
 ``mirrored_softmax`` averages the softmax over every combination of flips of the chosen axes (each combination is
 one more network pass per window: 8 in 3D for all three axes). Whether a flip helps depends on the anatomy and the
-model, so ``mirror_study`` measures it: on validation cases at training time, the Dice of the un-mirrored
-prediction against the Dice of the prediction averaged with each single-axis flip. ``choose_axes`` keeps the axes
-whose mean gain reaches ``MIN_GAIN``; the choice travels in the model package (``inference.json``) and is what
-``medsight predict`` uses by default.
+model, so the study after training (segmentation/tta_study.py) measures it together with the window overlap.
+``choose_axes`` / ``combine_studies`` are the rule of packages whose studies predate that (axes whose mean
+single-axis Dice gain reaches ``MIN_GAIN``).
 """
 
 from __future__ import annotations
@@ -57,30 +56,6 @@ def hard_dice(prob: np.ndarray, ref: np.ndarray, n_classes: int) -> float:
     pred = prob.argmax(0)
     values = [dice(pred == c, ref == c) for c in range(1, n_classes) if (pred == c).any() or (ref == c).any()]
     return float(np.mean(values)) if values else float("nan")
-
-
-def mirror_study(probabilities: Callable[[np.ndarray, list[tuple[int, ...]]], np.ndarray],
-                 cases: Sequence[tuple[np.ndarray, np.ndarray]], axes: Sequence[int], n_classes: int,
-                 min_gain: float = MIN_GAIN) -> dict[str, Any]:
-    """Dice gain of each mirror axis on ``cases`` (preprocessed image, label on the plan grid).
-
-    ``probabilities(image, [combo])`` is the softmax (C, *S) of one flip combination (the predictor's own sliding
-    window, so the study measures exactly what prediction would do). Per case: Dice without mirroring, and with the
-    softmax averaged with each single-axis flip; the gain of an axis is the mean difference over cases."""
-    base, by_axis = [], {int(a): [] for a in axes}
-    for image, label in cases:
-        p0 = probabilities(image, [()])
-        base.append(hard_dice(p0, label, n_classes))
-        for a in by_axis:
-            pa = probabilities(image, [(a,)])
-            by_axis[a].append(hard_dice((p0 + pa) / 2, label, n_classes))
-    b = np.asarray(base, dtype=float)
-    ok = ~np.isnan(b)
-    gains = {a: float(np.mean(np.asarray(v, dtype=float)[ok] - b[ok])) if ok.any() else float("nan")
-             for a, v in by_axis.items()}
-    return {"n_cases": int(ok.sum()), "unit": "validation case", "dice_no_mirror": float(np.mean(b[ok])) if ok.any()
-            else float("nan"), "gain_by_axis": {str(a): g for a, g in gains.items()}, "min_gain": min_gain,
-            "chosen": choose_axes({str(a): g for a, g in gains.items()}, min_gain)}
 
 
 def choose_axes(gain_by_axis: dict[str, float], min_gain: float = MIN_GAIN) -> list[int]:
