@@ -89,16 +89,65 @@ def write_nifti(image: Image, path: str | Path, dtype: np.dtype | type | None = 
         array = array.astype(np.float32)
     import nibabel as nib
 
-    nii = nib.Nifti1Image(array, geometry.ras_affine())
-    nii.set_qform(geometry.ras_affine(), code=1)
-    nii.set_sform(geometry.ras_affine(), code=1)
-    nii.header.set_xyzt_units("mm", "sec")
+    nii = _nifti1(array, geometry)
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     with atomic_path(path, suffix=suffix, durable=durable) as tmp:
         nib.save(nii, str(tmp))
     if sidecar:
         atomic_write_text(sidecar_path(path), json.dumps(image.provenance.to_dict(), indent=2, sort_keys=True))
     return path
+
+
+def _nifti1(array: np.ndarray, geometry: Geometry):  # noqa: ANN202 - nibabel.Nifti1Image
+    import nibabel as nib
+
+    nii = nib.Nifti1Image(array, geometry.ras_affine())
+    nii.set_qform(geometry.ras_affine(), code=1)
+    nii.set_sform(geometry.ras_affine(), code=1)
+    nii.header.set_xyzt_units("mm", "sec")
+    return nii
+
+
+# byte offsets in the NIfTI-1 header of the affine's translation: qoffset_x/y/z and srow_x/y/z[3] (float32)
+_QOFFSET, _SROW_T = 268, (292, 308, 324)
+
+
+class NiftiSliceWriter:
+    """``write_nifti`` (``sidecar=False``, ``.nii.gz``) for many small images that differ only in voxels and
+    origin, such as the axial slices of one volume: nibabel builds the header once per grid and each file patches
+    its translation (the qform rotation and zooms do not depend on it), then one zlib call. Same decompressed
+    bytes as ``write_nifti`` (tests/io/test_nifti_slices.py), ~10x less CPU (the demo writes ~6,000 slices)."""
+
+    def __init__(self) -> None:
+        self._headers: dict[tuple, tuple[bytes, str]] = {}  # grid -> (header + extension flag, byte order)
+
+    def write(self, image: Image, path: str | Path, dtype: np.dtype | type | None = None,
+              durable: bool = True) -> Path:
+        import gzip
+        import struct
+
+        path = Path(path)
+        array = image.array if dtype is None else image.array.astype(dtype, copy=False)
+        if image.geometry.ndim != 3 or array.ndim != 3 or array.dtype.kind not in "iu" or not path.name.endswith(
+                ".nii.gz"):
+            return write_nifti(image, path, dtype=dtype, sidecar=False, durable=durable)
+        geometry = image.geometry
+        key = (array.shape, array.dtype.str, geometry.spacing, geometry.direction)
+        if key not in self._headers:
+            nii = _nifti1(array, geometry)
+            whole = nii.to_bytes()
+            self._headers[key] = (whole[: len(whole) - array.nbytes], nii.header.endianness)
+        header, order = self._headers[key]
+        head = bytearray(header)
+        t = np.asarray(geometry.ras_affine()[:3, 3], dtype=np.float32)
+        struct.pack_into(f"{order}3f", head, _QOFFSET, *t)
+        for offset, v in zip(_SROW_T, t):
+            struct.pack_into(f"{order}f", head, offset, v)
+        voxels = array.astype(array.dtype.newbyteorder(order), copy=False).tobytes("F")
+        data = gzip.compress(bytes(head) + voxels, compresslevel=1, mtime=0)
+        with atomic_path(path, suffix=".nii.gz", durable=durable) as tmp:
+            tmp.write_bytes(data)
+        return path
 
 
 def _read_sidecar(path: Path) -> Provenance | None:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from medsight.synthetic.demo import BUILD_VERSION, DEFAULT_LESION_PROFILE, LABELS, LESION_SHARE, build_demo_dataset
 from medsight.files import atomic_write_text
 from medsight.image import Geometry, Image
-from medsight.io.nifti import read_nifti, write_nifti
+from medsight.io.nifti import NiftiSliceWriter, read_nifti
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def _slice_case(volumes: Path, case: dict[str, str], root: Path) -> tuple[list[d
     # would predict the label (lesions sit in white matter) and a network would learn anatomy, not lesions
     keep = np.flatnonzero(wm >= MIN_WM_SHARE * wm.max())
     out: list[dict[str, object]] = []
+    writer = NiftiSliceWriter()  # write_nifti's bytes, the header built once per volume (issue 30: demo time)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     for n, k in enumerate(keep):
@@ -124,8 +125,8 @@ def _slice_case(volumes: Path, case: dict[str, str], root: Path) -> tuple[list[d
         geom = Geometry(sp, tuple(float(v) for v in origin), image.geometry.direction)
         img = Image(image.array[:, :, k:k + 1].copy(), geom, image.provenance.with_step("axial_slice", index=int(k)))
         mask = Image((label[:, :, k:k + 1] == LABELS["lesion"]).astype(np.uint8), geom)
-        write_nifti(img, root / "images" / f"{name}.nii.gz", sidecar=False, durable=False)
-        write_nifti(mask, root / "masks" / f"{name}.nii.gz", dtype=np.uint8, sidecar=False, durable=False)
+        writer.write(img, root / "images" / f"{name}.nii.gz", durable=False)
+        writer.write(mask, root / "masks" / f"{name}.nii.gz", dtype=np.uint8, durable=False)
         out.append({"image": f"images/{name}.nii.gz", "mask": f"masks/{name}.nii.gz",
                     "patient_id": case["patient_id"], "site": case["site"], "scanner": case["scanner"],
                     "case_id": case["case_id"], "slice_index": int(k), "lesion": int(positive),
