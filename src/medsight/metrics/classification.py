@@ -22,7 +22,10 @@ ArrayLike = Sequence[float] | np.ndarray
 def roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     """Area under the ROC curve (ties count one half): the Mann-Whitney U statistic over n_pos * n_neg."""
     y, s = labels_and_scores(y_true, y_score, need_both_classes=True)
-    return _delong(y, s)[0]
+    pos, neg = s[y == 1], s[y == 0]
+    # the AUC alone needs only the joint ranks: a bootstrap calls this thousands of times (DeLong's per-class
+    # ranks cost twice as much again); same arithmetic as _delong, so the same value to the last bit
+    return _auc_from_ranks(rankdata(np.concatenate([pos, neg])), pos.shape[0], neg.shape[0])
 
 
 def delong_variance(y_true: ArrayLike, y_score: ArrayLike) -> tuple[float, float]:
@@ -40,13 +43,18 @@ def _delong(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
     m, n = pos.shape[0], neg.shape[0]
     tx, ty = rankdata(pos), rankdata(neg)
     tz = rankdata(np.concatenate([pos, neg]))
-    auc = float((tz[:m].sum() - m * (m + 1) / 2.0) / (m * n))
+    auc = _auc_from_ranks(tz, m, n)
     v10 = (tz[:m] - tx) / n  # per positive: fraction of negatives it outranks (structural component)
     v01 = 1.0 - (tz[m:] - ty) / m  # per negative: fraction of positives that outrank it
     if m < 2 or n < 2:
         return auc, math.nan
     var = float(np.var(v10, ddof=1) / m + np.var(v01, ddof=1) / n)
     return auc, var
+
+
+def _auc_from_ranks(tz: np.ndarray, m: int, n: int) -> float:
+    """Mann-Whitney AUC from the midranks of [positives, negatives] (m positives, n negatives)."""
+    return float((tz[:m].sum() - m * (m + 1) / 2.0) / (m * n))
 
 
 def roc_auc_delong(y_true: ArrayLike, y_score: ArrayLike, alpha: float = 0.05) -> tuple[float, float, float]:
