@@ -147,3 +147,19 @@ def test_multilabel_rows() -> None:
     assert rows[0]["auc"] == pytest.approx(roc_auc_score(y1, s1))
     assert rows[0]["pr_auc"] == pytest.approx(average_precision_score(y1, s1))
     assert math.isnan(rows[1]["auc"]) and rows[1]["n_pos"] == 0
+
+
+def test_roc_auc_is_delongs_auc_to_the_last_bit() -> None:
+    """roc_auc counts midranks by binary search (the bootstrap's fast path); the value is DeLong's AUC exactly and the pairwise count."""
+    from medsight.metrics.classification import delong_variance
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        y = rng.integers(0, 2, int(rng.integers(3, 300)))
+        y[:2] = (0, 1)
+        s = rng.normal(y * 0.7, 1.0)
+        s = np.round(s, 1) if _ % 2 else s  # rounded: many ties
+        pos, neg = s[y == 1], s[y == 0]
+        pairwise = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size)
+        assert roc_auc(y, s) == delong_variance(y, s)[0]
+        assert roc_auc(y, s) == pytest.approx(pairwise, abs=1e-12)

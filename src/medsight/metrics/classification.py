@@ -22,7 +22,14 @@ ArrayLike = Sequence[float] | np.ndarray
 def roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     """Area under the ROC curve (ties count one half): the Mann-Whitney U statistic over n_pos * n_neg."""
     y, s = labels_and_scores(y_true, y_score, need_both_classes=True)
-    return _delong(y, s)[0]
+    pos = s[y == 1]
+    m, n = pos.shape[0], s.shape[0] - pos.shape[0]
+    # a bootstrap calls this thousands of times: the positives' joint midranks from one sort and two binary
+    # searches (midrank = (#below + #not above + 1) / 2) instead of scipy's rankdata of every case. Midranks are
+    # half-integers, so their sum is exact whatever the order and the AUC is _delong's to the last bit
+    ordered = np.sort(s)
+    twice = np.searchsorted(ordered, pos, "left") + np.searchsorted(ordered, pos, "right") + 1
+    return float((int(twice.sum()) / 2.0 - m * (m + 1) / 2.0) / (m * n))
 
 
 def delong_variance(y_true: ArrayLike, y_score: ArrayLike) -> tuple[float, float]:
