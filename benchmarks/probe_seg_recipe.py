@@ -6,7 +6,8 @@ that the stage's code stays as the demo runs it:
 
     S33_MEM (planner memory GB -> patch), S33_EPOCHS, S33_ITERS, S33_LOSS (a medsight.losses name),
     S33_FG (foreground-centred share), S33_PATCH (e.g. 48x64x64), S33_BATCH, S33_LR, S33_DS (deep supervision 0/1),
-    S33_NOCLS=1 (no class-first lesion sampling), S33_TISSUE_UNWEIGHTED=1 (CE class weights on lesion labels only)
+    S33_NOCLS=1 (no class-first lesion sampling), S33_TISSUE_UNWEIGHTED=1 (CE class weights on lesion labels only),
+    S33_CE_PER_VOXEL=1 (weighted CE divided by the voxel count, not by the sum of the weights)
 
     OMP_NUM_THREADS=1 S33_MEM=0.5 S33_EPOCHS=20 python benchmarks/probe_seg_recipe.py --work WORK --name p48 --seed 0
 
@@ -56,12 +57,15 @@ def _patch_stage() -> None:
         return p
 
     planner.make_plan = make_plan
-    if E.get("S33_TISSUE_UNWEIGHTED") == "1":
-        _lesion_only_class_weights()
+    if E.get("S33_TISSUE_UNWEIGHTED") == "1" or E.get("S33_CE_PER_VOXEL") == "1":
+        _lesion_only_class_weights(tissue_weighted=E.get("S33_TISSUE_UNWEIGHTED") != "1",
+                                   per_voxel=E.get("S33_CE_PER_VOXEL") == "1")
 
 
-def _lesion_only_class_weights() -> None:
-    """Inverse-frequency CE weights on the plan's lesion labels only; the other classes weigh 1."""
+def _lesion_only_class_weights(tissue_weighted: bool, per_voxel: bool) -> None:
+    """Inverse-frequency CE weights on the plan's lesion labels only (the other classes weigh 1) unless
+    ``tissue_weighted``; ``per_voxel``: the weighted CE is divided by the voxel count (the heavy lesion voxels then
+    add to the tissue voxels' gradient instead of diluting it)."""
     import torch
     import torch.nn.functional as F
 
@@ -74,12 +78,13 @@ def _lesion_only_class_weights() -> None:
         keep = torch.zeros_like(w, dtype=torch.bool)
         for c in self.component_classes or ():
             keep[c] = True
-        w = torch.where(keep, w, torch.ones_like(w))
+        if not tissue_weighted:
+            w = torch.where(keep, w, torch.ones_like(w))
         if self.lesion_share <= 0:
             return self.dice(output, target) + F.cross_entropy(output, t, weight=w)
         vw = self._component_weights(target, t, w)
         ce = F.cross_entropy(output, t, reduction="none")
-        return self.dice(output, target) + (ce * vw).sum() / vw.sum()
+        return self.dice(output, target) + (ce * vw).sum() / (vw.numel() if per_voxel else vw.sum())
 
     losses.DeepSupervisionLoss._balanced = _balanced
 
