@@ -39,6 +39,20 @@ def runs_not_done(results: list[dict], seeds: list[int], threads: list[int]) -> 
             if not any(r["seed"] == s and r["threads"] == t for r in results)]
 
 
+def merged_results(work: Path, pattern: str, key: str) -> dict:
+    """The result files of a benchmark's processes (``work/pattern``, each process writes its own) as one: their
+    ``key`` dicts merged, the other entries taken from the first file that has them for ``pretrain`` (one
+    process records the pretraining) and from the last one otherwise; a rerun skips what any of them holds."""
+    import json
+
+    res: dict = {key: {}}
+    for path in sorted(work.glob(pattern)):
+        part = json.loads(path.read_text())
+        res[key].update(part.pop(key))
+        res.update({k: v for k, v in part.items() if k != "pretrain" or "pretrain" not in res})
+    return res
+
+
 def record_section(name: str, markdown: str) -> Path:
     """Replace (or append) section ``name`` of docs/benchmarks.md with ``markdown``."""
     DOC.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOC, machine_line, record_section  # noqa: E402
+from _record import DOC, machine_line, merged_results, record_section  # noqa: E402
 
 N_TEST = 10
 TISSUES = {1: "grey_matter", 2: "white_matter"}
@@ -173,12 +173,7 @@ def _memoise_preprocessing(cache: dict) -> None:
 
 def _merged(work: Path) -> dict[str, Any]:
     """All processes' result files merged (each process writes its own; a rerun skips what any of them holds)."""
-    res: dict[str, Any] = {"arms": {}}
-    for path in sorted(work.glob("results_*.json")):
-        part = json.loads(path.read_text())
-        res["arms"].update(part.pop("arms"))
-        res.update({k: v for k, v in part.items() if k != "pretrain" or "pretrain" not in res})
-    return res
+    return merged_results(work, "results_*.json", "arms")
 
 
 def _given_encoder(src: Path, enc: Path, wall: float | None, load: list[float] | None) -> dict[str, Any]:

@@ -182,12 +182,9 @@ def run(args: argparse.Namespace) -> None:
 
 def _merged(work: Path) -> dict[str, Any]:
     """The processes' result files as one (runs merged; the pretraining record from the file that has it)."""
-    res: dict[str, Any] = {"runs": {}}
-    for path in sorted(work.glob("results_cls*.json")):
-        part = json.loads(path.read_text())
-        res["runs"].update(part.pop("runs"))
-        res.update({k: v for k, v in part.items() if k != "pretrain" or "pretrain" not in res})
-    return res
+    from _record import merged_results  # benchmarks/ is on the path when this script runs
+
+    return merged_results(work, "results_cls*.json", "runs")
 
 
 def table(work: Path) -> list[str]:
