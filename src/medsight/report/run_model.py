@@ -101,9 +101,9 @@ def scoring_note(table: pd.DataFrame, external_sites: Sequence[str]) -> str:
 
 
 def fold_predictor(model_dir: Path, fold: str | None) -> Any:
-    """The predictor of one fold (None: every fold), mirroring over the axes the package measured as worth a
-    pass at training (``predict.recorded_mirror_axes``), as ``medsight predict`` does by default: validation
-    scores the model the way it will be used."""
+    """The predictor of one fold (None: every fold), at the window overlap and with the mirror axes the package
+    measured as worth their cost at training (``predict.recorded_overlap`` / ``recorded_mirror_axes``), as
+    ``medsight predict`` does by default: validation scores the model the way it will be used."""
     from medsight.segmentation.predict import Predictor
 
     return Predictor(model_dir, folds=None if fold is None else [fold])

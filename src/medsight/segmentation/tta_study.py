@@ -74,6 +74,11 @@ def pooled_dice(counts: np.ndarray) -> list[float]:
     return [float(a / b) if b else float("nan") for a, b in counts]
 
 
+def mean_dice(per_class: Sequence[float]) -> float:
+    """Mean over the classes that have a Dice (NaN when none has)."""
+    return float(np.nanmean(per_class)) if any(d == d for d in per_class) else float("nan")
+
+
 def inference_study(probabilities: Callable[[np.ndarray, float, tuple[int, ...]], np.ndarray],
                     cases: Sequence[tuple[np.ndarray, np.ndarray]], axes: Sequence[int], n_classes: int,
                     patch: Sequence[int], spatial_dims: int,
@@ -105,7 +110,7 @@ def inference_study(probabilities: Callable[[np.ndarray, float, tuple[int, ...]]
             per_class = pooled_dice(counts[_key(o, s)])
             table.append({"overlap": float(o), "axes": list(s), "dice_by_class": per_class,
                           "counts": counts[_key(o, s)].tolist(),
-                          "dice": float(np.nanmean(per_class)) if any(d == d for d in per_class) else float("nan"),
+                          "dice": mean_dice(per_class),
                           "windows": windows[float(o)], "passes": windows[float(o)] * 2 ** len(s)})
     study = {"n_cases": len(cases), "unit": "validation case", "axes": [int(a) for a in axes], "table": table,
              "dice": "per foreground class pooled over the cases (voxels summed), mean over the classes"}
@@ -192,8 +197,7 @@ def combine_fold_studies(studies: Sequence[dict[str, Any]]) -> dict[str, Any] | 
         row = {**m, "dice": m["dice"] / n}
         if m["counts"] is not None:  # pool the folds' voxels, as within a fold
             row["dice_by_class"] = pooled_dice(m["counts"])
-            row["dice"] = float(np.nanmean(row["dice_by_class"])) if any(d == d for d in row["dice_by_class"]) \
-                else float("nan")
+            row["dice"] = mean_dice(row["dice_by_class"])
         table.append({k: v for k, v in row.items() if k != "counts"})
     axes = sorted({int(a) for s in studies for a in s["axes"]})
     out = choose({"table": table, "axes": axes, "n_cases": n})
