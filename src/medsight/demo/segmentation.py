@@ -160,8 +160,8 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     if evidence:
         ctx.paths["seg_evidence"] = evidence[0]
     result: dict[str, Any] = {
-        "cases": len(ds.cases), "train_cases": len(fold["train"]), "validation_cases": len(fold["val"]),
-        "held_out_cases": len(test), "unseen_site_cases": len(unseen), "patch_size": plan.config("3d").patch_size,
+        "cases": len(ds.cases), "train_cases": len(fold["train"]), "held_out_cases": len(test),
+        "unseen_site_cases": len(unseen), "patch_size": plan.config("3d").patch_size,
         "epochs_done": summary["epochs_done"], "stopped_by_time_budget": summary["stopped_by_time_budget"],
         "torch_threads": torch.get_num_threads(),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
@@ -181,7 +181,9 @@ def _run(ctx) -> dict[str, Any]:  # noqa: ANN001
     result["held_out_dice_gm_wm_mean"] = round(float(np.mean([result["held_out_dice_grey_matter"],
                                                               result["held_out_dice_white_matter"]])), 4)
     result.update(_lesion_summary(lesion_cases, out / "segmentation", ctx.seed))
-    metrics = pkg.extra.get("metrics", {})  # fold 0's validation cases (chose the checkpoint, fitted the rules)
+    # fold 0's validation cases (chose the checkpoint, fitted the rules): last, after the held-out test figures
+    result["validation_cases"] = len(fold["val"])
+    metrics = pkg.extra.get("metrics", {})
     for key in ("val_tissue_dice", "val_lesion_sensitivity", "val_lesion_fp_per_case", "val_lesion_n_ref"):
         if isinstance(metrics.get(key), (int, float)):
             result[key.replace("val_", "validation_", 1)] = round(float(metrics[key]), 4)
