@@ -98,9 +98,27 @@ _WORKER: dict = {}
 
 
 def largest_first(paths: list[Path]) -> list[Path]:
-    """Largest files first (ties by path): pixel redaction costs roughly with the pixel count, and a pool that
-    takes the large radiographs last leaves one worker straggling with them while the others idle."""
-    return sorted(paths, key=lambda p: (-p.stat().st_size, str(p)))
+    """Most pixels first (ties by path): pixel redaction costs roughly with the decoded pixel count, and a pool
+    that takes the large images last leaves one worker straggling with them while the others idle."""
+    return sorted(paths, key=lambda p: (-pixel_bytes(p), str(p)))
+
+
+_SIZE_TAGS = ["Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated"]
+
+
+def pixel_bytes(path: Path) -> int:
+    """Decoded pixel bytes from the header (rows x columns x samples x frames x bytes per sample), else the file size.
+
+    The file size understates compressed files: a JPEG Lossless radiograph of 215 KB decodes to 786 KB and costs
+    as much to redact as its 789 KB uncompressed copies; ordered by size it went last and ran alone at the end
+    (~0.6 s of 14 on the 16-file benchmark). A header read costs ~1.3 ms, against ~1.7 CPU-s to redact a file.
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=_SIZE_TAGS)
+        n = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+        return n * int(ds.get("NumberOfFrames", 1) or 1) * max(1, (int(ds.get("BitsAllocated", 8) or 8) + 7) // 8)
+    except Exception:  # not DICOM, no image, a broken header: the file size still orders it
+        return path.stat().st_size
 
 
 def _init_worker(pseudo: Pseudonymizer, options: RunOptions, input_dir: str, output_dir: str) -> None:
@@ -272,11 +290,14 @@ def _check_redaction(options: RunOptions) -> None:
                           "file whose text cannot be removed is held back; choose one")
     if options.min_text_chars < 1:
         raise ConfigError(f"--min-text-chars must be >= 1 (got {options.min_text_chars})")
-    options.redact_options()
-    tesseract_version()
-    from medsight.deid.tess import Engine
+    redact = options.redact_options()
+    if redact.mode == "full-frame":  # only the older method runs the tesseract program (pytesseract: +0.5 s)
+        tesseract_version()
+    from medsight.deid.tess import engine
 
-    Engine()  # tesserocr and the language data load (a one-line error when missing); workers load their own
+    # tesserocr and the language data load here (a one-line error when missing), once: forked workers inherit
+    # the loaded model instead of each loading its own
+    engine(redact.ocr.lang)
 
 
 def _check_state(output_dir: Path, pseudo: Pseudonymizer, options: RunOptions) -> None:
