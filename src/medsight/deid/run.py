@@ -38,6 +38,7 @@ from medsight.deid.pixels import burned_in_reason
 from medsight.deid.pseudonym import Pseudonymizer
 from medsight.deid.redact import RedactOptions, redact_dataset
 from medsight.deid.regions import DEFAULT_REGIONS, load_regions
+from medsight.deid.schedule import largest_first, pool_context
 from medsight.deid.words import phi_terms
 from medsight.errors import ConfigError, DatasetError, InputNotFoundError
 from medsight.files import atomic_write_text
@@ -95,30 +96,6 @@ def find_files(input_dir: Path) -> list[Path]:
 
 # --- worker side -------------------------------------------------------------------------------------------------
 _WORKER: dict = {}
-
-
-def largest_first(paths: list[Path]) -> list[Path]:
-    """Most pixels first (ties by path): pixel redaction costs roughly with the decoded pixel count, and a pool
-    that takes the large images last leaves one worker straggling with them while the others idle."""
-    return sorted(paths, key=lambda p: (-pixel_bytes(p), str(p)))
-
-
-_SIZE_TAGS = ["Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated"]
-
-
-def pixel_bytes(path: Path) -> int:
-    """Decoded pixel bytes from the header (rows x columns x samples x frames x bytes per sample), else the file size.
-
-    The file size understates compressed files: a JPEG Lossless radiograph of 215 KB decodes to 786 KB and costs
-    as much to redact as its 789 KB uncompressed copies; ordered by size it went last and ran alone at the end
-    (~0.6 s of 14 on the 16-file benchmark). A header read costs ~1.3 ms, against ~1.7 CPU-s to redact a file.
-    """
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=_SIZE_TAGS)
-        n = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
-        return n * int(ds.get("NumberOfFrames", 1) or 1) * max(1, (int(ds.get("BitsAllocated", 8) or 8) + 7) // 8)
-    except Exception:  # not DICOM, no image, a broken header: the file size still orders it
-        return path.stat().st_size
 
 
 def _init_worker(pseudo: Pseudonymizer, options: RunOptions, input_dir: str, output_dir: str) -> None:
@@ -420,16 +397,18 @@ def deidentify_folder(input_dir: str | Path, output_dir: str | Path, pseudo: Pse
         if new_report:
             writer.writeheader()
         checkpoint = _Checkpoint(fh, writer, output_dir)
-        bar = tqdm(total=len(todo), unit="file", desc="de-identifying", disable=quiet, leave=False)
         args = (pseudo, options, str(input_dir), str(output_dir))
+        pool, bar = None, None
         try:
             if workers == 1:
                 _init_worker(*args)
                 rows = map(process_file, map(str, todo))
-                pool = None
             else:
-                pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker, initargs=args)
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(),
+                                           initializer=_init_pool_worker, initargs=args)
+                # map submits every file now, which forks the workers: before tqdm starts its monitor thread
                 rows = pool.map(process_file, map(str, todo), chunksize=max(1, min(64, len(todo) // (workers * 8))))
+            bar = tqdm(total=len(todo), unit="file", desc="de-identifying", disable=quiet, leave=False)
             for row in rows:
                 checkpoint.add(row)
                 summary.counts[row["status"]] += 1
@@ -438,7 +417,8 @@ def deidentify_folder(input_dir: str | Path, output_dir: str | Path, pseudo: Pse
                 bar.update()
             checkpoint.flush()
         finally:
-            bar.close()
-            if workers > 1 and pool is not None:
+            if bar is not None:
+                bar.close()
+            if pool is not None:
                 pool.shutdown(cancel_futures=True)
     return summary
