@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -106,7 +107,7 @@ def test_redact_pixels_command_imports_no_pytesseract_pandas_or_torch(tmp_path, 
     ds.BurnedInAnnotation = "YES"  # so that the file goes through the OCR redaction
     ds.save_as(src / "ct.dcm")
     out = tmp_path / "out"
-    env = {**__import__("os").environ, "MEDSIGHT_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "MEDSIGHT_HOME": str(tmp_path / "home")}
     run = subprocess.run([sys.executable, "-c", _PROBE.format(heavy=HEAVY), "-q", "deid", str(src), str(out),
                           "--key-file", str(key_file), "--redact-pixels", "-j", "2"],
                          capture_output=True, text=True, timeout=300, env=env)
@@ -116,3 +117,40 @@ def test_redact_pixels_command_imports_no_pytesseract_pandas_or_torch(tmp_path, 
         (row,) = list(csv.DictReader(f))
     assert row["status"] == "written" and row["reason"].startswith("burned-in text redacted and verified")
     assert "tesserocr" in json.loads(row["pixels"])["method"]
+
+
+_FORKS: list[list[str]] = []
+_WATCH: list[bool] = []
+
+
+def _note_threads_at_fork() -> None:
+    if _WATCH:
+        import threading
+
+        _FORKS.append(sorted(t.name for t in threading.enumerate()))
+
+
+os.register_at_fork(before=_note_threads_at_fork)
+
+
+def test_workers_are_forked_before_any_thread_of_the_run_starts(tmp_path, key_file, dicom_test_file):
+    # a thread alive at fork (tqdm's monitor did) may hold a lock the child then waits on forever; 3.12+ warns
+    import threading
+
+    from medsight.deid.pseudonym import Pseudonymizer
+    from medsight.deid.run import deidentify_folder
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.dcm", "b.dcm", "c.dcm"):
+        (src / name).write_bytes(dicom_test_file("CT_small.dcm").read_bytes())
+    before = sorted(t.name for t in threading.enumerate())
+    _FORKS.clear()
+    _WATCH.append(True)
+    try:
+        summary = deidentify_folder(src, tmp_path / "out", Pseudonymizer.from_file(key_file), RunOptions(),
+                                    workers=2, quiet=False)
+    finally:
+        _WATCH.clear()
+    assert summary.counts["written"] == 3
+    assert len(_FORKS) == 2 and all(names == before for names in _FORKS)  # two workers, no new thread at fork
