@@ -12,13 +12,13 @@ from medsight.deid.apply import DeidOptions, deidentify_dataset
 from medsight.synthetic.phi_corpus import local_test_files
 from medsight.deid.fast import Unsupported, deidentify_bytes
 from medsight.deid.pseudonym import Pseudonymizer
-from medsight.deid.run import _ensure_meta
+from medsight.deid.output import ensure_meta
 
 
 def _pydicom_path(path, pseudo, options):
     ds = pydicom.dcmread(path)
     summary = deidentify_dataset(ds, pseudo, options)
-    _ensure_meta(ds)
+    ensure_meta(ds)
     buf = io.BytesIO()
     try:
         ds.save_as(buf, enforce_file_format=True)

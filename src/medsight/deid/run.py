@@ -27,9 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tqdm import tqdm
 
 from medsight.deid.apply import DeidOptions, deidentify_dataset
@@ -37,6 +35,7 @@ from medsight.deid.fast import Unsupported, deidentify_bytes
 from medsight.deid.pixels import burned_in_reason
 from medsight.deid.pseudonym import Pseudonymizer
 from medsight.deid.redact import RedactOptions, redact_dataset
+from medsight.deid.output import OutputTaken, atomic_write, write_chunks, write_dataset
 from medsight.deid.regions import DEFAULT_REGIONS, load_regions
 from medsight.deid.schedule import largest_first, pool_context
 from medsight.deid.words import phi_terms
@@ -48,7 +47,7 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "deid_report.csv"
 STATE_NAME = ".medsight-deid.json"
 REPORT_FIELDS = ["input", "output", "status", "reason", "actions", "pixel_sha256", "pixels"]
-DONE_STATUSES = {"written", "flagged", "skipped"}
+DONE_STATUSES = {"written", "flagged", "skipped", "conflict"}
 
 
 @dataclass
@@ -127,61 +126,6 @@ def _read(path: Path) -> pydicom.Dataset | None:
     return ds if "SOPClassUID" in ds or "SOPInstanceUID" in ds else None
 
 
-def _ensure_meta(ds: pydicom.Dataset) -> None:
-    """Give the output a complete File Meta header, so that every reader accepts it."""
-    meta = getattr(ds, "file_meta", None)
-    if meta is None:
-        meta = ds.file_meta = FileMetaDataset()
-    if "TransferSyntaxUID" not in meta:
-        implicit, _little = getattr(ds, "original_encoding", (True, True))
-        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-    if "SOPClassUID" in ds:
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    if "SOPInstanceUID" in ds:
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-
-
-_MADE_DIRS: set[Path] = set()
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Write through a temporary file and rename: a killed run never leaves a half-written file.
-
-    No fsync per file (it cost more than the de-identification itself): the parent makes a whole batch durable
-    with one ``syncfs`` before it records the batch in the report (see ``_Checkpoint``).
-    """
-    if target.parent not in _MADE_DIRS:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _MADE_DIRS.add(target.parent)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_chunks(path: Path, chunks) -> None:
-    with open(path, "wb") as f:
-        f.writelines(chunks)
-
-
-def _write(ds: pydicom.Dataset, target: Path) -> None:
-    _ensure_meta(ds)
-    ds.preamble = b"\x00" * 128  # a preamble may hold anything (a TIFF header, text): never copy it
-
-    def save(tmp: Path) -> None:
-        try:
-            ds.save_as(tmp, enforce_file_format=True)
-        except (TypeError, ValueError):
-            # raw elements whose encoding disagrees with the declared transfer syntax: decode them all, retry
-            ds.walk(lambda _d, _e: None)
-            ds.save_as(tmp, enforce_file_format=True)
-
-    _atomic_write(target, save)
-
-
 def _output_path(ds: pydicom.Dataset, rel: str, pseudo: Pseudonymizer) -> Path:
     parts = [str(ds.get("PatientID", "") or "") or "NOPATIENT",
              str(ds.get("StudyInstanceUID", "") or "") or "nostudy",
@@ -241,10 +185,16 @@ def _process_file(path_str: str) -> dict:
             row.update(status="flagged", reason=f"not written: possible burned-in text ({reason})")
             return row
         target = _WORKER["output_dir"] / out_rel
-        if writer is None:
-            _atomic_write(target, lambda tmp: _write_chunks(tmp, out_bytes))
-        else:
-            _write(writer, target)
+        try:
+            if writer is None:
+                atomic_write(target, lambda tmp: write_chunks(tmp, out_bytes))
+            else:
+                write_dataset(writer, target)
+        except OutputTaken:
+            row.update(status="conflict", reason=f"not written: {out_rel.as_posix()} already holds a different "
+                                                 "object with the same SOP Instance UID (two objects in the input "
+                                                 "share one UID; check the source)")
+            return row
         row.update(output=out_rel.as_posix(), status="written",
                    reason=f"written although flagged: {reason}" if reason else row["reason"])
     except Exception as err:  # one broken file must not stop a batch of thousands
@@ -412,7 +362,7 @@ def deidentify_folder(input_dir: str | Path, output_dir: str | Path, pseudo: Pse
             for row in rows:
                 checkpoint.add(row)
                 summary.counts[row["status"]] += 1
-                if row["status"] in ("flagged", "error"):
+                if row["status"] in ("flagged", "error", "conflict"):
                     log.warning("%s: %s: %s", row["input"], row["status"], row["reason"])
                 bar.update()
             checkpoint.flush()
