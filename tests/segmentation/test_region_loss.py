@@ -51,15 +51,18 @@ def test_region_loss_matches_hand_worked_terms() -> None:
     t = _patch()
     logits = torch.randn(1, 4, 4, 4, 4, dtype=torch.float64)
     assert isinstance(segmentation_loss("dice_ce_lesion_region"), RegionLesionLoss)
-    # lesion-wise weights by hand: 9 lesion voxels of 64 -> binary inverse frequency 55/9 = 6.11; the 1-voxel
-    # lesion's floor LESION_SHARE * 64 / 1 = 6.4 beats it, the 8-voxel one's (0.8) does not; other voxels weigh 1
+    # lesion-wise weights by hand: the region (white matter + lesion) holds 32 voxels, 9 of them lesion -> inverse
+    # frequency 23/9 = 2.56; the 1-voxel lesion's floor LESION_SHARE * 64 / 1 = 6.4 beats it, the 8-voxel one's
+    # (0.8) does not; white matter voxels weigh 1, background and grey matter 0 (outside the region)
     assert LESION_SHARE == 0.1
     y = (t[:, 0] == 3).double()
-    w = torch.ones_like(y)
-    w[y.bool()] = 55 / 9
+    w = (t[:, 0] == 2).double()
+    w[y.bool()] = 23 / 9
     w[0, 3, 0, 0] = 6.4
-    p_les = torch.softmax(logits, 1)[:, 3]
-    bce = F.binary_cross_entropy(p_les, y, weight=w, reduction="sum") / w.sum()
+    p = torch.softmax(logits, 1)
+    p_les = p[:, 3]
+    p_in = p[:, 3] / (p[:, 2] + p[:, 3])  # P(lesion | white matter or lesion)
+    bce = F.binary_cross_entropy(p_in, y, weight=w, reduction="sum") / w.sum()
     expected = _tissue_reference(logits, t) + bce + _soft_dice(p_les, y)
     assert _loss()(logits, t).item() == pytest.approx(expected.item(), rel=1e-6)  # the lesion-wise weights are float32
     # lesion_weight scales the lesion term only
