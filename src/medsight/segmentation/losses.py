@@ -23,15 +23,17 @@ lesion was 1-17 voxels (docs/benchmarks.md "lesions").
 
 ``dice_ce_lesion_region`` (``RegionLesionLoss``) keeps the 4-class softmax but trains two decoupled problems on it,
 as nnU-Net's region-based training does for nested structures: the tissues get plain Dice + CE on the merged
-softmax (lesion probability added to its host class, white matter in the demo, whose lesions are drawn inside
-white matter), unweighted; the lesion gets a binary problem inside the reference's host + lesion region, P(lesion |
-region) against P(host | region), with the lesion-wise cross-entropy weights above, and a soft Dice on P(lesion).
-The binary term is conditional on the region because the unconditional one (P(lesion) against 1 - P(lesion) over
-the whole patch) was measured to leave P(lesion) at ~0.4 in white matter after 40 steps (argmax: 60-70% of white
-matter called lesion; 0.0 validation WM Dice after 12 epochs of the demo plan): background and grey matter voxels,
-easy negatives, dilute its gradient, and the tissue term cannot help (it moves host and lesion together). Why: every lesion-weighted 4-class loss measured held the demo's GM/WM
-Dice at 0.857-0.877 while plain Dice + CE reached 0.912 and found no lesion (docs/benchmarks.md "Tissue Dice
-levers"): the lesion weights pulled the shared softmax at the tissue boundaries."""
+softmax (lesion probability added to its host class: white matter in the demo, whose lesions are centred in white
+matter; 76% of their voxels overwrite white matter, 24% grey matter), unweighted; the lesion gets a binary problem
+inside the reference's host + lesion region, P(lesion | region) against P(host | region), with the lesion-wise
+cross-entropy weights above, and a soft Dice on P(lesion). The binary term is conditional on the region because the
+unconditional one (P(lesion) against 1 - P(lesion) over the whole patch) left P(lesion) at ~0.4 in white matter after
+40 steps (argmax: 60-70% of white matter called lesion; validation WM Dice 0.0 after 12 epochs of the demo plan):
+background and grey matter voxels, easy negatives, dilute its gradient, and the tissue term cannot help (it moves
+host and lesion together). Why try it: every lesion-weighted 4-class loss measured held the demo's GM/WM Dice at
+0.857-0.877 while plain Dice + CE reached 0.912 and found no lesion (docs/benchmarks.md "Tissue Dice levers"). It
+did not help (seed 0, docs/benchmarks.md "A region-style lesion loss"): GM/WM 0.851 against the demo loss's 0.866,
+the same held-out lesions, one site_C lesion fewer; the demo keeps ``dice_lesionwise_ce``."""
 
 from __future__ import annotations
 
@@ -121,8 +123,8 @@ class RegionLesionLoss(DeepSupervisionLoss):
     """Tissue term (Dice + CE over the softmax with the lesion classes merged into ``host``, no class weights) plus
     ``lesion_weight`` x lesion term (lesion-wise weighted binary CE of lesion against host on the reference's host +
     lesion voxels, class weight = inverse lesion frequency there capped at ``max_weight``; soft Dice on P(lesion));
-    a batch without a lesion voxel gets the tissue term only. Lesion classes: the trainer's ``component_classes`` (the plan's lesion
-    labels), else the last class."""
+    a batch without a lesion voxel gets the tissue term only. Lesion classes: the trainer's ``component_classes``
+    (the plan's lesion labels), else the last class."""
 
     def __init__(self, host: int = 2, lesion_weight: float = 1.0, max_weight: float = 100.0,
                  lesion_share: float = LESION_SHARE) -> None:
