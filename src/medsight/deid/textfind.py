@@ -127,14 +127,82 @@ def flat_ink(raw: np.ndarray, hats: dict[str, np.ndarray], min_hat: int = 4, min
     return ink & ~rules
 
 
+def drop_specks(ink: np.ndarray, min_px: int = 4, near: int = 2) -> np.ndarray:
+    """The ink mask without its isolated specks: connected pieces (8-neighbourhood) of fewer than ``min_px``
+    pixels with no other ink within ``near`` px. Speckle that happens to equal its neighbours' colour leaves such
+    dots around a faint turned name, and Tesseract reads "O'BRIEN" among them at confidence 19, without them at
+    95 (measured on the planted benchmark). Small pieces close to other ink stay: faint text over speckle breaks
+    into fragments of its strokes, which together still spell the name."""
+    labels, _n = ndimage.label(ink, np.ones((3, 3), bool))
+    sizes = np.bincount(labels.ravel())
+    size = sizes[labels]
+    small = ink & (size < min_px)
+    if not small.any():
+        return ink
+    k = 2 * near + 1
+    around = np.rint(ndimage.uniform_filter(ink.astype(np.float32), k, mode="constant") * k * k)
+    return ink & ~(small & (around <= size))
+
+
+COLOUR_MIN = 60  # px of one exact colour in a crop for a colour page (``colour_page``)
+COLOUR_SHARE = 0.02  # ... and this share of the crop
+
+
+def colour_page(raw: np.ndarray, box: Box) -> np.ndarray | None:
+    """A frame-sized white page with, inside ``box`` only, the pixels of the box's text colour in black: the most
+    frequent exact colour after the background's (the most frequent one), when it holds >= ``COLOUR_MIN`` pixels
+    and >= ``COLOUR_SHARE`` of the box. None when no colour qualifies (speckle, smooth anatomy)."""
+    x0, y0, x1, y1 = box
+    a = np.asarray(raw)[y0:y1, x0:x1]
+    if a.ndim == 3:
+        a = a.astype(np.int64)
+        a = (a[..., 0] << 42) | (a[..., 1] << 21) | a[..., 2]
+    values, counts = np.unique(a, return_counts=True)
+    if len(values) < 2:
+        return None
+    order = np.argsort(-counts, kind="stable")
+    text, n = values[order[1]], int(counts[order[1]])
+    if n < COLOUR_MIN or n < COLOUR_SHARE * a.size:
+        return None
+    out = np.full(np.asarray(raw).shape[:2], 255, np.uint8)
+    out[y0:y1, x0:x1] = np.where(a == text, np.uint8(0), np.uint8(255))
+    return out
+
+
+def ink_colours(raw: np.ndarray, ink: np.ndarray) -> np.ndarray:
+    """The ink page as colour labels: 0 where there is no ink, else the rank of the pixel's exact colour among the
+    ink colours (1 = the most frequent; ranks past 255 share 255). Two texts of different colours that touch (a
+    turned grey name drawn across a block of white annotations) join into one blob of the plain ink mask, too
+    wide to be a line; their colours tell them apart (``_components``)."""
+    a = np.asarray(raw)
+    if a.ndim == 3:
+        a = a.astype(np.int64)
+        a = (a[..., 0] << 42) | (a[..., 1] << 21) | a[..., 2]
+    out = np.zeros(ink.shape, np.uint8)
+    values, inverse, counts = np.unique(a[ink], return_inverse=True, return_counts=True)
+    rank = np.empty(len(values), np.int64)
+    rank[np.argsort(-counts, kind="stable")] = np.arange(1, len(values) + 1)
+    out[ink] = np.minimum(rank[inverse.ravel()], 255).astype(np.uint8)
+    return out
+
+
 def _morphology(hat: np.ndarray, s: FindSettings, vertical: bool, binary: bool = False) -> list[Box]:
+    """Line-shaped components of the top-hat at each contrast level; ``binary``: ``hat`` is the ink page's
+    colour labels (``ink_colours``), one mask, and a blob too wide to be a line is split by colour."""
+    if binary:
+        return _components(hat > 0, s, vertical, hat)
     out = []
-    for level in (s.contrasts[:1] if binary else s.contrasts):  # a binary page (ink) gives one mask at any level
+    for level in s.contrasts:
         out += _components(hat >= level, s, vertical)
     return out
 
 
-def _components(ink: np.ndarray, s: FindSettings, vertical: bool) -> list[Box]:
+SPLIT_COLOURS = 4  # colours of a too-wide ink blob tried on their own (the most frequent first)
+SPLIT_MIN = 120  # px of one colour inside the blob to be worth a try: a line of text (a 16-px name has ~400), not
+# one band of a colour scale (each of its colours holds a row or two)
+
+
+def _components(ink: np.ndarray, s: FindSettings, vertical: bool, colours: np.ndarray | None = None) -> list[Box]:
     # along the line only (letters of a word, words of a line): lines above stay apart; a 1-D maximum filter is
     # the same dilation as an 11x1 structuring element, ~10x faster than binary_dilation
     joined = ndimage.maximum_filter1d(ink.view(np.uint8), 11, axis=0 if vertical else 1)
@@ -143,10 +211,27 @@ def _components(ink: np.ndarray, s: FindSettings, vertical: bool) -> list[Box]:
     for i, sl in enumerate(ndimage.find_objects(labels)):
         h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
         across, along = (w, h) if vertical else (h, w)
+        if across > s.max_across and colours is not None:  # texts of different colours that touch
+            out += _split_by_colour(ink[sl] & (labels[sl] == i + 1), colours[sl], s, vertical, sl)
+            continue
         if not (s.min_across <= across <= s.max_across and along >= 1.5 * across):
             continue
         if 0.05 <= float(ink[sl][labels[sl] == i + 1].mean()) <= 0.7:
             out.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
+    return out
+
+
+def _split_by_colour(blob: np.ndarray, colours: np.ndarray, s: FindSettings, vertical: bool,
+                     sl: tuple[slice, slice]) -> list[Box]:
+    """The line-shaped components of each of the blob's main colours on its own (frame pixels)."""
+    values, counts = np.unique(colours[blob], return_counts=True)
+    out = []
+    for v in values[np.argsort(-counts)][:SPLIT_COLOURS]:
+        one = blob & (colours == v)
+        if one.sum() < SPLIT_MIN or one.sum() == blob.sum():
+            continue
+        out += [(a + sl[1].start, b + sl[0].start, c + sl[1].start, d + sl[0].start)
+                for a, b, c, d in _components(one, s, vertical)]
     return out
 
 
