@@ -30,10 +30,8 @@ TARGETS = {"held_out_dice_gm_wm_mean": 0.90, "held_out_dice_grey_matter": 0.90, 
 def build_seg_data(work: Path) -> Path:
     """The demo's segmentation data of seed 0 (as `medsight demo` builds it), once, under ``work``."""
     from medsight.demo import segmentation as stage
-    from medsight.synthetic.demo import build_demo_dataset
 
-    return build_demo_dataset(work / "seg_data", n_cases=stage.N_CASES, seed=0, quiet=True,
-                              lesion_share=stage.LESION_SHARE, lesion_profile=stage.LESION_PROFILE)
+    return stage.build_data(work / "seg_data", seed=0)  # with its held-out test cohort, as the stage builds it
 
 
 def seg_run(work: Path, out: Path, seed: int, threads: int) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from medsight.data.splits import patient_kfold
+from medsight.data.splits import dataset_folds, patient_kfold
 from medsight.errors import DatasetError
 
 
@@ -70,3 +72,35 @@ def test_patient_holdout_is_the_first_stratified_group_fold():
     _, ref = next(StratifiedGroupKFold(5, shuffle=True, random_state=5).split(np.zeros(60), strata, patients))
     assert np.flatnonzero(held).tolist() == sorted(ref.tolist())
     assert not set(patients[held]) & set(patients[~held])
+
+
+def _seg_dataset(rows):
+    """A SegDataset of (case_id, patient_id, site, split) rows; the splitter reads ids and attributes only."""
+    from medsight.data.dataset import Case, SegDataset
+
+    cases = tuple(Case(c, (), None, p, s, {"split": sp}) for c, p, s, sp in rows)
+    return SegDataset(Path("."), "t", {0: "T1"}, {"background": 0, "x": 1}, ".nii.gz", cases)
+
+
+def test_cases_marked_test_are_in_no_fold_and_listed_under_test():
+    """A case with manifest split=test never trains and never validates in any fold (its validation would choose the
+    checkpoint and fit rules); splits.json lists it under "test" beside every fold."""
+    rows = [(f"c{i:02d}", f"p{i // 2:02d}", "AB"[i % 2], "") for i in range(30)]  # 2 scans per patient
+    rows += [(f"t{i}", f"q{i}", "AB"[i % 2], "test") for i in range(5)] + [("x0", "r0", "C", "test")]
+    folds = dataset_folds(_seg_dataset(rows), 3, seed=0, sites=("A", "B"))
+    test = {f"t{i}" for i in range(5)}
+    assert len(folds) == 3
+    for f in folds:
+        assert f["test"] == sorted(test)  # site C's test case is outside the sites asked for
+        assert test.isdisjoint(f["train"]) and test.isdisjoint(f["val"])
+        assert sorted(f["train"] + f["val"]) == [f"c{i:02d}" for i in range(30)]
+    # without test cases the folds are exactly those of before (no "test" key), and the same for the other cases
+    plain = dataset_folds(_seg_dataset(rows[:30]), 3, seed=0, sites=("A", "B"))
+    assert all(set(f) == {"train", "val"} for f in plain)
+    assert [{"train": f["train"], "val": f["val"]} for f in folds] == plain
+
+
+def test_a_patient_on_both_sides_of_the_test_split_is_refused():
+    rows = [(f"c{i}", f"p{i}", "A", "") for i in range(6)] + [("t0", "p0", "A", "test")]  # p0's rescan marked test
+    with pytest.raises(DatasetError, match="p0 have scans marked split=test"):
+        dataset_folds(_seg_dataset(rows), 3, seed=0)

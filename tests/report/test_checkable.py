@@ -144,7 +144,8 @@ def test_segmentation_numbers_recomputed_from_the_per_case_csv(run: tuple[dict, 
     doc, _, folder = run
     seg = doc["segmentation"]
     t = pd.read_csv(folder / doc["data"]["per_case_tables"]["segmentation"])
-    t["cohort"] = np.where(t.site == "site_C", "external: site_C", "internal test fold")
+    t["cohort"] = np.where(t.site == "site_C", "external: site_C", stage.INTERNAL)
+    assert [c["name"] for c in seg["cohorts"]] == [stage.INTERNAL, "external: site_C"]
     for c in seg["cohorts"]:
         g = t[t.cohort == c["name"]]
         assert c["n"] == g.case_id.nunique()

@@ -63,3 +63,23 @@ def test_operating_point_unit_comes_from_the_data(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"thresholds": {"lesion": 0.3}}))
     assert operating_point(tmp_path, "patient")["unit"] == "patient"  # not a fixed "slice"
     assert operating_point(tmp_path, "case")["unit"] == "case"
+
+
+def test_fold_partitioning_checks_the_test_set_against_what_each_fold_saw(tmp_path) -> None:
+    """splits.json's "test" (cases in no fold) is checked against the fold's training AND validation patients: a
+    test patient that a fold validated on (checkpoint choice, fitted rules) is an overlap, worked by hand here."""
+    import json
+
+    from medsight.report.run_model import fold_partitioning
+
+    model, data = tmp_path / "model", tmp_path / "data"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "fold_0" / "model_final.pt").write_bytes(b"")  # a trained fold (available_folds)
+    data.mkdir()
+    (data / "manifest.csv").write_text("case_id,patient_id\na,p1\nb,p2\nc,p3\nd,p4\ne,p3\n")
+    (model / "splits.json").write_text(json.dumps([{"train": ["a", "b"], "val": ["c"], "test": ["d"]}]))
+    clean = fold_partitioning(model, data)
+    assert clean["patient_level"] is True and '"test"' in clean["how"]
+    (model / "splits.json").write_text(json.dumps([{"train": ["a", "b"], "val": ["c"], "test": ["d", "e"]}]))
+    leak = fold_partitioning(model, data)  # e is p3's rescan, and fold 0 validated on p3's case c
+    assert leak["patient_level"] is False and leak["overlaps"] == {"fold 0 vs test": ["p3"]}

@@ -65,7 +65,7 @@ def test_stage_writes_report(demo_report: tuple[DemoContext, dict]) -> None:
     html, js = Path(ctx.paths["report"]), Path(ctx.paths["report_json"])
     doc = json.loads(js.read_text())
     assert out["report"] == str(html) and html.is_file()
-    assert [c["name"] for c in doc["segmentation"]["cohorts"]] == ["internal test fold", "external: site_C"]
+    assert [c["name"] for c in doc["segmentation"]["cohorts"]] == [stage.INTERNAL, "external: site_C"]
     ext = doc["segmentation"]["cohorts"][1]
     m = pd.read_csv(ctx.paths["seg_metrics"])
     site_c_gm = m[(m.site == "site_C") & (m.label == 1)].dice

@@ -69,12 +69,31 @@ def patient_holdout(patients: np.ndarray, strata: np.ndarray, fraction: float, s
 
 def dataset_folds(ds: SegDataset, n_folds: int = 5, seed: int = 0, sites: tuple[str, ...] | None = None
                   ) -> list[dict[str, list[str]]]:
-    """Patient-level folds over the cases of ``ds`` (optionally only those from ``sites``), stratified by site."""
-    cases = [c for c in ds.cases if sites is None or c.site in sites]
+    """Patient-level folds over the cases of ``ds`` (optionally only those from ``sites``), stratified by site.
+
+    Cases whose manifest ``split`` is ``test`` are in no fold: a fold's validation cases choose the checkpoint and
+    fit rules, so a test set must stay outside them. They are listed under each fold's ``"test"`` key (only when
+    there are any), so that splits.json shows they are disjoint from every fold's train and val."""
+    pool = [c for c in ds.cases if sites is None or c.site in sites]
+    test = [c for c in pool if is_test_case(c.attrs)]
+    cases = [c for c in pool if not is_test_case(c.attrs)]
     if not cases:
         raise DatasetError(f"no cases from site(s) {sites} to split", ds.root)
-    return patient_kfold([c.case_id for c in cases], [c.patient_id for c in cases], n_folds, seed,
-                         [c.site for c in cases])
+    both = sorted({c.patient_id for c in test} & {c.patient_id for c in cases})
+    if both:
+        raise DatasetError(f"patient(s) {', '.join(both[:5])} have scans marked split=test and scans without it; "
+                           "all scans of one patient belong on one side: mark them all or none", ds.root)
+    folds = patient_kfold([c.case_id for c in cases], [c.patient_id for c in cases], n_folds, seed,
+                          [c.site for c in cases])
+    if test:
+        for f in folds:
+            f["test"] = sorted(c.case_id for c in test)
+    return folds
+
+
+def is_test_case(attrs: dict[str, str]) -> bool:
+    """A case the manifest's ``split`` column marks as held-out test (``medsight.data.manifest.SPLITS``)."""
+    return str(attrs.get("split", "")).strip() == "test"
 
 
 def save_folds(folds: list[dict[str, list[str]]], path: str | Path) -> Path:

@@ -38,6 +38,7 @@ from medsight.deid.pixels import burned_in_reason
 from medsight.deid.pseudonym import Pseudonymizer
 from medsight.deid.redact import RedactOptions, redact_dataset
 from medsight.deid.regions import DEFAULT_REGIONS, load_regions
+from medsight.deid.schedule import largest_first, pool_context
 from medsight.deid.words import phi_terms
 from medsight.errors import ConfigError, DatasetError, InputNotFoundError
 from medsight.files import atomic_write_text
@@ -95,12 +96,6 @@ def find_files(input_dir: Path) -> list[Path]:
 
 # --- worker side -------------------------------------------------------------------------------------------------
 _WORKER: dict = {}
-
-
-def largest_first(paths: list[Path]) -> list[Path]:
-    """Largest files first (ties by path): pixel redaction costs roughly with the pixel count, and a pool that
-    takes the large radiographs last leaves one worker straggling with them while the others idle."""
-    return sorted(paths, key=lambda p: (-p.stat().st_size, str(p)))
 
 
 def _init_worker(pseudo: Pseudonymizer, options: RunOptions, input_dir: str, output_dir: str) -> None:
@@ -272,11 +267,14 @@ def _check_redaction(options: RunOptions) -> None:
                           "file whose text cannot be removed is held back; choose one")
     if options.min_text_chars < 1:
         raise ConfigError(f"--min-text-chars must be >= 1 (got {options.min_text_chars})")
-    options.redact_options()
-    tesseract_version()
-    from medsight.deid.tess import Engine
+    redact = options.redact_options()
+    if redact.mode == "full-frame":  # only the older method runs the tesseract program (pytesseract: +0.5 s)
+        tesseract_version()
+    from medsight.deid.tess import engine
 
-    Engine()  # tesserocr and the language data load (a one-line error when missing); workers load their own
+    # tesserocr and the language data load here (a one-line error when missing), once: forked workers inherit
+    # the loaded model instead of each loading its own
+    engine(redact.ocr.lang)
 
 
 def _check_state(output_dir: Path, pseudo: Pseudonymizer, options: RunOptions) -> None:
@@ -399,16 +397,18 @@ def deidentify_folder(input_dir: str | Path, output_dir: str | Path, pseudo: Pse
         if new_report:
             writer.writeheader()
         checkpoint = _Checkpoint(fh, writer, output_dir)
-        bar = tqdm(total=len(todo), unit="file", desc="de-identifying", disable=quiet, leave=False)
         args = (pseudo, options, str(input_dir), str(output_dir))
+        pool, bar = None, None
         try:
             if workers == 1:
                 _init_worker(*args)
                 rows = map(process_file, map(str, todo))
-                pool = None
             else:
-                pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker, initargs=args)
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(),
+                                           initializer=_init_pool_worker, initargs=args)
+                # map submits every file now, which forks the workers: before tqdm starts its monitor thread
                 rows = pool.map(process_file, map(str, todo), chunksize=max(1, min(64, len(todo) // (workers * 8))))
+            bar = tqdm(total=len(todo), unit="file", desc="de-identifying", disable=quiet, leave=False)
             for row in rows:
                 checkpoint.add(row)
                 summary.counts[row["status"]] += 1
@@ -417,7 +417,8 @@ def deidentify_folder(input_dir: str | Path, output_dir: str | Path, pseudo: Pse
                 bar.update()
             checkpoint.flush()
         finally:
-            bar.close()
-            if workers > 1 and pool is not None:
+            if bar is not None:
+                bar.close()
+            if pool is not None:
                 pool.shutdown(cancel_futures=True)
     return summary

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 UNSEEN = ("site_C",)
+INTERNAL = "internal test set (in no fold)"  # the segmentation stage's held-out cohort (demo/segmentation.py)
 SEG_TABLE, CLS_TABLE = "segmentation_per_case.csv", "classification_per_scan.csv"
 CARD_TEXT = {
     "intended_use": "Demonstration of medsight's pipeline on synthetic brain MRI (simulated anatomy and lesions); "
@@ -50,7 +51,7 @@ def run(ctx) -> dict[str, Any]:  # noqa: ANN001 - DemoContext
                                model_provenance(model_dir, "demo segmentation (DynUNet)", "segmentation"), UNSEEN,
                                min_cases=min_cases, n_boot=n_boot, seed=ctx.seed,
                                pred_dir=Path(pred_dir).resolve() if pred_dir else None,
-                               title="medsight demo: validation report")
+                               title="medsight demo: validation report", internal=INTERNAL)
     res.model["seed"] = ctx.seed
     from medsight.report.checklist import merge_partitioning
     from medsight.report.run_model import fold_partitioning

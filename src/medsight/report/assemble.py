@@ -139,16 +139,18 @@ def _with_fp_components(t: pd.DataFrame, pred_dir: Path | None) -> pd.DataFrame:
 def segmentation_results(per_case: pd.DataFrame, dataset: Path, labels: dict[int, str], model: dict[str, Any],
                          external_sites: Sequence[str], min_cases: int = 10, n_boot: int = 1000, seed: int = 0,
                          pred_dir: Path | None = None, n_worst: int = 5, title: str = "Validation report",
-                         model_card: dict[str, Any] | None = None) -> ValidationResults:
-    """Results document from a long per-case/per-label metrics table (case_id, label, dice[, site])."""
+                         model_card: dict[str, Any] | None = None, internal: str = "internal test fold"
+                         ) -> ValidationResults:
+    """Results document from a long per-case/per-label metrics table (case_id, label, dice[, site]); ``internal``
+    names the cohort of the non-external cases (the demo's is a test set in no fold)."""
     manifest = read_manifest(dataset)
     extra = [c for c in MANIFEST_COLUMNS if c in manifest.columns]
     t = per_case.drop(columns=[c for c in extra if c in per_case.columns]).merge(
         manifest[["case_id", *extra]], on="case_id", how="left")
     ext = set(external_sites)
-    t["cohort"] = np.where(t["site"].isin(ext), "external: " + t["site"].astype(str), "internal test fold")
+    t["cohort"] = np.where(t["site"].isin(ext), "external: " + t["site"].astype(str), internal)
     kinds = {c: ("external" if c.startswith("external") else "internal") for c in t["cohort"].unique()}
-    order = ["internal test fold"] + sorted(c for c in kinds if c != "internal test fold")
+    order = [internal] + sorted(c for c in kinds if c != internal)
     t["cohort"] = pd.Categorical(t["cohort"], categories=[c for c in order if c in kinds], ordered=True)
     t = _with_fp_components(t, pred_dir)
     seg = segmentation_section(t.sort_values("cohort"), labels, min_cases, n_boot=n_boot, seed=seed, kinds=kinds)
@@ -165,7 +167,7 @@ def segmentation_results(per_case: pd.DataFrame, dataset: Path, labels: dict[int
                       "value": float(row["dice"]), "thumbnail": thumb, "note": note})
     return ValidationResults(
         title=title, created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), min_cases=min_cases,
-        model=model, data=data_provenance(dataset, manifest, "internal test fold", external_sites),
+        model=model, data=data_provenance(dataset, manifest, internal, external_sites),
         segmentation=seg, worst_cases=cases, model_card=model_card)
 
 

@@ -78,6 +78,12 @@ def fold_partitioning(model_dir: Path, dataset: Path) -> dict[str, Any]:
     trained = set(available_folds(Path(model_dir)))
     pairs = {f"fold {i}": ({patient.get(c, c) for c in f["train"]}, {patient.get(c, c) for c in f["val"]})
              for i, f in enumerate(load_folds(p)) if str(i) in trained}
+    # a test set in no fold (splits.json "test"): nothing a fold trained or validated on (checkpoint, fitted rules)
+    pairs.update({f"fold {i} vs test": ({patient.get(c, c) for c in f["train"] + f["val"]},
+                                        {patient.get(c, c) for c in f["test"]})
+                  for i, f in enumerate(load_folds(p)) if str(i) in trained and f.get("test")})
+    if any(name.endswith("vs test") for name in pairs):
+        how += "; its training and validation patients vs the test set's (splits.json \"test\")"
     return partitioning(pairs, how)
 
 

@@ -315,9 +315,11 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def _stamp(n_cases: int, seed: int, lesion_share: float, profile: str,
-           patients: list[str] | None = None) -> dict[str, object]:
+           patients: list[str] | None = None, n_test: int = 0) -> dict[str, object]:
     stamp: dict[str, object] = {"generator": "medsight.synthetic.demo", "version": BUILD_VERSION, "n_cases": n_cases,
                                 "seed": seed}
+    if n_test:
+        stamp["n_test"] = n_test
     if patients is not None:
         stamp["patients"] = patients
     if lesion_share != LESION_SHARE:
@@ -329,7 +331,8 @@ def _stamp(n_cases: int, seed: int, lesion_share: float, profile: str,
 
 def build_demo_dataset(root: Path, n_cases: int | None = None, seed: int = 0, quiet: bool = False,
                        lesion_share: float = LESION_SHARE, workers: int | None = None,
-                       lesion_profile: str = DEFAULT_LESION_PROFILE, patients: Iterable[str] | None = None) -> Path:
+                       lesion_profile: str = DEFAULT_LESION_PROFILE, patients: Iterable[str] | None = None,
+                       n_test: int = 0) -> Path:
     """Build (or reuse) the demo dataset under ``root``; returns ``root``.
 
     Deterministic from ``seed``: the same arguments give byte-identical images and labels, whatever the number
@@ -337,13 +340,15 @@ def build_demo_dataset(root: Path, n_cases: int | None = None, seed: int = 0, qu
     later call with the same arguments returns at once. A partial build (killed run) is simply redone.
     Concurrent callers on one folder wait for each other through a file lock. ``patients`` (ids of the
     ``n_cases`` plan) builds only their cases, byte-identical to the same cases of the whole build (every case has
-    its own seeds): a test that trains on a few of the demo's patients need not simulate the rest.
+    its own seeds): a test that trains on a few of the demo's patients need not simulate the rest. ``n_test``
+    adds that many held-out test cases of the training sites after the ``n_cases`` (``demo_holdout``: manifest
+    ``split = test``, kept out of every fold); the ``n_cases`` stay byte-identical to a build without them.
     """
     root = Path(root)
     n = DEFAULT_N_CASES if n_cases is None else int(n_cases)
     stamp_path = root / ".demo_build.json"
     only = None if patients is None else sorted(set(patients))
-    want = _stamp(n, seed, lesion_share, lesion_profile, only)
+    want = _stamp(n, seed, lesion_share, lesion_profile, only, n_test)
     with _locked(root):
         if stamp_path.is_file():
             try:
@@ -353,6 +358,11 @@ def build_demo_dataset(root: Path, n_cases: int | None = None, seed: int = 0, qu
                 pass
             stamp_path.unlink()
         specs = plan_cases(n, seed, lesion_share, lesion_profile)
+        from medsight.synthetic.demo_holdout import TEST_SPLIT, plan_test_cases  # it builds on this module
+
+        test = plan_test_cases(specs, n_test, seed, lesion_share, get_lesion_profile(lesion_profile))
+        test_ids = {spec.case_id for spec in test}
+        specs += test
         if only is not None:
             specs = [spec for spec in specs if spec.patient_id in only]
             if {spec.patient_id for spec in specs} != set(only):
@@ -367,7 +377,9 @@ def build_demo_dataset(root: Path, n_cases: int | None = None, seed: int = 0, qu
             # no child process re-imports a caller's unguarded __main__ or inherits a held lock
             with ThreadPoolExecutor(n_workers) as pool:
                 rows = list(_progress(pool.map(_write_case, jobs), quiet, total=len(jobs)))
-        _write_dataset_json(root, len(specs), seed, lesion_share, get_lesion_profile(lesion_profile))
+        _write_dataset_json(root, len(specs), seed, lesion_share, get_lesion_profile(lesion_profile), n_test)
+        if n_test:  # the split column only where there is a test cohort: other builds keep their manifest
+            rows = [{**row, "split": TEST_SPLIT if row["case_id"] in test_ids else ""} for row in rows]
         _write_manifest(root, rows)
         atomic_write_text(stamp_path, json.dumps(want, sort_keys=True))
     return root
@@ -394,7 +406,8 @@ def _progress(items: Iterable[T], quiet: bool, total: int | None = None) -> Iter
     yield from tqdm(items, desc="demo data", unit="case", leave=False, total=total)
 
 
-def _write_dataset_json(root: Path, n: int, seed: int, lesion_share: float, lesion: LesionProfile) -> None:
+def _write_dataset_json(root: Path, n: int, seed: int, lesion_share: float, lesion: LesionProfile,
+                        n_test: int = 0) -> None:
     tpl = _template()
     meta = {
         "name": "MedsightDemoBrain",
@@ -414,6 +427,7 @@ def _write_dataset_json(root: Path, n: int, seed: int, lesion_share: float, lesi
                                         "description": lesion.description},
                      "training_sites": list(TRAINING_SITES),
                      "unseen_site": UNSEEN_SITE,
+                     **({"held_out_test_cases": n_test} if n_test else {}),
                      "sites": {s.name: {"scanner": s.scanner, "spacing_mm": list(s.spacing), "noise": s.noise,
                                         "gamma": s.gamma, "bias": s.bias, "gain": s.gain} for s in SITES},
                      "template_files": [{"path": s.path, "sha256": s.sha256} for s in tpl.sources]},
@@ -423,7 +437,8 @@ def _write_dataset_json(root: Path, n: int, seed: int, lesion_share: float, lesi
 
 def _write_manifest(root: Path, rows: list[dict[str, object]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
+    columns = list(MANIFEST_COLUMNS) + (["split"] if rows and "split" in rows[0] else [])
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(root / "manifest.csv", buf.getvalue())
