@@ -16,7 +16,8 @@ from scipy import ndimage
 
 from medsight.deid.reading import _runs
 from medsight.deid.redact import RedactOptions, redact_dataset
-from medsight.deid.textfind import FindSettings, _components, colour_page, drop_specks, ink_colours
+from medsight.deid.ink import colour_page, drop_specks, ink_colours
+from medsight.deid.textfind import FindSettings, _components
 from medsight.deid.words import phi_terms
 
 

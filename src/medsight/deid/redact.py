@@ -36,8 +36,8 @@ from medsight.deid.ocr import OcrSettings, display_grey, display_levels, read_wo
 from medsight.deid.reading import CropReader, FoundWord, along_line, better, crop_box, resolve, weak
 from medsight.deid.regions import DEFAULT_REGIONS, TextRegion, regions_for
 from medsight.deid.tess import engine
-from medsight.deid.textfind import (INK, POLARITIES, FindSettings, drop_specks, find_text, flat_ink,
-                                    colour_page, ink_colours, page, page_contrast, tophat)
+from medsight.deid.ink import colour_page, drop_specks, flat_ink, ink_colours
+from medsight.deid.textfind import INK, POLARITIES, FindSettings, find_text, page, page_contrast, tophat
 from medsight.deid.words import IDENTIFIER, classify
 
 OUTPUT_SYNTAX = ExplicitVRLittleEndian
