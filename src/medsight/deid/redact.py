@@ -4,7 +4,8 @@
 2. blank the known text regions of this manufacturer/model (``regions``), before any OCR;
 3. find text cheaply (``textfind``: top-hat morphology + Tesseract's layout analysis, both polarities, level and
    turned 90 degrees; plus the flat-colour "ink" page where it is sparse) on a static composite of the frames (their minimum for light text, maximum for dark text:
-   burned-in text stays put while a cine loop's anatomy moves), and read only those boxes (``reading``);
+   burned-in text stays put while a cine loop's anatomy moves), and read only those boxes (``reading``); a weak
+   level reading is tried again on the crop's own text colour (``ink.colour_page``);
 4. classify every word (``words``): identifiers (the header's own PHI values, dates, times, ID numbers, unknown
    words that may be names) are filled, with the rest of their printed line, in *every* frame; annotations
    (units, scales, device parameters, view labels) are kept;
