@@ -315,7 +315,7 @@ def _account(r: dict, case: dict, after: np.ndarray | None, seconds: float, cpu:
             continue
         left = readable_chars(after, p, mono1)
         r["after"] += left
-        print(f"  {r['tool']} {case['base']} {p.font} {p.size}px rot{p.rotation} contrast {p.contrast}: "
+        print(f"  {r['tool']} {case['base']} {p.text!r} {p.font} {p.size}px rot{p.rotation} contrast {p.contrast}: "
               f"read {before_read}/{n} before, {left} after", file=sys.stderr)
         mask = redacted_mask(frame, after)
         r["ink_left"] += int((p.ink & ~mask).sum())

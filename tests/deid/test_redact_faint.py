@@ -19,7 +19,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
 from medsight.deid.redact import RedactOptions, redact_dataset
-from medsight.deid.textfind import FindSettings, flat_ink, tophat
+from medsight.deid.ink import flat_ink
+from medsight.deid.textfind import FindSettings, tophat
 from medsight.deid.words import phi_terms
 
 NAME, DATE = "KOWALSKI ANNA", "12/03/1960"

@@ -34,7 +34,7 @@ class FoundWord:
     vertical: bool
     kind: str
     rule: str
-    line_box: Box  # the candidate's extent along the line and the line's extent across it (frame pixels)
+    line_box: Box  # the extent of the words read on its line, along and across it (frame pixels)
 
     @property
     def n_alnum(self) -> int:
@@ -45,7 +45,8 @@ class FoundWord:
         return self.kind == IDENTIFIER
 
 
-def _crop_box(c: Candidate, h: int, w: int) -> Box:
+def crop_box(c: Candidate, h: int, w: int) -> Box:
+    """The frame area read for a candidate: its box padded by a third of its line height (at least 3 px)."""
     x0, y0, x1, y1 = c.box
     p = max(3, c.across // 3)
     return max(0, x0 - p), max(0, y0 - p), min(w, x1 + p), min(h, y1 + p)
@@ -59,13 +60,14 @@ class CropReader:
         self.cache: dict[tuple, list[FoundWord]] = {}
         self.crops_read = 0
 
-    def read(self, c: Candidate, page: np.ndarray) -> list[FoundWord]:
-        """The words of candidate ``c``, read in its polarity's page (cached under the crop's pixels)."""
+    def read(self, c: Candidate, page: np.ndarray, variant: str = "") -> list[FoundWord]:
+        """The words of candidate ``c``, read in its polarity's page (cached under the crop's pixels; ``variant``
+        names another page of the same polarity)."""
         h, w = page.shape
-        box = _crop_box(c, h, w)
+        box = crop_box(c, h, w)
         cx0, cy0, cx1, cy1 = box
         crop = page[cy0:cy1, cx0:cx1]
-        key = (c.polarity, c.vertical, box, hashlib.sha1(crop.tobytes()).digest())
+        key = (c.polarity, variant, c.vertical, box, hashlib.sha1(crop.tobytes()).digest())
         if key not in self.cache:
             self.cache[key] = self._read(c, crop, box, h, w)
         return self.cache[key]
@@ -84,31 +86,77 @@ class CropReader:
         # a box taller than its line (two lines, text joined with anatomy) is read as a block
         reads = self.eng.words(framed, self.psm if line == c.across and c.across <= MAX_LINE else 6)
         self.crops_read += 1
-        words = []
         ch = cy1 - cy0
-        line_span: dict[int, list[float]] = {}
         mapped = []
         for r in reads:
             x0, y0, x1, y1 = ((v - BORDER) / s for v in r.box)
             if c.vertical:  # the crop was turned clockwise: (x', y') came from (x = y', y = ch - x')
                 x0, y0, x1, y1 = y0, ch - x1, y1, ch - x0
             wbox = (int(np.floor(x0)) + cx0, int(np.floor(y0)) + cy0, int(np.ceil(x1)) + cx0, int(np.ceil(y1)) + cy0)
-            wbox = (max(0, wbox[0]), max(0, wbox[1]), min(w, wbox[2]), min(h, wbox[3]))
-            mapped.append((r, wbox))
-            lo, hi = (wbox[0], wbox[2]) if c.vertical else (wbox[1], wbox[3])
-            span = line_span.setdefault(r.line, [lo, hi])
-            span[0], span[1] = min(span[0], lo), max(span[1], hi)
-        for r, wbox in mapped:
+            mapped.append((r, _clip_across(wbox, c, h, w)))
+        words = []
+        for (r, wbox), (run, line_box) in zip(mapped, _runs([(r.line, b) for r, b in mapped], c.vertical)):
             kind, rule = classify(r.text, self.terms)
-            lo, hi = line_span[r.line]
-            line_box = (int(lo), cy0, int(hi), cy1) if c.vertical else (cx0, int(lo), cx1, int(hi))
-            words.append(FoundWord(r.text, r.conf, wbox, (c.box, c.polarity, c.vertical, r.line), c.vertical, kind,
-                                   rule, line_box))
+            words.append(FoundWord(r.text, r.conf, wbox, (c.box, c.polarity, c.vertical, r.line, run), c.vertical,
+                                   kind, rule, line_box))
         return words
+
+
+RUN_GAP = 1.5  # line heights: a wider gap between two words on one Tesseract line parts two printed runs
+
+
+def _runs(words: list[tuple[int, Box]], vertical: bool) -> list[tuple[int, Box]]:
+    """For each (Tesseract line, word box): the run of words it belongs to on that line and the run's extent.
+
+    A printed line is the words of one Tesseract line that follow each other with gaps of at most ``RUN_GAP``
+    line heights. The line that a redaction fills whole is this run, not the crop: a layout line along an image
+    edge may carry a short junk "word" at each end ("PWR" read as "PUR" at both sides of an ultrasound), and
+    filling from one to the other blanked a band across the whole image."""
+    a0, a1, b0, b1 = _axes(vertical)
+    out: list[tuple[int, Box]] = [(0, (0, 0, 0, 0))] * len(words)
+    for line in {ln for ln, _b in words}:
+        idx = sorted((i for i, (ln, _b) in enumerate(words) if ln == line), key=lambda i: words[i][1][a0])
+        size = max(1, max(words[i][1][b1] for i in idx) - min(words[i][1][b0] for i in idx))
+        groups: list[list[int]] = []
+        for i in idx:
+            if groups and words[i][1][a0] <= max(words[j][1][a1] for j in groups[-1]) + RUN_GAP * size:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        for k, g in enumerate(groups):
+            box = [0, 0, 0, 0]
+            for axis in (a0, b0):
+                box[axis] = min(words[i][1][axis] for i in g)
+            for axis in (a1, b1):
+                box[axis] = max(words[i][1][axis] for i in g)
+            for i in g:
+                out[i] = (k, (box[0], box[1], box[2], box[3]))
+    return out
+
+
+def _clip_across(wbox: Box, c: Candidate, h: int, w: int) -> Box:
+    """A word box kept within the frame and, across its line, within the candidate's own extent plus a sixth of
+    it: Tesseract may stretch a word over the crop's padding (speckle dots of the ink page beside a turned
+    name), and the fill, padded again, then eats the annotations beside the line."""
+    x0, y0, x1, y1 = c.box
+    m = max(2, c.across // 6)
+    if c.vertical:
+        return max(0, wbox[0], x0 - m), max(0, wbox[1]), min(w, wbox[2], x1 + m), min(h, wbox[3])
+    return max(0, wbox[0]), max(0, wbox[1], y0 - m), min(w, wbox[2]), min(h, wbox[3], y1 + m)
 
 
 def _score(words: list[FoundWord]) -> float:
     return sum(w.conf * w.n_alnum for w in words if w.conf >= 30)
+
+
+def weak(words: list[FoundWord], conf: float = 60.0) -> bool:
+    """No word of >= 3 letters/digits read at ``conf`` or more: a reading worth a second try on a cleaner page."""
+    return not any(w.conf >= conf and w.n_alnum >= 3 for w in words)
+
+
+def better(first: list[FoundWord], second: list[FoundWord]) -> list[FoundWord]:
+    """The reading with the larger confidence x characters (the first on a tie)."""
+    return second if _score(second) > _score(first) else first
 
 
 def _inside(b: Box, box: Box) -> bool:

@@ -26,8 +26,7 @@ from scipy import ndimage
 from medsight.deid.tess import Box, Engine
 
 POLARITIES = ("light-on-dark", "dark-on-light")
-RULE = 48  # px: an ink run this long is a ruled line, not a glyph stroke
-INK = "flat-ink"  # a third page: pixels of one exact colour, whatever the background (``flat_ink``)
+INK = "flat-ink"  # a third page: pixels of one exact colour, whatever the background (``ink.flat_ink``)
 
 
 @dataclass(frozen=True)
@@ -85,56 +84,26 @@ def page(hat: np.ndarray, hi: float | None = None) -> np.ndarray:
     return (255 - np.clip(hat.astype(np.float32) * (255.0 / hi), 0, 255)).astype(np.uint8)
 
 
-def flat_ink(raw: np.ndarray, hats: dict[str, np.ndarray], min_hat: int = 4, min_count: int = 24) -> np.ndarray:
-    """Pixels drawn in one exact colour that stand out from their surroundings: burned-in text is rendered in a
-    flat colour, while the speckle or anatomy it lies on varies from pixel to pixel. A pixel counts when >= 2 of
-    its 4 neighbours hold exactly its value (all channels) and either top-hat is >= ``min_hat`` (a flat plateau,
-    such as a black background, stands above nothing). This separates faint text (35 % contrast) from the
-    ultrasound speckle that a top-hat joins it with. Only colours held by >= ``min_count`` such pixels are kept:
-    a text's colour is shared by all its strokes, while speckle that happens to equal its neighbours is spread
-    over every grey level. Lossy-compressed pixels lose the exact equality; the top-hat pages still cover them."""
-    a = np.asarray(raw)
-    if a.ndim == 3:  # one integer per colour, so that equality means all channels equal
-        a = a.astype(np.int64)
-        a = (a[..., 0] << 42) | (a[..., 1] << 21) | a[..., 2]
-    eq = np.zeros(a.shape, np.uint8)
-    h = a[:, 1:] == a[:, :-1]
-    v = a[1:] == a[:-1]
-    eq[:, 1:] += h
-    eq[:, :-1] += h
-    eq[1:] += v
-    eq[:-1] += v
-    stands = np.zeros(a.shape, bool)
-    for hat in hats.values():
-        stands |= hat >= min_hat
-    ink = (eq >= 2) & stands
-    values, counts = np.unique(a[ink], return_counts=True)
-    drop = values[counts < min_count]
-    if len(drop):
-        ink[ink] = ~np.isin(a[ink], drop)  # only the candidate pixels: a radiograph has millions of others
-    # straight rules and frame borders (runs longer than any glyph stroke) would join the text beside them
-    rules = np.zeros(ink.shape, bool)
-    for axis in (0, 1):  # only columns (rows) with >= RULE ink pixels can hold such a run
-        lines = np.flatnonzero(ink.sum(axis=axis) >= RULE)
-        if not len(lines):
-            continue
-        part = (ink[:, lines] if axis == 0 else ink[lines]).view(np.uint8)
-        rule = ndimage.maximum_filter1d(ndimage.minimum_filter1d(part, RULE, axis=axis), RULE, axis=axis)
-        if axis == 0:
-            rules[:, lines] |= rule.view(bool)
-        else:
-            rules[lines] |= rule.view(bool)
-    return ink & ~rules
-
-
 def _morphology(hat: np.ndarray, s: FindSettings, vertical: bool, binary: bool = False) -> list[Box]:
+    """Line-shaped components of the top-hat at each contrast level; ``binary``: ``hat`` is the ink page's
+    colour labels (``ink_colours``), one mask, and a blob too wide to be a line is split by colour."""
+    if binary:
+        return _components(hat > 0, s, vertical, hat)
     out = []
-    for level in (s.contrasts[:1] if binary else s.contrasts):  # a binary page (ink) gives one mask at any level
+    for level in s.contrasts:
         out += _components(hat >= level, s, vertical)
     return out
 
 
-def _components(ink: np.ndarray, s: FindSettings, vertical: bool) -> list[Box]:
+SPLIT_COLOURS = 2  # colours of a too-wide ink blob tried on their own (the most frequent first)
+SPLIT_ACROSS = 2  # ... when the blob is at most this many line heights (``max_across``) across: a turned name
+# through a block of annotation lines (112 px across on the planted benchmark), not a Doppler box (the real
+# RGB ultrasound's 129 turned ink reads instead of 24 without this bound)
+SPLIT_MIN = 120  # px of one colour inside the blob to be worth a try: a line of text (a 16-px name has ~400), not
+# one band of a colour scale (each of its colours holds a row or two)
+
+
+def _components(ink: np.ndarray, s: FindSettings, vertical: bool, colours: np.ndarray | None = None) -> list[Box]:
     # along the line only (letters of a word, words of a line): lines above stay apart; a 1-D maximum filter is
     # the same dilation as an 11x1 structuring element, ~10x faster than binary_dilation
     joined = ndimage.maximum_filter1d(ink.view(np.uint8), 11, axis=0 if vertical else 1)
@@ -143,10 +112,28 @@ def _components(ink: np.ndarray, s: FindSettings, vertical: bool) -> list[Box]:
     for i, sl in enumerate(ndimage.find_objects(labels)):
         h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
         across, along = (w, h) if vertical else (h, w)
+        if s.max_across < across <= SPLIT_ACROSS * s.max_across and colours is not None:  # texts of different
+            # colours that touch; a blob wider still is a screen's colour image or speckle, not a line of text
+            out += _split_by_colour(ink[sl] & (labels[sl] == i + 1), colours[sl], s, vertical, sl)
+            continue
         if not (s.min_across <= across <= s.max_across and along >= 1.5 * across):
             continue
         if 0.05 <= float(ink[sl][labels[sl] == i + 1].mean()) <= 0.7:
             out.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
+    return out
+
+
+def _split_by_colour(blob: np.ndarray, colours: np.ndarray, s: FindSettings, vertical: bool,
+                     sl: tuple[slice, slice]) -> list[Box]:
+    """The line-shaped components of each of the blob's main colours on its own (frame pixels)."""
+    values, counts = np.unique(colours[blob], return_counts=True)
+    out = []
+    for v in values[np.argsort(-counts)][:SPLIT_COLOURS]:
+        one = blob & (colours == v)
+        if one.sum() < SPLIT_MIN or one.sum() == blob.sum():
+            continue
+        out += [(a + sl[1].start, b + sl[0].start, c + sl[1].start, d + sl[0].start)
+                for a, b, c, d in _components(one, s, vertical)]
     return out
 
 
