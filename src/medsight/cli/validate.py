@@ -38,7 +38,10 @@ from medsight.cli.audited import audited, current_event
 def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], report_path: Path,
              predictions: Path | None, threshold: float | None, unit: str, min_cases: int, n_boot: int, seed: int,
              quiet: bool, allow_retired: bool, write_card: bool) -> None:
-    """Run MODEL_DIR on the internal test folds of DATASET and on each --external-site, and write the report.
+    """Run MODEL_DIR on the internal cohort of DATASET and on each --external-site, and write the report.
+
+    The internal cohort is the test set in no fold when the model's splits.json lists one (manifest split=test),
+    else the folds' validation cases, each scored out of fold (the report says they chose the checkpoint).
 
     The report holds metrics with bootstrap 95% CIs per cohort and per subgroup (site, scanner, sex, age band),
     calibration, decision curves (classifiers), Dice distributions (segmentation), the worst cases with images,
@@ -68,11 +71,17 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
     elif run_model.is_segmentation_model(model_dir):
         pred_dir = report_path.parent / f"{report_path.stem}_predictions"
         table = run_model.segmentation_table(model_dir, dataset, external_sites, pred_dir, quiet=quiet)
+        cohort = run_model.internal_cohort(model_dir, run_model.case_ids_of(dataset)) \
+            if (model_dir / "splits.json").is_file() else None
         res = assemble.segmentation_results(
             table, dataset, run_model.labels_of(dataset),
             assemble.model_provenance(model_dir, model_dir.name, "segmentation"), external_sites,
-            min_cases=min_cases, n_boot=n_boot, seed=seed, pred_dir=pred_dir)
-        res.notes.append(run_model.scoring_note(table, external_sites))
+            min_cases=min_cases, n_boot=n_boot, seed=seed, pred_dir=pred_dir,
+            **({"internal": cohort.name} if cohort else {}))
+        if cohort:
+            res.notes.append(cohort.note)
+        res.notes.append(run_model.scoring_note(table, external_sites, cohort.case_ids if cohort and
+                                                cohort.in_no_fold else ()))
         res.data["partitioning"] = run_model.fold_partitioning(model_dir, dataset)
         res.data["scoring"] = table.drop_duplicates("case_id").set_index("case_id")["scored_by"].to_dict()
     else:

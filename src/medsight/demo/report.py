@@ -19,8 +19,10 @@ from typing import Any
 
 import pandas as pd
 
+from medsight.report.run_model import TEST_SET
+
 UNSEEN = ("site_C",)
-INTERNAL = "internal test set (in no fold)"  # the segmentation stage's held-out cohort (demo/segmentation.py)
+INTERNAL = TEST_SET  # the segmentation stage's held-out cohort (demo/segmentation.py), named as validate does
 SEG_TABLE, CLS_TABLE = "segmentation_per_case.csv", "classification_per_scan.csv"
 CARD_TEXT = {
     "intended_use": "Demonstration of medsight's pipeline on synthetic brain MRI (simulated anatomy and lesions); "

@@ -1,15 +1,19 @@
-"""Run a model over the internal test fold and the external sites, giving the per-case tables assemble.py reads.
+"""Run a model over the internal cohort and the external sites, giving the per-case tables assemble.py reads.
 
-Segmentation models are medsight plan folders (plan.json + fold_*/); the internal test cases are the validation
-cases of the saved patient-level folds (splits.json). Each internal case is scored **out of fold**: only by the
-model of the fold that held it out (the ensemble of all folds contains models that trained on it, which inflates
-internal Dice). External sites, which no fold trained on, are scored by the ensemble of all trained folds. The
-table's ``scored_by`` column says which model scored each case.
+Segmentation models are medsight plan folders (plan.json + fold_*/). The internal cohort is the **test set in no
+fold** when the saved folds (splits.json) list one (``"test"``: manifest ``split = test``) and the dataset holds
+it: no fold trained on those cases or chose its checkpoint / fitted its lesion rules on them, so they are scored by
+the ensemble of all trained folds. Without one it is the validation cases of the saved patient-level folds, each
+scored **out of fold**: only by the model of the fold that held it out (the ensemble of all folds contains models
+that trained on it, which inflates internal Dice), and the report says these cases chose the checkpoint. External
+sites, which no fold trained on, are scored by the ensemble of all trained folds. The table's ``scored_by`` column
+says which model scored each case.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,12 @@ def labels_of(dataset: Path) -> dict[int, str]:
     from medsight.data.dataset import load_dataset
 
     return load_dataset(dataset).foreground
+
+
+def case_ids_of(dataset: Path) -> list[str]:
+    from medsight.data.dataset import load_dataset
+
+    return [c.case_id for c in load_dataset(dataset).cases]
 
 
 def is_segmentation_model(model_dir: Path) -> bool:
@@ -40,6 +50,50 @@ def internal_cases(model_dir: Path, folds: Sequence[int] | None = None) -> list[
     use = range(len(all_folds)) if folds is None else folds
     trained = [i for i in use if (Path(model_dir) / f"fold_{i}").is_dir()]
     return sorted({c for i in trained for c in all_folds[i]["val"]})
+
+
+TEST_SET = "internal test set (in no fold)"
+FOLD_VALIDATION = "internal fold validation cases (out-of-fold)"
+
+
+@dataclass(frozen=True)
+class InternalCohort:
+    """The internal cases validate scores, the cohort's name in the report, and a note saying what they are."""
+
+    case_ids: list[str]
+    name: str
+    in_no_fold: bool
+    note: str
+
+
+def listed_test_cases(model_dir: Path) -> list[str]:
+    """The test set in no fold that splits.json lists (each fold's ``"test"``), empty when it lists none."""
+    p = Path(model_dir) / "splits.json"
+    if not p.is_file():
+        return []
+    from medsight.data.splits import load_folds
+
+    return sorted({str(c) for f in load_folds(p) for c in f.get("test") or []})
+
+
+def internal_cohort(model_dir: Path, dataset_ids: Collection[str]) -> InternalCohort:
+    """The test set in no fold where splits.json lists one and the dataset holds some of it; else the folds'
+    validation cases (``internal_cases``), with a note that they chose the checkpoint."""
+    listed, held = listed_test_cases(model_dir), set(map(str, dataset_ids))
+    test = [c for c in listed if c in held]
+    if test:
+        missing = len(listed) - len(test)
+        return InternalCohort(test, TEST_SET, True, (
+            f"Internal cohort: {len(test)} case(s) of the test set in no fold (splits.json \"test\"): no fold "
+            "trained on them, chose its checkpoint or fitted its rules on them"
+            + (f"; {missing} listed test case(s) are not in this dataset and were not scored" if missing else "")
+            + "."))
+    why = (f"splits.json lists {len(listed)} test case(s) in no fold but this dataset holds none of them"
+           if listed else "splits.json lists no test set in no fold")
+    return InternalCohort(internal_cases(model_dir), FOLD_VALIDATION, False, (
+        f"Internal cohort: the folds' validation cases ({why}). They chose each fold's checkpoint and fitted its "
+        "rules, so the internal figures are optimistic; mark held-out cases split=test in the manifest before "
+        "training for a test set in no fold."))
 
 
 def out_of_fold(model_dir: Path) -> dict[str, str]:
@@ -87,13 +141,18 @@ def fold_partitioning(model_dir: Path, dataset: Path) -> dict[str, Any]:
     return partitioning(pairs, how)
 
 
-def scoring_note(table: pd.DataFrame, external_sites: Sequence[str]) -> str:
-    """One sentence for the report: which model scored the internal and the external cases (read from the table)."""
+def scoring_note(table: pd.DataFrame, external_sites: Sequence[str], in_no_fold: Collection[str] = ()) -> str:
+    """One sentence for the report: which model scored the internal and the external cases (read from the table;
+    ``in_no_fold``: the test set in no fold, which no model trained on)."""
     by = table.drop_duplicates("case_id")
     ext = by["site"].isin(set(external_sites))
-    internal, external = by[~ext], by[ext]
+    test = by["case_id"].astype(str).isin(set(in_no_fold)) & ~ext
+    internal, external, by_test = by[~ext & ~test], by[ext], by[test]
     oof = internal["scored_by"].astype(str).str.startswith("fold ")
     parts = []
+    if len(by_test):
+        parts.append(f"{len(by_test)} internal test case(s) in no fold scored by {by_test['scored_by'].iloc[0]} "
+                     "(no fold trained on them)")
     if oof.any():
         parts.append(f"{int(oof.sum())} internal test case(s) each scored only by the model of the fold that held it "
                      f"out (out-of-fold, {internal.loc[oof, 'scored_by'].nunique()} fold models)")
@@ -117,10 +176,12 @@ def fold_predictor(model_dir: Path, fold: str | None) -> Any:
 
 def segmentation_table(model_dir: Path, dataset: Path, external_sites: Sequence[str], pred_dir: Path,
                        quiet: bool = False, internal: str = "out-of-fold") -> pd.DataFrame:
-    """Predict each internal test and external case, write its labels to ``pred_dir``, one row per case/label.
+    """Predict each internal (``internal_cohort``) and external case, write its labels to ``pred_dir``, one row
+    per case/label.
 
-    ``internal="out-of-fold"`` (default) scores an internal case with the one fold model that held it out;
-    ``"ensemble"`` uses all folds for it too (leaky: only for measuring the leak, see docs/benchmarks.md)."""
+    A fold validation case is scored with the one fold model that held it out (``internal="out-of-fold"``,
+    default) or with all folds (``"ensemble"``: leaky, only for measuring the leak, see docs/benchmarks.md); a
+    test case in no fold always by the ensemble of all trained folds."""
     from medsight.data.dataset import load_dataset
     from medsight.segmentation.predict import Predictor, write_prediction
     from medsight.io.nifti import read_nifti
@@ -135,7 +196,8 @@ def segmentation_table(model_dir: Path, dataset: Path, external_sites: Sequence[
     # a model without saved folds (e.g. a federated one: no site's split left its site) is scored on the
     # external sites alone, as the error message of internal_cases offers
     has_folds = (Path(model_dir) / "splits.json").is_file() or not external_sites
-    targets = [c for c in (internal_cases(model_dir) if has_folds else []) if sites.get(c) not in set(external_sites)]
+    cohort = internal_cohort(model_dir, sites).case_ids if has_folds else []
+    targets = [c for c in cohort if sites.get(c) not in set(external_sites)]
     internal_ids = set(targets)
     targets += [c.case_id for c in ds.cases if c.site in set(external_sites)]
     if internal not in ("out-of-fold", "ensemble"):
