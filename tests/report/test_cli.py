@@ -62,3 +62,26 @@ def test_validate_missing_columns_is_a_one_line_error(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "y_true" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r.html").exists()
+
+
+def test_rows_the_classifier_trained_on_are_in_no_cohort(tmp_path) -> None:
+    """split = train rows (the model fitted its weights on them) were scored as internal test rows: now left out of
+    every cohort, subgroups and worst cases, and the page says how many; val and test rows are scored as before."""
+    from medsight.report.assemble import classification_results
+
+    ds, m, pred = _dataset(tmp_path)
+    pred["split"] = np.array(["train", "val", "test"])[np.arange(len(pred)) // 3 % 3]
+    pred.loc[pred.split == "train", "prob"] = pred.loc[pred.split == "train", "y_true"]  # memorised: AUC 1
+    res = classification_results(pred, ds, {"name": "m"}, ["site_C"], n_boot=50)
+    cohorts = {c["name"]: c for c in res.classification["cohorts"]}
+    internal = pred[(pred.split == "test") & (m.site != "site_C")]
+    external = pred[(pred.split == "test") & (m.site == "site_C")]
+    assert cohorts["internal test folds"]["n"] == len(internal) == 20
+    assert cohorts["internal test folds"]["auc"]["value"] == pytest.approx(roc_auc_score(internal.y_true, internal.prob))
+    assert cohorts["external: site_C"]["n"] == len(external)
+    assert cohorts["validation (calibration and threshold fitted here)"]["n"] == int((pred.split == "val").sum())
+    trained = set(pred.loc[pred.split == "train", "case_id"])
+    assert not trained & {w["case_id"] for w in res.worst_cases}
+    assert sum(r["n"] for r in res.classification["subgroups"] if r["attribute"] == "site") == \
+        int((pred.split == "test").sum())
+    assert any("30 row(s) with split = train left out" in n for n in res.notes)

@@ -234,8 +234,9 @@ def classification_results(pred: pd.DataFrame, dataset: Path, model: dict[str, A
     patient_id, image, mask], one row per ``unit`` (slice, scan, patient). The threshold is ``op`` (the model's
     stored operating point, see ``operating_point``), else ``threshold``, else 0.5 marked as not the model's.
     Rows with ``split`` = val form a validation cohort (where calibration and threshold were fitted), left out of
-    subgroups and worst cases; with ``patient_id`` the CIs resample patients. With an ``image`` column (paths,
-    relative to ``base``) the worst cases get a thumbnail, with the Grad-CAM heatmap of ``classifier_dir``'s
+    subgroups and worst cases; rows with ``split`` = train (the model trained on them) are left out of every
+    cohort, with a note; with ``patient_id`` the CIs resample patients. With an ``image`` column (paths, relative
+    to ``base``) the worst cases get a thumbnail, with the Grad-CAM heatmap of ``classifier_dir``'s
     model and the outline of ``mask`` (the annotated finding) on it."""
     need = {"case_id", "y_true", "prob"} - set(pred.columns)
     if need:
@@ -252,6 +253,13 @@ def classification_results(pred: pd.DataFrame, dataset: Path, model: dict[str, A
     keep = [c for c in ("patient_id",) if c in manifest.columns and c not in pred.columns]
     t = pred.drop(columns=[c for c in extra if c in pred.columns]).merge(manifest[["case_id", *extra, *keep]],
                                                                          on="case_id", how="left")
+    notes = []
+    if "split" in t.columns and (t["split"].astype(str).str.strip().str.lower() == "train").any():
+        # rows the model trained on are no test evidence (the same leak as scoring a fold's own cases)
+        train = t["split"].astype(str).str.strip().str.lower() == "train"
+        notes.append(f"{int(train.sum())} row(s) with split = train left out of every cohort: the model trained on "
+                     "them.")
+        t = t[~train].reset_index(drop=True)
     is_val = (t["split"].astype(str) == "val") if "split" in t.columns else pd.Series(False, index=t.index)
     ext = t["site"].isin(set(external_sites)) if "site" in t.columns else pd.Series(False, index=t.index)
     ext &= ~is_val
@@ -283,4 +291,4 @@ def classification_results(pred: pd.DataFrame, dataset: Path, model: dict[str, A
     return ValidationResults(
         title=title, created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), min_cases=min_cases,
         model=model, data=data_provenance(dataset, manifest, "internal test folds", external_sites),
-        classification=cls, worst_cases=cases, model_card=model_card)
+        classification=cls, worst_cases=cases, model_card=model_card, notes=notes)
