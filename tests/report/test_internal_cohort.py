@@ -112,3 +112,28 @@ def test_a_test_set_the_dataset_lacks_falls_back_and_says_so(run, tmp_path: Path
     cohort = run_model.internal_cohort(paths["seg_model"], run_model.case_ids_of(paths["seg_data"]))
     assert cohort.name == run_model.FOLD_VALIDATION and "lists 2 test case(s) in no fold but this dataset holds none" \
         in cohort.note
+
+
+def test_validate_cli_names_the_test_set_and_scores_only_it(run, tmp_path: Path, monkeypatch) -> None:
+    """The command as a user runs it on a package whose splits.json lists a test set: report.json's internal
+    cohort is the test set (name, n, data.scoring), and the page's notes say what the cohort is."""
+    from click.testing import CliRunner
+
+    from medsight.cli.validate import validate
+    from medsight.package import save_package
+
+    paths, _ = run
+    monkeypatch.setenv("MEDSIGHT_HOME", str(tmp_path / "home"))
+    _splits(paths["seg_model"], ["demo_009", "demo_010"])
+    pkg = save_package(paths["seg_model"], tmp_path / "pkg", task="segmentation", name="cohort-seg").path
+    r = CliRunner().invoke(validate, [str(pkg), str(paths["seg_data"]), "--external-site", "site_C", "--report",
+                                      str(tmp_path / "r.html"), "--n-boot", "20", "--min-cases", "2", "--quiet"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["data"]["internal"] == run_model.TEST_SET
+    cohorts = {c["name"]: c["n"] for c in doc["segmentation"]["cohorts"]}
+    assert cohorts == {run_model.TEST_SET: 2, "external: site_C": 4}
+    internal = {c for c, by in doc["data"]["scoring"].items() if not c.endswith(("2", "5", "8", "11"))}
+    assert internal == {"demo_009", "demo_010"}  # site_C is demo_002/005/008/011
+    assert any("test set in no fold" in n and "2 case(s)" in n for n in doc["notes"])
+    assert "Note: Internal cohort: 2 case(s) of the test set in no fold" in (tmp_path / "r.html").read_text()
