@@ -33,7 +33,9 @@ background and grey matter voxels, easy negatives, dilute its gradient, and the 
 host and lesion together). Why try it: every lesion-weighted 4-class loss measured held the demo's GM/WM Dice at
 0.857-0.877 while plain Dice + CE reached 0.912 and found no lesion (docs/benchmarks.md "Tissue Dice levers"). It
 did not help (seed 0, docs/benchmarks.md "A region-style lesion loss"): GM/WM 0.851 against the demo loss's 0.866,
-the same held-out lesions, one site_C lesion fewer; the demo keeps ``dice_lesionwise_ce``."""
+the same held-out lesions, one site_C lesion fewer; the demo keeps ``dice_lesionwise_ce``. Its tissue CE with
+``dice_inverse_ce``'s class weights (``tissue_weighted=True``) did not close the gap either (validation GM/WM 0.844
+against 0.863 rerun beside it; docs/benchmarks.md "Weighted tissue term")."""
 
 from __future__ import annotations
 
