@@ -61,7 +61,9 @@ def seg_run(work: Path, out: Path, seed: int, threads: int) -> dict[str, Any]:
             "held_out_dice_grey_matter", "held_out_dice_white_matter", "held_out_dice_lesion",
             "unseen_site_dice_grey_matter", "unseen_site_dice_white_matter", "unseen_site_dice_lesion",
             "held_out_lesion_sensitivity", "held_out_lesion_fp_per_case", "held_out_lesion_cases",
-            "unseen_site_lesion_sensitivity", "unseen_site_lesion_fp_per_case", "unseen_site_lesion_cases")
+            "unseen_site_lesion_sensitivity", "unseen_site_lesion_fp_per_case", "unseen_site_lesion_cases",
+            "validation_cases", "validation_tissue_dice", "validation_lesion_sensitivity",
+            "validation_lesion_fp_per_case", "validation_lesion_n_ref")
     r = {"seed": seed, "threads": threads, **{k: res.get(k) for k in keys},
          "train_seconds": round(trained["seconds"], 1), "stage_seconds": round(time.perf_counter() - t0, 1),
          "final_loss": trained.get("final_loss"), "load": [round(load0, 1), round(os.getloadavg()[0], 1)],

@@ -8,7 +8,8 @@ that the stage's code stays as the demo runs it:
     S33_FG (foreground-centred share), S33_PATCH (e.g. 48x64x64), S33_BATCH, S33_LR, S33_DS (deep supervision 0/1),
     S33_NOCLS=1 (no class-first lesion sampling), S33_TISSUE_UNWEIGHTED=1 (CE class weights on lesion labels only),
     S33_CE_PER_VOXEL=1 (weighted CE divided by the voxel count, not by the sum of the weights),
-    S33_LESION_WEIGHT (the lesion term's weight of S33_LOSS=dice_ce_lesion_region)
+    S33_LESION_WEIGHT (the lesion term's weight of S33_LOSS=dice_ce_lesion_region),
+    S33_TISSUE_WEIGHTED=1 (that loss's tissue CE with dice_inverse_ce's inverse-frequency class weights)
 
     OMP_NUM_THREADS=1 S33_MEM=0.5 S33_EPOCHS=20 python benchmarks/probe_seg_recipe.py --work WORK --name p48 --seed 0
 
@@ -58,9 +59,14 @@ def _patch_stage() -> None:
         return p
 
     planner.make_plan = make_plan
-    if "S33_LESION_WEIGHT" in E:  # the registry looks the factory up by name when the trainer builds the loss
+    region_options: dict = {}
+    if "S33_LESION_WEIGHT" in E:
+        region_options["lesion_weight"] = float(E["S33_LESION_WEIGHT"])
+    if E.get("S33_TISSUE_WEIGHTED") == "1":
+        region_options["tissue_weighted"] = True
+    if region_options:  # the registry looks the factory up by name when the trainer builds the loss
         region = losses.dice_ce_lesion_region
-        losses.dice_ce_lesion_region = lambda **o: region(**{"lesion_weight": float(E["S33_LESION_WEIGHT"]), **o})
+        losses.dice_ce_lesion_region = lambda **o: region(**{**region_options, **o})
     if E.get("S33_TISSUE_UNWEIGHTED") == "1" or E.get("S33_CE_PER_VOXEL") == "1":
         _lesion_only_class_weights(tissue_weighted=E.get("S33_TISSUE_UNWEIGHTED") != "1",
                                    per_voxel=E.get("S33_CE_PER_VOXEL") == "1")

@@ -33,7 +33,9 @@ background and grey matter voxels, easy negatives, dilute its gradient, and the 
 host and lesion together). Why try it: every lesion-weighted 4-class loss measured held the demo's GM/WM Dice at
 0.857-0.877 while plain Dice + CE reached 0.912 and found no lesion (docs/benchmarks.md "Tissue Dice levers"). It
 did not help (seed 0, docs/benchmarks.md "A region-style lesion loss"): GM/WM 0.851 against the demo loss's 0.866,
-the same held-out lesions, one site_C lesion fewer; the demo keeps ``dice_lesionwise_ce``."""
+the same held-out lesions, one site_C lesion fewer; the demo keeps ``dice_lesionwise_ce``. Its tissue CE with
+``dice_inverse_ce``'s class weights (``tissue_weighted=True``) did not close the gap either (validation GM/WM 0.844
+against 0.863 rerun beside it; docs/benchmarks.md "Weighted tissue term")."""
 
 from __future__ import annotations
 
@@ -69,12 +71,17 @@ class DeepSupervisionLoss(nn.Module):
             self.loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5,
                                    include_background=False)
 
+    def _class_weights(self, t: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
+        """Per-batch CE class weights: (largest class frequency / class frequency) ** weight_power, in
+        [1, max_weight]; an absent class weighs 1."""
+        n = torch.bincount(t.reshape(-1), minlength=n_classes).to(dtype)
+        f = n / n.sum()
+        return torch.where(n > 0, (f.max() / f.clamp_min(1e-12)).pow(self.weight_power).clamp(1.0, self.max_weight),
+                           torch.ones_like(f))
+
     def _balanced(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         t = target[:, 0].long()
-        n = torch.bincount(t.reshape(-1), minlength=output.shape[1]).to(output.dtype)
-        f = n / n.sum()
-        w = torch.where(n > 0, (f.max() / f.clamp_min(1e-12)).pow(self.weight_power).clamp(1.0, self.max_weight),
-                        torch.ones_like(f))
+        w = self._class_weights(t, output.shape[1], output.dtype)
         if self.lesion_share <= 0:
             return self.dice(output, target) + F.cross_entropy(output, t, weight=w)
         vw = self._component_weights(target, t, w)
@@ -124,12 +131,14 @@ class RegionLesionLoss(DeepSupervisionLoss):
     ``lesion_weight`` x lesion term (lesion-wise weighted binary CE of lesion against host on the reference's host +
     lesion voxels, class weight = inverse lesion frequency there capped at ``max_weight``; soft Dice on P(lesion));
     a batch without a lesion voxel gets the tissue term only. Lesion classes: the trainer's ``component_classes``
-    (the plan's lesion labels), else the last class."""
+    (the plan's lesion labels), else the last class. ``tissue_weighted``: the tissue CE takes ``dice_inverse_ce``'s
+    class weights (inverse frequency of the merged classes in the batch, capped at ``max_weight``), as the demo's
+    4-class loss weights the GM/WM border."""
 
     def __init__(self, host: int = 2, lesion_weight: float = 1.0, max_weight: float = 100.0,
-                 lesion_share: float = LESION_SHARE) -> None:
+                 lesion_share: float = LESION_SHARE, tissue_weighted: bool = False) -> None:
         super().__init__(max_weight=max_weight, weight_power=1.0, lesion_share=lesion_share)
-        self.host, self.lesion_weight = host, lesion_weight
+        self.host, self.lesion_weight, self.tissue_weighted = host, lesion_weight, tissue_weighted
         self.tissue_dice = DiceLoss(to_onehot_y=True, softmax=False, batch=True, smooth_nr=1e-5, smooth_dr=1e-5,
                                     include_background=False)
         del self.loss  # the parent's DiceCELoss module: this loss is a method
@@ -155,7 +164,8 @@ class RegionLesionLoss(DeepSupervisionLoss):
             remap[c] = i
         remap[lesions] = tissues.index(self.host)
         tt = remap[t]
-        tissue = self.tissue_dice(log_q.exp(), tt[:, None]) + F.nll_loss(log_q, tt)
+        tw = self._class_weights(tt, len(tissues), output.dtype) if self.tissue_weighted else None
+        tissue = self.tissue_dice(log_q.exp(), tt[:, None]) + F.nll_loss(log_q, tt, weight=tw)
         is_lesion = torch.zeros(output.shape[1], dtype=torch.bool, device=t.device)
         is_lesion[lesions] = True
         y = is_lesion[t]
@@ -179,6 +189,7 @@ def dice_ce_lesion_region(**options: Any) -> RegionLesionLoss:
     """Region-style loss (``dice_ce_lesion_region``, see the module docstring): plain Dice + CE for the tissues on
     the merged softmax, a lesion-wise weighted binary lesion term beside it."""
     return RegionLesionLoss(**options)
+
 
 
 def dice_balanced_ce(**options: Any) -> DeepSupervisionLoss:
