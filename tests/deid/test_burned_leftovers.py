@@ -59,6 +59,22 @@ def test_colour_split_finds_the_turned_line_across_the_band():
     assert found == [(70, 25, 88, 197)]
 
 
+def test_colour_split_skips_a_blob_wider_than_long():
+    """The same band with the grey bars only inside it (y 20..44): the blob is 100 px across but only 34 px
+    along (20..44 grown 5 px at each end by the joining filter), a block of level lines seen turned, as the real
+    RGB ultrasound's annotation blocks are. Split, its grey (3 bars, 324 px >= SPLIT_MIN) would give the box
+    (70, 15, 88, 49), 34 px along >= 1.5 x 18 across: a candidate of no line; not split, nothing."""
+    raw = np.zeros((240, 160), np.uint8)
+    raw[20:44:3, 30:130] = 7
+    for y in (20, 29, 38):
+        raw[y:y + 6, 70:88] = 9
+    ink = raw > 0
+    colours = ink_colours(raw, ink)
+    assert _components(ink, FindSettings(), vertical=True, colours=colours) == []
+    grey = ink & (raw == 9)  # the split's own step on the grey alone: the line box it would have given
+    assert _components(grey, FindSettings(), vertical=True) == [(70, 15, 88, 49)]
+
+
 def test_colour_labels_rank_by_count_and_leave_background_zero():
     raw = np.array([[0, 5, 5, 5], [0, 6, 6, 0]], np.uint8)
     ink = raw > 0
