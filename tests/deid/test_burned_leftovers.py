@@ -75,6 +75,16 @@ def test_colour_split_skips_a_blob_wider_than_long():
     assert _components(grey, FindSettings(), vertical=True) == [(70, 15, 88, 49)]
 
 
+def test_colour_split_is_for_the_turned_search_only():
+    """The crossing turned by 90 degrees: a level grey line (y 70..88, x 30..192) across a block of turned white
+    columns. Found by the turned search's split it is (the first test); in the level search the blob is not split
+    (on the real RGB ultrasound the level split only re-found annotation lines that the top-hat pages read
+    already), so nothing, while the grey alone is the transposed line box (25, 70, 197, 88)."""
+    raw, ink = (a.T.copy() for a in _crossing())
+    assert _components(ink, FindSettings(), vertical=False, colours=ink_colours(raw, ink)) == []
+    assert _components(ink & (raw == 9), FindSettings(), vertical=False) == [(25, 70, 197, 88)]
+
+
 def test_colour_labels_rank_by_count_and_leave_background_zero():
     raw = np.array([[0, 5, 5, 5], [0, 6, 6, 0]], np.uint8)
     ink = raw > 0
