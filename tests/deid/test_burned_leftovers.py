@@ -85,6 +85,23 @@ def test_colour_split_is_for_the_turned_search_only():
     assert _components(ink & (raw == 9), FindSettings(), vertical=False) == [(25, 70, 197, 88)]
 
 
+def test_colour_split_drops_a_colour_that_falls_into_many_lines():
+    """The turned grey line of ``_crossing`` (x 70..88, y 30..192) with four striped white blocks touching it
+    (x 40..70 and 88..118, y 25..75 and 95..145, every other row): one blob, 78 px across and 177 along, split.
+    The white alone falls into 4 line-shaped pieces (30 across, 60 along with the joining filter, ink share 0.42):
+    more than SPLIT_LINES = 3, the blocks' own lines seen crosswise, dropped; the grey gives its one box."""
+    raw = np.zeros((240, 160), np.uint8)
+    for y in range(30, 190, 12):
+        raw[y:y + 6, 70:88] = 9
+    for x0 in (40, 88):
+        for y0 in (25, 95):
+            raw[y0:y0 + 50:2, x0:x0 + 30] = 7
+    ink = raw > 0
+    found = _components(ink, FindSettings(), vertical=True, colours=ink_colours(raw, ink))
+    assert found == [(70, 25, 88, 197)]
+    assert len(_components(ink & (raw == 7), FindSettings(), vertical=True)) == 4
+
+
 def test_colour_labels_rank_by_count_and_leave_background_zero():
     raw = np.array([[0, 5, 5, 5], [0, 6, 6, 0]], np.uint8)
     ink = raw > 0

@@ -104,6 +104,9 @@ SPLIT_ACROSS = 2  # ... when the blob is at most this many line heights (``max_a
 # than long. On the real RGB ultrasound the split gave 113 candidates (crops read 248, 147 before the split):
 # 52 from such blocks, 33 from the level search (its bottom annotation lines, read already on the top-hat pages);
 # without them 184 crops, the same identifiers filled and the planted benchmark's leftovers unchanged
+SPLIT_LINES = 3  # a colour of the blob that falls into more line-shaped pieces than this is not one crossing
+# line (the planted turned name: 2 pieces, the white block it crosses: 8; the real RGB ultrasound's right-hand
+# column: 5 and 12, read already on the top-hat pages)
 SPLIT_MIN = 120  # px of one colour inside the blob to be worth a try: a line of text (a 16-px name has ~400), not
 # one band of a colour scale (each of its colours holds a row or two)
 
@@ -137,8 +140,10 @@ def _split_by_colour(blob: np.ndarray, colours: np.ndarray, s: FindSettings, ver
         one = blob & (colours == v)
         if one.sum() < SPLIT_MIN or one.sum() == blob.sum():
             continue
-        out += [(a + sl[1].start, b + sl[0].start, c + sl[1].start, d + sl[0].start)
-                for a, b, c, d in _components(one, s, vertical)]
+        lines = _components(one, s, vertical)
+        if len(lines) > SPLIT_LINES:  # many pieces: the block's own lines seen crosswise, or a colour scale
+            continue
+        out += [(a + sl[1].start, b + sl[0].start, c + sl[1].start, d + sl[0].start) for a, b, c, d in lines]
     return out
 
 
