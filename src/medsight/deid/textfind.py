@@ -106,7 +106,7 @@ SPLIT_ACROSS = 2  # ... when the blob is at most this many line heights (``max_a
 # without them 184 crops, the same identifiers filled and the planted benchmark's leftovers unchanged
 SPLIT_LINES = 3  # a colour of the blob that falls into more line-shaped pieces than this is not one crossing
 # line (the planted turned name: 2 pieces, the white block it crosses: 8; the real RGB ultrasound's right-hand
-# column: 5 and 12, read already on the top-hat pages)
+# column: 5 and 12; without them the same identifiers are filled there)
 SPLIT_MIN = 120  # px of one colour inside the blob to be worth a try: a line of text (a 16-px name has ~400), not
 # one band of a colour scale (each of its colours holds a row or two)
 
