@@ -332,6 +332,8 @@ def _account(r: dict, case: dict, after: np.ndarray | None, seconds: float, cpu:
     extra = mask & ~case["planted_box"] & ~(case["base_mask"] if own_base and case["base_mask"] is not None
                                              else False)
     r["false"].append(float(extra.mean()))
+    print(f"  {r['tool']} {case['base']}: false redaction {100 * r['false'][-1]:.2f} % of the image, CPU {cpu} s",
+          file=sys.stderr)
 
 
 def _row(rows: dict, tool: str) -> dict:

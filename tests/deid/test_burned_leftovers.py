@@ -59,6 +59,49 @@ def test_colour_split_finds_the_turned_line_across_the_band():
     assert found == [(70, 25, 88, 197)]
 
 
+def test_colour_split_skips_a_blob_wider_than_long():
+    """The same band with the grey bars only inside it (y 20..44): the blob is 100 px across but only 34 px
+    along (20..44 grown 5 px at each end by the joining filter), a block of level lines seen turned, as the real
+    RGB ultrasound's annotation blocks are. Split, its grey (3 bars, 324 px >= SPLIT_MIN) would give the box
+    (70, 15, 88, 49), 34 px along >= 1.5 x 18 across: a candidate of no line; not split, nothing."""
+    raw = np.zeros((240, 160), np.uint8)
+    raw[20:44:3, 30:130] = 7
+    for y in (20, 29, 38):
+        raw[y:y + 6, 70:88] = 9
+    ink = raw > 0
+    colours = ink_colours(raw, ink)
+    assert _components(ink, FindSettings(), vertical=True, colours=colours) == []
+    grey = ink & (raw == 9)  # the split's own step on the grey alone: the line box it would have given
+    assert _components(grey, FindSettings(), vertical=True) == [(70, 15, 88, 49)]
+
+
+def test_colour_split_is_for_the_turned_search_only():
+    """The crossing turned by 90 degrees: a level grey line (y 70..88, x 30..192) across a block of turned white
+    columns. Found by the turned search's split it is (the first test); in the level search the blob is not split
+    (on the real RGB ultrasound the level split only re-found annotation lines that the top-hat pages read
+    already), so nothing, while the grey alone is the transposed line box (25, 70, 197, 88)."""
+    raw, ink = (a.T.copy() for a in _crossing())
+    assert _components(ink, FindSettings(), vertical=False, colours=ink_colours(raw, ink)) == []
+    assert _components(ink & (raw == 9), FindSettings(), vertical=False) == [(25, 70, 197, 88)]
+
+
+def test_colour_split_drops_a_colour_that_falls_into_many_lines():
+    """The turned grey line of ``_crossing`` (x 70..88, y 30..192) with four striped white blocks touching it
+    (x 40..70 and 88..118, y 25..75 and 95..145, every other row): one blob, 78 px across and 177 along, split.
+    The white alone falls into 4 line-shaped pieces (30 across, 60 along with the joining filter, ink share 0.42):
+    more than SPLIT_LINES = 3, the blocks' own lines seen crosswise, dropped; the grey gives its one box."""
+    raw = np.zeros((240, 160), np.uint8)
+    for y in range(30, 190, 12):
+        raw[y:y + 6, 70:88] = 9
+    for x0 in (40, 88):
+        for y0 in (25, 95):
+            raw[y0:y0 + 50:2, x0:x0 + 30] = 7
+    ink = raw > 0
+    found = _components(ink, FindSettings(), vertical=True, colours=ink_colours(raw, ink))
+    assert found == [(70, 25, 88, 197)]
+    assert len(_components(ink & (raw == 7), FindSettings(), vertical=True)) == 4
+
+
 def test_colour_labels_rank_by_count_and_leave_background_zero():
     raw = np.array([[0, 5, 5, 5], [0, 6, 6, 0]], np.uint8)
     ink = raw > 0
