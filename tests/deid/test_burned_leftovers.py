@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import ImageFont
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
@@ -19,6 +19,8 @@ from medsight.deid.redact import RedactOptions, redact_dataset
 from medsight.deid.ink import colour_page, drop_specks, ink_colours
 from medsight.deid.textfind import FindSettings, _components
 from medsight.deid.words import phi_terms
+
+from deid_drawing import draw_text
 
 
 def _alnum(text: str) -> str:
@@ -167,15 +169,7 @@ def _font(size: int, bold: bool = False):
 
 
 def _draw(img: np.ndarray, text: str, xy: tuple[int, int], font, value: int, rotation: int = 0) -> tuple:
-    x0, y0, x1, y1 = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
-    label = Image.new("L", (x1 - x0 + 4, y1 - y0 + 4), 0)
-    ImageDraw.Draw(label).text((2 - x0, 2 - y0), text, fill=255, font=font)
-    alpha = np.asarray(label.rotate(rotation, expand=True) if rotation else label, np.float64) / 255
-    x, y = xy
-    th, tw = alpha.shape
-    region = img[y:y + th, x:x + tw].astype(np.float64)
-    img[y:y + th, x:x + tw] = np.rint(region * (1 - alpha) + value * alpha).astype(np.uint8)
-    return (x, y, x + tw, y + th)
+    return draw_text(img, text, xy, font, value, rotation)[0]
 
 
 def _dataset(frame: np.ndarray) -> pydicom.Dataset:

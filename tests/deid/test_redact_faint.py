@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import ImageFont
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
@@ -22,6 +22,8 @@ from medsight.deid.redact import RedactOptions, redact_dataset
 from medsight.deid.ink import flat_ink
 from medsight.deid.textfind import FindSettings, tophat
 from medsight.deid.words import phi_terms
+
+from deid_drawing import draw_text
 
 NAME, DATE = "KOWALSKI ANNA", "12/03/1960"
 
@@ -42,17 +44,10 @@ def _draw(img: np.ndarray, text: str, xy: tuple[int, int], size: int, value: int
           ) -> tuple[tuple[int, int, int, int], np.ndarray]:
     """Draw ``text`` in one flat grey (antialiased edges blended); its box and its ink mask."""
     font = ImageFont.truetype("DejaVuSans.ttf", size) if _has_dejavu() else ImageFont.load_default(size=size)
-    x0, y0, x1, y1 = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
-    label = Image.new("L", (x1 - x0 + 4, y1 - y0 + 4), 0)
-    ImageDraw.Draw(label).text((2 - x0, 2 - y0), text, fill=255, font=font)
-    alpha = np.asarray(label.rotate(rotation, expand=True) if rotation else label, np.float64) / 255
-    x, y = xy
-    th, tw = alpha.shape
-    region = img[y:y + th, x:x + tw].astype(np.float64)
-    img[y:y + th, x:x + tw] = np.rint(region * (1 - alpha) + value * alpha).astype(np.uint8)
+    box, alpha = draw_text(img, text, xy, font, value, rotation)
     ink = np.zeros(img.shape, bool)
-    ink[y:y + th, x:x + tw] = alpha > 0.99
-    return (x, y, x + tw, y + th), ink
+    ink[box[1]:box[3], box[0]:box[2]] = alpha > 0.99
+    return box, ink
 
 
 def _has_dejavu() -> bool:
