@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 from medsight.deid.apply import DeidOptions, deidentify_dataset
 from medsight.deid.fast import Unsupported, deidentify_bytes
 from medsight.deid.pseudonym import Pseudonymizer
-from medsight.deid.run import _ensure_meta
+from medsight.deid.output import ensure_meta
 from medsight.synthetic.phi_corpus import local_test_files
 
 # planted into every base file; none may survive de-identification in any written byte
@@ -118,7 +118,7 @@ def pydicom_path(data: bytes, pseudo: Pseudonymizer, options: DeidOptions) -> by
         if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
             return None
     deidentify_dataset(ds, pseudo, options)
-    _ensure_meta(ds)
+    ensure_meta(ds)
     ds.preamble = b"\x00" * 128
     buf = io.BytesIO()
     try:
