@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medsight.deid.leptonica import quiet_leptonica
 from medsight.errors import ConfigError
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
@@ -57,6 +58,7 @@ class Engine:
                               "or set TESSDATA_PREFIX") from None
         # we hand it both polarities ourselves; its own inverted retry per line halves its speed
         self.api.SetVariable("tessedit_do_invert", "0")
+        quiet_leptonica()  # harmless "Error in pixScanForForeground" lines for empty crops: not a user's concern
         self.tesserocr = tesserocr
         self.backend = f"tesserocr {tesserocr.__version__} (libtesseract {tesserocr.tesseract_version().split()[1]})"
 
