@@ -70,9 +70,9 @@ def validate(model_dir: str, dataset: Path, external_sites: tuple[str, ...], rep
             read_csv(predictions, "predictions CSV", dtype=str), pkg)
     elif run_model.is_segmentation_model(model_dir):
         pred_dir = report_path.parent / f"{report_path.stem}_predictions"
-        table = run_model.segmentation_table(model_dir, dataset, external_sites, pred_dir, quiet=quiet)
         cohort = run_model.internal_cohort(model_dir, run_model.case_ids_of(dataset)) \
             if (model_dir / "splits.json").is_file() else None
+        table = run_model.segmentation_table(model_dir, dataset, external_sites, pred_dir, quiet=quiet, cohort=cohort)
         res = assemble.segmentation_results(
             table, dataset, run_model.labels_of(dataset),
             assemble.model_provenance(model_dir, model_dir.name, "segmentation"), external_sites,

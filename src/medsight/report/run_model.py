@@ -175,13 +175,15 @@ def fold_predictor(model_dir: Path, fold: str | None) -> Any:
 
 
 def segmentation_table(model_dir: Path, dataset: Path, external_sites: Sequence[str], pred_dir: Path,
-                       quiet: bool = False, internal: str = "out-of-fold") -> pd.DataFrame:
+                       quiet: bool = False, internal: str = "out-of-fold",
+                       cohort: InternalCohort | None = None) -> pd.DataFrame:
     """Predict each internal (``internal_cohort``) and external case, write its labels to ``pred_dir``, one row
     per case/label.
 
     A fold validation case is scored with the one fold model that held it out (``internal="out-of-fold"``,
     default) or with all folds (``"ensemble"``: leaky, only for measuring the leak, see docs/benchmarks.md); a
-    test case in no fold always by the ensemble of all trained folds."""
+    test case in no fold always by the ensemble of all trained folds. ``cohort``: the internal cohort when the
+    caller has it already (``medsight validate`` names it in the report), else found here."""
     from medsight.data.dataset import load_dataset
     from medsight.segmentation.predict import Predictor, write_prediction
     from medsight.io.nifti import read_nifti
@@ -196,8 +198,9 @@ def segmentation_table(model_dir: Path, dataset: Path, external_sites: Sequence[
     # a model without saved folds (e.g. a federated one: no site's split left its site) is scored on the
     # external sites alone, as the error message of internal_cases offers
     has_folds = (Path(model_dir) / "splits.json").is_file() or not external_sites
-    cohort = internal_cohort(model_dir, sites).case_ids if has_folds else []
-    targets = [c for c in cohort if sites.get(c) not in set(external_sites)]
+    if has_folds and cohort is None:
+        cohort = internal_cohort(model_dir, sites)
+    targets = [c for c in (cohort.case_ids if has_folds and cohort else []) if sites.get(c) not in set(external_sites)]
     internal_ids = set(targets)
     targets += [c.case_id for c in ds.cases if c.site in set(external_sites)]
     if internal not in ("out-of-fold", "ensemble"):
