@@ -137,3 +137,19 @@ def test_validate_cli_names_the_test_set_and_scores_only_it(run, tmp_path: Path,
     assert internal == {"demo_009", "demo_010"}  # site_C is demo_002/005/008/011
     assert any("test set in no fold" in n and "2 case(s)" in n for n in doc["notes"])
     assert "Note: Internal cohort: 2 case(s) of the test set in no fold" in (tmp_path / "r.html").read_text()
+
+
+def test_internal_cases_skip_a_fold_folder_without_its_checkpoint(tmp_path: Path) -> None:
+    """A fold that crashed before ``model_final.pt`` leaves its folder: its validation cases would be scored by
+    no fold model (out-of-fold) or silently by the others, so they are not internal cases."""
+    from medsight.data.splits import save_folds
+
+    folds = [{"train": ["b", "c"], "val": ["a"]}, {"train": ["a", "c"], "val": ["b"]},
+             {"train": ["a", "b"], "val": ["c"]}]
+    save_folds(folds, tmp_path / "splits.json")
+    for k in (0, 1, 2):
+        (tmp_path / f"fold_{k}").mkdir()
+    for k in (0, 2):
+        (tmp_path / f"fold_{k}" / "model_final.pt").write_bytes(b"")
+    assert run_model.internal_cases(tmp_path) == ["a", "c"]
+    assert run_model.internal_cases(tmp_path, folds=[1, 2]) == ["c"]

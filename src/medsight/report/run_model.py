@@ -39,16 +39,19 @@ def is_segmentation_model(model_dir: Path) -> bool:
 
 
 def internal_cases(model_dir: Path, folds: Sequence[int] | None = None) -> list[str]:
-    """Validation cases of the saved folds (all folds when ``folds`` is None)."""
+    """Validation cases of the trained folds (those with ``model_final.pt``; all folds when ``folds`` is None)."""
     p = Path(model_dir) / "splits.json"
     if not p.is_file():
         raise InputNotFoundError(f"{p} not found: the internal test cases are the saved folds' validation cases; "
                                  "train with `medsight train` or pass --external-site only", p)
     from medsight.data.splits import load_folds
 
+    from medsight.segmentation.ensemble import available_folds
+
     all_folds = load_folds(p)
     use = range(len(all_folds)) if folds is None else folds
-    trained = [i for i in use if (Path(model_dir) / f"fold_{i}").is_dir()]
+    done = set(available_folds(Path(model_dir)))  # a fold folder without model_final.pt (a crash) predicts nothing
+    trained = [i for i in use if str(i) in done]
     return sorted({c for i in trained for c in all_folds[i]["val"]})
 
 
