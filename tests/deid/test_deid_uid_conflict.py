@@ -77,3 +77,46 @@ def test_a_resumed_run_keeps_the_conflict_and_rewrites_nothing(clashing: Path, t
     assert (out / REPORT_NAME).read_bytes() == report
     # with one worker the sorted order decides: a is first, so b is the one refused
     assert _rows(out)["b.dcm"]["status"] == "conflict"
+
+
+def test_without_hard_links_the_claim_still_refuses_a_second_object(clashing: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system without hard links (os.link raises EPERM, as on FAT): the same outcome as with them."""
+    import errno
+    import os
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "out"
+    summary = deidentify_folder(clashing, out, Pseudonymizer(KEY), workers=1, quiet=True)
+    status = {name: r["status"] for name, r in _rows(out).items()}
+    assert status == {"a.dcm": "written", "b.dcm": "conflict", "c.dcm": "written", "d.dcm": "written"}
+    assert summary.counts["conflict"] == 1 and len(list(out.rglob("*.dcm"))) == 2
+    got = pydicom.dcmread(out / _rows(out)["a.dcm"]["output"]).pixel_array
+    assert np.array_equal(got, pydicom.dcmread(clashing / "a.dcm").pixel_array)
+    assert not [p for p in out.rglob(".*.tmp")], "a temporary file was left"
+
+
+def test_without_hard_links_an_output_that_appears_after_a_check_is_not_replaced(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """The race a check-then-rename loses: another worker's output lands between the check and the rename. The
+    claim must not look first (the stand-in ``exists`` says the path is free although it is taken)."""
+    import errno
+    import os
+
+    from medsight.deid.output import OutputTaken, _claim
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(Path, "exists", lambda self, **kw: False)
+    target, tmp = tmp_path / "x.dcm", tmp_path / ".x.tmp"
+    target.write_bytes(b"the other worker's object")
+    tmp.write_bytes(b"this object")
+    with pytest.raises(OutputTaken):
+        _claim(tmp, target)
+    assert target.read_bytes() == b"the other worker's object"

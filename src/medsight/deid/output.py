@@ -56,14 +56,21 @@ def _claim(tmp: Path, target: Path) -> None:
     Outputs are named by their (pseudonymised) UIDs, so two inputs that share a SOP Instance UID map to one path;
     a plain rename let the last one win silently (the report said both were written). A hard link fails
     atomically when the path exists, also between two workers; equal bytes there are this same output (a resumed
-    batch, or an exact duplicate file) and are fine."""
+    batch, or an exact duplicate file) and are fine. On a file system without hard links (FAT, some network
+    shares) the path is reserved by an exclusive create, also atomic, and our own empty reservation is then
+    replaced by the output (a worker that meets the reservation before that sees different bytes: a conflict
+    reported, never an output replaced)."""
     try:
         os.link(tmp, target)
         return
     except FileExistsError:
         pass
-    except OSError:  # a file system without hard links: check, then rename (not atomic between workers)
-        if not target.exists():
+    except OSError:
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            pass
+        else:
             os.replace(tmp, target)
             return
     if not filecmp.cmp(tmp, target, shallow=False):
