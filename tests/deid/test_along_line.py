@@ -30,9 +30,11 @@ def test_vertical_line_grows_along_y_and_is_clipped_to_the_frame():
     assert box == (30, 0, 60, 220)
 
 
-def test_growth_stops_at_twice_the_line_length():
-    line = (0, 0, 40, 20)  # 40 px long: the grown line may span at most 80 px
+def test_growth_stops_at_twice_the_line_length_and_one_gap():
+    line = (0, 0, 40, 20)  # 40 px long, 20 px high: the grown line may span 2 x 40 + 1.5 x 20 = 110 px
     chain = [_word((44 + 30 * k, 0, 70 + 30 * k, 20)) for k in range(5)]  # each 4 px after the last
     box, taken = along_line(line, False, chain, h=100, w=1000, reach=0.5)
-    assert [t.box for t in taken] == [chain[0].box]  # 0..70; the next (74..100) would make it 100 > 80
-    assert box == (0, 0, 70 + 10, 20)
+    assert [t.box for t in taken] == [chain[0].box, chain[1].box]  # 0..100; the next (104..130) makes 130 > 110
+    assert box == (0, 0, 100 + 10, 20)
+    box, taken = along_line(line, False, chain, h=100, w=1000, reach=0.5, join=0.25)  # 5-px gaps: 85 px
+    assert [t.box for t in taken] == [chain[0].box]

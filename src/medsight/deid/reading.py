@@ -21,6 +21,10 @@ from medsight.deid.words import IDENTIFIER, classify
 TARGET_HEIGHT = 36  # px of a scaled line
 BORDER = 12  # px of white around a crop
 MAX_LINE = 48  # px: a taller box is not one line
+# identifiers by their shape or the header's values (``words.classify`` rules): for them the least confident
+# character's confidence counts when it is higher than the word's (``FoundWord.sure``)
+SHAPED = frozenset(("header value", "date", "time", "number of >= 5 digits", "year",
+                    "six or more digits (a date or ID read with a slip)"))
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,19 @@ class FoundWord:
     kind: str
     rule: str
     line_box: Box  # the extent of the words read on its line, along and across it (frame pixels)
+    chars: float = -1.0  # confidence of its least confident character (``tess.Read.chars``; -1: not known)
+
+    @property
+    def sure(self) -> float:
+        """How sure the reading is: Tesseract's word confidence, or for an identifier by its shape or the header
+        (``SHAPED``: a date, a time, an ID, a header value; not an unknown word nor a label such as "AGE", which
+        texture reads too: "age," at 15, characters at 88) the least confident character's, when higher.
+        Tesseract 5 may give 0 to a word whose every character it reads at >= 80 ("04/08/19<": a turned date
+        cut at its end by a fill, characters 83-99); a date's shape is evidence of its own, whereas made-up
+        words read in speckle also have confident characters ("mete!": 0 as a word, 80-99 by character)."""
+        if self.kind == IDENTIFIER and self.rule in SHAPED:
+            return max(self.conf, self.chars)
+        return self.conf
 
     @property
     def n_alnum(self) -> int:
@@ -98,7 +115,7 @@ class CropReader:
         for (r, wbox), (run, line_box) in zip(mapped, _runs([(r.line, b) for r, b in mapped], c.vertical)):
             kind, rule = classify(r.text, self.terms)
             words.append(FoundWord(r.text, r.conf, wbox, (c.box, c.polarity, c.vertical, r.line, run), c.vertical,
-                                   kind, rule, line_box))
+                                   kind, rule, line_box, r.chars))
         return words
 
 
@@ -146,12 +163,12 @@ def _clip_across(wbox: Box, c: Candidate, h: int, w: int) -> Box:
 
 
 def _score(words: list[FoundWord]) -> float:
-    return sum(w.conf * w.n_alnum for w in words if w.conf >= 30)
+    return sum(w.sure * w.n_alnum for w in words if w.sure >= 30)
 
 
 def weak(words: list[FoundWord], conf: float = 60.0) -> bool:
     """No word of >= 3 letters/digits read at ``conf`` or more: a reading worth a second try on a cleaner page."""
-    return not any(w.conf >= conf and w.n_alnum >= 3 for w in words)
+    return not any(w.sure >= conf and w.n_alnum >= 3 for w in words)
 
 
 def better(first: list[FoundWord], second: list[FoundWord]) -> list[FoundWord]:
@@ -193,20 +210,31 @@ def _axes(vertical: bool) -> tuple[int, int, int, int]:
     return (1, 3, 0, 2) if vertical else (0, 2, 1, 3)
 
 
-def along_line(line: Box, vertical: bool, words: list[FoundWord], h: int, w: int, reach: float = 1.0
-               ) -> tuple[Box, list[FoundWord]]:
+def along_line(line: Box, vertical: bool, words: list[FoundWord], h: int, w: int, reach: float = 1.0,
+               join: float = RUN_GAP, weak_below: float = 0.0) -> tuple[Box, list[FoundWord]]:
     """An identifier's printed line grown along its direction: by ``reach`` x its height on each side (a glyph
     at the end of the line that neither detector nor OCR put in the box: the leading "0" of a turned date over
     bone), then, repeatedly, to every word read on the same printed line (same direction, overlapping across by
-    half the smaller height, height within 2x) that lies within that reach (the rest of a name after a space,
-    found in another box: "NGUYEN" filled, "VAN AN" left), up to twice the line's own length (a chain of
-    texture read as words along a radiograph must not run on). Returns the grown box and the words taken in."""
+    half the smaller height, height within 2x) that lies within ``join`` x its height, the gap that parts two
+    printed runs (``_runs``): the rest of a name after a space, found in another box ("NGUYEN" filled, "VAN AN"
+    left: a monospaced 33-px name's space with a Doppler box's edge in it is 0.74 line heights, beyond the
+    0.6 of ``reach``), up to twice the line's own length and one such gap (a chain of texture read as words
+    along a radiograph must not run on). A word read below ``weak_below`` as a word (taken for its characters' confidence: "VAN-AN",
+    0, characters 83-99) is taken only beyond the line's own extent and at its height (0.8-1.25x): over it, or
+    taller, such a word is a second, looser reading of text (a CT's 29-px "MRN" read as "“ARN" at 19 in a box
+    50 px high and wider than the label, into the texture beside it). Returns the grown box and the words taken
+    in."""
     a0, a1, b0, b1 = _axes(vertical)
     box = list(line)
     size = max(1, box[b1] - box[b0])
     taken: list[FoundWord] = []
-    left = [x for x in words if x.vertical == vertical]
-    most = 2 * (box[a1] - box[a0])  # at most the line's own length again: no chain along a row of texture
+    first = (box[a0], box[a1])
+    left = [x for x in words if x.vertical == vertical
+            and (x.conf >= weak_below or ((x.box[a0] >= first[1] or x.box[a1] <= first[0])
+                                          and 0.8 * size <= x.box[b1] - x.box[b0] <= 1.25 * size))]
+    # at most the line's own length again and the space between (no chain along a row of texture): "NGUYEN" and
+    # "VAN AN" (13 characters with the space) span 258 px from a 113-px "NGUYEN" with a 25-px gap
+    most = 2 * (box[a1] - box[a0]) + join * size
     grown = True
     while grown:
         grown = False
@@ -216,7 +244,7 @@ def along_line(line: Box, vertical: bool, words: list[FoundWord], h: int, w: int
             over = min(box[b1], xb[b1]) - max(box[b0], xb[b0])
             if not (over >= 0.5 * min(size, xs) and 0.5 * size <= xs <= 2 * size):
                 continue
-            if (xb[a0] <= box[a1] + reach * size and box[a0] <= xb[a1] + reach * size
+            if (xb[a0] <= box[a1] + join * size and box[a0] <= xb[a1] + join * size
                     and max(box[a1], xb[a1]) - min(box[a0], xb[a0]) <= most):
                 taken.append(x)
                 box[a0], box[a1] = min(box[a0], xb[a0]), max(box[a1], xb[a1])

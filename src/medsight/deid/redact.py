@@ -292,7 +292,7 @@ class _Redactor:
         """An identifier read with enough confidence to be filled."""
         # flat-ink crops hold no speckle to misread as made-up words: any identifier read there counts
         need = self.o.unknown_conf if w.rule.startswith("unknown") and (w.line[1] != INK or self.o.ink_strict) else self.o.min_conf
-        return w.identifier and w.conf >= need and self._text_like(w)
+        return w.identifier and w.sure >= need and self._text_like(w)
 
     def hits(self, words: list[tuple[int, FoundWord]]) -> list[tuple[int, tuple, str]]:
         """(frame, box, text) to fill. "find": identifiers, each with its whole printed line; "full-frame": every
@@ -306,8 +306,11 @@ class _Redactor:
                 out.append((i, w.box, w.text))
                 if self._counts(w):  # the line's extent, grown along it: letters OCR did not put in a word,
                     box, taken = along_line(w.line_box, w.vertical, [x for _j, x in words if x.line not in lines
-                                                                and x.conf >= self.o.min_conf and self._text_like(x)],
-                                            self.h, self.w, self.o.along)  # and the rest of the printed line
+                                                                and max(x.conf, x.chars) >= self.o.min_conf
+                                                                and self._text_like(x)],
+                                            self.h, self.w, self.o.along, weak_below=self.o.min_conf)
+                    # and the rest of the printed line: a word is taken when its characters are read at >=
+                    # min_conf, though Tesseract scores the word lower (``tess.Engine.words``), beyond the line
                     out.append((i, box, ""))
                     out += [(i, x.box, x.text) for x in taken]
         return out
@@ -317,7 +320,7 @@ class _Redactor:
         read with confidence >= verify_conf."""
         return [(i, w) for i, w in words
                 if (w.identifier or self.reader is None)
-                and w.conf >= (self.o.verify_conf if w.line[1] != INK or self.o.ink_strict else self.o.min_conf)
+                and w.sure >= (self.o.verify_conf if w.line[1] != INK or self.o.ink_strict else self.o.min_conf)
                 and w.n_alnum >= self.o.min_chars and self.is_static(w.box)]
 
 

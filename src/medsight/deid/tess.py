@@ -23,12 +23,14 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
 
 @dataclass(frozen=True)
 class Read:
-    """One word as Tesseract read it in the image it was given: text, confidence 0-100, box, line number."""
+    """One word as Tesseract read it in the image it was given: text, confidence 0-100, box, line number, and the
+    confidence of its least confident character (-1: not known)."""
 
     text: str
     conf: float
     box: Box
     line: int
+    chars: float = -1.0
 
 
 def tessdata_dir() -> str | None:
@@ -86,7 +88,13 @@ class Engine:
         return out
 
     def words(self, img: np.ndarray, psm: int = 6) -> list[Read]:
-        """Every word read in a dark-on-light image, with its line number (words of one line share it)."""
+        """Every word read in a dark-on-light image, with its line number (words of one line share it).
+
+        Each word also carries its least confident character's confidence (``Read.chars``): Tesseract 5 may give
+        a word 0 while reading each of its characters at >= 80 (tesseract-ocr/tesseract#3983; "VAN-AN" of a
+        planted name beside an ultrasound's Doppler box, a turned date "04/08/19<" cut by a fill). The word's
+        own figure is kept: it also marks made-up words read in speckle ("mete!", "Sere": 0-20 as words,
+        80-99 by their characters), which ``reading.FoundWord.sure`` relies on."""
         t = self.tesserocr
         self.api.SetPageSegMode(psm)
         self._set(img)
@@ -94,20 +102,37 @@ class Engine:
         out: list[Read] = []
         it = self.api.GetIterator()
         line = -1
-        level = t.RIL.WORD
+        word: list = []  # text, confidence, box of the word being walked; then its characters' confidences
         while it is not None:
             if it.IsAtBeginningOf(t.RIL.TEXTLINE):
                 line += 1
-            try:
-                text = (it.GetUTF8Text(level) or "").strip()
-            except RuntimeError:  # an empty word ("No text returned")
-                text = ""
-            box = it.BoundingBox(level) if text else None
-            if text and box is not None:
-                out.append(Read(text, float(it.Confidence(level)), tuple(int(v) for v in box), max(line, 0)))
-            if not it.Next(level):
+            if it.IsAtBeginningOf(t.RIL.WORD):
+                _finish(word, out)
+                word = _start(it, t, max(line, 0))
+            if word:
+                word[4].append(float(it.Confidence(t.RIL.SYMBOL)))
+            if not it.Next(t.RIL.SYMBOL):
                 break
+        _finish(word, out)
         return out
+
+
+def _start(it, t, line: int) -> list:
+    """[text, confidence, box, line, character confidences] of the word at the iterator, [] when empty."""
+    try:
+        text = (it.GetUTF8Text(t.RIL.WORD) or "").strip()
+    except RuntimeError:  # an empty word ("No text returned")
+        return []
+    box = it.BoundingBox(t.RIL.WORD) if text else None
+    if not text or box is None:
+        return []
+    return [text, float(it.Confidence(t.RIL.WORD)), tuple(int(v) for v in box), line, []]
+
+
+def _finish(word: list, out: list[Read]) -> None:
+    if word:
+        text, conf, box, line, chars = word
+        out.append(Read(text, conf, box, line, min(chars) if chars else -1.0))
 
 
 _ENGINES: dict[str, Engine] = {}
