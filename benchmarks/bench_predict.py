@@ -82,7 +82,8 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--baseline", action="store_true", help="also the old one-window-per-call un-mirrored arm")
     ap.add_argument("--arm", action="append", default=[], metavar="OVERLAP:AXES",
-                    help="an extra arm, e.g. 0.25: (no mirroring at overlap 0.25) or 0.25:0,2")
+                    help="an extra arm, e.g. 0.25: (no mirroring at overlap 0.25), 0.25:0,2 (every combination of "
+                         "axes 0 and 2) or 0.25:flips=/0,2/1,2 (exactly these flips; empty = the identity)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = json.loads((args.data / "dataset.json").read_text())
@@ -94,6 +95,10 @@ def main() -> None:
             "full mirroring at overlap 0.5 (the old default)": dict(mirror_axes="all", overlap=0.5)}
     for arm in args.arm:
         o, _, a = arm.partition(":")
+        if a.startswith("flips="):  # e.g. 0.25:flips=/0,2/1,2 -> the identity, axes 0+2, axes 1+2
+            flips = [[int(x) for x in f.split(",") if x.strip()] for f in a[len("flips="):].split("/")]
+            arms[f"overlap {float(o):g}, flips {flips_text(flips)}"] = dict(overlap=float(o), flips=flips)
+            continue
         axes = [int(x) for x in a.split(",") if x.strip()]
         arms[f"overlap {float(o):g}, axes {axes or '-'}"] = dict(overlap=float(o), mirror=bool(axes),
                                                                  mirror_axes=axes or None)

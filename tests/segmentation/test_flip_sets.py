@@ -133,3 +133,13 @@ def test_a_recorded_flip_set_runs_exactly_those_flips(conv_package):
         manual = sum(torch.flip(torch.softmax(net(torch.flip(x, d)), 1), d) for d in ([], [4], [2, 4])) / 3
     assert torch.allclose(out, manual[0], atol=1e-6)
     assert Predictor(model_dir, mirror_axes=[2]).flips == [(), (2,)]  # explicit axes: all their combinations
+
+
+def test_explicit_flips_win_and_take_overlap_one_half(conv_package):
+    from medsight.segmentation.predict import Predictor
+
+    model_dir, net, cfg = conv_package
+    (model_dir / "inference.json").write_text(json.dumps({"mirror_axes": [0], "flips": [[], [0]], "overlap": 0.0}))
+    p = Predictor(model_dir, flips=[[], [1, 2]])
+    assert (p.flips, p.mirror_axes, p.overlap) == ([(), (1, 2)], [1, 2], 0.5)
+    assert Predictor(model_dir, flips=[[]], overlap=0.25).overlap == 0.25

@@ -81,18 +81,22 @@ class Predictor:
 
     ``mirror_axes=None`` uses the flips the package measured as worth their passes (``recorded_flips``; packages
     without them: every combination of ``recorded_mirror_axes``), explicit axes every combination of those;
-    ``mirror=False`` turns mirroring off; ``overlap=None`` takes the overlap the package chose with its axes
+    ``flips`` runs exactly those flips; ``mirror=False`` turns mirroring off; ``overlap=None`` takes the overlap the package chose with its axes
     (``recorded_overlap``) when the axes are the package's too, else 0.5; an explicit overlap always wins;
     ``runtime`` is "auto" (ONNX Runtime when equal within 1e-4 and faster on this machine, else PyTorch), "torch"
     or "onnx"."""
 
     def __init__(self, model_dir: str | Path, folds: list[str] | None = None, mirror: bool = True,
                  mirror_axes: list[int] | str | None = None, overlap: float | None = None, network: str | None = None,
-                 runtime: str = "torch", window_batch: int | None = None) -> None:
+                 runtime: str = "torch", window_batch: int | None = None,
+                 flips: Sequence[Sequence[int]] | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.plan, self.cfg, self.models = load_models(model_dir, folds, network=network)
-        flips = None
-        if mirror_axes is None:
+        explicit = flips is not None
+        if explicit:  # an explicit set of flips (benchmarks: a study candidate), overlap 0.5 unless given
+            flips = [tuple(int(a) for a in f) for f in flips]
+            axes, self.mirror_source = sorted({a for f in flips for a in f}), "asked for (flips)"
+        elif mirror_axes is None:
             axes, self.mirror_source = recorded_mirror_axes(self.model_dir)
             flips = recorded_flips(self.model_dir)
             axes = sorted({a for f in flips for a in f}) if flips is not None else axes
@@ -108,7 +112,7 @@ class Predictor:
         self.flips = (flips if mirror and flips is not None else mirror_combinations(self.mirror_axes))
         if not mirror:
             self.mirror_source = "turned off"
-        recorded = recorded_overlap(self.model_dir) if mirror and mirror_axes is None else None
+        recorded = recorded_overlap(self.model_dir) if mirror and mirror_axes is None and not explicit else None
         if overlap is not None:
             self.overlap, self.overlap_source = float(overlap), "asked for"
         elif recorded is not None:
