@@ -6,8 +6,8 @@ The engine (engine/loop.py) makes it resumable: every epoch draws its patches fr
 epoch)`` and the checkpoint holds model, optimiser and history, so a run killed after epoch k and restarted ends
 with the same weights as one that never stopped (same machine, same threads). Outputs per fold: checkpoint.pt,
 log.jsonl, tensorboard/, and at the end model_final.pt and summary.json. The summary also holds the fold's inference
-study (segmentation/tta_study.py): the Dice and counted cost of each window overlap x mirror-axis subset on its
-validation cases, from which the package chooses the overlap and axes ``predict`` uses by default.
+study (segmentation/tta_study.py): the Dice and counted cost of each window overlap x set of flips on its
+validation cases, from which the package chooses the overlap and flips ``predict`` uses by default.
 """
 
 from __future__ import annotations
