@@ -1,4 +1,4 @@
-"""Run the inference study (window overlap x mirror axes) for a segmentation package, into a NEW package.
+"""Run the inference study (window overlap x set of flips) for a segmentation package, into a NEW package.
 
 The demo trains with ``study_mirroring=False`` (it predicts without mirroring), so its package has no
 ``inference.json`` and ``predict``'s default there is "no mirroring"; packages trained before the overlap study
@@ -60,8 +60,7 @@ def main() -> None:
         old = summary.get("mirror_study") or {}
         if args.reuse_study and "table" in old:
             chosen = choose(old)
-            summary["mirror_study"] = {**old, "chosen": {"overlap": chosen["overlap"],
-                                                         "mirror_axes": chosen["mirror_axes"]}}
+            summary["mirror_study"] = {**old, "chosen": {k: chosen[k] for k in ("overlap", "mirror_axes", "flips")}}
         else:
             summary["mirror_study"] = fold_mirror_study(models[0], load_dataset(args.data), plan, cfg, val)
         print(fold_dir.name, json.dumps(summary["mirror_study"]))

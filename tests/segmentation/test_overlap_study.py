@@ -13,8 +13,8 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
-from medsight.segmentation.tta_study import (DICE_TOLERANCE, choose, combine_fold_studies, inference_study,
-                                             window_count, window_starts)
+from medsight.segmentation.tta_study import (DICE_TOLERANCE, choose, combine_fold_studies, flip_sets,
+                                             inference_study, row_flips, window_count, window_starts)
 
 
 def test_window_counts_by_hand():
@@ -61,7 +61,8 @@ def test_study_table_averages_flips_shares_equal_layouts_and_counts_passes():
     study = inference_study(probabilities, cases, [0], 2, [4, 1, 1], 3)
     # case A (8 voxels, patch 4): starts [0,2,4] / [0,3,4] / [0,4]: 3 layouts; case B (4 voxels): 1 window, 1 layout
     assert len(calls) == 3 * 2 + 2 and all(o == 0.5 for s, o, _ in calls if s == 4)
-    rows = {(r["overlap"], tuple(r["axes"])): r for r in study["table"]}
+    rows = {(r["overlap"], () if r["flips"] == [[]] else (0,)): r for r in study["table"]}
+    assert len(rows) == len(study["table"]) == 6 and all(r["flips"] in ([[]], [[], [0]]) for r in study["table"])
     # pooled over the cases: [2 x overlap, predicted + reference voxels] summed. (0.5, none): A 8/8, B 2/3 -> 10/11;
     # (0.5, [0]): 8/8 + 4/4; (0.25, none): A 4/6 + B 2/3 -> 6/9; (0, none): A 0/4 + B 2/3 -> 2/7; (0, [0]): 4/8
     expected = {(0.5, ()): 10 / 11, (0.5, (0,)): 1.0, (0.25, ()): 6 / 9, (0.25, (0,)): 1.0,
@@ -72,7 +73,7 @@ def test_study_table_averages_flips_shares_equal_layouts_and_counts_passes():
     assert rows[(0.0, (0,))]["passes"] == 6
     assert study["gain_by_axis"] == {"0": pytest.approx(1 - 10 / 11)} and study["n_cases"] == 2
     # within 0.005 of the reference (1.0): (0.5, [0]) and (0.25, [0]), both 8 passes / 4 = 2.0: tie -> overlap 0.5
-    assert study["chosen"] == {"overlap": 0.5, "mirror_axes": [0]}
+    assert study["chosen"] == {"overlap": 0.5, "mirror_axes": [0], "flips": [[], [0]]}
 
 
 def _table(dice: dict[tuple[float, tuple[int, ...]], float], windows: dict[float, int]) -> list[dict]:
@@ -93,9 +94,11 @@ def test_chooser_takes_the_cheapest_candidate_within_the_tolerance():
     # floor 0.813 - 0.005 = 0.808; no mirroring (27/64) loses too much; axis 2 at 0.25 and at 0 both cost
     # 54/64 = 0.84375 and pass: the tie goes to the higher Dice (0.8095 at overlap 0)
     assert (c["overlap"], c["mirror_axes"], c["cost"]) == (0.0, [2], pytest.approx(54 / 64))
-    assert c["reference"] == {"overlap": 0.5, "mirror_axes": [0, 1, 2], "dice": .813}
-    assert len(c["candidates"]) == 12 and c["tolerance"] == DICE_TOLERANCE
-    ref = next(x for x in c["candidates"] if x["overlap"] == 0.5 and x["mirror_axes"] == [0, 1, 2])
+    assert c["flips"] == [[], [2]]  # an old table's axis subset: all its flips
+    assert c["reference"] == {"overlap": 0.5, "mirror_axes": [0, 1, 2], "dice": .813,
+                              "flips": [[], [0], [1], [2], [0, 1], [0, 2], [1, 2], [0, 1, 2]]}
+    assert c["n_candidates"] == 14 and c["tolerance"] == DICE_TOLERANCE
+    ref = next(x for x in c["candidates"] if x["overlap"] == 0.5 and len(x["flips"]) == 8)
     assert ref["cost"] == 8.0 and ref["dice_vs_reference"] == 0.0
     wide = choose({"table": _table(DICE, WINDOWS), "axes": [0, 1, 2], "n_cases": 4}, tolerance=0.01)
     assert (wide["overlap"], wide["mirror_axes"]) == (0.25, [])  # 0.805 beats 0.800 at the same 27/64
@@ -120,9 +123,9 @@ def test_folds_combine_weighted_by_cases_and_old_studies_keep_working():
     worse = {k: v - (0.02 if k == (0.0, (2,)) else 0.0) for k, v in DICE.items()}
     b = {"n_cases": 1, "axes": [0, 1, 2], "table": _table(worse, WINDOWS)}
     c = combine_fold_studies([a, b])
-    cand = {(x["overlap"], tuple(x["mirror_axes"])): x for x in c["candidates"]}
-    assert cand[(0.0, (2,))]["dice"] == pytest.approx((3 * .8095 + .7895) / 4)  # 0.8045 < 0.808: out
-    assert cand[(0.0, (2,))]["cost"] == pytest.approx(108 / 128)
+    cand = {(x["overlap"], row_flips(x)): x for x in c["candidates"]}
+    assert cand[(0.0, ((), (2,)))]["dice"] == pytest.approx((3 * .8095 + .7895) / 4)  # 0.8045 < 0.808: out
+    assert cand[(0.0, ((), (2,)))]["cost"] == pytest.approx(108 / 128)
     assert (c["overlap"], c["mirror_axes"], c["n_cases"], c["folds"]) == (0.25, [2], 4, 2)
     pooled = combine_fold_studies([  # folds with counts: voxels pooled, not Dice averaged
         {"n_cases": 1, "axes": [], "table": [{"overlap": 0.5, "axes": [], "dice": 1.0, "windows": 2, "passes": 2,

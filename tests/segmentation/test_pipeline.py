@@ -31,13 +31,13 @@ def test_plan_train_predict_on_msd_dataset(tmp_path):
     log = [json.loads(x) for x in (training / "fold_0/log.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in log] == [0, 1, 2, 3] and log[-1]["loss"] < log[0]["loss"]
 
-    # the fold measured every overlap x mirror-axis subset on its validation cases; the package records the
-    # cheapest within 0.005 Dice of full mirroring at 0.5, and predict uses its overlap and axes
+    # the fold measured every overlap x set of flips on its validation cases; the package records the
+    # cheapest within 0.005 Dice of full mirroring at 0.5, and predict uses its overlap and flips
     study = json.loads((model / "fold_0/summary.json").read_text())["mirror_study"]
     assert set(study["gain_by_axis"]) == {"0", "1", "2"} and study["n_cases"] >= 1
-    assert len(study["table"]) == 3 * 8 and study["cpu_seconds"] > 0
+    assert len(study["table"]) == 3 * 65 and study["cpu_seconds"] > 0  # identity + <= 3 flips, and all 8
     choice = json.loads((model / "inference.json").read_text())
-    assert {"overlap": choice["overlap"], "mirror_axes": choice["mirror_axes"]} == study["chosen"]
+    assert {k: choice[k] for k in ("overlap", "mirror_axes", "flips")} == study["chosen"]
     assert choice["cost"] == min(c["cost"] for c in choice["candidates"]
                                  if all(r != r or x >= r - 0.005 - 1e-12
                                         for r, x in zip(choice["reference"]["dice_by_class"], c["dice_by_class"])))
@@ -45,6 +45,7 @@ def test_plan_train_predict_on_msd_dataset(tmp_path):
 
     default = Predictor(model, runtime="torch")
     assert (default.mirror_axes, default.overlap) == (choice["mirror_axes"], choice["overlap"])
+    assert [list(f) for f in default.flips] == choice["flips"]
     assert Predictor(model, mirror_axes="all", runtime="torch").mirror_axes == [0, 1, 2]
     assert Predictor(model, mirror=False, runtime="torch").mirror_axes == []
     r = runner.invoke(cli, ["-q", "predict", str(model), str(root / "imagesTr"), str(tmp_path / "x"),

@@ -19,9 +19,10 @@ from medsight.cli.audited import audited, current_event
 @click.option("--folds", default=None, help="Comma-separated folds to ensemble (default: every trained fold).")
 @click.option("--no-mirror", is_flag=True, help="Skip mirroring test-time augmentation (faster).")
 @click.option("--mirror-axes", default=None, help="Comma-separated spatial axes to mirror (e.g. 0 or 0,1,2; 'all' = "
-              "every axis of the plan) instead of the axes the package measured as worth it at training.")
+              "every axis of the plan; every combination of them is one pass) instead of the flips the package "
+              "measured as worth it at training.")
 @click.option("--overlap", type=float, default=None, help="Sliding-window overlap in [0, 1) (default: the one the "
-              "package chose with its mirror axes at training; 0.5 for older packages or with --no-mirror / "
+              "package chose with its flips at training; 0.5 for older packages or with --no-mirror / "
               "--mirror-axes).")
 @click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="torch", show_default=True,
               help="Engine for the network: torch; onnx (ONNX Runtime, 2.6x faster on a CT-sized volume with the "

@@ -1,5 +1,5 @@
 """Segment images with a trained model folder: preprocess as in training, sliding window per fold (windows in
-batches, at the window overlap and with the mirror axes the package measured as worth their cost, ONNX Runtime
+batches, at the window overlap and with the flips the package measured as worth their cost, ONNX Runtime
 where it is equal and faster), average folds, resample back onto the input grid, and write NIfTI label maps
 (plus probabilities/entropy).
 """
@@ -27,7 +27,7 @@ from medsight.segmentation.sampling import slice_stack
 from medsight.segmentation.postprocess import entropy, labels_from_probabilities, to_input_grid
 from medsight.segmentation.sliding import sliding_window, timed_predictor
 from medsight.segmentation.runtime import choose_runtime
-from medsight.segmentation.tta import INFERENCE_FILE, mirrored_softmax
+from medsight.segmentation.tta import INFERENCE_FILE, mirror_combinations, mirrored_softmax
 from medsight.io.nifti import write_nifti
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,14 @@ def recorded_mirror_axes(model_dir: str | Path) -> tuple[list[int], str]:
     return [], "none recorded in the package"
 
 
+def recorded_flips(model_dir: str | Path) -> list[tuple[int, ...]] | None:
+    """The set of flips the package chose (``inference.json`` ``flips``, the identity among them); None for a
+    package that records mirror axes only (it runs every combination of those axes, as before flip sets)."""
+    path = Path(model_dir) / INFERENCE_FILE
+    flips = json.loads(path.read_text()).get("flips") if path.is_file() else None
+    return None if flips is None else [tuple(int(a) for a in f) for f in flips]
+
+
 def recorded_overlap(model_dir: str | Path) -> float | None:
     """The sliding-window overlap the package chose together with its mirror axes (segmentation/tta_study.py);
     None for a package whose inference.json predates the overlap study (or has none): predict uses 0.5."""
@@ -71,19 +79,27 @@ def recorded_overlap(model_dir: str | Path) -> float | None:
 class Predictor:
     """Holds the loaded models so that many images are predicted without reloading.
 
-    ``mirror_axes=None`` uses the axes the package measured as worth a pass (``recorded_mirror_axes``);
-    ``mirror=False`` turns mirroring off; ``overlap=None`` takes the overlap the package chose with its axes
+    ``mirror_axes=None`` uses the flips the package measured as worth their passes (``recorded_flips``; packages
+    without them: every combination of ``recorded_mirror_axes``), explicit axes every combination of those;
+    ``flips`` runs exactly those flips; ``mirror=False`` turns mirroring off; ``overlap=None`` takes the overlap the package chose with its axes
     (``recorded_overlap``) when the axes are the package's too, else 0.5; an explicit overlap always wins;
     ``runtime`` is "auto" (ONNX Runtime when equal within 1e-4 and faster on this machine, else PyTorch), "torch"
     or "onnx"."""
 
     def __init__(self, model_dir: str | Path, folds: list[str] | None = None, mirror: bool = True,
                  mirror_axes: list[int] | str | None = None, overlap: float | None = None, network: str | None = None,
-                 runtime: str = "torch", window_batch: int | None = None) -> None:
+                 runtime: str = "torch", window_batch: int | None = None,
+                 flips: Sequence[Sequence[int]] | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.plan, self.cfg, self.models = load_models(model_dir, folds, network=network)
-        if mirror_axes is None:
+        explicit = flips is not None
+        if explicit:  # an explicit set of flips (benchmarks: a study candidate), overlap 0.5 unless given
+            flips = [tuple(int(a) for a in f) for f in flips]
+            axes, self.mirror_source = sorted({a for f in flips for a in f}), "asked for (flips)"
+        elif mirror_axes is None:
             axes, self.mirror_source = recorded_mirror_axes(self.model_dir)
+            flips = recorded_flips(self.model_dir)
+            axes = sorted({a for f in flips for a in f}) if flips is not None else axes
         elif mirror_axes == "all":
             axes, self.mirror_source = list(self.cfg.mirror_axes), "asked for (every plan axis)"
         else:
@@ -92,9 +108,11 @@ class Predictor:
         if bad:
             raise ConfigError(f"mirror axes {bad} are not axes of this plan (its axes: {self.cfg.mirror_axes})")
         self.mirror_axes = list(axes) if mirror else []
+        # one network call per flip of each window batch (the identity first, as mirror_combinations lists it)
+        self.flips = (flips if mirror and flips is not None else mirror_combinations(self.mirror_axes))
         if not mirror:
             self.mirror_source = "turned off"
-        recorded = recorded_overlap(self.model_dir) if mirror and mirror_axes is None else None
+        recorded = recorded_overlap(self.model_dir) if mirror and mirror_axes is None and not explicit else None
         if overlap is not None:
             self.overlap, self.overlap_source = float(overlap), "asked for"
         elif recorded is not None:
@@ -119,7 +137,7 @@ class Predictor:
         t0 = time.perf_counter()
         pre = preprocess_image(image, self.plan, self.cfg)
         prob, net_seconds = plan_grid_probabilities(self.forwards, pre.image, self.cfg, self.mirror_axes, self.overlap,
-                                                    window_batch=self.window_batch)
+                                                    combos=self.flips, window_batch=self.window_batch)
         prob_in = to_input_grid(prob.numpy(), pre.original_shape)
         first = image[0] if isinstance(image, list) else image
         label_array, lesions = labels_from_probabilities(prob_in), None
@@ -134,12 +152,14 @@ class Predictor:
                                                    self.lesion_policy)
         labels = Image(label_array, first.geometry, first.provenance.with_step(
             "medsight_segmentation", model_dir=str(self.model_dir), plan_sha256=self.plan.sha256(),
-            folds=len(self.models), mirror_axes=self.mirror_axes, mirror_source=self.mirror_source,
+            folds=len(self.models), mirror_axes=self.mirror_axes, flips=[list(f) for f in self.flips],
+            mirror_source=self.mirror_source,
             overlap=self.overlap, overlap_source=self.overlap_source,
             runtime=self.runtime["runtime"], min_lesion_volume_ml=min_ml,
             lesion_detection=None if rule is None else {"threshold": rule.threshold, "min_score": rule.min_score}))
         return Prediction(labels, prob_in, time.perf_counter() - t0, net_seconds,
                           {"folds": len(self.models), "mirror_axes": self.mirror_axes,
+                           "flips": [list(f) for f in self.flips],
                            "mirror_source": self.mirror_source, "overlap": self.overlap,
                            "overlap_source": self.overlap_source, "runtime": self.runtime,
                            **({"lesions": lesions.summary()} if lesions is not None else {})}, lesions)

@@ -6,8 +6,8 @@ The engine (engine/loop.py) makes it resumable: every epoch draws its patches fr
 epoch)`` and the checkpoint holds model, optimiser and history, so a run killed after epoch k and restarted ends
 with the same weights as one that never stopped (same machine, same threads). Outputs per fold: checkpoint.pt,
 log.jsonl, tensorboard/, and at the end model_final.pt and summary.json. The summary also holds the fold's inference
-study (segmentation/tta_study.py): the Dice and counted cost of each window overlap x mirror-axis subset on its
-validation cases, from which the package chooses the overlap and axes ``predict`` uses by default.
+study (segmentation/tta_study.py): the Dice and counted cost of each window overlap x set of flips on its
+validation cases, from which the package chooses the overlap and flips ``predict`` uses by default.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def train_fold(ds: SegDataset, plan: Plan, config: str, fold: int | str, model_d
 
 def fold_mirror_study(model: torch.nn.Module, ds: SegDataset, plan: Plan, cfg: ConfigPlan,
                       val_ids: list[str], n_cases: int = STUDY_CASES) -> dict[str, Any] | None:
-    """Dice and counted cost of every (window overlap, mirror-axis subset) on up to ``n_cases`` validation cases,
+    """Dice and counted cost of every (window overlap, set of flips) on up to ``n_cases`` validation cases,
     predicted whole on the plan grid with the predictor's own sliding window and window batching
     (segmentation/tta_study.py; None without validation cases)."""
     from medsight.data.preprocess import preprocess_case
@@ -200,9 +200,9 @@ def fold_mirror_study(model: torch.nn.Module, ds: SegDataset, plan: Plan, cfg: C
     study = inference_study(probabilities, cases, cfg.mirror_axes, len(plan.labels), cfg.patch_size,
                             cfg.spatial_dims)
     study.update(seconds=round(time.perf_counter() - t, 1), cpu_seconds=round(time.process_time() - cpu, 1))
-    log.info("inference study on %d validation cases (%.0f s): Dice gain by axis %s -> overlap %s, mirror %s",
+    log.info("inference study on %d validation cases (%.0f s): Dice gain by axis %s -> overlap %s, flips %s",
              study["n_cases"], study["seconds"], {a: round(g, 4) for a, g in study["gain_by_axis"].items()},
-             study["chosen"]["overlap"], study["chosen"]["mirror_axes"] or "none")
+             study["chosen"]["overlap"], study["chosen"]["flips"])
     return study
 
 
