@@ -4,7 +4,8 @@ The run is the robustness benchmark's ``seg_run`` (benchmarks/_robustness_seg.py
 budget, the demo's data of seed 0 under WORK/seg_data, built on first use); the lever comes from the environment so
 that the stage's code stays as the demo runs it:
 
-    S33_MEM (planner memory GB -> patch), S33_EPOCHS, S33_ITERS, S33_LOSS (a medsight.losses name),
+    S33_MEM (planner memory GB -> patch), S33_EPOCHS, S33_ITERS, S33_LOSS (a medsight.losses name, e.g.
+    dice_ce_lesion_head: the separate lesion head, whose network the trainer and predict build composed),
     S33_FG (foreground-centred share), S33_PATCH (e.g. 48x64x64), S33_BATCH, S33_LR, S33_DS (deep supervision 0/1),
     S33_NOCLS=1 (no class-first lesion sampling), S33_TISSUE_UNWEIGHTED=1 (CE class weights on lesion labels only),
     S33_CE_PER_VOXEL=1 (weighted CE divided by the voxel count, not by the sum of the weights),
