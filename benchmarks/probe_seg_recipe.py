@@ -4,12 +4,14 @@ The run is the robustness benchmark's ``seg_run`` (benchmarks/_robustness_seg.py
 budget, the demo's data of seed 0 under WORK/seg_data, built on first use); the lever comes from the environment so
 that the stage's code stays as the demo runs it:
 
-    S33_MEM (planner memory GB -> patch), S33_EPOCHS, S33_ITERS, S33_LOSS (a medsight.losses name),
+    S33_MEM (planner memory GB -> patch), S33_EPOCHS, S33_ITERS, S33_LOSS (a medsight.losses name, e.g.
+    dice_ce_lesion_head: the separate lesion head, whose network the trainer and predict build composed),
     S33_FG (foreground-centred share), S33_PATCH (e.g. 48x64x64), S33_BATCH, S33_LR, S33_DS (deep supervision 0/1),
     S33_NOCLS=1 (no class-first lesion sampling), S33_TISSUE_UNWEIGHTED=1 (CE class weights on lesion labels only),
     S33_CE_PER_VOXEL=1 (weighted CE divided by the voxel count, not by the sum of the weights),
     S33_LESION_WEIGHT (the lesion term's weight of S33_LOSS=dice_ce_lesion_region),
-    S33_TISSUE_WEIGHTED=1 (that loss's tissue CE with dice_inverse_ce's inverse-frequency class weights)
+    S33_TISSUE_WEIGHTED=1 (that loss's tissue CE with dice_inverse_ce's inverse-frequency class weights),
+    S33_HEAD_LESION_WEIGHT (the lesion term's weight of S33_LOSS=dice_ce_lesion_head)
 
     OMP_NUM_THREADS=1 S33_MEM=0.5 S33_EPOCHS=20 python benchmarks/probe_seg_recipe.py --work WORK --name p48 --seed 0
 
@@ -67,6 +69,11 @@ def _patch_stage() -> None:
     if region_options:  # the registry looks the factory up by name when the trainer builds the loss
         region = losses.dice_ce_lesion_region
         losses.dice_ce_lesion_region = lambda **o: region(**{**region_options, **o})
+    if "S33_HEAD_LESION_WEIGHT" in E:  # the lesion term's weight of S33_LOSS=dice_ce_lesion_head
+        import medsight.segmentation.lesion_head as head
+
+        weight, head_factory = float(E["S33_HEAD_LESION_WEIGHT"]), head.dice_ce_lesion_head
+        head.dice_ce_lesion_head = lambda **o: head_factory(**{"lesion_weight": weight, **o})
     if E.get("S33_TISSUE_UNWEIGHTED") == "1" or E.get("S33_CE_PER_VOXEL") == "1":
         _lesion_only_class_weights(tissue_weighted=E.get("S33_TISSUE_UNWEIGHTED") != "1",
                                    per_voxel=E.get("S33_CE_PER_VOXEL") == "1")

@@ -37,7 +37,10 @@ def dataset_root(path: str | Path) -> Path:
 
 def segmentation_model(plan: Plan, configuration: str) -> nn.Module:
     """The federation's network: the plan's configuration, as ``medsight train`` builds it."""
-    return build_model(plan.config(configuration), len(plan.channels), len(plan.labels))
+    from medsight.segmentation.lesion_head import uses_lesion_head
+
+    cfg = plan.config(configuration)
+    return build_model(cfg, len(plan.channels), len(plan.labels), lesion_head=uses_lesion_head(cfg.loss))
 
 
 def _site_cases(ds: SegDataset, site: str, holdout: float, seed: int) -> tuple[list[str], list[str]]:

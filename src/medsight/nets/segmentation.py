@@ -53,14 +53,20 @@ def available_networks() -> list[str]:
 
 
 def build_model(cfg: ConfigPlan, in_channels: int, out_channels: int,
-                recorded: dict[str, str] | None = None) -> nn.Module:
+                recorded: dict[str, str] | None = None, lesion_head: bool = False) -> nn.Module:
     """A freshly initialised network for ``cfg``; weights are seeded by the caller's torch seed. ``recorded`` is
-    the provenance a trained model saved: when its plug-in is missing the error names the distribution."""
+    the provenance a trained model saved: when its plug-in is missing the error names the distribution.
+    ``lesion_head``: the network returns composed logits (segmentation/lesion_head.py); a segmentation model of a
+    plan whose loss is ``dice_ce_lesion_head`` is built so (``uses_lesion_head(cfg.loss)``), never an encoder."""
     factory = registry.require(GROUP, recorded, cfg.network)
     in_channels = in_channels * (2 * cfg.context_slices + 1)  # 2.5D: neighbouring slices are channels
     net = factory(cfg, in_channels, out_channels)
     if not isinstance(net, nn.Module):
         raise ConfigError(f"network {cfg.network!r} returned {type(net).__name__}, not a torch.nn.Module")
+    if lesion_head:
+        from medsight.segmentation.lesion_head import add_lesion_head
+
+        add_lesion_head(net, cfg.spatial_dims)
     return net
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from medsight.errors import ConfigError, InputNotFoundError
 from medsight.nets.segmentation import build_model
 from medsight.plan.plan import ConfigPlan, Plan
+from medsight.segmentation.lesion_head import uses_lesion_head
 from medsight.engine.checkpoint import load_checkpoint
 
 
@@ -41,7 +42,8 @@ def load_models(model_dir: str | Path, folds: list[str] | None = None, network: 
         if network is not None:
             cfg = replace(cfg, network=network)
         recorded = None if network else (state.get("summary") or {}).get("network_provenance")
-        net = build_model(cfg, len(plan.channels), len(plan.labels), recorded=recorded)
+        net = build_model(cfg, len(plan.channels), len(plan.labels), recorded=recorded,
+                          lesion_head=uses_lesion_head(cfg.loss))
         try:
             net.load_state_dict(state["model"])
         except RuntimeError as exc:

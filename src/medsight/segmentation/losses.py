@@ -35,7 +35,8 @@ host and lesion together). Why try it: every lesion-weighted 4-class loss measur
 did not help (seed 0, docs/benchmarks.md "A region-style lesion loss"): GM/WM 0.851 against the demo loss's 0.866,
 the same held-out lesions, one site_C lesion fewer; the demo keeps ``dice_lesionwise_ce``. Its tissue CE with
 ``dice_inverse_ce``'s class weights (``tissue_weighted=True``) did not close the gap either (validation GM/WM 0.844
-against 0.863 rerun beside it; docs/benchmarks.md "Weighted tissue term")."""
+against 0.863 rerun beside it; docs/benchmarks.md "Weighted tissue term"). A separate sigmoid lesion head beside a
+3-class tissue softmax is ``dice_ce_lesion_head`` (segmentation/lesion_head.py)."""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ from medsight.files import atomic_write_text
 from medsight.nets.segmentation import build_model, count_parameters, network_provenance
 from medsight.package.encoder import apply_encoder, load_encoder_package
 from medsight.plan.plan import ConfigPlan, Plan
+from medsight.segmentation.lesion_head import uses_lesion_head
 from medsight.segmentation.losses import segmentation_loss, soft_dice_per_class
 from medsight.segmentation.sampling import Sample, batch, prepare
 from medsight.segmentation.tta import STUDY_CASES
@@ -80,7 +81,8 @@ class SegTask(Task):
             self.val_batch = batch(val, vcfg, np.random.default_rng([self.seed, 17]), do_augment=False)
 
     def build_model(self) -> torch.nn.Module:
-        model = build_model(self.cfg, len(self.plan.channels), self.n_classes)
+        model = build_model(self.cfg, len(self.plan.channels), self.n_classes,
+                            lesion_head=uses_lesion_head(self.cfg.loss))
         if self.init is not None:  # a resumed run then loads its checkpoint over these weights
             apply_encoder(model, *self.init, network=self.cfg.network)
         return model
