@@ -64,7 +64,7 @@ def build_model(cfg: ConfigPlan, in_channels: int, out_channels: int,
     if not isinstance(net, nn.Module):
         raise ConfigError(f"network {cfg.network!r} returned {type(net).__name__}, not a torch.nn.Module")
     if lesion_head:
-        from medsight.segmentation.lesion_head import add_lesion_head
+        from medsight.nets.lesion_head import add_lesion_head
 
         add_lesion_head(net, cfg.spatial_dims)
     return net

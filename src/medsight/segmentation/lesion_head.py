@@ -11,7 +11,8 @@ lesion-wise weighted binary CE of sigmoid(z_l) against lesion-vs-rest with ``dic
 (each voxel its class's inverse frequency in the batch, capped at ``max_weight``; each lesion component >=
 ``lesion_share`` of the batch's voxels) plus a soft Dice on sigmoid(z_l).
 
-At inference the network returns composed logits (``compose_lesion_head``, a forward hook set by ``build_model``
+At inference the network returns composed logits (``compose_lesion_head`` in nets/lesion_head.py, a forward hook
+set by ``build_model``
 when the plan's loss is a head loss): [z_t - logsumexp(z_t), z_l], whose softmax is exactly P(lesion) =
 sigmoid(z_l), P(c) = (1 - sigmoid(z_l)) softmax(z_t)_c. Everything downstream (argmax, the lesion study, the
 detection rule, referral, predict, ONNX export) therefore still sees (C, *S) logits of a proper distribution, and
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsight.errors import ConfigError
+from medsight.nets.lesion_head import ComposeLesionHead, add_lesion_head, compose_lesion_head
 from medsight.segmentation.losses import LESION_SHARE, DeepSupervisionLoss
 
 HEAD_LOSSES = frozenset({"dice_ce_lesion_head"})
@@ -40,34 +42,6 @@ SMOOTH = 1e-5  # as the other losses' MONAI Dice (smooth_nr = smooth_dr)
 def uses_lesion_head(loss: str | None) -> bool:
     """Whether a plan configuration's loss trains the separate lesion head (its network then composes logits)."""
     return loss in HEAD_LOSSES
-
-
-def compose_lesion_head(out: torch.Tensor, spatial_dims: int) -> torch.Tensor:
-    """Raw outputs (tissue logits, lesion logit last) -> logits whose softmax is P(lesion) = sigmoid(z_l), P(c) =
-    (1 - sigmoid(z_l)) softmax(z_t)_c. The class axis is the one before the spatial axes (DynUNet's training stack
-    (B, heads, C, *S) included)."""
-    dim = out.dim() - spatial_dims - 1
-    n = out.shape[dim]
-    tissue, lesion = out.narrow(dim, 0, n - 1), out.narrow(dim, n - 1, 1)
-    return torch.cat([tissue - torch.logsumexp(tissue, dim, keepdim=True), lesion], dim)
-
-
-class ComposeLesionHead:
-    """Forward hook: replaces a network's output by ``compose_lesion_head`` of it (no parameters, so a trained
-    state dict loads into a network with or without it; deep copies and ONNX tracing keep it)."""
-
-    def __init__(self, spatial_dims: int) -> None:
-        self.spatial_dims = spatial_dims
-
-    def __call__(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        if isinstance(output, (list, tuple)):
-            return type(output)(compose_lesion_head(o, self.spatial_dims) for o in output)
-        return compose_lesion_head(output, self.spatial_dims)
-
-
-def add_lesion_head(net: nn.Module, spatial_dims: int) -> nn.Module:
-    net.register_forward_hook(ComposeLesionHead(spatial_dims))
-    return net
 
 
 class LesionHeadLoss(DeepSupervisionLoss):
