@@ -54,25 +54,29 @@ def recorded_mirror_axes(model_dir: str | Path) -> tuple[list[int], str]:
 
     A package trained before the measurement existed records none: it predicts without mirroring (the fast
     default); ``--mirror-axes`` asks for any axes explicitly."""
-    path = Path(model_dir) / INFERENCE_FILE
-    if path.is_file():
-        return [int(a) for a in json.loads(path.read_text()).get("mirror_axes", [])], "measured at training"
+    recorded = _inference(model_dir)
+    if recorded is not None:
+        return [int(a) for a in recorded.get("mirror_axes", [])], "measured at training"
     return [], "none recorded in the package"
+
+
+def _inference(model_dir: str | Path) -> dict | None:
+    """The package's ``inference.json`` (its measured choice of overlap and flips), None when it has none."""
+    path = Path(model_dir) / INFERENCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def recorded_flips(model_dir: str | Path) -> list[tuple[int, ...]] | None:
     """The set of flips the package chose (``inference.json`` ``flips``, the identity among them); None for a
     package that records mirror axes only (it runs every combination of those axes, as before flip sets)."""
-    path = Path(model_dir) / INFERENCE_FILE
-    flips = json.loads(path.read_text()).get("flips") if path.is_file() else None
+    flips = (_inference(model_dir) or {}).get("flips")
     return None if flips is None else [tuple(int(a) for a in f) for f in flips]
 
 
 def recorded_overlap(model_dir: str | Path) -> float | None:
     """The sliding-window overlap the package chose together with its mirror axes (segmentation/tta_study.py);
     None for a package whose inference.json predates the overlap study (or has none): predict uses 0.5."""
-    path = Path(model_dir) / INFERENCE_FILE
-    value = json.loads(path.read_text()).get("overlap") if path.is_file() else None
+    value = (_inference(model_dir) or {}).get("overlap")
     return None if value is None else float(value)
 
 

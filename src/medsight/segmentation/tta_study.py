@@ -234,10 +234,7 @@ def within(candidate: dict[str, Any], reference: dict[str, Any], tolerance: floa
     """Equal Dice: every foreground class at most ``tolerance`` below the reference (a class the reference scores
     and the candidate does not fails), so a gain in one class cannot pay for a loss in another; tables without
     per-class Dice compare the mean."""
-    ref, cand = reference.get("dice_by_class"), candidate.get("dice_by_class")
-    if ref is None or cand is None:
-        return candidate["dice"] == candidate["dice"] and candidate["dice"] >= reference["dice"] - tolerance - 1e-12
-    return all(r != r or (c == c and c >= r - tolerance - 1e-12) for r, c in zip(ref, cand))
+    return _margin(candidate, reference) >= -tolerance - 1e-12  # NaN margins (no Dice) fail
 
 
 def combine_fold_studies(studies: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
